@@ -1,0 +1,167 @@
+//! Types shared by the eBPF programs (`agent-ebpf`) and the agent (`hoptrace`).
+//!
+//! Everything here is `#[repr(C)]`, plain old data, and laid out without implicit
+//! padding so the kernel and userspace agree byte for byte. The `user` feature adds
+//! the `aya::Pod` impls the userspace half needs to use these as map keys/values.
+#![no_std]
+
+/// Port of the per-pod outbound listener, bound on loopback inside each pod netns.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port of the per-pod inbound listener, bound on loopback inside each pod netns.
+pub const INBOUND_PORT: u16 = 15006;
+
+/// Source address the agent binds for its inbound-leg upstream connections
+/// (agent → app inside the destination pod). `sk_lookup` passes connections from it,
+/// which is what keeps the inbound leg from looping back into the agent.
+pub const INBOUND_UPSTREAM_SRC_V4: [u8; 4] = [127, 0, 0, 6];
+/// For IPv6 the agent uses the pod's own address as the source instead (sk_lookup
+/// passes connections whose source equals their destination).
+
+/// `AF_INET` as used in map values.
+pub const FAMILY_V4: u16 = 2;
+/// `AF_INET6` as used in map values.
+pub const FAMILY_V6: u16 = 10;
+
+/// Map names (must match the `#[map]` statics in agent-ebpf).
+pub mod maps {
+    /// `HashMap<u64 netns cookie, PodSteer>`: pods whose outbound listener is up.
+    pub const OUTBOUND_READY: &str = "OUTBOUND_READY";
+    /// `LruHashMap<u64 socket cookie, OrigDst>`: written by connect4/6.
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    /// `LruHashMap<OrigDstKey, OrigDst>`: written by sock_ops, read+deleted by the agent.
+    pub const ORIG_BY_PEER: &str = "ORIG_BY_PEER";
+    /// `SockHash<InboundKey>`: per pod address, the pod's inbound listener.
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// `PerCpuArray<u64>` of [`crate::Counter`] values, for `/metrics`.
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Program names (function names in agent-ebpf).
+pub mod programs {
+    /// `cgroup/connect4`
+    pub const CONNECT4: &str = "hoptrace_connect4";
+    /// `cgroup/connect6`
+    pub const CONNECT6: &str = "hoptrace_connect6";
+    /// `sockops`
+    pub const SOCK_OPS: &str = "hoptrace_sockops";
+    /// `sk_lookup`
+    pub const SK_LOOKUP: &str = "hoptrace_sk_lookup";
+}
+
+/// Capacity of the original-destination maps. LRU eviction is only the backstop:
+/// the agent deletes each entry as soon as it has accepted the connection.
+pub const ORIG_DST_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the per-pod maps (pods per node, times addresses per pod).
+pub const PODS_MAX_ENTRIES: u32 = 4_096;
+
+/// Value of [`maps::OUTBOUND_READY`]: present means "steer this netns".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodSteer {
+    /// Agent-assigned pod index (for diagnostics only).
+    pub pod_index: u32,
+    /// Outbound listener port in the pod netns (host byte order).
+    pub outbound_port: u16,
+    /// [`STEER_V4`] | [`STEER_V6`]: which loopback listeners are up.
+    pub flags: u16,
+}
+
+/// [`PodSteer::flags`]: the `127.0.0.1` outbound listener is up.
+pub const STEER_V4: u16 = 1;
+/// [`PodSteer::flags`]: the `[::1]` outbound listener is up.
+pub const STEER_V6: u16 = 2;
+
+/// An original destination as the application asked for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// IPv4 in the first 4 bytes, or IPv6, network byte order.
+    pub addr: [u8; 16],
+    /// Port, host byte order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u16,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Key of [`maps::ORIG_BY_PEER`]: the client socket as the agent sees it after accept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OrigDstKey {
+    /// Cookie of the pod's network namespace (`SO_NETNS_COOKIE`).
+    pub netns_cookie: u64,
+    /// The client's local port (the agent's peer port), host byte order.
+    ///
+    /// The family is deliberately not part of the key: a v6 socket connecting to a
+    /// v4-mapped address reaches the agent's v4 listener, and ports are unique per
+    /// netns and peer address for the connections the agent accepts.
+    pub port: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Key of [`maps::INBOUND_LISTENERS`]: one pod address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InboundKey {
+    /// IPv4 in the first 4 bytes, or IPv6, network byte order.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+}
+
+/// Indexes into [`maps::COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// connect() calls redirected to an outbound listener.
+    OutboundSteered = 0,
+    /// connect() calls left alone because the pod's listener was not ready.
+    OutboundNotReady = 1,
+    /// Original destinations moved from cookie to peer key by sock_ops.
+    OrigDstRecorded = 2,
+    /// sk_lookup assignments to an inbound listener.
+    InboundSteered = 3,
+    /// sk_lookup assignments that failed (connection went on unsteered).
+    InboundAssignFailed = 4,
+    /// Original destination not found in sock_ops (cookie evicted or missing).
+    OrigDstMissing = 5,
+}
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 6] = [
+        Counter::OutboundSteered,
+        Counter::OutboundNotReady,
+        Counter::OrigDstRecorded,
+        Counter::InboundSteered,
+        Counter::InboundAssignFailed,
+        Counter::OrigDstMissing,
+    ];
+
+    /// Metric-friendly name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::OutboundSteered => "outbound_steered",
+            Counter::OutboundNotReady => "outbound_not_ready",
+            Counter::OrigDstRecorded => "orig_dst_recorded",
+            Counter::InboundSteered => "inbound_steered",
+            Counter::InboundAssignFailed => "inbound_assign_failed",
+            Counter::OrigDstMissing => "orig_dst_missing",
+        }
+    }
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTERS_LEN: u32 = 6;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all types are repr(C), Copy, and contain only integers laid out
+    // without implicit padding (explicit `_pad` fields), so any bit pattern is valid.
+    unsafe impl aya::Pod for super::PodSteer {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::OrigDstKey {}
+    unsafe impl aya::Pod for super::InboundKey {}
+}

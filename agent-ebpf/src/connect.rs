@@ -1,0 +1,153 @@
+//! `cgroup/connect4` and `cgroup/connect6`: steer an enrolled pod's outgoing TCP
+//! connections to the agent's outbound listener on the pod's loopback, recording
+//! the original destination under the socket cookie.
+
+use agent_common::{Counter, OrigDst, FAMILY_V4, FAMILY_V6, STEER_V4, STEER_V6};
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+
+use crate::maps::{count, ORIG_BY_COOKIE, OUTBOUND_READY};
+
+/// Allow the syscall (cgroup sock_addr programs must return 1 to let it proceed).
+const ALLOW: i32 = 1;
+const SOCK_STREAM: u32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn hoptrace_connect4(ctx: SockAddrContext) -> i32 {
+    steer_v4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn hoptrace_connect6(ctx: SockAddrContext) -> i32 {
+    steer_v6(&ctx);
+    ALLOW
+}
+
+/// Looks up the steering entry for the socket's netns; `None` means leave it alone.
+#[inline(always)]
+fn ready_port(ctx: &SockAddrContext, flag: u16) -> Option<u16> {
+    // SAFETY: helper valid for cgroup sock_addr programs (5.7+).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: plain-data value; a concurrent delete at worst yields a stale read.
+    match unsafe { OUTBOUND_READY.get(&netns) } {
+        Some(steer) if steer.flags & flag != 0 => Some(steer.outbound_port),
+        _ => {
+            count(Counter::OutboundNotReady);
+            None
+        }
+    }
+}
+
+/// Records `orig` for this socket. Steering without a record would leave the agent
+/// unable to forward, so a failed insert means "do not steer".
+#[inline(always)]
+fn record(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    ORIG_BY_COOKIE.insert(&cookie, orig, 0).is_ok()
+}
+
+fn steer_v4(ctx: &SockAddrContext) {
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return;
+    }
+    let ip = sa.user_ip4.to_ne_bytes(); // network byte order in memory
+                                        // Loopback stays inside the pod; 0.0.0.0 means "this host" (also local).
+    if ip[0] == 127 || ip == [0, 0, 0, 0] {
+        return;
+    }
+    let Some(port) = ready_port(ctx, STEER_V4) else {
+        return;
+    };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip);
+    let orig = OrigDst {
+        addr,
+        port: u16::from_be(sa.user_port as u16),
+        family: FAMILY_V4,
+        _pad: 0,
+    };
+    if !record(ctx, &orig) {
+        return;
+    }
+    sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    sa.user_port = u32::from(port.to_be());
+    count(Counter::OutboundSteered);
+}
+
+fn steer_v6(ctx: &SockAddrContext) {
+    // SAFETY: as in steer_v4.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return;
+    }
+    let w = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
+    let b2 = w[2].to_ne_bytes();
+    let b3 = w[3].to_ne_bytes();
+    let v4_mapped = w[0] == 0 && w[1] == 0 && b2 == [0, 0, 0xff, 0xff];
+    if v4_mapped {
+        // A dual-stack socket dialing an IPv4 peer: same rules as connect4, and the
+        // connection lands on the agent's v4 listener (::ffff:127.0.0.1).
+        if b3[0] == 127 || b3 == [0, 0, 0, 0] {
+            return;
+        }
+        let Some(port) = ready_port(ctx, STEER_V4) else {
+            return;
+        };
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&b3);
+        let orig = OrigDst {
+            addr,
+            port: u16::from_be(sa.user_port as u16),
+            family: FAMILY_V4,
+            _pad: 0,
+        };
+        if !record(ctx, &orig) {
+            return;
+        }
+        sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
+        sa.user_port = u32::from(port.to_be());
+        count(Counter::OutboundSteered);
+        return;
+    }
+    let is_unspecified = w == [0, 0, 0, 0];
+    let is_loopback = w[0] == 0 && w[1] == 0 && w[2] == 0 && b3 == [0, 0, 0, 1];
+    if is_unspecified || is_loopback {
+        return;
+    }
+    let Some(port) = ready_port(ctx, STEER_V6) else {
+        return;
+    };
+    let mut addr = [0u8; 16];
+    addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
+    addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+    addr[8..12].copy_from_slice(&b2);
+    addr[12..16].copy_from_slice(&b3);
+    let orig = OrigDst {
+        addr,
+        port: u16::from_be(sa.user_port as u16),
+        family: FAMILY_V6,
+        _pad: 0,
+    };
+    if !record(ctx, &orig) {
+        return;
+    }
+    sa.user_ip6[0] = 0;
+    sa.user_ip6[1] = 0;
+    sa.user_ip6[2] = 0;
+    sa.user_ip6[3] = u32::from_ne_bytes([0, 0, 0, 1]);
+    sa.user_port = u32::from(port.to_be());
+    count(Counter::OutboundSteered);
+}

@@ -1,0 +1,42 @@
+//! Maps shared by the programs. Names must match `agent_common::maps`.
+
+use agent_common::{
+    Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, COUNTERS_LEN, ORIG_DST_MAX_ENTRIES,
+    PODS_MAX_ENTRIES,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+
+/// netns cookie → steering entry; present only while the pod's listener is up.
+#[map]
+pub static OUTBOUND_READY: HashMap<u64, PodSteer> = HashMap::with_max_entries(PODS_MAX_ENTRIES, 0);
+
+/// socket cookie → original destination (connect4/6 → sock_ops).
+#[map]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(ORIG_DST_MAX_ENTRIES, 0);
+
+/// (netns cookie, client port) → original destination (sock_ops → agent).
+#[map]
+pub static ORIG_BY_PEER: LruHashMap<OrigDstKey, OrigDst> =
+    LruHashMap::with_max_entries(ORIG_DST_MAX_ENTRIES, 0);
+
+/// pod address → that pod's inbound listener.
+#[map]
+pub static INBOUND_LISTENERS: SockHash<InboundKey> =
+    SockHash::with_max_entries(PODS_MAX_ENTRIES, 0);
+
+/// Per-CPU event counters, summed by the agent for `/metrics`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// Adds one to a counter slot.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, programs run with preemption disabled on this CPU.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,384 @@
+//! The daemon: load the datapath, serve admin, keep the set of enrolled pods equal to
+//! the workload source, and shut down cleanly.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    net::IpAddr,
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use agent_common::{PodSteer, STEER_V4, STEER_V6};
+use anyhow::Context as _;
+
+use crate::{
+    admin::{self, AdminState},
+    config::RunArgs,
+    ebpf::{Datapath, DatapathError, PodLinks},
+    metrics::{Direction, Metrics, StateLabels},
+    netns::{self, Netns, NetnsError},
+    proxy::{PodContext, PodListeners},
+    socket::{self, SocketError},
+    workloads::{self, FileWatch, PodKey, Workload},
+};
+
+/// How long a released pod's listeners keep accepting after steering stopped, so
+/// connections steered just before the release are still served, not reset.
+const DRAIN: Duration = Duration::from_millis(250);
+/// How often pods that failed to enroll are retried (e.g. netns not created yet).
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Why a pod could not be enrolled. The pod is left unsteered (never half-steered).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Netns problem.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The cgroup directory is missing or not cgroup v2.
+    #[error("cgroup {path}: {reason}")]
+    Cgroup {
+        /// Path.
+        path: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A listener could not be opened.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Attaching or map updates failed.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// Other I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Enrolled {
+    spec: Workload,
+    ctx: Arc<PodContext>,
+    links: PodLinks,
+    listeners: PodListeners,
+}
+
+/// The pods this agent steers, and the ones it could not.
+pub struct PodTable {
+    datapath: Arc<Datapath>,
+    metrics: Arc<Metrics>,
+    outbound_port: u16,
+    inbound_port: u16,
+    enrolled: BTreeMap<PodKey, Enrolled>,
+    failed: BTreeMap<PodKey, (Workload, String)>,
+    next_index: u32,
+}
+
+impl PodTable {
+    /// An empty table.
+    pub fn new(datapath: Arc<Datapath>, metrics: Arc<Metrics>, args: &RunArgs) -> Self {
+        Self {
+            datapath,
+            metrics,
+            outbound_port: args.outbound_port,
+            inbound_port: args.inbound_port,
+            enrolled: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            next_index: 0,
+        }
+    }
+
+    /// Makes the enrolled set equal to `desired`: releases pods that vanished or
+    /// changed, enrolls new ones. Pods that fail are reported and retried later.
+    pub fn reconcile(&mut self, desired: &[Workload]) {
+        let want: HashMap<PodKey, &Workload> = desired.iter().map(|w| (w.key(), w)).collect();
+        let gone: Vec<PodKey> = self
+            .enrolled
+            .iter()
+            .filter(|(k, e)| want.get(*k).is_none_or(|w| **w != e.spec))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(e) = self.enrolled.remove(&key) {
+                tracing::info!(pod = %key, "releasing");
+                self.release(e);
+            }
+        }
+        self.failed.retain(|k, _| want.contains_key(k));
+        for w in desired {
+            let key = w.key();
+            if self.enrolled.contains_key(&key) {
+                continue;
+            }
+            self.try_enroll(w.clone());
+        }
+        self.update_gauges();
+    }
+
+    /// Retries pods that failed to enroll.
+    pub fn retry_failed(&mut self) {
+        let failed: Vec<Workload> = self.failed.values().map(|(w, _)| w.clone()).collect();
+        for w in failed {
+            self.try_enroll(w);
+        }
+        self.update_gauges();
+    }
+
+    fn try_enroll(&mut self, w: Workload) {
+        let key = w.key();
+        match self.enroll(&w) {
+            Ok(e) => {
+                tracing::info!(pod = %key, netns = %w.netns.display(), cgroup = %w.cgroup.display(), ips = ?w.ips, "steering");
+                self.failed.remove(&key);
+                self.enrolled.insert(key, e);
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                let known = self
+                    .failed
+                    .get(&key)
+                    .map(|(_, r)| r == &reason)
+                    .unwrap_or(false);
+                if !known {
+                    tracing::warn!(pod = %key, "not steered (traffic flows direct; retrying every {RETRY:?}): {reason}");
+                }
+                self.failed.insert(key, (w, reason));
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics.workloads;
+        m.get_or_create(&StateLabels { state: "steered" })
+            .set(self.enrolled.len() as i64);
+        m.get_or_create(&StateLabels { state: "failed" })
+            .set(self.failed.len() as i64);
+    }
+
+    fn enroll(&mut self, w: &Workload) -> Result<Enrolled, EnrollError> {
+        let netns = Netns::open(&w.netns)?;
+        let cgroup = open_cgroup2(&w.cgroup)?;
+        let has_v6 = w.ips.iter().any(IpAddr::is_ipv6);
+
+        // Listeners first: nothing is steered until they exist.
+        let out_v4 = socket::listen_in(&netns, socket::loopback(false, self.outbound_port))?;
+        let out_v6 = optional_v6(
+            socket::listen_in(&netns, socket::loopback(true, self.outbound_port)),
+            has_v6,
+        )?;
+        let in_v4 = socket::listen_in(&netns, socket::loopback(false, self.inbound_port))?;
+        let in_v6 = optional_v6(
+            socket::listen_in(&netns, socket::loopback(true, self.inbound_port)),
+            has_v6,
+        )?;
+        let netns_cookie = socket::netns_cookie(&out_v4)?;
+
+        let links = self.datapath.attach_pod(&cgroup, netns.file())?;
+        let ctx = Arc::new(PodContext {
+            key: w.key(),
+            netns,
+            netns_cookie,
+            datapath: self.datapath.clone(),
+            outbound: self.metrics.conn(&w.key(), Direction::Outbound),
+            inbound: self.metrics.conn(&w.key(), Direction::Inbound),
+        });
+
+        let enable = || -> Result<(), EnrollError> {
+            for ip in &w.ips {
+                let l = match ip {
+                    IpAddr::V4(_) => &in_v4,
+                    IpAddr::V6(_) => in_v6.as_ref().unwrap_or(&in_v4),
+                };
+                self.datapath.add_inbound(*ip, l)?;
+            }
+            let mut flags = STEER_V4;
+            if out_v6.is_some() {
+                flags |= STEER_V6;
+            }
+            self.datapath.set_ready(
+                netns_cookie,
+                PodSteer {
+                    pod_index: self.next_index,
+                    outbound_port: self.outbound_port,
+                    flags,
+                },
+            )?;
+            Ok(())
+        };
+        let outbound: Vec<_> = std::iter::once(out_v4.try_clone()?)
+            .chain(out_v6.as_ref().map(|l| l.try_clone()).transpose()?)
+            .collect();
+        let inbound: Vec<_> = std::iter::once(in_v4.try_clone()?)
+            .chain(in_v6.as_ref().map(|l| l.try_clone()).transpose()?)
+            .collect();
+        let listeners = match PodListeners::start(ctx.clone(), outbound, inbound) {
+            Ok(l) => l,
+            Err(err) => {
+                self.datapath.detach_pod(links);
+                return Err(err.into());
+            }
+        };
+        if let Err(err) = enable() {
+            self.disable(w, netns_cookie);
+            self.datapath.detach_pod(links);
+            listeners.stop();
+            return Err(err);
+        }
+        self.next_index = self.next_index.wrapping_add(1);
+        Ok(Enrolled {
+            spec: w.clone(),
+            ctx,
+            links,
+            listeners,
+        })
+    }
+
+    fn disable(&self, w: &Workload, netns_cookie: u64) {
+        self.datapath.clear_ready(netns_cookie);
+        for ip in &w.ips {
+            self.datapath.remove_inbound(*ip);
+        }
+    }
+
+    /// Stops steering a pod: new connections go direct at once; connections already
+    /// steered are still accepted for [`DRAIN`], and proxied ones run to their end.
+    fn release(&self, e: Enrolled) {
+        self.disable(&e.spec, e.ctx.netns_cookie);
+        self.datapath.detach_pod(e.links);
+        self.metrics.remove_pod(&e.ctx.key);
+        let listeners = e.listeners;
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN).await;
+            listeners.stop();
+        });
+    }
+
+    /// Releases every pod (shutdown).
+    pub fn release_all(&mut self) {
+        let all = std::mem::take(&mut self.enrolled);
+        for (_, e) in all {
+            self.release(e);
+        }
+    }
+
+    /// Number of pods steered now.
+    pub fn steered(&self) -> usize {
+        self.enrolled.len()
+    }
+}
+
+/// A missing `::1` (IPv6 disabled in the pod) is fine unless the pod has v6 addresses.
+fn optional_v6(
+    r: Result<std::net::TcpListener, SocketError>,
+    required: bool,
+) -> Result<Option<std::net::TcpListener>, SocketError> {
+    match r {
+        Ok(l) => Ok(Some(l)),
+        Err(err) if required => Err(err),
+        Err(err) => {
+            tracing::debug!("no IPv6 loopback listener: {err}");
+            Ok(None)
+        }
+    }
+}
+
+fn open_cgroup2(path: &Path) -> Result<File, EnrollError> {
+    let cg_err = |reason: String| EnrollError::Cgroup {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| {
+        cg_err(format!(
+            "{e}; the pod may be gone or not started yet (the agent retries)"
+        ))
+    })?;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let st = nix::sys::statfs::fstatfs(&file).map_err(|e| cg_err(e.to_string()))?;
+    if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+        return Err(cg_err(
+            "not a cgroup v2 directory; use the pod's directory under the cgroup2 mount (e.g. /sys/fs/cgroup/... or /sys/fs/cgroup/unified/...)".into(),
+        ));
+    }
+    Ok(file)
+}
+
+/// `hoptrace run`.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Capture the host netns on the main thread, before any worker thread exists.
+    netns::init_host().context("reading the agent's own network namespace")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hoptrace")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+    let Some(path) = args.workloads_file.clone() else {
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            anyhow::bail!("Kubernetes pod discovery is not available in this build; pass --workloads-file (HOPTRACE_WORKLOADS_FILE)");
+        }
+        anyhow::bail!(
+            "no workload source: pass --workloads-file PATH (or HOPTRACE_WORKLOADS_FILE)"
+        );
+    };
+    let node = args.node_name.as_deref();
+    let mut watch = FileWatch::new(path.clone());
+    let first = watch.poll()?.unwrap_or_default();
+    let desired = workloads::parse(&path, &first, node)?;
+
+    let datapath = Arc::new(Datapath::load()?);
+    let metrics = Arc::new(Metrics::new(datapath.clone()));
+    let state = Arc::new(AdminState {
+        ready: false.into(),
+        metrics: metrics.clone(),
+    });
+    let admin_addr = admin::serve(args.admin_addr, state.clone()).await?;
+    tracing::info!(%admin_addr, workloads = %path.display(), "hoptrace agent started");
+
+    let mut table = PodTable::new(datapath.clone(), metrics.clone(), &args);
+    table.reconcile(&desired);
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(steered = table.steered(), "ready");
+
+    let mut tick = tokio::time::interval(workloads::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_retry = Instant::now();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        match watch
+            .poll()
+            .and_then(|t| t.map(|t| workloads::parse(&path, &t, node)).transpose())
+        {
+            Ok(Some(desired)) => {
+                last_error = None;
+                table.reconcile(&desired);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                let msg = err.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    metrics.workload_file_errors.inc();
+                    tracing::error!("{msg}; keeping the last good workload set");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        if last_retry.elapsed() >= RETRY {
+            last_retry = Instant::now();
+            table.retry_failed();
+        }
+    }
+    tracing::info!("shutting down: releasing pods (new connections go direct)");
+    state.ready.store(false, Ordering::Release);
+    table.release_all();
+    tokio::time::sleep(DRAIN + Duration::from_millis(50)).await;
+    Ok(())
+}

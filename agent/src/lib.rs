@@ -1,0 +1,15 @@
+//! hoptrace agent library: the daemon's modules, one per concern.
+//!
+//! See `docs/ARCHITECTURE.md` for the thread model, the data path and the port table.
+
+pub mod admin;
+pub mod agent;
+pub mod check;
+pub mod config;
+pub mod ebpf;
+pub mod logging;
+pub mod metrics;
+pub mod netns;
+pub mod proxy;
+pub mod socket;
+pub mod workloads;

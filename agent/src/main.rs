@@ -1,0 +1,25 @@
+//! `hoptrace`: the per-node tracing proxy agent.
+
+use clap::Parser as _;
+use hoptrace::config::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => hoptrace::check::run(&args),
+        Command::Run(args) => {
+            if let Err(err) = hoptrace::logging::init(&args.log) {
+                eprintln!("hoptrace: invalid --log filter: {err}");
+                return std::process::ExitCode::from(2);
+            }
+            match hoptrace::agent::run(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("hoptrace: {err:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Prometheus metrics (served by `admin` at `GET /metrics`).
+//!
+//! Per-pod handles are created once at enrollment and cloned into connection tasks,
+//! so the data path only touches atomics. A released pod's series are removed.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        MetricType,
+    },
+    registry::Registry,
+};
+
+use crate::{ebpf::Datapath, workloads::PodKey};
+
+/// Direction of a proxied connection, from the enrolled pod's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The pod is the client (steered by connect4/6).
+    Outbound,
+    /// The pod is the server (steered by sk_lookup).
+    Inbound,
+}
+
+impl Direction {
+    /// Label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Labels of the per-pod connection series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// `outbound` | `inbound`.
+    pub direction: &'static str,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+}
+
+/// Labels of the workload state gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `steered` | `failed`.
+    pub state: &'static str,
+}
+
+/// All agent metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<ConnLabels, Counter>,
+    active: Family<ConnLabels, Gauge>,
+    failed: Family<ConnLabels, Counter>,
+    bytes_from_client: Family<ConnLabels, Counter>,
+    bytes_from_server: Family<ConnLabels, Counter>,
+    /// Workloads by state.
+    pub workloads: Family<StateLabels, Gauge>,
+    /// Rejected workload file reads (the last good set stays in force).
+    pub workload_file_errors: Counter,
+}
+
+/// Metric handles for one pod and direction, cheap to clone into tasks.
+#[derive(Debug, Clone)]
+pub struct ConnMetrics {
+    /// Connections accepted from the steered side.
+    pub accepted: Counter,
+    /// Connections being proxied now.
+    pub active: Gauge,
+    /// Connections that could not be proxied (no original destination, upstream
+    /// connect failure, I/O error).
+    pub failed: Counter,
+    /// Bytes the client sent.
+    pub bytes_from_client: Counter,
+    /// Bytes the server sent.
+    pub bytes_from_server: Counter,
+}
+
+impl Metrics {
+    /// Creates the registry; `datapath` supplies the kernel-side counters at scrape time.
+    pub fn new(datapath: Arc<Datapath>) -> Self {
+        let mut registry = Registry::with_prefix("hoptrace");
+        let accepted = Family::<ConnLabels, Counter>::default();
+        let active = Family::<ConnLabels, Gauge>::default();
+        let failed = Family::<ConnLabels, Counter>::default();
+        let bytes_from_client = Family::<ConnLabels, Counter>::default();
+        let bytes_from_server = Family::<ConnLabels, Counter>::default();
+        let workloads = Family::<StateLabels, Gauge>::default();
+        let workload_file_errors = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "Connections accepted by a per-pod listener",
+            accepted.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Connections being proxied",
+            active.clone(),
+        );
+        registry.register(
+            "connections_failed",
+            "Connections that could not be proxied (see the agent log for the reason)",
+            failed.clone(),
+        );
+        registry.register(
+            "bytes_from_client",
+            "Bytes received from the connecting side",
+            bytes_from_client.clone(),
+        );
+        registry.register(
+            "bytes_from_server",
+            "Bytes received from the accepting side",
+            bytes_from_server.clone(),
+        );
+        registry.register(
+            "workloads",
+            "Workloads by steering state",
+            workloads.clone(),
+        );
+        registry.register(
+            "workload_file_errors",
+            "Workload file reads rejected (last good set kept)",
+            workload_file_errors.clone(),
+        );
+        registry.register_collector(Box::new(KernelCounters { datapath }));
+        Self {
+            registry,
+            accepted,
+            active,
+            failed,
+            bytes_from_client,
+            bytes_from_server,
+            workloads,
+            workload_file_errors,
+        }
+    }
+
+    fn labels(pod: &PodKey, direction: Direction) -> ConnLabels {
+        ConnLabels {
+            direction: direction.as_str(),
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+        }
+    }
+
+    /// Handles for one pod and direction (series appear at zero).
+    pub fn conn(&self, pod: &PodKey, direction: Direction) -> ConnMetrics {
+        let l = Self::labels(pod, direction);
+        ConnMetrics {
+            accepted: self.accepted.get_or_create(&l).clone(),
+            active: self.active.get_or_create(&l).clone(),
+            failed: self.failed.get_or_create(&l).clone(),
+            bytes_from_client: self.bytes_from_client.get_or_create(&l).clone(),
+            bytes_from_server: self.bytes_from_server.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Drops a released pod's series so pod churn cannot grow `/metrics` forever.
+    pub fn remove_pod(&self, pod: &PodKey) {
+        for d in [Direction::Outbound, Direction::Inbound] {
+            let l = Self::labels(pod, d);
+            self.accepted.remove(&l);
+            self.active.remove(&l);
+            self.failed.remove(&l);
+            self.bytes_from_client.remove(&l);
+            self.bytes_from_server.remove(&l);
+        }
+    }
+
+    /// Prometheus/OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("encoding metrics: {err}");
+        }
+        out
+    }
+}
+
+/// Exposes the eBPF per-CPU counters as `hoptrace_ebpf_<name>_total`.
+#[derive(Debug)]
+struct KernelCounters {
+    datapath: Arc<Datapath>,
+}
+
+impl Collector for KernelCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (counter, value) in self.datapath.counters() {
+            let name = format!("ebpf_{}", counter.name());
+            let metric = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(
+                &name,
+                "Kernel-side steering events (summed over CPUs)",
+                None,
+                MetricType::Counter,
+            )?;
+            metric.encode(m)?;
+        }
+        Ok(())
+    }
+}

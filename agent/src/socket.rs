@@ -1,0 +1,174 @@
+//! The one place sockets are created. Netns, reuse and option settings are
+//! wrappers here, so the proxy never calls `socket()` itself.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::{Netns, NetnsError};
+
+/// Errors creating sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Entering the netns failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// `bind` failed because the port is taken.
+    #[error("cannot listen on {addr} in {netns}: address in use; another process in the pod uses this port — pick another with --outbound-port/--inbound-port")]
+    InUse {
+        /// Address.
+        addr: SocketAddr,
+        /// Netns path.
+        netns: String,
+    },
+    /// Any other socket error.
+    #[error("{op} {addr} in {netns}: {source}")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Netns path.
+        netns: String,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// Backlog of per-pod listeners: bursts of connects land in the accept queue.
+const BACKLOG: i32 = 1024;
+
+/// Opens a listening TCP socket on `addr` inside `netns` (non-blocking).
+pub fn listen_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, SocketError> {
+    let err = |op, source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            SocketError::InUse {
+                addr,
+                netns: netns.path().display().to_string(),
+            }
+        } else {
+            SocketError::Io {
+                op,
+                addr,
+                netns: netns.path().display().to_string(),
+                source,
+            }
+        }
+    };
+    let socket = netns
+        .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))?
+        .map_err(|e| err("socket", e))?;
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(true)
+            .map_err(|e| err("IPV6_V6ONLY", e))?;
+    }
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| err("SO_REUSEADDR", e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| err("O_NONBLOCK", e))?;
+    socket.bind(&addr.into()).map_err(|e| err("bind", e))?;
+    socket.listen(BACKLOG).map_err(|e| err("listen", e))?;
+    Ok(socket.into())
+}
+
+/// Creates an unconnected TCP socket in `netns` for `dst`'s family, optionally bound
+/// to `src` (port 0, chosen at connect time), ready for tokio to connect.
+pub fn connect_socket_in(
+    netns: &Netns,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+) -> Result<tokio::net::TcpSocket, SocketError> {
+    let err = |op, source| SocketError::Io {
+        op,
+        addr: dst,
+        netns: netns.path().display().to_string(),
+        source,
+    };
+    let socket = netns
+        .run(|| Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)))?
+        .map_err(|e| err("socket", e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| err("O_NONBLOCK", e))?;
+    socket
+        .set_nodelay(true)
+        .map_err(|e| err("TCP_NODELAY", e))?;
+    if let Some(src) = src {
+        // Defer the ephemeral port choice to connect(): many upstream connections from
+        // one source address then share ports across destinations. An optimisation
+        // only, so a kernel that refuses it is not an error.
+        let _ = set_bind_address_no_port(&socket);
+        socket
+            .bind(&SocketAddr::new(src, 0).into())
+            .map_err(|e| err("bind", e))?;
+    }
+    Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+}
+
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd, option value is a c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The network namespace cookie of the namespace `fd` lives in (`SO_NETNS_COOKIE`,
+/// Linux 5.14+). The same value `bpf_get_netns_cookie()` returns in the kernel.
+pub fn netns_cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd; out-pointers to stack values of the declared size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Loopback listen address of a per-pod listener.
+pub fn loopback(v6: bool, port: u16) -> SocketAddr {
+    if v6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+}
+
+/// Source address for inbound-leg upstream connections (agent → app), which
+/// `sk_lookup` lets through to the app instead of steering them again:
+/// `127.0.0.6` for IPv4 (as Istio), the pod's own address for IPv6.
+pub fn inbound_upstream_source(dst: &SocketAddr) -> IpAddr {
+    match dst {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(agent_common::INBOUND_UPSTREAM_SRC_V4)),
+        SocketAddr::V6(v6) => IpAddr::V6(*v6.ip()),
+    }
+}

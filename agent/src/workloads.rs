@@ -1,0 +1,398 @@
+//! Workload sources: which pods on this node to enroll (DESIGN §3.2).
+//!
+//! The static source is a YAML file, re-read when it changes. A malformed file is
+//! rejected with the line and reason and the last good set stays in force.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+
+/// Errors reading or validating a workload file.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// The file could not be read.
+    #[error(
+        "cannot read workload file {path}: {source}; check the path given to --workloads-file"
+    )]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// YAML syntax or schema error.
+    #[error("workload file {path}{location}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// ` line L column C` when known.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A well-formed file with an entry that cannot be used.
+    #[error("workload file {path}: workloads[{index}] ({pod}){location}: {message}")]
+    Invalid {
+        /// File path.
+        path: PathBuf,
+        /// Index of the entry in `workloads`.
+        index: usize,
+        /// `namespace/name` of the entry.
+        pod: String,
+        /// ` line L` of the entry when known.
+        location: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The file is for another node.
+    #[error("workload file {path} is for node {file_node:?} but this agent is --node-name {node:?}; point each agent at its own node's file")]
+    WrongNode {
+        /// File path.
+        path: PathBuf,
+        /// `node` in the file.
+        file_node: String,
+        /// This agent's node name.
+        node: String,
+    },
+}
+
+/// One pod to enroll, as the file describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Pod name.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod UID, when known.
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// Service (workload) name; defaults to `name`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The pod's addresses (v4 and/or v6). Inbound connections to these are steered.
+    pub ips: Vec<IpAddr>,
+    /// The pod's cgroup v2 directory. Outbound connections of processes in it are steered.
+    pub cgroup: PathBuf,
+    /// The pod's network namespace (a bind-mounted nsfs file or `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    /// Pod labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Workload {
+    /// The pod's identity as used in metrics and logs.
+    pub fn key(&self) -> PodKey {
+        PodKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Service name (`service`, else the pod name).
+    pub fn service_name(&self) -> &str {
+        self.service.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `namespace/name` of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodKey {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadFile {
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    workloads: Vec<Workload>,
+}
+
+/// Parses and validates workload file contents. `node` is this agent's node name.
+pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload>, WorkloadError> {
+    let file: WorkloadFile = if text.trim().is_empty() {
+        WorkloadFile {
+            node: None,
+            workloads: Vec::new(),
+        }
+    } else {
+        serde_yaml::from_str(text).map_err(|e| WorkloadError::Parse {
+            path: path.to_owned(),
+            location: e
+                .location()
+                .map(|l| format!(" line {} column {}", l.line(), l.column()))
+                .unwrap_or_default(),
+            message: e.to_string(),
+        })?
+    };
+    if let (Some(file_node), Some(node)) = (file.node.as_deref(), node) {
+        if file_node != node {
+            return Err(WorkloadError::WrongNode {
+                path: path.to_owned(),
+                file_node: file_node.to_owned(),
+                node: node.to_owned(),
+            });
+        }
+    }
+    let entry_lines = entry_lines(text);
+    let mut names = HashSet::new();
+    let mut ips = HashSet::new();
+    for (index, w) in file.workloads.iter().enumerate() {
+        let invalid = |message: String| WorkloadError::Invalid {
+            path: path.to_owned(),
+            index,
+            pod: w.key().to_string(),
+            location: entry_lines
+                .get(index)
+                .map(|l| format!(" line {l}"))
+                .unwrap_or_default(),
+            message,
+        };
+        if w.name.is_empty() || w.namespace.is_empty() {
+            return Err(invalid("`name` and `namespace` must not be empty".into()));
+        }
+        if !names.insert(w.key()) {
+            return Err(invalid(
+                "duplicate pod: each namespace/name may appear once".into(),
+            ));
+        }
+        if w.ips.is_empty() {
+            return Err(invalid(
+                "`ips` is empty: list the pod's addresses so inbound traffic can be steered".into(),
+            ));
+        }
+        for ip in &w.ips {
+            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+                return Err(invalid(format!("{ip} is not a pod address")));
+            }
+            if !ips.insert(*ip) {
+                return Err(invalid(format!(
+                    "{ip} is listed for two pods; an address belongs to one pod"
+                )));
+            }
+        }
+        if !w.cgroup.is_absolute() || !w.netns.is_absolute() {
+            return Err(invalid(
+                "`cgroup` and `netns` must be absolute paths".into(),
+            ));
+        }
+    }
+    Ok(file.workloads)
+}
+
+/// 1-based line numbers of the `- ` items directly under `workloads:`. Best effort,
+/// used only to point error messages at the right entry.
+fn entry_lines(text: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    let mut in_workloads = false;
+    let mut item_indent: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if indent == 0 {
+            in_workloads = trimmed.starts_with("workloads:");
+            continue;
+        }
+        if in_workloads && trimmed.starts_with("- ") || in_workloads && trimmed == "-" {
+            let want = *item_indent.get_or_insert(indent);
+            if indent == want {
+                lines.push(i + 1);
+            }
+        }
+    }
+    lines
+}
+
+/// Reads and parses a workload file.
+pub fn load(path: &Path, node: Option<&str>) -> Result<Vec<Workload>, WorkloadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text, node)
+}
+
+/// How often the file is polled. Polling (rather than inotify) also follows files
+/// replaced by rename and ConfigMap symlink swaps, which is what "within 1 s" needs.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Detects changes to a workload file by (mtime, size, inode, contents).
+#[derive(Debug)]
+pub struct FileWatch {
+    path: PathBuf,
+    last: Option<(Option<SystemTime>, u64, u64)>,
+    last_text: Option<String>,
+}
+
+impl FileWatch {
+    /// Watches `path` (nothing is read until [`FileWatch::poll`]).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            last: None,
+            last_text: None,
+        }
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Returns the new contents when the file changed since the last call (the first
+    /// call always returns them), `Ok(None)` when unchanged.
+    pub fn poll(&mut self) -> Result<Option<String>, WorkloadError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let read_err = |source| WorkloadError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&self.path).map_err(read_err)?;
+        let stamp = (meta.modified().ok(), meta.len(), meta.ino());
+        if self.last == Some(stamp) {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|source| WorkloadError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.last = Some(stamp);
+        if self.last_text.as_deref() == Some(text.as_str()) {
+            return Ok(None);
+        }
+        self.last_text = Some(text.clone());
+        Ok(Some(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node: node-1
+workloads:
+  - name: web-5d8f7          # pod name
+    namespace: emojivoto
+    uid: 0c1d
+    service: web
+    ips: [10.244.1.5, "fd00::5"]
+    cgroup: /sys/fs/cgroup/unified/lab/node-1/web-5d8f7
+    netns: /var/run/netns/web-5d8f7
+    labels: {app: web}
+  - name: db
+    namespace: emojivoto
+    ips: [10.244.1.6]
+    cgroup: /sys/fs/cgroup/unified/lab/node-1/db
+    netns: /var/run/netns/db
+"#;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/w.yaml")
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let w = parse(p(), GOOD, Some("node-1")).expect("valid");
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].service_name(), "web");
+        assert_eq!(w[1].service_name(), "db");
+        assert_eq!(w[0].ips.len(), 2);
+        assert_eq!(w[0].labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(w[1].key().to_string(), "emojivoto/db");
+    }
+
+    #[test]
+    fn empty_file_means_no_workloads() {
+        assert!(parse(p(), "", None).expect("empty ok").is_empty());
+        assert!(parse(p(), "workloads: []\n", None).expect("ok").is_empty());
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let bad = "node: n\nworkloads:\n  - name: [unclosed\n";
+        let err = parse(p(), bad, None).expect_err("bad yaml").to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("/etc/w.yaml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let bad = GOOD.replace("uid: 0c1d", "uidd: 0c1d");
+        let err = parse(p(), &bad, None)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(err.contains("uidd"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_entry() {
+        let bad = GOOD.replace("ips: [10.244.1.6]", "ips: [10.244.1.5]");
+        let err = parse(p(), &bad, None).expect_err("dup ip").to_string();
+        assert!(err.contains("workloads[1]"), "{err}");
+        assert!(err.contains("emojivoto/db"), "{err}");
+        assert!(err.contains("line 11"), "{err}");
+        assert!(err.contains("10.244.1.5"), "{err}");
+
+        let bad = GOOD.replace("ips: [10.244.1.6]", "ips: []");
+        assert!(parse(p(), &bad, None).is_err());
+        let bad = GOOD.replace("netns: /var/run/netns/db", "netns: netns/db");
+        assert!(parse(p(), &bad, None)
+            .expect_err("relative")
+            .to_string()
+            .contains("absolute"));
+        let bad = GOOD.replace("ips: [10.244.1.6]", "ips: [127.0.0.1]");
+        assert!(parse(p(), &bad, None).is_err());
+        let bad = GOOD.replace("name: db", "name: web-5d8f7");
+        assert!(parse(p(), &bad, None)
+            .expect_err("dup")
+            .to_string()
+            .contains("duplicate"));
+        let bad = GOOD.replace("ips: [10.244.1.6]", "ips: [10.244.1.999]");
+        assert!(parse(p(), &bad, None).is_err());
+    }
+
+    #[test]
+    fn other_nodes_file_is_rejected() {
+        let err = parse(p(), GOOD, Some("node-2"))
+            .expect_err("wrong node")
+            .to_string();
+        assert!(err.contains("node-2") && err.contains("node-1"), "{err}");
+    }
+
+    #[test]
+    fn watch_reports_changes_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("w.yaml");
+        std::fs::write(&path, "workloads: []\n").expect("write");
+        let mut w = FileWatch::new(path.clone());
+        assert!(w.poll().expect("poll").is_some());
+        assert!(w.poll().expect("poll").is_none());
+        std::fs::write(&path, GOOD).expect("write");
+        assert_eq!(w.poll().expect("poll").as_deref(), Some(GOOD));
+        assert!(w.poll().expect("poll").is_none());
+        std::fs::remove_file(&path).expect("rm");
+        assert!(w.poll().is_err());
+    }
+}

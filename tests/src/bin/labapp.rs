@@ -1,0 +1,308 @@
+//! `labapp`: the small TCP test program the lab runs inside pods.
+//!
+//! ```text
+//! labapp echo-server   --listen ADDR
+//! labapp whoami-server --listen ADDR
+//! labapp echo-client   --addr ADDR --bytes N --conns C [--half-close] [--seed S]
+//! labapp connect-loop  --addr ADDR --interval-ms I --duration-ms D [--count N]
+//! ```
+//!
+//! * `echo-server` echoes bytes until EOF, then shuts down its write side (so a
+//!   proxy that mishandles half-close is visible to the client).
+//! * `whoami-server` writes `peer=<peer socket address>\n` (IPv6 as
+//!   `[ip]:port`) and closes.
+//! * `echo-client` runs C concurrent connections; each sends N bytes from a
+//!   per-connection seeded RNG while reading the echo concurrently and checks
+//!   it byte for byte. With `--half-close` it shuts down its write side after
+//!   sending and then requires the echo followed by EOF. Prints
+//!   `{"ok":..,"failed":..,"bytes":..}` and exits 1 if any connection failed.
+//! * `connect-loop` opens a fresh connection every I ms for D ms (at least
+//!   one; at most N with `--count`), reads the answer to EOF, and prints
+//!   `<CLOCK_MONOTONIC ms> ok <answer>` or `<ms> error <reason>` per attempt.
+
+use anyhow::{bail, Context, Result};
+use hoptrace_tests::clock::monotonic_ms;
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+use socket2::{Domain, Socket, Type};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const LOOP_TIMEOUT: Duration = Duration::from_secs(2);
+const CHUNK: usize = 64 * 1024;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("labapp: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let sub = args
+        .next()
+        .context("usage: labapp <echo-server|whoami-server|echo-client|connect-loop> [flags]")?;
+    let flags = Flags::parse(args)?;
+    match sub.as_str() {
+        "echo-server" => serve(flags.addr("listen")?, echo),
+        "whoami-server" => serve(flags.addr("listen")?, whoami),
+        "echo-client" => echo_client(&flags),
+        "connect-loop" => connect_loop(&flags),
+        other => bail!("unknown subcommand {other:?}"),
+    }
+}
+
+/// `--key value` flags and bare `--switch`es.
+struct Flags(HashMap<String, Option<String>>);
+
+impl Flags {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Flags> {
+        let mut map = HashMap::new();
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            let key = arg
+                .strip_prefix("--")
+                .with_context(|| format!("unexpected argument {arg:?}"))?;
+            let value = match args.peek() {
+                Some(v) if !v.starts_with("--") => args.next(),
+                _ => None,
+            };
+            map.insert(key.to_owned(), value);
+        }
+        Ok(Flags(map))
+    }
+
+    fn get(&self, key: &str) -> Result<&str> {
+        match self.0.get(key) {
+            Some(Some(v)) => Ok(v),
+            _ => bail!("--{key} VALUE is required"),
+        }
+    }
+
+    fn addr(&self, key: &str) -> Result<SocketAddr> {
+        let v = self.get(key)?;
+        v.parse()
+            .with_context(|| format!("--{key} {v:?}: not an IP:port"))
+    }
+
+    fn num(&self, key: &str, default: Option<u64>) -> Result<u64> {
+        match (self.0.get(key), default) {
+            (None, Some(d)) => Ok(d),
+            _ => {
+                let v = self.get(key)?;
+                v.parse()
+                    .with_context(|| format!("--{key} {v:?}: not a number"))
+            }
+        }
+    }
+
+    fn switch(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+}
+
+fn serve(listen: SocketAddr, handler: fn(TcpStream, SocketAddr)) -> Result<()> {
+    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket
+        .bind(&listen.into())
+        .with_context(|| format!("bind {listen}"))?;
+    socket.listen(1024)?;
+    let listener: TcpListener = socket.into();
+    println!("listening {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                std::thread::spawn(move || handler(stream, peer));
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+}
+
+fn echo(mut stream: TcpStream, peer: SocketAddr) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                if let Err(e) = stream.shutdown(Shutdown::Write) {
+                    eprintln!("echo {peer}: shutdown: {e}");
+                }
+                return;
+            }
+            Ok(n) => {
+                if let Err(e) = stream.write_all(&buf[..n]) {
+                    eprintln!("echo {peer}: write: {e}");
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("echo {peer}: read: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn whoami(mut stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = stream.write_all(format!("peer={peer}\n").as_bytes()) {
+        eprintln!("whoami {peer}: write: {e}");
+    }
+}
+
+fn echo_client(flags: &Flags) -> Result<()> {
+    let addr = flags.addr("addr")?;
+    let bytes = usize::try_from(flags.num("bytes", None)?)?;
+    let conns = flags.num("conns", Some(1))?;
+    let seed = flags.num("seed", Some(1))?;
+    let half_close = flags.switch("half-close");
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let conn_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i;
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || echo_conn(addr, bytes, conn_seed, half_close))
+        })
+        .collect();
+    let (mut ok, mut failed, mut total) = (0u64, 0u64, 0u64);
+    for (i, handle) in handles.into_iter().enumerate() {
+        let result = match handle {
+            Ok(h) => h.join().unwrap_or_else(|_| Err("thread panicked".into())),
+            Err(e) => Err(format!("spawning thread: {e}")),
+        };
+        match result {
+            Ok(n) => {
+                ok += 1;
+                total += n;
+            }
+            Err(reason) => {
+                failed += 1;
+                eprintln!("conn {i}: {reason}");
+            }
+        }
+    }
+    println!("{{\"ok\":{ok},\"failed\":{failed},\"bytes\":{total}}}");
+    std::io::stdout().flush()?;
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// One echo connection; returns the number of bytes echoed intact.
+fn echo_conn(addr: SocketAddr, bytes: usize, seed: u64, half_close: bool) -> Result<u64, String> {
+    let mut data = vec![0u8; bytes];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let data = Arc::new(data);
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let io = |e: std::io::Error| e.to_string();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    let mut writer = stream.try_clone().map_err(io)?;
+    let to_send = Arc::clone(&data);
+    let sender = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || -> Result<(), String> {
+            for chunk in to_send.chunks(CHUNK) {
+                writer.write_all(chunk).map_err(|e| format!("write: {e}"))?;
+            }
+            if half_close {
+                writer
+                    .shutdown(Shutdown::Write)
+                    .map_err(|e| format!("shutdown(write): {e}"))?;
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("spawning writer: {e}"))?;
+    let mut received = vec![0u8; bytes];
+    let mut got = 0;
+    let mut read_result = Ok(());
+    while got < bytes {
+        match stream.read(&mut received[got..]) {
+            Ok(0) => {
+                read_result = Err(format!("EOF after {got} of {bytes} bytes"));
+                break;
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                read_result = Err(format!("read after {got} of {bytes} bytes: {e}"));
+                break;
+            }
+        }
+    }
+    if read_result.is_ok() && half_close {
+        // The server saw our FIN, echoed everything and shut down: expect EOF.
+        let mut extra = [0u8; 1024];
+        read_result = match stream.read(&mut extra) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("{n} unexpected bytes after the echo")),
+            Err(e) => Err(format!("waiting for EOF after the echo: {e}")),
+        };
+    }
+    if read_result.is_err() {
+        // Unblock the writer if it is stuck on a full window.
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    let sent = sender
+        .join()
+        .unwrap_or_else(|_| Err("writer panicked".into()));
+    read_result?;
+    sent?;
+    if let Some(at) = received.iter().zip(data.iter()).position(|(a, b)| a != b) {
+        return Err(format!("echo differs from what was sent at byte {at}"));
+    }
+    Ok(bytes as u64)
+}
+
+fn connect_loop(flags: &Flags) -> Result<()> {
+    let addr = flags.addr("addr")?;
+    let interval = Duration::from_millis(flags.num("interval-ms", None)?);
+    let duration = Duration::from_millis(flags.num("duration-ms", None)?);
+    let count = flags.num("count", Some(u64::MAX))?;
+    let start = Instant::now();
+    let mut out = std::io::stdout().lock();
+    for n in 0..count {
+        let began = Instant::now();
+        let t = monotonic_ms();
+        match attempt(addr) {
+            Ok(answer) => writeln!(out, "{t} ok {answer}")?,
+            Err(reason) => writeln!(out, "{t} error {}", reason.replace('\n', " "))?,
+        }
+        out.flush()?;
+        let next = began + interval;
+        if n + 1 == count || next.duration_since(start) >= duration {
+            break;
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(())
+}
+
+fn attempt(addr: SocketAddr) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, LOOP_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(LOOP_TIMEOUT))
+        .map_err(|e| format!("set timeout: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e} (after {} bytes)", answer.len()))?;
+    let text = String::from_utf8_lossy(&answer).trim().to_owned();
+    if text.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    Ok(text.replace('\n', " "))
+}
