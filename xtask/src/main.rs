@@ -1,1 +1,113 @@
-fn main() {}
+//! `cargo xtask`: the project's build, setup and test driver (Linux only).
+//!
+//! - `setup`: install what builds and tests need (idempotent).
+//! - `build`: the eBPF object and the release `hoptrace` binary.
+//! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
+//! - `demo`: a two-node lab with an echo app, traffic through the agent, its metrics.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hoptrace build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and packages builds and tests need (idempotent).
+    Setup,
+    /// Build the eBPF programs and the release `hoptrace` binary.
+    Build,
+    /// Run setup, then all tests: unit tests and the netns-lab end-to-end tests (root).
+    Test {
+        /// Extra arguments for `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Start a two-node lab with an echo app and show traffic through the agent (root).
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::check_ready()?;
+            cargo(&root, &["build", "--release", "-p", "hoptrace"])?;
+            println!("built {}", root.join("target/release/hoptrace").display());
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            require_root("the tests create network namespaces, cgroups and load eBPF programs")?;
+            setup::run()?;
+            // One profile for everything: the lab tests run the debug agent binary
+            // that `cargo test` builds anyway, so dependencies compile once.
+            cargo(&root, &["build", "-p", "hoptrace", "-p", "hoptrace-tests"])?;
+            let bin = root.join("target/debug/hoptrace");
+            let mut cmd = Command::new(cargo_bin());
+            cmd.current_dir(&root)
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .env("HOPTRACE_BIN", &bin)
+                .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
+            if !args.is_empty() {
+                cmd.arg("--").args(&args);
+            }
+            run(&mut cmd)
+        }
+        Cmd::Demo => {
+            require_root("the demo creates network namespaces and loads eBPF programs")?;
+            setup::run()?;
+            cargo(&root, &["build", "-p", "hoptrace", "-p", "hoptrace-tests"])?;
+            let mut cmd = Command::new(root.join("target/debug/lab-demo"));
+            cmd.env("HOPTRACE_BIN", root.join("target/debug/hoptrace"))
+                .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
+            run(&mut cmd)
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").context("run through `cargo xtask`")?;
+    Ok(Path::new(&dir)
+        .parent()
+        .context("xtask has no parent dir")?
+        .to_path_buf())
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this task must run as root: {why}. Run it as root (e.g. `sudo -E cargo xtask ...`)");
+    }
+    Ok(())
+}
+
+pub(crate) fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+pub(crate) fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new(cargo_bin()).current_dir(root).args(args))
+}
+
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `cargo xtask setup`: everything a fresh machine needs to build and test hoptrace.
+//! Each step checks first and does nothing when already done.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::run as exec;
+
+/// bpf-linker release known to build against the nightly toolchain's LLVM here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The nightly toolchain that compiles the eBPF crate (must match bpf-linker's LLVM).
+const NIGHTLY: &str = "nightly";
+
+/// Debian packages the lab and tests use: (binary to probe, package).
+const DEBIAN: &[(&str, &str)] = &[("ip", "iproute2")];
+
+/// Runs every setup step.
+pub fn run() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    println!("xtask setup: done");
+    Ok(())
+}
+
+/// Fails with the one-line fix when the eBPF toolchain is missing.
+pub fn check_ready() -> anyhow::Result<()> {
+    if which::which("bpf-linker").is_err() {
+        bail!("bpf-linker is not installed: run `cargo xtask setup` first");
+    }
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("rustup is required (the nightly toolchain builds the eBPF programs)")?;
+    if !out.status.success() {
+        bail!("the `{NIGHTLY}` toolchain is not installed: `rustup toolchain install {NIGHTLY}`");
+    }
+    if String::from_utf8_lossy(&out.stdout).contains("rust-src") {
+        return Ok(());
+    }
+    println!("xtask setup: adding rust-src to {NIGHTLY}");
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// The LLVM major version of the nightly toolchain (`LLVM version: 22.1.4`).
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let out = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "-vV"])
+        .output()
+        .context("running rustc +nightly -vV")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ver = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV printed no LLVM version")?;
+    ver.split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .with_context(|| format!("unparseable LLVM version {ver:?}"))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Ok(out) = Command::new("bpf-linker").arg("--version").output() {
+        if out.status.success() {
+            return Ok(());
+        }
+    }
+    // No prebuilt bpf-linker can be downloaded here: build it against the nightly
+    // toolchain's own libLLVM, so its bitcode version matches what rustc emits.
+    let major = nightly_llvm_major()?;
+    let sysroot = String::from_utf8(
+        Command::new("rustc")
+            .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+            .output()
+            .context("rustc +nightly --print sysroot")?
+            .stdout,
+    )?;
+    let libdir = PathBuf::from(sysroot.trim()).join("lib");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", libdir.display()))?;
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let prefix = PathBuf::from(home).join(".cache/hoptrace/llvm-prefix");
+    let plib = prefix.join("lib");
+    std::fs::create_dir_all(&plib)?;
+    for name in ["libLLVM.so".to_string(), lib.clone()] {
+        let link = plib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(libdir.join(&lib), &link)
+            .with_context(|| format!("symlink {}", link.display()))?;
+    }
+    println!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} ({lib}); takes a few minutes");
+    exec(Command::new(crate::cargo_bin())
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(bin, _)| which::which(bin).is_err())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask setup: installing Debian packages {missing:?}");
+    exec(Command::new("apt-get").arg("update").arg("-q"))?;
+    exec(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
