@@ -352,7 +352,7 @@ workloads:
         let err = parse(p(), &bad, None).expect_err("dup ip").to_string();
         assert!(err.contains("workloads[1]"), "{err}");
         assert!(err.contains("emojivoto/db"), "{err}");
-        assert!(err.contains("line 11"), "{err}");
+        assert!(err.contains("line 12"), "{err}");
         assert!(err.contains("10.244.1.5"), "{err}");
 
         let bad = GOOD.replace("ips: [10.244.1.6]", "ips: []");
