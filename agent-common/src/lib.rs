@@ -10,13 +10,6 @@ pub const OUTBOUND_PORT: u16 = 15001;
 /// Port of the per-pod inbound listener, bound on loopback inside each pod netns.
 pub const INBOUND_PORT: u16 = 15006;
 
-/// Source address the agent binds for its inbound-leg upstream connections
-/// (agent → app inside the destination pod). `sk_lookup` passes connections from it,
-/// which is what keeps the inbound leg from looping back into the agent.
-pub const INBOUND_UPSTREAM_SRC_V4: [u8; 4] = [127, 0, 0, 6];
-/// For IPv6 the agent uses the pod's own address as the source instead (sk_lookup
-/// passes connections whose source equals their destination).
-
 /// `AF_INET` as used in map values.
 pub const FAMILY_V4: u16 = 2;
 /// `AF_INET6` as used in map values.
@@ -32,6 +25,9 @@ pub mod maps {
     pub const ORIG_BY_PEER: &str = "ORIG_BY_PEER";
     /// `SockHash<InboundKey>`: per pod address, the pod's inbound listener.
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// `LruHashMap<Tuple, u8>`: connections the agent is making into a pod (inbound
+    /// leg) that `sk_lookup` must let through to the app.
+    pub const INBOUND_BYPASS: &str = "INBOUND_BYPASS";
     /// `PerCpuArray<u64>` of [`crate::Counter`] values, for `/metrics`.
     pub const COUNTERS: &str = "COUNTERS";
 }
@@ -111,6 +107,25 @@ pub struct InboundKey {
     pub family: u32,
 }
 
+/// A TCP 4-tuple as `sk_lookup` sees it (remote = connecting side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    /// Remote (connecting) address: IPv4 in the first 4 bytes, or IPv6; network order.
+    pub remote_addr: [u8; 16],
+    /// Local (destination) address, same encoding.
+    pub local_addr: [u8; 16],
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+}
+
+/// Capacity of [`maps::INBOUND_BYPASS`]: inbound-leg connects in flight per node.
+pub const BYPASS_MAX_ENTRIES: u32 = 16_384;
+
 /// Indexes into [`maps::COUNTERS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,4 +179,5 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::OrigDstKey {}
     unsafe impl aya::Pod for super::InboundKey {}
+    unsafe impl aya::Pod for super::Tuple {}
 }

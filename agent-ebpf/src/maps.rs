@@ -1,8 +1,8 @@
 //! Maps shared by the programs. Names must match `agent_common::maps`.
 
 use agent_common::{
-    Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, COUNTERS_LEN, ORIG_DST_MAX_ENTRIES,
-    PODS_MAX_ENTRIES,
+    Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, Tuple, BYPASS_MAX_ENTRIES, COUNTERS_LEN,
+    ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -27,6 +27,11 @@ pub static ORIG_BY_PEER: LruHashMap<OrigDstKey, OrigDst> =
 #[map]
 pub static INBOUND_LISTENERS: SockHash<InboundKey> =
     SockHash::with_max_entries(PODS_MAX_ENTRIES, 0);
+
+/// Inbound-leg connections of the agent itself: sk_lookup must not steer them.
+#[map]
+pub static INBOUND_BYPASS: LruHashMap<Tuple, u8> =
+    LruHashMap::with_max_entries(BYPASS_MAX_ENTRIES, 0);
 
 /// Per-CPU event counters, summed by the agent for `/metrics`.
 #[map]

@@ -1,10 +1,10 @@
 //! `sk_lookup`, attached to each enrolled pod's netns: hand new TCP connections for
 //! the pod's addresses to the agent's inbound listener in that netns.
 
-use agent_common::{Counter, InboundKey, FAMILY_V4, FAMILY_V6, INBOUND_PORT, OUTBOUND_PORT};
+use agent_common::{Counter, InboundKey, Tuple, FAMILY_V4, FAMILY_V6, INBOUND_PORT, OUTBOUND_PORT};
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 
-use crate::maps::{count, INBOUND_LISTENERS};
+use crate::maps::{count, INBOUND_BYPASS, INBOUND_LISTENERS};
 
 const SK_PASS: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
@@ -39,47 +39,55 @@ fn steer(ctx: &SkLookupContext) {
         return;
     }
     let mut key = InboundKey::default();
+    let mut tuple = Tuple {
+        remote_port: u16::from_be(field!(ctx, remote_port)),
+        local_port: local_port as u16,
+        ..Tuple::default()
+    };
     match field!(ctx, family) {
         AF_INET => {
             let remote = field!(ctx, remote_ip4).to_ne_bytes();
-            // The agent's own inbound-leg connections come from 127.0.0.6 (and any
-            // loopback source is local to the pod): let them reach the app.
-            if remote[0] == 127 {
-                return;
-            }
+            let local = field!(ctx, local_ip4).to_ne_bytes();
             key.family = u32::from(FAMILY_V4);
-            key.addr[..4].copy_from_slice(&field!(ctx, local_ip4).to_ne_bytes());
+            key.addr[..4].copy_from_slice(&local);
+            tuple.family = u32::from(FAMILY_V4);
+            tuple.remote_addr[..4].copy_from_slice(&remote);
+            tuple.local_addr[..4].copy_from_slice(&local);
         }
         AF_INET6 => {
-            let r = [
-                field!(ctx, remote_ip6[0]),
-                field!(ctx, remote_ip6[1]),
-                field!(ctx, remote_ip6[2]),
-                field!(ctx, remote_ip6[3]),
-            ];
-            if r[0] == 0 && r[1] == 0 && r[2].to_ne_bytes() == [0, 0, 0xff, 0xff] {
-                return; // v4-mapped: handled by the AF_INET lookup
-            }
             let w = [
                 field!(ctx, local_ip6[0]),
                 field!(ctx, local_ip6[1]),
                 field!(ctx, local_ip6[2]),
                 field!(ctx, local_ip6[3]),
             ];
-            // The agent's v6 inbound-leg connections are made from the pod's own
-            // address (see agent::socket::inbound_upstream_source): let them through.
-            // A v6 loopback source cannot be used: the kernel's RST towards ::1 from a
-            // global address is not routed, so a closed app port would hang.
-            if r == w {
-                return;
+            if w[0] == 0 && w[1] == 0 && w[2].to_ne_bytes() == [0, 0, 0xff, 0xff] {
+                return; // v4-mapped: not a pod's v6 address
             }
+            let r = [
+                field!(ctx, remote_ip6[0]),
+                field!(ctx, remote_ip6[1]),
+                field!(ctx, remote_ip6[2]),
+                field!(ctx, remote_ip6[3]),
+            ];
             key.family = u32::from(FAMILY_V6);
-            key.addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
-            key.addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
-            key.addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
-            key.addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
+            tuple.family = u32::from(FAMILY_V6);
+            let mut i = 0;
+            while i < 4 {
+                key.addr[i * 4..i * 4 + 4].copy_from_slice(&w[i].to_ne_bytes());
+                tuple.local_addr[i * 4..i * 4 + 4].copy_from_slice(&w[i].to_ne_bytes());
+                tuple.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
+                i += 1;
+            }
         }
         _ => return,
+    }
+    // The agent's own inbound-leg connection (made from the client's address with
+    // IP_TRANSPARENT) looks like the client's: the agent registers its exact 4-tuple
+    // before connecting. Steering it would loop.
+    // SAFETY: plain-data value.
+    if unsafe { INBOUND_BYPASS.get(&tuple) }.is_some() {
+        return;
     }
     match INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0) {
         Ok(()) => count(Counter::InboundSteered),

@@ -17,6 +17,7 @@ use crate::{
     admin::{self, AdminState},
     config::RunArgs,
     ebpf::{Datapath, DatapathError, PodLinks},
+    inpod,
     metrics::{Direction, Metrics, StateLabels},
     netns::{self, Netns, NetnsError},
     proxy::{PodContext, PodListeners},
@@ -50,6 +51,9 @@ pub enum EnrollError {
     /// Attaching or map updates failed.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    /// Pod netns routing setup failed.
+    #[error(transparent)]
+    Inpod(#[from] inpod::InpodError),
     /// Other I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -157,6 +161,8 @@ impl PodTable {
     fn enroll(&mut self, w: &Workload) -> Result<Enrolled, EnrollError> {
         let netns = Netns::open(&w.netns)?;
         let cgroup = open_cgroup2(&w.cgroup)?;
+        // Return routing for the transparent inbound leg; inert until steering starts.
+        inpod::install(&netns)?;
         let has_v6 = w.ips.iter().any(IpAddr::is_ipv6);
 
         // Listeners first: nothing is steered until they exist.
@@ -246,6 +252,9 @@ impl PodTable {
         self.datapath.detach_pod(e.links);
         self.metrics.remove_pod(&e.ctx.key);
         let listeners = e.listeners;
+        // The pod netns' fwmark rule and route (inpod) stay: connections still being
+        // proxied need them, a re-enrollment reuses them, they match only the agent's
+        // mark, and they go away with the pod's netns.
         tokio::spawn(async move {
             tokio::time::sleep(DRAIN).await;
             listeners.stop();

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod check;
 pub mod config;
 pub mod ebpf;
+pub mod inpod;
 pub mod logging;
 pub mod metrics;
 pub mod netns;

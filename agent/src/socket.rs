@@ -78,12 +78,22 @@ pub fn listen_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListene
     Ok(socket.into())
 }
 
-/// Creates an unconnected TCP socket in `netns` for `dst`'s family, optionally bound
-/// to `src` (port 0, chosen at connect time), ready for tokio to connect.
+/// Where an upstream connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The kernel's choice (the pod's address towards the destination).
+    Default,
+    /// The given address, which need not be local (IP_TRANSPARENT), with the socket
+    /// marked [`crate::inpod::MARK`] so the replies route back to it.
+    Transparent(IpAddr),
+}
+
+/// Creates an unconnected TCP socket in `netns` for `dst`'s family, bound per `src`
+/// (port chosen at connect time), ready for tokio to connect.
 pub fn connect_socket_in(
     netns: &Netns,
     dst: SocketAddr,
-    src: Option<IpAddr>,
+    src: Source,
 ) -> Result<tokio::net::TcpSocket, SocketError> {
     let err = |op, source| SocketError::Io {
         op,
@@ -100,26 +110,40 @@ pub fn connect_socket_in(
     socket
         .set_nodelay(true)
         .map_err(|e| err("TCP_NODELAY", e))?;
-    if let Some(src) = src {
-        // Defer the ephemeral port choice to connect(): many upstream connections from
-        // one source address then share ports across destinations. An optimisation
-        // only, so a kernel that refuses it is not an error.
-        let _ = set_bind_address_no_port(&socket);
+    if let Source::Transparent(ip) = src {
+        match ip {
+            IpAddr::V4(_) => socket
+                .set_ip_transparent(true)
+                .map_err(|e| err("IP_TRANSPARENT", e))?,
+            IpAddr::V6(_) => {
+                set_ipv6_transparent(&socket).map_err(|e| err("IPV6_TRANSPARENT", e))?
+            }
+        }
         socket
-            .bind(&SocketAddr::new(src, 0).into())
+            .set_mark(crate::inpod::MARK)
+            .map_err(|e| err("SO_MARK", e))?;
+        // The port is chosen here, at bind (not deferred to connect), because the
+        // caller registers the exact 4-tuple with sk_lookup before connecting.
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
             .map_err(|e| err("bind", e))?;
     }
     Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
 }
 
-fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+fn set_ipv6_transparent(socket: &Socket) -> io::Result<()> {
+    setsockopt_int(socket, libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+}
+
+/// Sets an integer socket option to 1.
+fn setsockopt_int(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: valid fd, option value is a c_int that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
+            level,
+            name,
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -160,15 +184,5 @@ pub fn loopback(v6: bool, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
     } else {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-    }
-}
-
-/// Source address for inbound-leg upstream connections (agent → app), which
-/// `sk_lookup` lets through to the app instead of steering them again:
-/// `127.0.0.6` for IPv4 (as Istio), the pod's own address for IPv6.
-pub fn inbound_upstream_source(dst: &SocketAddr) -> IpAddr {
-    match dst {
-        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(agent_common::INBOUND_UPSTREAM_SRC_V4)),
-        SocketAddr::V6(v6) => IpAddr::V6(*v6.ip()),
     }
 }

@@ -98,17 +98,19 @@ fn bpf_linker() -> anyhow::Result<()> {
             .with_context(|| format!("symlink {}", link.display()))?;
     }
     println!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} ({lib}); takes a few minutes");
-    exec(Command::new(crate::cargo_bin())
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
-        .env("LLVM_PREFIX", &prefix))
+    exec(
+        Command::new(crate::cargo_bin())
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
 }
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -122,8 +124,10 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("xtask setup: installing Debian packages {missing:?}");
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

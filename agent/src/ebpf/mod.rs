@@ -9,11 +9,11 @@ use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
     os::fd::AsRawFd,
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use agent_common::{
-    maps, programs, Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, FAMILY_V4, FAMILY_V6,
+    maps, programs, Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, Tuple, FAMILY_V4, FAMILY_V6,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, SockHash},
@@ -95,6 +95,7 @@ struct Control {
 pub struct Datapath {
     control: Mutex<Control>,
     orig: Mutex<HashMap<MapData, OrigDstKey, OrigDst>>,
+    bypass: Mutex<HashMap<MapData, Tuple, u8>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -143,6 +144,8 @@ impl Datapath {
             .map_err(map_err(maps::INBOUND_LISTENERS))?;
         let counters =
             PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
+        let bypass = HashMap::try_from(take(maps::INBOUND_BYPASS)?)
+            .map_err(map_err(maps::INBOUND_BYPASS))?;
         Ok(Self {
             control: Mutex::new(Control {
                 ebpf,
@@ -151,6 +154,7 @@ impl Datapath {
                 counters,
             }),
             orig: Mutex::new(orig),
+            bypass: Mutex::new(bypass),
         })
     }
 
@@ -278,6 +282,25 @@ impl Datapath {
         orig_to_addr(&orig)
     }
 
+    /// Lets the connection `from` → `to` (the agent's own inbound leg) through
+    /// `sk_lookup` until the returned guard is dropped.
+    pub fn bypass(
+        self: &Arc<Self>,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) -> Result<BypassGuard, DatapathError> {
+        let tuple = tuple(from, to);
+        self.bypass
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tuple, 1, 0)
+            .map_err(map_err(maps::INBOUND_BYPASS))?;
+        Ok(BypassGuard {
+            datapath: self.clone(),
+            tuple,
+        })
+    }
+
     /// Current values of the kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Vec<(Counter, u64)> {
         let c = self.control();
@@ -292,6 +315,45 @@ impl Datapath {
                 (k, v)
             })
             .collect()
+    }
+}
+
+/// Removes a bypass entry when dropped (the connection is established or failed:
+/// `sk_lookup` only runs for the SYN).
+#[derive(Debug)]
+pub struct BypassGuard {
+    datapath: Arc<Datapath>,
+    tuple: Tuple,
+}
+
+impl Drop for BypassGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .datapath
+            .bypass
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.tuple);
+    }
+}
+
+fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => b = v6.octets(),
+    }
+    b
+}
+
+/// The sk_lookup view of a connection from `from` to `to`.
+pub fn tuple(from: SocketAddr, to: SocketAddr) -> Tuple {
+    Tuple {
+        remote_addr: addr_bytes(from.ip()),
+        local_addr: addr_bytes(to.ip()),
+        remote_port: from.port(),
+        local_port: to.port(),
+        family: u32::from(if to.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }),
     }
 }
 

@@ -6,8 +6,9 @@
 //!   in the same netns, so the server sees the client pod's address.
 //! - inbound: `sk_lookup` handed a connection for the pod's address to
 //!   `127.0.0.1:15006`; the accepted socket's local address is the original
-//!   destination. The upstream to the app is made from `127.0.0.6` (IPv6: the pod's own address),
-//!   which `sk_lookup` lets through.
+//!   destination. The upstream to the app is made from the client's own address
+//!   (IP_TRANSPARENT, see `inpod`), so the app sees the real client; it arrives on
+//!   the pod's loopback, which `sk_lookup` never steers.
 
 mod tcp;
 
@@ -63,6 +64,9 @@ pub enum ConnError {
     /// Upstream connect timed out.
     #[error("connect to {0}: timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout(SocketAddr),
+    /// The sk_lookup bypass entry could not be written.
+    #[error("registering the inbound leg with sk_lookup: {0}")]
+    Bypass(String),
     /// Relay I/O error.
     #[error("relay: {0}")]
     Relay(std::io::Error),
@@ -141,7 +145,7 @@ async fn outbound(pod: &PodContext, client: TcpStream, peer: SocketAddr) -> Resu
         reset(client);
         return Err(ConnError::NoOrigDst(peer.port()));
     };
-    let upstream = match connect(pod, dst, None).await {
+    let upstream = match connect(pod, dst, socket::Source::Default).await {
         Ok(u) => u,
         Err(err) => {
             reset(client);
@@ -156,8 +160,8 @@ async fn outbound(pod: &PodContext, client: TcpStream, peer: SocketAddr) -> Resu
 async fn inbound(pod: &PodContext, client: TcpStream) -> Result<(), ConnError> {
     // With sk_lookup the accepted socket keeps the address the client dialed.
     let dst = client.local_addr().map_err(ConnError::Relay)?;
-    let src = socket::inbound_upstream_source(&dst);
-    let upstream = match connect(pod, dst, Some(src)).await {
+    let peer = client.peer_addr().map_err(ConnError::Relay)?;
+    let upstream = match connect_transparent(pod, peer, dst).await {
         Ok(u) => u,
         Err(err) => {
             reset(client);
@@ -172,9 +176,31 @@ async fn inbound(pod: &PodContext, client: TcpStream) -> Result<(), ConnError> {
 async fn connect(
     pod: &PodContext,
     dst: SocketAddr,
-    src: Option<std::net::IpAddr>,
+    src: socket::Source,
 ) -> Result<TcpStream, ConnError> {
     let sock = socket::connect_socket_in(&pod.netns, dst, src)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(ConnError::Connect { addr: dst, source }),
+        Err(_) => Err(ConnError::ConnectTimeout(dst)),
+    }
+}
+
+/// Connects to the app from the client's own address. The exact 4-tuple is
+/// registered with `sk_lookup` for the duration of the handshake so this
+/// connection reaches the app instead of being steered back to the agent.
+async fn connect_transparent(
+    pod: &PodContext,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Result<TcpStream, ConnError> {
+    let sock =
+        socket::connect_socket_in(&pod.netns, dst, socket::Source::Transparent(client.ip()))?;
+    let local = sock.local_addr().map_err(ConnError::Relay)?;
+    let _bypass = pod
+        .datapath
+        .bypass(local, dst)
+        .map_err(|e| ConnError::Bypass(e.to_string()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(source)) => Err(ConnError::Connect { addr: dst, source }),

@@ -1,0 +1,236 @@
+//! Per-pod network namespace setup for the transparent inbound leg.
+//!
+//! The inbound leg connects to the app from the *client's* address (IP_TRANSPARENT +
+//! SO_MARK), so the app sees the real client pod as its peer. The app's replies to
+//! that address must come back to the agent's socket instead of leaving through the
+//! pod's eth0; inside the pod netns the agent installs, via rtnetlink:
+//!
+//! - `ip rule add fwmark MARK lookup TABLE` (v4 and v6)
+//! - `ip route add local default dev lo table TABLE` (v4 and v6)
+//! - `net.ipv4.tcp_fwmark_accept = 1`, so the app's accepted socket inherits the
+//!   mark of the agent's SYN (it applies to IPv6 too).
+//!
+//! Only packets carrying MARK are affected: the pod's own traffic is untouched. The
+//! entries stay after release (connections still proxied need them, re-enrollment
+//! reuses them) and go away with the pod's netns.
+
+use std::io;
+
+use crate::netns::{Netns, NetnsError};
+
+/// Socket mark of inbound-leg upstream sockets (and their replies).
+pub const MARK: u32 = 0x4854_0000;
+/// Mask of [`MARK`] in the rule.
+pub const MARK_MASK: u32 = 0xffff_0000;
+/// Routing table holding the `local default dev lo` route.
+pub const TABLE: u32 = 0x4854;
+/// Priority of the fwmark rule: before the `main` table (32766).
+pub const RULE_PRIORITY: u32 = 3100;
+
+/// Errors configuring a pod netns.
+#[derive(Debug, thiserror::Error)]
+pub enum InpodError {
+    /// Entering the netns failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A netlink request failed.
+    #[error("configuring the pod network namespace ({what}): {source}; the agent needs CAP_NET_ADMIN in the pod's netns")]
+    Netlink {
+        /// Which request.
+        what: &'static str,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// Installs the rules, routes and sysctl in `netns` (idempotent).
+pub fn install(netns: &Netns) -> Result<(), InpodError> {
+    netns.run(|| -> Result<(), InpodError> {
+        std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", b"1").map_err(|source| {
+            InpodError::Netlink {
+                what: "sysctl net.ipv4.tcp_fwmark_accept",
+                source,
+            }
+        })?;
+        let nl = Netlink::open().map_err(|source| InpodError::Netlink {
+            what: "netlink socket",
+            source,
+        })?;
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            nl.request(&rule_msg(libc::RTM_NEWRULE, family))
+                .or_else(exists_ok)
+                .map_err(|source| InpodError::Netlink {
+                    what: "ip rule add fwmark",
+                    source,
+                })?;
+            nl.request(&route_msg(libc::RTM_NEWROUTE, family))
+                .or_else(exists_ok)
+                .map_err(|source| InpodError::Netlink {
+                    what: "ip route add local default dev lo",
+                    source,
+                })?;
+        }
+        Ok(())
+    })?
+}
+
+fn exists_ok(e: io::Error) -> io::Result<()> {
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// A NETLINK_ROUTE socket, created in the netns current at `open()`.
+struct Netlink {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Netlink {
+    fn open() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket(2) call; the fd is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor we own.
+        Ok(Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Sends one request with NLM_F_ACK and returns the kernel's verdict.
+    fn request(&self, msg: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // nlmsghdr (16 bytes), then for NLMSG_ERROR an i32 error code.
+        if n < 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short netlink reply",
+            ));
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        if ty != libc::NLMSG_ERROR as u16 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected netlink reply",
+            ));
+        }
+        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(-code))
+        }
+    }
+}
+
+/// Builds a netlink message: header, fixed body, then u32 attributes.
+fn message(ty: u16, flags: u16, body: &[u8], attrs: &[(u16, u32)]) -> Vec<u8> {
+    const HDR: usize = 16;
+    let attrs_len = attrs.len() * 8; // rtattr (4) + u32 (4), already 4-aligned
+    let len = HDR + body.len() + attrs_len;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel assigns
+    m.extend_from_slice(body);
+    for (kind, value) in attrs {
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&value.to_ne_bytes());
+    }
+    m
+}
+
+fn create_flags() -> u16 {
+    (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16
+}
+
+/// `ip rule add fwmark MARK/MARK_MASK lookup TABLE priority RULE_PRIORITY`.
+fn rule_msg(ty: u16, family: u8) -> Vec<u8> {
+    const FR_ACT_TO_TBL: u8 = 1;
+    const FRA_PRIORITY: u16 = 6;
+    const FRA_FWMARK: u16 = 10;
+    const FRA_TABLE: u16 = 15;
+    const FRA_FWMASK: u16 = 16;
+    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags(u32)
+    let mut body = vec![family, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    debug_assert_eq!(body.len(), 12);
+    message(
+        ty,
+        create_flags(),
+        &body,
+        &[
+            (FRA_PRIORITY, RULE_PRIORITY),
+            (FRA_FWMARK, MARK),
+            (FRA_FWMASK, MARK_MASK),
+            (FRA_TABLE, TABLE),
+        ],
+    )
+}
+
+/// `ip route add local default dev lo table TABLE`.
+fn route_msg(ty: u16, family: u8) -> Vec<u8> {
+    const RTPROT_BOOT: u8 = 3;
+    const RT_SCOPE_HOST: u8 = 254;
+    const RTN_LOCAL: u8 = 2;
+    const RTA_OIF: u16 = 4;
+    const RTA_TABLE: u16 = 15;
+    const LOOPBACK_IFINDEX: u32 = 1;
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
+    let mut body = vec![family, 0, 0, 0, 0, RTPROT_BOOT, RT_SCOPE_HOST, RTN_LOCAL];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    debug_assert_eq!(body.len(), 12);
+    message(
+        ty,
+        create_flags(),
+        &body,
+        &[(RTA_TABLE, TABLE), (RTA_OIF, LOOPBACK_IFINDEX)],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_well_formed() {
+        let m = rule_msg(libc::RTM_NEWRULE, libc::AF_INET as u8);
+        assert_eq!(m.len(), 16 + 12 + 4 * 8);
+        assert_eq!(
+            u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
+            m.len()
+        );
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWRULE);
+        let r = route_msg(libc::RTM_NEWROUTE, libc::AF_INET6 as u8);
+        assert_eq!(r.len(), 16 + 12 + 2 * 8);
+        assert_eq!(r[16], libc::AF_INET6 as u8);
+        // create-only: an existing entry answers EEXIST, which install() accepts
+        let flags = u16::from_ne_bytes([r[6], r[7]]);
+        assert_ne!(flags & libc::NLM_F_EXCL as u16, 0);
+    }
+}
