@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             let bin = root.join("target/debug/hoptrace");
             let mut cmd = Command::new(cargo_bin());
             cmd.current_dir(&root)
-                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(["test", "--no-fail-fast"])
                 .env("HOPTRACE_BIN", &bin)
                 .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
             if !args.is_empty() {
