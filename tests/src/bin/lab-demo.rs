@@ -1,0 +1,98 @@
+//! `cargo xtask demo`: a two-node lab with an echo app, traffic through the agent,
+//! and what each agent saw. Everything is torn down at the end.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use hoptrace_tests::{Agent, Lab, LabApp};
+
+const ECHO_PORT: u16 = 7000;
+const WHOAMI_PORT: u16 = 7001;
+
+fn main() -> Result<()> {
+    if !hoptrace_tests::require_root() {
+        bail!("the demo needs root (network namespaces, cgroups, eBPF)");
+    }
+    // CARGO_BIN_EXE_* exists only for tests; xtask passes the path instead.
+    let app = LabApp::new(
+        std::env::var_os("HOPTRACE_LABAPP")
+            .context("HOPTRACE_LABAPP is not set: run `cargo xtask demo`")?,
+    );
+    let mut lab = Lab::new().context("creating the lab")?;
+    lab.add_node("node-1")?;
+    lab.add_node("node-2")?;
+    let client = lab.add_pod("node-1", "client")?;
+    let local = lab.add_pod("node-1", "echo-local")?;
+    let remote = lab.add_pod("node-2", "echo-remote")?;
+    println!(
+        "lab {}: node-1 = [client {}, echo-local {}], node-2 = [echo-remote {}]",
+        lab.id(),
+        ip(&client),
+        ip(&local),
+        ip(&remote)
+    );
+
+    let _s1 = app.echo_server(&local, local.addr(ECHO_PORT))?;
+    let _s2 = app.echo_server(&remote, remote.addr(ECHO_PORT))?;
+    let _w2 = app.whoami_server(&remote, remote.addr(WHOAMI_PORT))?;
+
+    let mut agents = Vec::new();
+    for node in ["node-1", "node-2"] {
+        let file = lab.write_workloads(node)?;
+        println!(
+            "\n$ hoptrace run --workloads-file {} --node-name {node}",
+            file.display()
+        );
+        println!("{}", std::fs::read_to_string(&file)?.trim_end());
+        let mut agent = Agent::start(&lab, node, &file)?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        println!(
+            "agent for {node} ready, admin on http://{}",
+            agent.admin_addr()
+        );
+        agents.push(agent);
+    }
+
+    println!("\n== traffic (from the client pod, which knows nothing about the agent)");
+    for (what, target) in [
+        ("same node", local.addr(ECHO_PORT)),
+        ("cross node", remote.addr(ECHO_PORT)),
+    ] {
+        let r = app.echo_client(&client, target, 4 * 1024 * 1024, 8, false)?;
+        println!("echo {what:10} -> {target}: {} connections ok, {} failed, {} bytes echoed and compared",
+            r.ok, r.failed, r.bytes);
+    }
+    let seen = app.whoami(&client, remote.addr(WHOAMI_PORT))?;
+    println!("whoami on echo-remote saw the caller as {seen} (the client pod's own address)");
+
+    println!("\n== what the agents saw (GET /metrics)");
+    for agent in &agents {
+        println!("-- {}", agent.node());
+        let m = agent.metrics()?;
+        for s in m.samples() {
+            let interesting = s.name.starts_with("hoptrace_connections_accepted")
+                || s.name.starts_with("hoptrace_bytes_from_client")
+                || s.name.starts_with("hoptrace_ebpf_");
+            if interesting && s.value > 0.0 {
+                let labels: Vec<String> = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect();
+                if labels.is_empty() {
+                    println!("{} {}", s.name, s.value);
+                } else {
+                    println!("{}{{{}}} {}", s.name, labels.join(","), s.value);
+                }
+            }
+        }
+    }
+    drop(agents);
+    lab.teardown().context("tearing the lab down")?;
+    println!("\nlab torn down");
+    Ok(())
+}
+
+fn ip(pod: &hoptrace_tests::Pod) -> std::net::IpAddr {
+    pod.addr(0).ip()
+}
