@@ -17,11 +17,13 @@ use crate::{
     admin::{self, AdminState},
     config::RunArgs,
     ebpf::{Datapath, DatapathError, PodLinks},
+    export::{self, ExportConfig, SpanSink},
     inpod,
     metrics::{Direction, Metrics, StateLabels},
     netns::{self, Netns, NetnsError},
     proxy::{PodContext, PodListeners},
     socket::{self, SocketError},
+    trace::span::PodIdentity,
     workloads::{self, FileWatch, PodKey, Workload},
 };
 
@@ -75,11 +77,19 @@ pub struct PodTable {
     enrolled: BTreeMap<PodKey, Enrolled>,
     failed: BTreeMap<PodKey, (Workload, String)>,
     next_index: u32,
+    node: Option<String>,
+    service_name: String,
+    spans: Option<SpanSink>,
 }
 
 impl PodTable {
     /// An empty table.
-    pub fn new(datapath: Arc<Datapath>, metrics: Arc<Metrics>, args: &RunArgs) -> Self {
+    pub fn new(
+        datapath: Arc<Datapath>,
+        metrics: Arc<Metrics>,
+        args: &RunArgs,
+        spans: Option<SpanSink>,
+    ) -> Self {
         Self {
             datapath,
             metrics,
@@ -88,6 +98,9 @@ impl PodTable {
             enrolled: BTreeMap::new(),
             failed: BTreeMap::new(),
             next_index: 0,
+            node: args.node_name.clone(),
+            service_name: args.service_name.clone(),
+            spans,
         }
     }
 
@@ -186,6 +199,13 @@ impl PodTable {
             datapath: self.datapath.clone(),
             outbound: self.metrics.conn(&w.key(), Direction::Outbound),
             inbound: self.metrics.conn(&w.key(), Direction::Inbound),
+            identity: Arc::new(PodIdentity::new(
+                w,
+                self.node.as_deref(),
+                &self.service_name,
+            )),
+            spans: self.spans.clone(),
+            ips: w.ips.clone(),
         });
 
         let enable = || -> Result<(), EnrollError> {
@@ -345,7 +365,22 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let admin_addr = admin::serve(args.admin_addr, state.clone()).await?;
     tracing::info!(%admin_addr, workloads = %path.display(), "hoptrace agent started");
 
-    let mut table = PodTable::new(datapath.clone(), metrics.clone(), &args);
+    let spans = export::start(
+        ExportConfig {
+            endpoint: args.otlp_endpoint(),
+            ca_file: args.otlp_ca_file.clone(),
+            client_cert: args.otlp_client_cert.clone(),
+            client_key: args.otlp_client_key.clone(),
+            headers: args.otlp_headers.clone(),
+            gzip: args.otlp_compression == "gzip",
+            queue_size: args.span_queue,
+            batch_size: 512,
+            flush_interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        },
+        metrics.export.clone(),
+    )?;
+    let mut table = PodTable::new(datapath.clone(), metrics.clone(), &args, Some(spans));
     table.reconcile(&desired);
     state.ready.store(true, Ordering::Release);
     tracing::info!(steered = table.steered(), "ready");

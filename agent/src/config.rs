@@ -46,9 +46,60 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_INBOUND_PORT", default_value_t = agent_common::INBOUND_PORT)]
     pub inbound_port: u16,
 
+    /// OTLP/gRPC collector for proxy spans: `http://` plaintext, `https://` TLS.
+    /// Falls back to `OTEL_EXPORTER_OTLP_ENDPOINT`, then `http://localhost:4317`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// CA bundle (PEM) that signs the collector's certificate (default: system roots).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mTLS to the collector.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")]
+    pub otlp_client_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for mTLS to the collector.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_KEY")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// Extra export metadata `KEY=VALUE` (repeatable; the env var is comma-separated).
+    #[arg(long = "otlp-header", env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',', value_parser = parse_header)]
+    pub otlp_headers: Vec<(String, String)>,
+
+    /// Compression of export requests: `gzip` or `none`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION", default_value = "gzip", value_parser = ["gzip", "none"])]
+    pub otlp_compression: String,
+
+    /// Spans held at most while waiting for export; more are dropped and counted.
+    #[arg(long, env = "HOPTRACE_SPAN_QUEUE", default_value_t = 8192)]
+    pub span_queue: usize,
+
+    /// `service.name` resource attribute of the proxy spans.
+    #[arg(long, env = "HOPTRACE_SERVICE_NAME", default_value = crate::trace::span::DEFAULT_SERVICE_NAME)]
+    pub service_name: String,
+
     /// Log filter (tracing-subscriber syntax, e.g. `info,hoptrace=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
+}
+
+impl RunArgs {
+    /// The collector endpoint: flag / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, then the OTLP default.
+    pub fn otlp_endpoint(&self) -> String {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .unwrap_or_else(|| "http://localhost:4317".to_string())
+    }
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// `hoptrace check` settings.
@@ -70,6 +121,32 @@ mod tests {
         assert_eq!(args.inbound_port, 15006);
         assert_eq!(args.admin_addr, "127.0.0.1:9990".parse().expect("addr"));
         assert_eq!(args.workloads_file, Some(PathBuf::from("/w.yaml")));
+        assert_eq!(args.otlp_compression, "gzip");
+        assert_eq!(args.service_name, "hoptrace-proxy");
+    }
+
+    #[test]
+    fn otlp_headers_parse() {
+        let cli = Cli::try_parse_from([
+            "hoptrace",
+            "run",
+            "--otlp-header",
+            "api-key=s3cret",
+            "--otlp-header",
+            "x-a=b=c",
+        ])
+        .expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(
+            args.otlp_headers,
+            vec![
+                ("api-key".into(), "s3cret".into()),
+                ("x-a".into(), "b=c".into())
+            ]
+        );
+        assert!(Cli::try_parse_from(["hoptrace", "run", "--otlp-header", "novalue"]).is_err());
     }
 
     #[test]

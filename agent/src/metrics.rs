@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{ebpf::Datapath, workloads::PodKey};
+use crate::{ebpf::Datapath, export::ExportMetrics, workloads::PodKey};
 
 /// Direction of a proxied connection, from the enrolled pod's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +69,8 @@ pub struct Metrics {
     pub workloads: Family<StateLabels, Gauge>,
     /// Rejected workload file reads (the last good set stays in force).
     pub workload_file_errors: Counter,
+    /// Span export counters.
+    pub export: ExportMetrics,
 }
 
 /// Metric handles for one pod and direction, cheap to clone into tasks.
@@ -133,6 +135,27 @@ impl Metrics {
             "Workload file reads rejected (last good set kept)",
             workload_file_errors.clone(),
         );
+        let export = ExportMetrics::default();
+        registry.register(
+            "spans_exported",
+            "Spans accepted by the collector",
+            export.exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans dropped because the export queue was full",
+            export.dropped.clone(),
+        );
+        registry.register(
+            "spans_export_failed",
+            "Spans lost in failed export requests",
+            export.failed.clone(),
+        );
+        registry.register(
+            "span_export_errors",
+            "Failed export requests",
+            export.errors.clone(),
+        );
         registry.register_collector(Box::new(KernelCounters { datapath }));
         Self {
             registry,
@@ -143,6 +166,7 @@ impl Metrics {
             bytes_from_server,
             workloads,
             workload_file_errors,
+            export,
         }
     }
 

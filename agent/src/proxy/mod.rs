@@ -10,17 +10,25 @@
 //!   (IP_TRANSPARENT, see `inpod`), so the app sees the real client; it arrives on
 //!   the pod's loopback, which `sk_lookup` never steers.
 
+pub mod detect;
+pub mod http;
 mod tcp;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::TcpStream, task::JoinHandle};
 
 use crate::{
     ebpf::Datapath,
+    export::SpanSink,
     metrics::{ConnMetrics, Direction},
     netns::Netns,
     socket,
+    trace::span::PodIdentity,
     workloads::PodKey,
 };
 
@@ -42,6 +50,47 @@ pub struct PodContext {
     pub outbound: ConnMetrics,
     /// Inbound connection metrics.
     pub inbound: ConnMetrics,
+    /// Resource attributes of the pod's spans.
+    pub identity: Arc<PodIdentity>,
+    /// Where finished spans go (`None`: tracing off).
+    pub spans: Option<SpanSink>,
+    /// The pod's addresses (the first of each family is `client.address` of its
+    /// outbound spans: the steered connection itself comes from loopback).
+    pub ips: Vec<IpAddr>,
+}
+
+/// Where a steered connection goes and how the agent connects there.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Outbound leg: to the original destination, from the client pod's netns.
+    Outbound {
+        /// Original destination.
+        dst: SocketAddr,
+    },
+    /// Inbound leg: to the app, from the client's own address.
+    Inbound {
+        /// The connecting client.
+        client: SocketAddr,
+        /// The address it dialed (the app).
+        dst: SocketAddr,
+    },
+}
+
+impl Target {
+    /// The destination.
+    pub fn dst(&self) -> SocketAddr {
+        match self {
+            Target::Outbound { dst } | Target::Inbound { dst, .. } => *dst,
+        }
+    }
+
+    /// Opens a connection to the destination as this leg must.
+    pub async fn connect(&self, pod: &PodContext) -> Result<TcpStream, ConnError> {
+        match *self {
+            Target::Outbound { dst } => connect(pod, dst, socket::Source::Default).await,
+            Target::Inbound { client, dst } => connect_transparent(pod, client, dst).await,
+        }
+    }
 }
 
 /// Errors of one proxied connection (logged at debug, counted as failed).
@@ -140,37 +189,76 @@ async fn accept_loop(listener: tokio::net::TcpListener, pod: Arc<PodContext>, di
     }
 }
 
-async fn outbound(pod: &PodContext, client: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
+async fn outbound(
+    pod: &Arc<PodContext>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), ConnError> {
     let Some(dst) = pod.datapath.take_orig_dst(pod.netns_cookie, peer.port()) else {
         reset(client);
         return Err(ConnError::NoOrigDst(peer.port()));
     };
-    let upstream = match connect(pod, dst, socket::Source::Default).await {
-        Ok(u) => u,
-        Err(err) => {
-            reset(client);
-            return Err(err);
-        }
-    };
-    tcp::relay(client, upstream, &pod.outbound)
-        .await
-        .map_err(ConnError::Relay)
+    let client_ip = pod
+        .ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+        .copied()
+        .unwrap_or(peer.ip());
+    proxy(
+        pod,
+        Direction::Outbound,
+        client,
+        Target::Outbound { dst },
+        client_ip,
+    )
+    .await
 }
 
-async fn inbound(pod: &PodContext, client: TcpStream) -> Result<(), ConnError> {
+async fn inbound(pod: &Arc<PodContext>, client: TcpStream) -> Result<(), ConnError> {
     // With sk_lookup the accepted socket keeps the address the client dialed.
     let dst = client.local_addr().map_err(ConnError::Relay)?;
     let peer = client.peer_addr().map_err(ConnError::Relay)?;
-    let upstream = match connect_transparent(pod, peer, dst).await {
+    let target = Target::Inbound { client: peer, dst };
+    proxy(pod, Direction::Inbound, client, target, peer.ip()).await
+}
+
+/// Connects upstream, detects the protocol and proxies the connection as HTTP or as
+/// opaque TCP.
+async fn proxy(
+    pod: &Arc<PodContext>,
+    dir: Direction,
+    client: TcpStream,
+    target: Target,
+    client_ip: IpAddr,
+) -> Result<(), ConnError> {
+    let m = match dir {
+        Direction::Outbound => &pod.outbound,
+        Direction::Inbound => &pod.inbound,
+    };
+    // Connect first, as a plain proxy would, then watch both sides: the client's
+    // first bytes decide the protocol; if the server speaks first (SMTP, MySQL, …)
+    // the connection is opaque at once, with no detection delay.
+    let upstream = match target.connect(pod).await {
         Ok(u) => u,
         Err(err) => {
             reset(client);
             return Err(err);
         }
     };
-    tcp::relay(client, upstream, &pod.inbound)
-        .await
-        .map_err(ConnError::Relay)
+    let protocol = tokio::select! {
+        p = detect::detect(&client, detect::DETECT_TIMEOUT) => p,
+        _ = upstream.readable() => detect::Protocol::Opaque,
+    };
+    match protocol {
+        detect::Protocol::Opaque => tcp::relay(client, upstream, m)
+            .await
+            .map_err(ConnError::Relay),
+        p => {
+            let _ = client.set_nodelay(true);
+            let h2 = p == detect::Protocol::Http2;
+            http::serve(pod.clone(), dir, client, target, client_ip, h2, upstream).await
+        }
+    }
 }
 
 async fn connect(

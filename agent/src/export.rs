@@ -1,0 +1,284 @@
+//! OTLP export of proxy spans (DESIGN §3.5).
+//!
+//! The data path hands finished spans to a bounded queue with `try_send` and never
+//! waits: when the queue is full the span is dropped and counted
+//! (`hoptrace_spans_dropped_total`). One task drains the queue in batches, groups
+//! them by pod (each pod is its own OTLP resource) and exports them with
+//! opentelemetry-otlp over tonic. A collector that is down, slow or refusing costs at
+//! most the queue's memory and one export timeout per batch; export resumes by itself.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use opentelemetry::{
+    trace::{SpanContext, SpanKind, Status as OtelStatus, TraceFlags, TraceState},
+    InstrumentationScope,
+};
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::{
+    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
+    Resource,
+};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+use crate::trace::span::{Kind, PodIdentity, ProxySpan, Status};
+
+/// Errors setting up the exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A certificate/key file could not be read.
+    #[error("cannot read {what} {path}: {source}; check --otlp-ca-file/--otlp-client-cert/--otlp-client-key")]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Client cert without key or the reverse.
+    #[error("--otlp-client-cert and --otlp-client-key must be given together (mTLS)")]
+    HalfIdentity,
+    /// A header could not be used as gRPC metadata.
+    #[error("invalid --otlp-header {0:?}: use KEY=VALUE with a lowercase ASCII key")]
+    Header(String),
+    /// The endpoint is not a URL the exporter accepts.
+    #[error("invalid --otlp-endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// As given.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Exporter settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// `http://host:port` (plaintext) or `https://host:port` (TLS).
+    pub endpoint: String,
+    /// CA bundle to verify the collector (PEM); system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mTLS (PEM).
+    pub client_cert: Option<PathBuf>,
+    /// Client key for mTLS (PEM).
+    pub client_key: Option<PathBuf>,
+    /// Extra gRPC metadata, e.g. an API key.
+    pub headers: Vec<(String, String)>,
+    /// gzip-compress export requests.
+    pub gzip: bool,
+    /// Spans held at most while waiting to be exported.
+    pub queue_size: usize,
+    /// Spans per export request at most.
+    pub batch_size: usize,
+    /// Longest wait before a non-full batch is sent.
+    pub flush_interval: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// Export counters.
+#[derive(Debug, Clone, Default)]
+pub struct ExportMetrics {
+    /// Spans the collector accepted.
+    pub exported: Counter,
+    /// Spans dropped because the queue was full (or the exporter gone).
+    pub dropped: Counter,
+    /// Spans lost in failed export requests.
+    pub failed: Counter,
+    /// Failed export requests.
+    pub errors: Counter,
+}
+
+/// Where the data path submits finished spans. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SpanSink {
+    tx: mpsc::Sender<ProxySpan>,
+    metrics: ExportMetrics,
+}
+
+impl SpanSink {
+    /// Queues a span without waiting; drops and counts it when the queue is full.
+    pub fn submit(&self, span: ProxySpan) {
+        if self.tx.try_send(span).is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+}
+
+fn read(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, ExportError> {
+    std::fs::read(path).map_err(|source| ExportError::File {
+        what,
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Builds the exporter and starts the export task. Must run inside the runtime.
+pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, ExportError> {
+    let endpoint = config.endpoint.trim_end_matches('/').to_string();
+    let tls = if endpoint.starts_with("https://") {
+        true
+    } else if endpoint.starts_with("http://") {
+        false
+    } else {
+        return Err(ExportError::Endpoint {
+            endpoint,
+            reason: "must start with http:// or https://".into(),
+        });
+    };
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .with_timeout(config.timeout);
+    if tls {
+        let mut tls_config = tonic::transport::ClientTlsConfig::new();
+        match &config.ca_file {
+            Some(ca) => {
+                tls_config = tls_config.ca_certificate(tonic::transport::Certificate::from_pem(
+                    read("CA file", ca)?,
+                ));
+            }
+            None => tls_config = tls_config.with_native_roots(),
+        }
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                tls_config = tls_config.identity(tonic::transport::Identity::from_pem(
+                    read("client certificate", cert)?,
+                    read("client key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(ExportError::HalfIdentity),
+        }
+        builder = builder.with_tls_config(tls_config);
+    } else if config.client_cert.is_some() || config.ca_file.is_some() {
+        return Err(ExportError::Endpoint {
+            endpoint,
+            reason: "TLS files were given but the endpoint is http://; use https://".into(),
+        });
+    }
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (k, v) in &config.headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ExportError::Header(format!("{k}={v}")))?;
+        let value = v
+            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            .map_err(|_| ExportError::Header(format!("{k}={v}")))?;
+        metadata.insert(key, value);
+    }
+    builder = builder.with_metadata(metadata);
+    if config.gzip {
+        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    let exporter = builder.build().map_err(|e| ExportError::Endpoint {
+        endpoint: endpoint.clone(),
+        reason: e.to_string(),
+    })?;
+    let (tx, rx) = mpsc::channel(config.queue_size.max(1));
+    tokio::spawn(run(exporter, rx, config, metrics.clone()));
+    Ok(SpanSink { tx, metrics })
+}
+
+async fn run(
+    mut exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<ProxySpan>,
+    config: ExportConfig,
+    metrics: ExportMetrics,
+) {
+    let scope = InstrumentationScope::builder("hoptrace")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    // Keyed by the identity's address (stable while the Arc lives, which the map ensures).
+    let mut resources: HashMap<usize, (Arc<PodIdentity>, Resource)> = HashMap::new();
+    let mut batch = Vec::with_capacity(config.batch_size);
+    let mut last_error_log: Option<std::time::Instant> = None;
+    loop {
+        batch.clear();
+        // Wait for the first span, then gather more until the batch is full or the
+        // flush interval passes.
+        match rx.recv().await {
+            Some(s) => batch.push(s),
+            None => return,
+        }
+        let deadline = tokio::time::Instant::now() + config.flush_interval;
+        while batch.len() < config.batch_size {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => batch.push(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // One request per pod resource (opentelemetry-otlp sends one resource per call).
+        let mut by_pod: Vec<(Arc<PodIdentity>, Vec<SpanData>)> = Vec::new();
+        for span in batch.drain(..) {
+            let key = Arc::as_ptr(&span.pod);
+            let data = to_span_data(&span, &scope);
+            match by_pod.iter_mut().find(|(p, _)| Arc::as_ptr(p) == key) {
+                Some((_, v)) => v.push(data),
+                None => by_pod.push((span.pod.clone(), vec![data])),
+            }
+        }
+        for (pod, spans) in by_pod {
+            let key = Arc::as_ptr(&pod) as usize;
+            let resource = &resources
+                .entry(key)
+                .or_insert_with(|| {
+                    let r = Resource::builder_empty()
+                        .with_attributes(pod.resource.iter().cloned())
+                        .build();
+                    (pod.clone(), r)
+                })
+                .1;
+            exporter.set_resource(resource);
+            let n = spans.len() as u64;
+            match exporter.export(spans).await {
+                Ok(()) => {
+                    metrics.exported.inc_by(n);
+                }
+                Err(err) => {
+                    metrics.errors.inc();
+                    metrics.failed.inc_by(n);
+                    // Rate-limited: a collector that is down must not flood the log.
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(endpoint = %config.endpoint, "span export failed ({n} spans lost): {err}");
+                        last_error_log = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+        // Forget resources of pods whose spans are no longer referenced anywhere but
+        // here (released pods), so pod churn cannot grow this map.
+        resources.retain(|_, (pod, _)| Arc::strong_count(pod) > 1);
+    }
+}
+
+fn to_span_data(s: &ProxySpan, scope: &InstrumentationScope) -> SpanData {
+    let span_context = SpanContext::new(
+        opentelemetry::trace::TraceId::from_bytes(s.trace_id.0),
+        opentelemetry::trace::SpanId::from_bytes(s.span_id.0),
+        TraceFlags::new(s.flags),
+        false,
+        TraceState::default(),
+    );
+    SpanData {
+        span_context,
+        parent_span_id: opentelemetry::trace::SpanId::from_bytes(s.parent_span_id.0),
+        parent_span_is_remote: matches!(s.kind, Kind::Server),
+        span_kind: match s.kind {
+            Kind::Server => SpanKind::Server,
+            Kind::Client => SpanKind::Client,
+        },
+        name: s.name.clone().into(),
+        start_time: s.start,
+        end_time: s.end,
+        attributes: s.attributes.clone(),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: match &s.status {
+            Status::Unset => OtelStatus::Unset,
+            Status::Error(msg) => OtelStatus::error(msg.clone()),
+        },
+        instrumentation_scope: scope.clone(),
+    }
+}

@@ -1,0 +1,594 @@
+//! HTTP proxying with hyper: HTTP/1.x and HTTP/2 (gRPC), bodies streamed both ways,
+//! trace context rewritten, two spans per request per leg (SERVER: the proxy
+//! receiving it, CLIENT: the proxy sending it on).
+//!
+//! Each downstream connection gets its own upstream connection, opened at the first
+//! request and reused for every later one (keep-alive; HTTP/2 streams multiplex on it),
+//! so the app sees the same connection pattern as without the agent.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::KeyValue;
+use tokio::{net::TcpStream, sync::Mutex};
+
+use super::{ConnError, PodContext, Target};
+use crate::{
+    metrics::Direction,
+    trace::{
+        context::{self, SpanId, TraceContext},
+        span::{Kind, ProxySpan, Status},
+    },
+};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// One proxied connection's shared state.
+struct Leg {
+    pod: Arc<PodContext>,
+    dir: Direction,
+    target: Target,
+    /// `client.address` of the spans: the calling pod's address.
+    client_ip: IpAddr,
+    upstream: Mutex<Option<Upstream>>,
+    /// The connection opened during detection, used for the first request.
+    first: std::sync::Mutex<Option<TcpStream>>,
+    h2: bool,
+}
+
+enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+/// Serves one downstream connection as HTTP (`h2` = prior-knowledge HTTP/2).
+pub async fn serve(
+    pod: Arc<PodContext>,
+    dir: Direction,
+    client: TcpStream,
+    target: Target,
+    client_ip: IpAddr,
+    h2: bool,
+    upstream: TcpStream,
+) -> Result<(), ConnError> {
+    let leg = Arc::new(Leg {
+        pod,
+        dir,
+        target,
+        client_ip,
+        upstream: Mutex::new(None),
+        first: std::sync::Mutex::new(Some(upstream)),
+        h2,
+    });
+    let svc = hyper::service::service_fn(move |req| handle(leg.clone(), req));
+    let io = TokioIo::new(client);
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    result.map_err(|e| ConnError::Relay(std::io::Error::other(e)))
+}
+
+/// Trace decision for one request.
+struct Traced {
+    ctx: TraceContext,
+    server_id: SpanId,
+    client_id: SpanId,
+}
+
+async fn handle(
+    leg: Arc<Leg>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let server_start = SystemTime::now();
+    let traced = match context::extract(req.headers()) {
+        // No context: forward untouched, no span (as Linkerd).
+        None => None,
+        // Not sampled: ids rewritten so the next hop's parent is new, but no span.
+        Some(ctx) if !ctx.sampled => {
+            context::inject(req.headers_mut(), &ctx, SpanId::random());
+            None
+        }
+        Some(ctx) => {
+            let t = Traced {
+                ctx,
+                server_id: SpanId::random(),
+                client_id: SpanId::random(),
+            };
+            context::inject(req.headers_mut(), &t.ctx, t.client_id);
+            Some(t)
+        }
+    };
+    let info = RequestInfo::new(&leg, &req);
+    let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut(), down_upgrade.is_some());
+
+    let client_start = SystemTime::now();
+    let sent = send(&leg, req).await;
+    let mut resp = match sent {
+        Ok(r) => r,
+        Err(err) => {
+            let msg = err.to_string();
+            tracing::debug!(pod = %leg.pod.key, direction = leg.dir.as_str(), "upstream: {msg}");
+            if let Some(t) = traced {
+                let done = Completion {
+                    leg: leg.clone(),
+                    traced: t,
+                    info,
+                    server_start,
+                    client_start,
+                    status: Some(StatusCode::BAD_GATEWAY),
+                    grpc_status: None,
+                };
+                done.emit(Some(msg));
+            }
+            let mut r = Response::new(full("hoptrace: upstream unavailable\n"));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            return Ok(r);
+        }
+    };
+    let status = resp.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = down_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match (down.await, up.await) {
+                    (Ok(d), Ok(u)) => {
+                        let mut d = TokioIo::new(d);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                    (Err(e), _) | (_, Err(e)) => tracing::debug!("upgrade failed: {e}"),
+                }
+            });
+        }
+    }
+    let grpc_status = header_grpc_status(resp.headers());
+    strip_hop_by_hop(
+        resp.headers_mut(),
+        status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    let (parts, body) = resp.into_parts();
+    let body = match traced {
+        Some(t) => SpanBody {
+            inner: body,
+            done: Some(Completion {
+                leg,
+                traced: t,
+                info,
+                server_start,
+                client_start,
+                status: Some(status),
+                grpc_status,
+            }),
+        }
+        .boxed(),
+        None => body.boxed(),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn full(s: &'static str) -> ProxyBody {
+    Full::new(Bytes::from_static(s.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Sends the request on this connection's upstream, connecting it first if needed
+/// (or again, if the app closed the previous one).
+async fn send(leg: &Leg, req: Request<Incoming>) -> Result<Response<Incoming>, ConnError> {
+    let mut guard = leg.upstream.lock().await;
+    let reusable = match guard.as_mut() {
+        Some(Upstream::H1(s)) => s.ready().await.is_ok(),
+        Some(Upstream::H2(s)) => s.ready().await.is_ok(),
+        None => false,
+    };
+    if !reusable {
+        let first = leg.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let stream = match first {
+            Some(s) => s,
+            None => leg.target.connect(&leg.pod).await?,
+        };
+        let io = TokioIo::new(stream);
+        let up = if leg.h2 {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Upstream::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .preserve_header_case(true)
+                .handshake(io)
+                .await
+                .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            Upstream::H1(sender)
+        };
+        *guard = Some(up);
+    }
+    let fut = match guard.as_mut() {
+        Some(Upstream::H1(s)) => s.send_request(req),
+        Some(Upstream::H2(s)) => {
+            // HTTP/2: the lock only guards connection setup; streams run concurrently.
+            let mut s = s.clone();
+            drop(guard);
+            return s
+                .send_request(req)
+                .await
+                .map_err(|e| ConnError::Relay(std::io::Error::other(e)));
+        }
+        None => return Err(ConnError::Relay(std::io::Error::other("no upstream"))),
+    };
+    // HTTP/1: one request at a time per connection; hold the lock until the response
+    // head arrives (the body then streams without it).
+    let resp = fut.await;
+    drop(guard);
+    resp.map_err(|e| ConnError::Relay(std::io::Error::other(e)))
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
+/// `Proxy-Connection`, `Keep-Alive`, `TE` (except `TE: trailers`, which gRPC needs),
+/// `Transfer-Encoding` (hyper re-frames the body) and `Upgrade` — except for an
+/// upgrade handshake, where `Connection: upgrade` and `Upgrade` must reach the app.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    h.remove("proxy-connection");
+    h.remove("keep-alive");
+    h.remove(header::TRANSFER_ENCODING);
+    let te_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Attributes fixed at request time.
+struct RequestInfo {
+    method: String,
+    path: String,
+    version: &'static str,
+    host: String,
+    user_agent: Option<String>,
+    grpc: Option<(String, String)>,
+}
+
+impl RequestInfo {
+    fn new(leg: &Leg, req: &Request<Incoming>) -> Self {
+        let dst = leg.target.dst();
+        let host = req
+            .uri()
+            .host()
+            .map(str::to_string)
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|h| strip_port(h).to_string())
+            })
+            .unwrap_or_else(|| dst.ip().to_string());
+        let is_grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let path = req.uri().path().to_string();
+        let grpc = is_grpc
+            .then(|| {
+                let mut parts = path.trim_start_matches('/').splitn(2, '/');
+                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+            })
+            .flatten();
+        Self {
+            method: req.method().as_str().to_string(),
+            version: match req.version() {
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                _ => "1.1",
+            },
+            path,
+            host,
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            grpc,
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split(']')
+            .next()
+            .map(|h| h.trim_start_matches('['))
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// The grpc-status of a trailers-only response (status in the headers).
+fn header_grpc_status(h: &HeaderMap) -> Option<i64> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Everything needed to emit the two spans when the response is complete.
+struct Completion {
+    leg: Arc<Leg>,
+    traced: Traced,
+    info: RequestInfo,
+    server_start: SystemTime,
+    client_start: SystemTime,
+    status: Option<StatusCode>,
+    grpc_status: Option<i64>,
+}
+
+impl Completion {
+    /// Emits the SERVER and CLIENT spans; `error` is a connection/stream error.
+    fn emit(self, error: Option<String>) {
+        let Some(sink) = self.leg.pod.spans.as_ref() else {
+            return;
+        };
+        let end = SystemTime::now();
+        let dst: SocketAddr = self.leg.target.dst();
+        let i = &self.info;
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", i.method.clone()),
+            KeyValue::new("url.path", i.path.clone()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("server.address", i.host.clone()),
+            KeyValue::new("server.port", i64::from(dst.port())),
+            KeyValue::new("client.address", self.leg.client_ip.to_string()),
+            KeyValue::new("network.protocol.version", i.version),
+            KeyValue::new("hoptrace.direction", self.leg.dir.as_str()),
+        ];
+        if let Some(ua) = &i.user_agent {
+            attrs.push(KeyValue::new("user_agent.original", ua.clone()));
+        }
+        if let Some(s) = self.status {
+            attrs.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(s.as_u16()),
+            ));
+        }
+        if let Some((svc, method)) = &i.grpc {
+            attrs.push(KeyValue::new("rpc.system", "grpc"));
+            attrs.push(KeyValue::new("rpc.service", svc.clone()));
+            attrs.push(KeyValue::new("rpc.method", method.clone()));
+        }
+        if let Some(g) = self.grpc_status {
+            attrs.push(KeyValue::new("rpc.grpc.status_code", g));
+        }
+        let code = self.status.map(|s| s.as_u16()).unwrap_or(0);
+        let grpc_error = self.grpc_status.is_some_and(|g| g != 0);
+        let server_status = match (&error, code) {
+            (Some(e), _) => Status::Error(e.clone()),
+            (None, 500..) => Status::Error(format!("HTTP {code}")),
+            _ if grpc_error => {
+                Status::Error(format!("gRPC status {}", self.grpc_status.unwrap_or(0)))
+            }
+            _ => Status::Unset,
+        };
+        let client_status = match (&error, code) {
+            (Some(e), _) => Status::Error(e.clone()),
+            (None, 400..) => Status::Error(format!("HTTP {code}")),
+            _ if grpc_error => {
+                Status::Error(format!("gRPC status {}", self.grpc_status.unwrap_or(0)))
+            }
+            _ => Status::Unset,
+        };
+        let name = match &i.grpc {
+            Some((svc, method)) => format!("{svc}/{method}"),
+            None => i.method.clone(),
+        };
+        let t = &self.traced;
+        let identity = self.leg.pod.identity.clone();
+        sink.submit(ProxySpan {
+            pod: identity.clone(),
+            trace_id: t.ctx.trace_id,
+            span_id: t.client_id,
+            parent_span_id: t.server_id,
+            flags: t.ctx.flags,
+            kind: Kind::Client,
+            name: name.clone(),
+            start: self.client_start,
+            end,
+            attributes: attrs.clone(),
+            status: client_status,
+        });
+        sink.submit(ProxySpan {
+            pod: identity,
+            trace_id: t.ctx.trace_id,
+            span_id: t.server_id,
+            parent_span_id: t.ctx.span_id,
+            flags: t.ctx.flags,
+            kind: Kind::Server,
+            name,
+            start: self.server_start,
+            end,
+            attributes: attrs,
+            status: server_status,
+        });
+    }
+}
+
+/// A response body that emits the spans when its last frame has been handed to the
+/// downstream connection (or when it is dropped early, as an error).
+struct SpanBody {
+    inner: Incoming,
+    done: Option<Completion>,
+}
+
+impl Body for SpanBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = frame.trailers_ref() {
+                    if let (Some(g), Some(done)) = (header_grpc_status(t), self.done.as_mut()) {
+                        done.grpc_status = Some(g);
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    if let Some(done) = self.done.take() {
+                        done.emit(None);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("response body: {e}");
+                if let Some(done) = self.done.take() {
+                    done.emit(Some(msg));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    done.emit(None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for SpanBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.emit(Some("response aborted before completion".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("traceparent", HeaderValue::from_static("00-x"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-private").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert!(h.get(header::UPGRADE).is_none());
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert_eq!(
+            h.get("traceparent").map(|v| v.as_bytes()),
+            Some(&b"00-x"[..])
+        );
+    }
+
+    #[test]
+    fn upgrade_handshake_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+
+    #[test]
+    fn host_port_is_stripped() {
+        assert_eq!(strip_port("web:8080"), "web");
+        assert_eq!(strip_port("web"), "web");
+        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
+    }
+}

@@ -1,0 +1,4 @@
+//! Trace context formats and the span model.
+
+pub mod context;
+pub mod span;
