@@ -206,6 +206,7 @@ impl PodTable {
             )),
             spans: self.spans.clone(),
             ips: w.ips.clone(),
+            trace_sampling: w.trace_sampling.unwrap_or(0.0),
         });
 
         let enable = || -> Result<(), EnrollError> {

@@ -63,7 +63,7 @@ pub enum WorkloadError {
 }
 
 /// One pod to enroll, as the file describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     /// Pod name.
@@ -85,6 +85,11 @@ pub struct Workload {
     /// Pod labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Opt-in: the fraction (0.0–1.0) of requests arriving at this pod *without*
+    /// trace context for which the agent starts a new trace (for pods that act as
+    /// ingress). Absent or 0: such requests are forwarded untouched, with no span.
+    #[serde(default)]
+    pub trace_sampling: Option<f64>,
 }
 
 impl Workload {
@@ -186,6 +191,13 @@ pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload
             if !ips.insert(*ip) {
                 return Err(invalid(format!(
                     "{ip} is listed for two pods; an address belongs to one pod"
+                )));
+            }
+        }
+        if let Some(r) = w.trace_sampling {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(invalid(format!(
+                    "trace_sampling {r} is not a fraction between 0.0 and 1.0"
                 )));
             }
         }
@@ -371,6 +383,16 @@ workloads:
             .contains("duplicate"));
         let bad = GOOD.replace("ips: [10.244.1.6]", "ips: [10.244.1.999]");
         assert!(parse(p(), &bad, None).is_err());
+        let bad = GOOD.replace("labels: {app: web}", "trace_sampling: 1.5");
+        assert!(parse(p(), &bad, None)
+            .expect_err("ratio")
+            .to_string()
+            .contains("1.5"));
+        let ok = GOOD.replace("labels: {app: web}", "trace_sampling: 0.25");
+        assert_eq!(
+            parse(p(), &ok, None).expect("ok")[0].trace_sampling,
+            Some(0.25)
+        );
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub async fn serve(
 
 /// Trace decision for one request.
 struct Traced {
+    /// The agent started this trace: the SERVER span is the root.
+    root: bool,
     ctx: TraceContext,
     server_id: SpanId,
     client_id: SpanId,
@@ -100,7 +102,21 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let server_start = SystemTime::now();
     let traced = match context::extract(req.headers()) {
-        // No context: forward untouched, no span (as Linkerd).
+        // No context: forward untouched, no span (as Linkerd) — unless the pod opted
+        // into starting traces for a fraction of its context-less inbound requests.
+        None if leg.dir == Direction::Inbound
+            && leg.pod.trace_sampling > 0.0
+            && rand::random::<f64>() < leg.pod.trace_sampling =>
+        {
+            let t = Traced {
+                root: true,
+                ctx: context::new_root(true),
+                server_id: SpanId::random(),
+                client_id: SpanId::random(),
+            };
+            context::inject(req.headers_mut(), &t.ctx, t.client_id);
+            Some(t)
+        }
         None => None,
         // Not sampled: ids rewritten so the next hop's parent is new, but no span.
         Some(ctx) if !ctx.sampled => {
@@ -109,6 +125,7 @@ async fn handle(
         }
         Some(ctx) => {
             let t = Traced {
+                root: false,
                 ctx,
                 server_id: SpanId::random(),
                 client_id: SpanId::random(),
@@ -458,7 +475,11 @@ impl Completion {
             pod: identity,
             trace_id: t.ctx.trace_id,
             span_id: t.server_id,
-            parent_span_id: t.ctx.span_id,
+            parent_span_id: if t.root {
+                SpanId([0; 8])
+            } else {
+                t.ctx.span_id
+            },
             flags: t.ctx.flags,
             kind: Kind::Server,
             name,

@@ -54,6 +54,8 @@ pub struct PodContext {
     pub identity: Arc<PodIdentity>,
     /// Where finished spans go (`None`: tracing off).
     pub spans: Option<SpanSink>,
+    /// Opt-in ratio of context-less inbound requests that start a trace.
+    pub trace_sampling: f64,
     /// The pod's addresses (the first of each family is `client.address` of its
     /// outbound spans: the steered connection itself comes from loopback).
     pub ips: Vec<IpAddr>,
