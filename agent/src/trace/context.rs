@@ -228,7 +228,9 @@ pub enum Format {
 /// What arrived on a request.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct TraceContext {
+    /// The format the context was read from; [`inject`] writes the same one.
     pub format: Format,
+    /// The trace id; for a 64-bit B3 id the first 8 bytes are zero.
     pub trace_id: TraceId,
     /// The caller's span id (the parent of the span the proxy creates).
     pub span_id: SpanId,
