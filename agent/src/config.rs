@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a preflight report of what the agent needs from this host; exits non-zero
     /// when something is missing.
     Check(CheckArgs),
@@ -117,6 +117,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("expected run")
         };
+        let args = *args;
         assert_eq!(args.outbound_port, 15001);
         assert_eq!(args.inbound_port, 15006);
         assert_eq!(args.admin_addr, "127.0.0.1:9990".parse().expect("addr"));

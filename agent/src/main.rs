@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
                 eprintln!("hoptrace: invalid --log filter: {err}");
                 return std::process::ExitCode::from(2);
             }
-            match hoptrace::agent::run(args) {
+            match hoptrace::agent::run(*args) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");

@@ -226,7 +226,7 @@ fn entry_lines(text: &str) -> Vec<usize> {
             in_workloads = trimmed.starts_with("workloads:");
             continue;
         }
-        if in_workloads && trimmed.starts_with("- ") || in_workloads && trimmed == "-" {
+        if in_workloads && (trimmed.starts_with("- ") || trimmed == "-") {
             let want = *item_indent.get_or_insert(indent);
             if indent == want {
                 lines.push(i + 1);
