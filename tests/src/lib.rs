@@ -26,15 +26,20 @@ pub mod http;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod otlp;
 pub mod pod;
+pub mod pyapp;
 mod state;
+pub mod traces;
 pub mod workloads;
 
 pub use agent::Agent;
 pub use app::{Attempt, ConnectLoop, EchoReport, LabApp};
 pub use lab::{Lab, LabOptions};
 pub use metrics::Metrics;
+pub use otlp::{OtlpReceiver, ReceivedSpan, ReceiverOptions, TlsMode};
 pub use pod::{Pod, PodProcess, RunOutput};
+pub use pyapp::{ClientContext, ClientOptions, Propagation, PyApps};
 pub use state::reap_stale;
 
 /// The Kubernetes namespace every lab pod is placed in (the `namespace` field

@@ -15,11 +15,29 @@ const NIGHTLY: &str = "nightly";
 /// Debian packages the lab and tests use: (binary to probe, package).
 const DEBIAN: &[(&str, &str)] = &[("ip", "iproute2")];
 
+/// Python packages of the instrumented test apps (tests/apps, Python 3.11):
+/// (module to probe with `python3 -c 'import ...'`, pinned requirement).
+/// The contrib 0.66b1 instrumentations go with the 1.45.1 API/SDK.
+const PYTHON: &[(&str, &str)] = &[
+    ("opentelemetry.trace", "opentelemetry-api==1.45.1"),
+    ("opentelemetry.sdk.trace", "opentelemetry-sdk==1.45.1"),
+    (
+        "opentelemetry.propagators.b3",
+        "opentelemetry-propagator-b3==1.45.1",
+    ),
+    (
+        "opentelemetry.instrumentation.requests",
+        "opentelemetry-instrumentation-requests==0.66b1",
+    ),
+    ("requests", "requests==2.34.2"),
+];
+
 /// Runs every setup step.
 pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    python_packages()?;
     println!("xtask setup: done");
     Ok(())
 }
@@ -129,5 +147,48 @@ fn debian_packages() -> anyhow::Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    let python = Command::new("python3")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if python.is_none() {
+        bail!("python3 (3.11) is required by the instrumented test apps in tests/apps");
+    }
+    let missing: Vec<&str> = PYTHON
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // Install the whole pinned set together so pip resolves one consistent set
+    // (the instrumentations pin the API/SDK they go with).
+    let all: Vec<&str> = PYTHON.iter().map(|(_, req)| *req).collect();
+    println!("xtask setup: installing Python packages {all:?} (missing: {missing:?})");
+    exec(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--root-user-action=ignore"])
+            .args(&all),
     )
 }

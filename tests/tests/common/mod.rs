@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests (each test binary uses a subset).
 #![allow(dead_code)]
 
+pub mod pychain;
+
 use hoptrace_tests::{assert_eventually, Agent, EchoReport, Lab};
 use std::time::Duration;
 
