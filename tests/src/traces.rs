@@ -324,3 +324,76 @@ mod tests {
         assert!(render(&cycle).contains("cycle"), "{}", render(&cycle));
     }
 }
+
+/// A terminal waterfall of one trace: one line per span in tree order, a bar on a
+/// shared time axis, and the duration — where the time goes on each hop.
+pub fn waterfall(spans: &[SpanView], width: usize) -> String {
+    let Some(t0) = spans.iter().map(|s| s.start).min() else {
+        return String::new();
+    };
+    let t1 = spans.iter().map(|s| s.end).max().unwrap_or(t0).max(t0 + 1);
+    let total = (t1 - t0) as f64;
+    let ids: HashMap<&str, &SpanView> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut children: HashMap<&str, Vec<&SpanView>> = HashMap::new();
+    let mut roots = Vec::new();
+    for s in spans {
+        if ids.contains_key(s.parent_span_id.as_str()) {
+            children
+                .entry(s.parent_span_id.as_str())
+                .or_default()
+                .push(s);
+        } else {
+            roots.push(s);
+        }
+    }
+    roots.sort_by_key(|s| s.start);
+    let mut rows: Vec<(usize, &SpanView)> = Vec::new();
+    let mut stack: Vec<(usize, &SpanView)> = roots.into_iter().rev().map(|s| (0, s)).collect();
+    while let Some((depth, s)) = stack.pop() {
+        if rows.len() > spans.len() {
+            break; // malformed (cycle): never loop forever
+        }
+        rows.push((depth, s));
+        if let Some(kids) = children.get(s.span_id.as_str()) {
+            let mut kids = kids.clone();
+            kids.sort_by_key(|k| std::cmp::Reverse(k.start));
+            stack.extend(kids.into_iter().map(|k| (depth + 1, k)));
+        }
+    }
+    let label = |depth: usize, s: &SpanView| {
+        let kind = match s.kind {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+            _ => "INTERNAL",
+        };
+        format!("{:indent$}{} {}", "", s.source, kind, indent = depth)
+    };
+    let label_w = rows
+        .iter()
+        .map(|(d, s)| label(*d, s).len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "trace {}  ({} spans, {:.2} ms)",
+        spans[0].trace_id,
+        spans.len(),
+        total / 1e6
+    );
+    for (depth, s) in rows {
+        let a = (((s.start - t0) as f64 / total) * width as f64).round() as usize;
+        let b = (((s.end.max(s.start) - t0) as f64 / total) * width as f64).round() as usize;
+        let b = b.clamp(a + 1, width.max(a + 1));
+        let bar: String = (0..width)
+            .map(|i| if i >= a && i < b { '█' } else { '·' })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<label_w$}  {bar}  {:>8.3} ms",
+            label(depth, s),
+            (s.end.saturating_sub(s.start)) as f64 / 1e6,
+        );
+    }
+    out
+}

@@ -4,7 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use hoptrace_tests::{Agent, Lab, LabApp};
+use hoptrace_tests::{
+    otlp::{OtlpReceiver, ReceiverOptions},
+    pyapp::ClientOptions,
+    traces::{views, waterfall},
+    Agent, Lab, LabApp, Propagation, PyApps,
+};
 
 const ECHO_PORT: u16 = 7000;
 const WHOAMI_PORT: u16 = 7001;
@@ -88,6 +93,67 @@ fn main() -> Result<()> {
         }
     }
     drop(agents);
+    lab.teardown().context("tearing the lab down")?;
+    println!("\nlab torn down");
+    traces()
+}
+
+/// Part two: a three-service app (client → web → backend, instrumented with the
+/// OpenTelemetry SDK) across two nodes; the agents' spans go to an embedded OTLP
+/// receiver and each trace is printed as a waterfall.
+fn traces() -> Result<()> {
+    println!("\n== tracing: client (node-1) -> web (node-1) -> backend (node-2)");
+    let otlp =
+        OtlpReceiver::start(ReceiverOptions::default()).context("starting the OTLP receiver")?;
+    let mut lab = Lab::new().context("creating the lab")?;
+    lab.add_node("node-1")?;
+    lab.add_node("node-2")?;
+    let client = lab.add_pod("node-1", "client")?;
+    let web = lab.add_pod("node-1", "web")?;
+    let backend = lab.add_pod("node-2", "backend")?;
+    let apps = PyApps::new(&lab)?.with_propagation(Propagation::TraceContext);
+    let backend_app = apps.backend(&backend, 8080)?;
+    let web_app = apps.web(&web, 8080, &backend_app.url(""))?;
+    let mut agents = Vec::new();
+    for node in ["node-1", "node-2"] {
+        let file = lab.write_workloads(node)?;
+        let args = otlp.agent_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = Agent::start_with_args(&lab, node, &file, &args)?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        agents.push(agent);
+    }
+    println!(
+        "agents export to the embedded OTLP receiver at {}",
+        otlp.endpoint()
+    );
+    let run = apps.client(
+        &client,
+        &web_app.url("/checkout"),
+        &ClientOptions {
+            count: 2,
+            ..Default::default()
+        },
+    )?;
+    for req in &run.requests {
+        let tid = req.trace_id()?.to_string();
+        let proxy = otlp.wait_for_trace(&tid, 8, Duration::from_secs(10))?;
+        let mut app_spans: Vec<_> = run
+            .spans
+            .iter()
+            .filter(|s| s.trace_id == tid)
+            .cloned()
+            .collect();
+        app_spans.extend(web_app.wait_for_trace(&tid, 2, Duration::from_secs(10))?);
+        app_spans.extend(backend_app.wait_for_trace(&tid, 1, Duration::from_secs(10))?);
+        let all = views(&app_spans, &proxy);
+        println!("\nGET /checkout -> {}", req.status);
+        print!("{}", waterfall(&all, 48));
+    }
+    println!("\n(app:* spans come from the apps' own OpenTelemetry SDK; proxy:<direction>:<pod> spans from hoptrace)");
+    drop(agents);
+    drop(web_app);
+    drop(backend_app);
     lab.teardown().context("tearing the lab down")?;
     println!("\nlab torn down");
     Ok(())
