@@ -264,67 +264,6 @@ pub fn expect_roles(chain: &[SpanView], expected: &[&str]) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(src: &str, kind: SpanKind, id: &str, parent: &str, start: u64, end: u64) -> SpanView {
-        SpanView {
-            source: src.into(),
-            trace_id: "t".into(),
-            span_id: id.into(),
-            parent_span_id: parent.into(),
-            kind,
-            name: "GET /".into(),
-            start,
-            end,
-        }
-    }
-
-    #[test]
-    fn chains_and_nesting() {
-        let spans = vec![
-            v(
-                "proxy:outbound:client",
-                SpanKind::Server,
-                "b",
-                "a",
-                110,
-                190,
-            ),
-            v("app:client", SpanKind::Client, "a", "", 100, 200),
-            v("app:web", SpanKind::Server, "c", "b", 120, 191),
-        ];
-        let chain = linear_chain(&spans).expect("chain");
-        expect_roles(
-            &chain,
-            &[
-                "app:client Client",
-                "proxy:outbound:client Server",
-                "app:web Server",
-            ],
-        )
-        .expect("roles");
-        assert!(expect_roles(&chain, &["app:client Client"]).is_err());
-        assert!(check_nesting(&spans, 0).is_err(), "c ends after b");
-        check_nesting(&spans, 1).expect("within tolerance");
-
-        let mut branching = spans.clone();
-        branching.push(v("app:web", SpanKind::Client, "d", "b", 130, 140));
-        assert!(linear_chain(&branching).is_err());
-        let mut two_roots = spans.clone();
-        two_roots.push(v("app:other", SpanKind::Client, "e", "zz", 130, 140));
-        assert!(linear_chain(&two_roots).is_err());
-        let mut dup = spans.clone();
-        dup.push(v("app:web", SpanKind::Client, "c", "c", 130, 140));
-        assert!(linear_chain(&dup).is_err());
-        let mut cycle = spans;
-        cycle.push(v("app:loop", SpanKind::Client, "x", "x", 130, 140));
-        assert!(linear_chain(&cycle).is_err());
-        assert!(render(&cycle).contains("cycle"), "{}", render(&cycle));
-    }
-}
-
 /// A terminal waterfall of one trace: one line per span in tree order, a bar on a
 /// shared time axis, and the duration — where the time goes on each hop.
 pub fn waterfall(spans: &[SpanView], width: usize) -> String {
@@ -396,4 +335,65 @@ pub fn waterfall(spans: &[SpanView], width: usize) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(src: &str, kind: SpanKind, id: &str, parent: &str, start: u64, end: u64) -> SpanView {
+        SpanView {
+            source: src.into(),
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            kind,
+            name: "GET /".into(),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn chains_and_nesting() {
+        let spans = vec![
+            v(
+                "proxy:outbound:client",
+                SpanKind::Server,
+                "b",
+                "a",
+                110,
+                190,
+            ),
+            v("app:client", SpanKind::Client, "a", "", 100, 200),
+            v("app:web", SpanKind::Server, "c", "b", 120, 191),
+        ];
+        let chain = linear_chain(&spans).expect("chain");
+        expect_roles(
+            &chain,
+            &[
+                "app:client Client",
+                "proxy:outbound:client Server",
+                "app:web Server",
+            ],
+        )
+        .expect("roles");
+        assert!(expect_roles(&chain, &["app:client Client"]).is_err());
+        assert!(check_nesting(&spans, 0).is_err(), "c ends after b");
+        check_nesting(&spans, 1).expect("within tolerance");
+
+        let mut branching = spans.clone();
+        branching.push(v("app:web", SpanKind::Client, "d", "b", 130, 140));
+        assert!(linear_chain(&branching).is_err());
+        let mut two_roots = spans.clone();
+        two_roots.push(v("app:other", SpanKind::Client, "e", "zz", 130, 140));
+        assert!(linear_chain(&two_roots).is_err());
+        let mut dup = spans.clone();
+        dup.push(v("app:web", SpanKind::Client, "c", "c", 130, 140));
+        assert!(linear_chain(&dup).is_err());
+        let mut cycle = spans;
+        cycle.push(v("app:loop", SpanKind::Client, "x", "x", 130, 140));
+        assert!(linear_chain(&cycle).is_err());
+        assert!(render(&cycle).contains("cycle"), "{}", render(&cycle));
+    }
 }
