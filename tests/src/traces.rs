@@ -82,9 +82,11 @@ pub fn views<'a>(
     out
 }
 
-/// Renders spans as an indented tree (children under parents, by start
-/// time; orphans at the top level), for assertion messages.
-pub fn render(spans: &[SpanView]) -> String {
+/// Spans whose parent is not among `spans` (sorted by start), and each span id's
+/// children.
+type Tree<'a> = (Vec<&'a SpanView>, HashMap<&'a str, Vec<&'a SpanView>>);
+
+fn tree(spans: &[SpanView]) -> Tree<'_> {
     let ids: HashMap<&str, &SpanView> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let mut children: HashMap<&str, Vec<&SpanView>> = HashMap::new();
     let mut roots = Vec::new();
@@ -99,6 +101,13 @@ pub fn render(spans: &[SpanView]) -> String {
         }
     }
     roots.sort_by_key(|s| s.start);
+    (roots, children)
+}
+
+/// Renders spans as an indented tree (children under parents, by start
+/// time; orphans at the top level), for assertion messages.
+pub fn render(spans: &[SpanView]) -> String {
+    let (roots, children) = tree(spans);
     let t0 = spans.iter().map(|s| s.start).min().unwrap_or(0);
     let mut out = String::new();
     let mut seen = std::collections::HashSet::new();
@@ -272,20 +281,7 @@ pub fn waterfall(spans: &[SpanView], width: usize) -> String {
     };
     let t1 = spans.iter().map(|s| s.end).max().unwrap_or(t0).max(t0 + 1);
     let total = (t1 - t0) as f64;
-    let ids: HashMap<&str, &SpanView> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let mut children: HashMap<&str, Vec<&SpanView>> = HashMap::new();
-    let mut roots = Vec::new();
-    for s in spans {
-        if ids.contains_key(s.parent_span_id.as_str()) {
-            children
-                .entry(s.parent_span_id.as_str())
-                .or_default()
-                .push(s);
-        } else {
-            roots.push(s);
-        }
-    }
-    roots.sort_by_key(|s| s.start);
+    let (roots, children) = tree(spans);
     let mut rows: Vec<(usize, &SpanView)> = Vec::new();
     let mut stack: Vec<(usize, &SpanView)> = roots.into_iter().rev().map(|s| (0, s)).collect();
     while let Some((depth, s)) = stack.pop() {
