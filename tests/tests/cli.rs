@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use hoptrace_tests::{assert_eventually, labapp, require_root, Agent, Lab};
+use hoptrace_tests::{assert_eventually, labapp, require_root, Agent};
 
 #[test]
 fn check_reports_every_requirement_and_passes_here() {
@@ -43,10 +43,7 @@ fn broken_workload_file_is_rejected_and_last_good_set_kept() {
         return;
     }
     let app = labapp!();
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-1", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(false);
     let _echo = app
         .echo_server(&server, server.addr(ECHO_PORT))
         .expect("echo server");

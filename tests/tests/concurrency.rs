@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use hoptrace_tests::{labapp, require_root, Lab};
+use hoptrace_tests::{labapp, require_root};
 
 const CONNS: u64 = 200;
 const BYTES: usize = 64 * 1024;
@@ -15,11 +15,7 @@ fn concurrent_connections_cross_node() {
         return;
     }
     let app = labapp!();
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    lab.add_node("node-2").expect("node-2");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-2", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(true);
     let target = server.addr(ECHO_PORT);
     let _echo = app.echo_server(&server, target).expect("echo server");
     let agent1 = agent_for(&lab, "node-1");

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use hoptrace_tests::clock::monotonic_ms;
-use hoptrace_tests::{assert_eventually, labapp, require_root, Attempt, Lab};
+use hoptrace_tests::{assert_eventually, labapp, require_root, Attempt};
 use std::time::Duration;
 
 fn describe(attempts: &[Attempt]) -> String {
@@ -29,10 +29,7 @@ fn agent_kill_fails_open_and_restart_resumes_steering() {
         return;
     }
     let app = labapp!();
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-1", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(false);
     let target = server.addr(WHOAMI_PORT);
     let _whoami = app.whoami_server(&server, target).expect("whoami server");
     let mut agent = agent_for(&lab, "node-1");

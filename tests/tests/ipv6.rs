@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use hoptrace_tests::{labapp, require_root, Agent, Lab, Pod};
+use hoptrace_tests::{labapp, require_root, Agent, Pod};
 use std::net::IpAddr;
 
 fn echo_v6(client: &Pod, server: &Pod, out_agent: &Agent, in_agent: &Agent) {
@@ -40,10 +40,7 @@ fn ipv6_same_node() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-1", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(false);
     let agent = agent_for(&lab, "node-1");
     echo_v6(&client, &server, &agent, &agent);
 }
@@ -53,11 +50,7 @@ fn ipv6_cross_node() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    lab.add_node("node-2").expect("node-2");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-2", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(true);
     let agent1 = agent_for(&lab, "node-1");
     let agent2 = agent_for(&lab, "node-2");
     echo_v6(&client, &server, &agent1, &agent2);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use hoptrace_tests::{labapp, require_root, Lab};
+use hoptrace_tests::{labapp, require_root};
 
 #[test]
 fn same_node_echo_through_agent() {
@@ -13,10 +13,7 @@ fn same_node_echo_through_agent() {
         return;
     }
     let app = labapp!();
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-1", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(false);
     let target = server.addr(ECHO_PORT);
     let _echo = app.echo_server(&server, target).expect("echo server");
     let agent = agent_for(&lab, "node-1");

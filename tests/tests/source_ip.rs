@@ -46,10 +46,7 @@ fn source_ip_same_node() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-1", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(false);
     let agent = agent_for(&lab, "node-1");
     check_source(&lab, &client, &server, &agent, &agent);
 }
@@ -59,11 +56,7 @@ fn source_ip_cross_node() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    lab.add_node("node-2").expect("node-2");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let server = lab.add_pod("node-2", "server").expect("server pod");
+    let (lab, client, server) = client_server_lab(true);
     let agent1 = agent_for(&lab, "node-1");
     let agent2 = agent_for(&lab, "node-2");
     check_source(&lab, &client, &server, &agent1, &agent2);

@@ -102,3 +102,19 @@ pub fn assert_echo(report: &EchoReport, conns: u64, bytes_each: usize) {
     );
     assert_eq!(report.bytes, conns * bytes_each as u64, "echoed byte count");
 }
+
+/// A lab with a `client` pod on node-1 and a `server` pod on node-1
+/// (`cross_node == false`) or node-2 (`cross_node == true`).
+pub fn client_server_lab(cross_node: bool) -> (Lab, hoptrace_tests::Pod, hoptrace_tests::Pod) {
+    let mut lab = Lab::new().expect("create lab");
+    lab.add_node("node-1").expect("node-1");
+    let server_node = if cross_node {
+        lab.add_node("node-2").expect("node-2");
+        "node-2"
+    } else {
+        "node-1"
+    };
+    let client = lab.add_pod("node-1", "client").expect("client pod");
+    let server = lab.add_pod(server_node, "server").expect("server pod");
+    (lab, client, server)
+}
