@@ -71,7 +71,8 @@ pub struct RunArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION", default_value = "gzip", value_parser = ["gzip", "none"])]
     pub otlp_compression: String,
 
-    /// Spans held at most while waiting for export; more are dropped and counted.
+    /// Spans queued at most while waiting for export (plus one batch of at most this
+    /// many, or 512, being sent or retried); more are dropped and counted.
     #[arg(long, env = "HOPTRACE_SPAN_QUEUE", default_value_t = 8192)]
     pub span_queue: usize,
 

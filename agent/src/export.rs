@@ -230,25 +230,109 @@ async fn run(
                 })
                 .1;
             exporter.set_resource(resource);
-            let n = spans.len() as u64;
-            match exporter.export(spans).await {
-                Ok(()) => {
-                    metrics.exported.inc_by(n);
-                }
-                Err(err) => {
-                    metrics.errors.inc();
-                    metrics.failed.inc_by(n);
-                    // Rate-limited: a collector that is down must not flood the log.
-                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(endpoint = %config.endpoint, "span export failed ({n} spans lost): {err}");
-                        last_error_log = Some(std::time::Instant::now());
-                    }
-                }
-            }
+            export_with_retry(&mut exporter, spans, &config, &metrics, &mut last_error_log).await;
         }
         // Forget resources of pods whose spans are no longer referenced anywhere but
         // here (released pods), so pod churn cannot grow this map.
         resources.retain(|_, (pod, _)| Arc::strong_count(pod) > 1);
+    }
+}
+
+/// First wait before a retryable export failure is retried; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between retries of one batch.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Exports one pod's spans. A retryable failure (collector down, overloaded or
+/// timing out) keeps the batch and retries it with backoff: meanwhile the data path
+/// keeps queueing into the bounded channel and only what overflows it is dropped, so
+/// an outage costs exactly the overflow and at most `queue_size + batch_size` spans of
+/// memory. A permanent rejection (bad request, auth) loses the batch at once, counted
+/// in `failed`, so one poison batch cannot stall export.
+async fn export_with_retry(
+    exporter: &mut opentelemetry_otlp::SpanExporter,
+    spans: Vec<SpanData>,
+    config: &ExportConfig,
+    metrics: &ExportMetrics,
+    last_error_log: &mut Option<std::time::Instant>,
+) {
+    let n = spans.len() as u64;
+    let mut backoff = RETRY_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        // The exporter takes the batch by value; keep a copy for a retry.
+        match exporter.export(spans.clone()).await {
+            Ok(()) => {
+                metrics.exported.inc_by(n);
+                return;
+            }
+            Err(err) => {
+                metrics.errors.inc();
+                let msg = err.to_string();
+                let retry = match classify(&msg) {
+                    Retry::Always => true,
+                    Retry::Few => attempts < FEW_ATTEMPTS,
+                    Retry::Never => false,
+                };
+                // Rate-limited: a collector that is down must not flood the log.
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    if retry {
+                        tracing::warn!(endpoint = %config.endpoint, "span export failed, retrying ({n} spans held; new spans queue up to --span-queue, then are dropped): {msg}");
+                    } else {
+                        tracing::warn!(endpoint = %config.endpoint, "{n} spans lost, export not retried: {msg}");
+                    }
+                    *last_error_log = Some(std::time::Instant::now());
+                }
+                if !retry {
+                    metrics.failed.inc_by(n);
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// How an export error is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Collector down, overloaded or slow: retry until it succeeds.
+    Always,
+    /// `Unknown`/`Internal`: often a connection torn down mid-request, sometimes a
+    /// collector bug; retried a few times, then lost.
+    Few,
+    /// The collector refuses the request as such (bad data, auth): never retried.
+    Never,
+}
+
+/// Attempts of a batch whose failure is [`Retry::Few`].
+const FEW_ATTEMPTS: u32 = 3;
+
+/// Classifies an export error per the OTLP specification's retryable gRPC codes
+/// (Cancelled, DeadlineExceeded, ResourceExhausted, Aborted, OutOfRange, Unavailable,
+/// DataLoss). The exporter reports errors as text (tonic's `Status` display,
+/// `code: '<description>'`), hence the string match; a unit test pins it to tonic's
+/// format. Errors without a status (transport) are retried.
+fn classify(msg: &str) -> Retry {
+    use tonic::Code;
+    let has = |c: Code| msg.contains(&format!("code: '{c}'"));
+    const NEVER: &[Code] = &[
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::FailedPrecondition,
+        Code::Unimplemented,
+        Code::Unauthenticated,
+    ];
+    if NEVER.iter().any(|c| has(*c)) {
+        Retry::Never
+    } else if has(Code::Unknown) || has(Code::Internal) {
+        Retry::Few
+    } else {
+        Retry::Always
     }
 }
 
@@ -280,5 +364,41 @@ fn to_span_data(s: &ProxySpan, scope: &InstrumentationScope) -> SpanData {
             Status::Error(msg) => OtelStatus::error(msg.clone()),
         },
         instrumentation_scope: scope.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn classification_follows_the_otlp_retry_rules() {
+        let c = |code| classify(&Status::new(code, "x").to_string());
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Cancelled,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert_eq!(c(code), Retry::Always, "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+        ] {
+            assert_eq!(c(code), Retry::Never, "{code:?}");
+        }
+        assert_eq!(c(Code::Unknown), Retry::Few);
+        assert_eq!(c(Code::Internal), Retry::Few);
+        assert_eq!(
+            classify("transport error: connection refused"),
+            Retry::Always
+        );
     }
 }
