@@ -30,6 +30,7 @@ pub mod otlp;
 pub mod pod;
 pub mod pyapp;
 mod state;
+pub mod tlsapp;
 pub mod traces;
 pub mod workloads;
 
