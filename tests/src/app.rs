@@ -85,6 +85,39 @@ impl LabApp {
         self.server("whoami-server", pod, listen)
     }
 
+    /// Starts `http-edge-server --listen <listen>` in `pod` and waits until it listens.
+    pub fn http_edge_server(&self, pod: &Pod, listen: SocketAddr) -> Result<PodProcess> {
+        self.server("http-edge-server", pod, listen)
+    }
+
+    /// Runs `http-edge-client` in `pod` against `addr` (trace ids from `seed`);
+    /// returns its reports (`stream`, `expect`), failed ones included.
+    pub fn http_edge_client(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        seed: u64,
+    ) -> Result<Vec<crate::h1edge::EdgeReport>> {
+        let (addr, seed) = (addr.to_string(), seed.to_string());
+        let args = ["http-edge-client", "--addr", &addr, "--trace-seed", &seed];
+        let out = pod.run(self.command(&args), CLIENT_TIMEOUT)?;
+        let reports = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).with_context(|| format!("bad report {l}")))
+            .collect::<Result<Vec<_>>>()?;
+        if reports.len() != 2 {
+            anyhow::bail!(
+                "http-edge-client printed {} reports ({}): {}",
+                reports.len(),
+                out.status,
+                out.stderr.trim()
+            );
+        }
+        Ok(reports)
+    }
+
     /// Runs `echo-client` in `pod` to completion. A run where connections
     /// failed is still `Ok` (check the report); `Err` means no report at all.
     pub fn echo_client(

@@ -281,6 +281,20 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// `Transfer-Encoding` (hyper re-frames the body) and `Upgrade` — except for an
 /// upgrade handshake, where `Connection: upgrade` and `Upgrade` must reach the app.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Read before `Connection`'s names are removed: a client that follows RFC 9110
+    // sends `Connection: TE` with `TE: trailers`, and the next hop must still learn
+    // that trailers are welcome (hyper only sends response trailers when asked).
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
+    });
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -301,13 +315,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove("proxy-connection");
     h.remove("keep-alive");
     h.remove(header::TRANSFER_ENCODING);
-    let te_trailers = h
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -587,6 +594,24 @@ mod tests {
             h.get("traceparent").map(|v| v.as_bytes()),
             Some(&b"00-x"[..])
         );
+    }
+
+    #[test]
+    fn te_trailers_survives_connection_te() {
+        // RFC 9110 §10.1.4: TE is announced with `Connection: TE`.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+        h.insert(header::TE, HeaderValue::from_static("deflate;q=0.5"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(header::TE).is_none());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! labapp whoami-server --listen ADDR
 //! labapp echo-client   --addr ADDR --bytes N --conns C [--half-close] [--seed S]
 //! labapp connect-loop  --addr ADDR --interval-ms I --duration-ms D [--count N]
+//! labapp http-edge-server --listen ADDR
+//! labapp http-edge-client --addr ADDR --trace-seed S
 //! ```
 //!
 //! * `echo-server` echoes bytes until EOF, then shuts down its write side (so a
@@ -19,6 +21,12 @@
 //! * `connect-loop` opens a fresh connection every I ms for D ms (at least
 //!   one; at most N with `--count`), reads the answer to EOF, and prints
 //!   `<CLOCK_MONOTONIC ms> ok <answer>` or `<ms> error <reason>` per attempt.
+//! * `http-edge-server` / `http-edge-client`: HTTP/1.1 chunked streaming,
+//!   trailers and `Expect: 100-continue` on the wire (see `hoptrace_tests::h1edge`).
+//!   The client sends the scenarios `stream` and `expect` on one connection, each
+//!   with the sampled `traceparent` `00-<S as 16 hex><scenario no. as 16 hex>-
+//!   <scenario no. as 16 hex>-01`, prints one JSON report per scenario and
+//!   exits 1 if one failed.
 
 use anyhow::{bail, Context, Result};
 use hoptrace_tests::clock::monotonic_ms;
@@ -53,6 +61,8 @@ fn run() -> Result<()> {
         "whoami-server" => serve(flags.addr("listen")?, whoami),
         "echo-client" => echo_client(&flags),
         "connect-loop" => connect_loop(&flags),
+        "http-edge-server" => serve(flags.addr("listen")?, edge_conn),
+        "http-edge-client" => edge_client(&flags),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -152,6 +162,29 @@ fn echo(mut stream: TcpStream, peer: SocketAddr) {
             }
         }
     }
+}
+
+fn edge_conn(stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = hoptrace_tests::h1edge::serve_conn(stream) {
+        eprintln!("http-edge {peer}: {e:#}");
+    }
+}
+
+fn edge_client(flags: &Flags) -> Result<()> {
+    let seed = flags.num("trace-seed", None)?;
+    let tp = |n: u64| format!("00-{seed:016x}{n:016x}-{n:016x}-01");
+    let mut client = hoptrace_tests::h1edge::EdgeClient::connect(flags.addr("addr")?)?;
+    let reports = [
+        client.stream(&tp(1), 5, 1500),
+        client.expect(&tp(2), 20_000),
+    ];
+    for r in &reports {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    if reports.iter().any(|r| !r.ok) {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn whoami(mut stream: TcpStream, peer: SocketAddr) {
