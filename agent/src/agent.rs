@@ -206,6 +206,8 @@ impl PodTable {
             )),
             spans: self.spans.clone(),
             ips: w.ips.clone(),
+            outbound_pool: Default::default(),
+            inbound_pool: Default::default(),
             trace_sampling: w.trace_sampling.unwrap_or(0.0),
         });
 

@@ -65,6 +65,7 @@ pub struct Metrics {
     failed: Family<ConnLabels, Counter>,
     bytes_from_client: Family<ConnLabels, Counter>,
     bytes_from_server: Family<ConnLabels, Counter>,
+    upstream_opened: Family<ConnLabels, Counter>,
     /// Workloads by state.
     pub workloads: Family<StateLabels, Gauge>,
     /// Rejected workload file reads (the last good set stays in force).
@@ -87,6 +88,8 @@ pub struct ConnMetrics {
     pub bytes_from_client: Counter,
     /// Bytes the server sent.
     pub bytes_from_server: Counter,
+    /// Upstream connections opened (HTTP reuses them across client connections).
+    pub upstream_opened: Counter,
 }
 
 impl Metrics {
@@ -98,6 +101,7 @@ impl Metrics {
         let failed = Family::<ConnLabels, Counter>::default();
         let bytes_from_client = Family::<ConnLabels, Counter>::default();
         let bytes_from_server = Family::<ConnLabels, Counter>::default();
+        let upstream_opened = Family::<ConnLabels, Counter>::default();
         let workloads = Family::<StateLabels, Gauge>::default();
         let workload_file_errors = Counter::default();
         registry.register(
@@ -124,6 +128,11 @@ impl Metrics {
             "bytes_from_server",
             "Bytes received from the accepting side",
             bytes_from_server.clone(),
+        );
+        registry.register(
+            "upstream_connections_opened",
+            "Connections the agent opened to destinations (HTTP reuses them per source pod and destination)",
+            upstream_opened.clone(),
         );
         registry.register(
             "workloads",
@@ -164,6 +173,7 @@ impl Metrics {
             failed,
             bytes_from_client,
             bytes_from_server,
+            upstream_opened,
             workloads,
             workload_file_errors,
             export,
@@ -187,6 +197,7 @@ impl Metrics {
             failed: self.failed.get_or_create(&l).clone(),
             bytes_from_client: self.bytes_from_client.get_or_create(&l).clone(),
             bytes_from_server: self.bytes_from_server.get_or_create(&l).clone(),
+            upstream_opened: self.upstream_opened.get_or_create(&l).clone(),
         }
     }
 
@@ -199,6 +210,7 @@ impl Metrics {
             self.failed.remove(&l);
             self.bytes_from_client.remove(&l);
             self.bytes_from_server.remove(&l);
+            self.upstream_opened.remove(&l);
         }
     }
 

@@ -2,9 +2,11 @@
 //! trace context rewritten, two spans per request per leg (SERVER: the proxy
 //! receiving it, CLIENT: the proxy sending it on).
 //!
-//! Each downstream connection gets its own upstream connection, opened at the first
-//! request and reused for every later one (keep-alive; HTTP/2 streams multiplex on it),
-//! so the app sees the same connection pattern as without the agent.
+//! Requests go out on upstream connections reused per (source pod, destination)
+//! (`pool`): the connection opened during detection serves a client connection's
+//! first request and then joins the pool; later requests, from any client connection
+//! of the same pod to the same destination, take a ready pooled connection (HTTP/1)
+//! or share the pooled HTTP/2 connection.
 
 use std::{
     convert::Infallible,
@@ -21,9 +23,10 @@ use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry::KeyValue;
-use tokio::{net::TcpStream, sync::Mutex};
+use std::sync::Mutex;
+use tokio::net::TcpStream;
 
-use super::{ConnError, PodContext, Target};
+use super::{pool::PoolKey, ConnError, PodContext, Target};
 use crate::{
     metrics::Direction,
     trace::{
@@ -41,18 +44,20 @@ struct Leg {
     target: Target,
     /// `client.address` of the spans: the calling pod's address.
     client_ip: IpAddr,
-    upstream: Mutex<Option<Upstream>>,
-    /// The connection opened during detection, used for the first request.
-    first: std::sync::Mutex<Option<TcpStream>>,
+    /// The connection opened during detection (if any), used for the first request.
+    first: Mutex<Option<TcpStream>>,
     h2: bool,
 }
 
-enum Upstream {
-    H1(hyper::client::conn::http1::SendRequest<Incoming>),
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+impl Leg {
+    fn take_first(&self) -> Option<TcpStream> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Serves one downstream connection as HTTP (`h2` = prior-knowledge HTTP/2).
+/// `upstream` is a connection already open to the target (from detection), or
+/// `None` when requests should go out on pooled connections from the start.
 pub async fn serve(
     pod: Arc<PodContext>,
     dir: Direction,
@@ -60,15 +65,14 @@ pub async fn serve(
     target: Target,
     client_ip: IpAddr,
     h2: bool,
-    upstream: TcpStream,
+    upstream: Option<TcpStream>,
 ) -> Result<(), ConnError> {
     let leg = Arc::new(Leg {
         pod,
         dir,
         target,
         client_ip,
-        upstream: Mutex::new(None),
-        first: std::sync::Mutex::new(Some(upstream)),
+        first: Mutex::new(upstream),
         h2,
     });
     let svc = hyper::service::service_fn(move |req| handle(leg.clone(), req));
@@ -209,61 +213,87 @@ fn full(s: &'static str) -> ProxyBody {
         .boxed()
 }
 
-/// Sends the request on this connection's upstream, connecting it first if needed
-/// (or again, if the app closed the previous one).
-async fn send(leg: &Leg, req: Request<Incoming>) -> Result<Response<Incoming>, ConnError> {
-    let mut guard = leg.upstream.lock().await;
-    let reusable = match guard.as_mut() {
-        Some(Upstream::H1(s)) => s.ready().await.is_ok(),
-        Some(Upstream::H2(s)) => s.ready().await.is_ok(),
-        None => false,
-    };
-    if !reusable {
-        let first = leg.first.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let stream = match first {
+/// Attempts per request when a pooled connection turns out closed before any of the
+/// request was written (a server closing an idle keep-alive connection).
+const SEND_ATTEMPTS: usize = 3;
+
+fn relay_err(e: hyper::Error) -> ConnError {
+    ConnError::Relay(std::io::Error::other(e))
+}
+
+/// Sends the request upstream: on the connection opened during detection if this
+/// client connection still has it, else on a pooled one, else on a new one.
+async fn send(leg: &Leg, mut req: Request<Incoming>) -> Result<Response<Incoming>, ConnError> {
+    let key = PoolKey::new(&leg.target, leg.h2);
+    let pool = leg.pod.pool(leg.dir);
+    if leg.h2 {
+        let shared = match leg.take_first() {
+            Some(stream) => Some(handshake_h2(stream).await?),
+            None => pool.h2(&key),
+        };
+        let mut sender = match shared {
             Some(s) => s,
-            None => leg.target.connect(&leg.pod).await?,
+            None => handshake_h2(leg.target.connect(&leg.pod).await?).await?,
         };
-        let io = TokioIo::new(stream);
-        let up = if leg.h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Upstream::H2(sender)
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::Builder::new()
-                .preserve_header_case(true)
-                .handshake(io)
-                .await
-                .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            Upstream::H1(sender)
-        };
-        *guard = Some(up);
+        pool.set_h2(key, sender.clone());
+        return sender.send_request(req).await.map_err(relay_err);
     }
-    let fut = match guard.as_mut() {
-        Some(Upstream::H1(s)) => s.send_request(req),
-        Some(Upstream::H2(s)) => {
-            // HTTP/2: the lock only guards connection setup; streams run concurrently.
-            let mut s = s.clone();
-            drop(guard);
-            return s
-                .send_request(req)
-                .await
-                .map_err(|e| ConnError::Relay(std::io::Error::other(e)));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut sender = match leg.take_first() {
+            Some(stream) => handshake_h1(stream).await?,
+            None => match pool.checkout_h1(&key) {
+                Some(s) => s,
+                None => handshake_h1(leg.target.connect(&leg.pod).await?).await?,
+            },
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                // After 101 the connection belongs to the upgraded stream.
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    pool.checkin_h1(key, sender);
+                }
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                // Nothing was written: safe to send on another connection.
+                Some(r) if attempt < SEND_ATTEMPTS => {
+                    tracing::debug!(pod = %leg.pod.key, "pooled connection closed before the request was sent; retrying: {}", e.error());
+                    req = r;
+                }
+                _ => return Err(relay_err(e.into_error())),
+            },
         }
-        None => return Err(ConnError::Relay(std::io::Error::other("no upstream"))),
-    };
-    // HTTP/1: one request at a time per connection; hold the lock until the response
-    // head arrives (the body then streams without it).
-    let resp = fut.await;
-    drop(guard);
-    resp.map_err(|e| ConnError::Relay(std::io::Error::other(e)))
+    }
+}
+
+async fn handshake_h1(
+    stream: TcpStream,
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, ConnError> {
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(relay_err)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender.ready().await.map_err(relay_err)?;
+    Ok(sender)
+}
+
+async fn handshake_h2(
+    stream: TcpStream,
+) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, ConnError> {
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(relay_err)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {

@@ -12,6 +12,7 @@
 
 pub mod detect;
 pub mod http;
+pub mod pool;
 mod tcp;
 
 use std::{
@@ -59,6 +60,28 @@ pub struct PodContext {
     /// The pod's addresses (the first of each family is `client.address` of its
     /// outbound spans: the steered connection itself comes from loopback).
     pub ips: Vec<IpAddr>,
+    /// Reusable upstream HTTP connections of the outbound leg.
+    pub outbound_pool: Arc<pool::Pool>,
+    /// Reusable upstream HTTP connections of the inbound leg (per calling pod).
+    pub inbound_pool: Arc<pool::Pool>,
+}
+
+impl PodContext {
+    /// The connection metrics of one direction.
+    pub fn metrics(&self, dir: Direction) -> &ConnMetrics {
+        match dir {
+            Direction::Outbound => &self.outbound,
+            Direction::Inbound => &self.inbound,
+        }
+    }
+
+    /// The upstream connection pool of one direction.
+    pub fn pool(&self, dir: Direction) -> &Arc<pool::Pool> {
+        match dir {
+            Direction::Outbound => &self.outbound_pool,
+            Direction::Inbound => &self.inbound_pool,
+        }
+    }
 }
 
 /// Where a steered connection goes and how the agent connects there.
@@ -86,11 +109,18 @@ impl Target {
         }
     }
 
-    /// Opens a connection to the destination as this leg must.
+    /// Opens a connection to the destination as this leg must (counted in
+    /// `hoptrace_upstream_connections_opened_total`).
     pub async fn connect(&self, pod: &PodContext) -> Result<TcpStream, ConnError> {
         match *self {
-            Target::Outbound { dst } => connect(pod, dst, socket::Source::Default).await,
-            Target::Inbound { client, dst } => connect_transparent(pod, client, dst).await,
+            Target::Outbound { dst } => {
+                pod.outbound.upstream_opened.inc();
+                connect(pod, dst, socket::Source::Default).await
+            }
+            Target::Inbound { client, dst } => {
+                pod.inbound.upstream_opened.inc();
+                connect_transparent(pod, client, dst).await
+            }
         }
     }
 }
@@ -164,10 +194,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, pod: Arc<PodContext>, di
             Ok((stream, peer)) => {
                 let pod = pod.clone();
                 tokio::spawn(async move {
-                    let m = match dir {
-                        Direction::Outbound => &pod.outbound,
-                        Direction::Inbound => &pod.inbound,
-                    };
+                    let m = pod.metrics(dir);
                     m.accepted.inc();
                     m.active.inc();
                     let result = match dir {
@@ -233,13 +260,30 @@ async fn proxy(
     target: Target,
     client_ip: IpAddr,
 ) -> Result<(), ConnError> {
-    let m = match dir {
-        Direction::Outbound => &pod.outbound,
-        Direction::Inbound => &pod.inbound,
-    };
-    // Connect first, as a plain proxy would, then watch both sides: the client's
-    // first bytes decide the protocol; if the server speaks first (SMTP, MySQL, …)
-    // the connection is opaque at once, with no detection delay.
+    let m = pod.metrics(dir);
+    // A destination this pod recently spoke HTTP to is expected to be HTTP again:
+    // detect first, so the request can go out on a pooled connection without a new
+    // connect. Should the client send something else (or nothing within the
+    // detection timeout), connect now and relay it opaquely.
+    if pod.pool(dir).knows_http(&target) {
+        let protocol = detect::detect(&client, detect::DETECT_TIMEOUT).await;
+        if protocol != detect::Protocol::Opaque {
+            return serve_http(pod, dir, client, target, client_ip, protocol, None).await;
+        }
+        let upstream = match target.connect(pod).await {
+            Ok(u) => u,
+            Err(err) => {
+                reset(client);
+                return Err(err);
+            }
+        };
+        return tcp::relay(client, upstream, m)
+            .await
+            .map_err(ConnError::Relay);
+    }
+    // Otherwise connect first, as a plain proxy would, then watch both sides: the
+    // client's first bytes decide the protocol; if the server speaks first (SMTP,
+    // MySQL, …) the connection is opaque at once, with no detection delay.
     let upstream = match target.connect(pod).await {
         Ok(u) => u,
         Err(err) => {
@@ -255,12 +299,22 @@ async fn proxy(
         detect::Protocol::Opaque => tcp::relay(client, upstream, m)
             .await
             .map_err(ConnError::Relay),
-        p => {
-            let _ = client.set_nodelay(true);
-            let h2 = p == detect::Protocol::Http2;
-            http::serve(pod.clone(), dir, client, target, client_ip, h2, upstream).await
-        }
+        p => serve_http(pod, dir, client, target, client_ip, p, Some(upstream)).await,
     }
+}
+
+async fn serve_http(
+    pod: &Arc<PodContext>,
+    dir: Direction,
+    client: TcpStream,
+    target: Target,
+    client_ip: IpAddr,
+    protocol: detect::Protocol,
+    upstream: Option<TcpStream>,
+) -> Result<(), ConnError> {
+    let _ = client.set_nodelay(true);
+    let h2 = protocol == detect::Protocol::Http2;
+    http::serve(pod.clone(), dir, client, target, client_ip, h2, upstream).await
 }
 
 async fn connect(

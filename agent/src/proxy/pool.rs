@@ -1,0 +1,256 @@
+//! Upstream HTTP connections reused per (source pod, destination), as a sidecar
+//! proxy would: many short client connections from one pod to one service share a
+//! few upstream connections instead of each opening its own.
+//!
+//! One pool per pod and direction (it lives in the pod's [`super::PodContext`] and
+//! dies with it). Keys: the destination, the protocol, and for the inbound leg the
+//! calling pod's address (the upstream connection is made *from* that address, so it
+//! can only carry that caller's requests).
+//!
+//! - HTTP/1: a list of connections per key. A connection is checked out only when it
+//!   can take a request now (hyper's `is_ready`: its previous response is complete);
+//!   busy ones stay listed and become usable when their response finishes. Idle ones
+//!   are closed after [`IDLE_TIMEOUT`], and at most [`MAX_PER_KEY`] are kept.
+//! - HTTP/2: one shared connection per key; streams multiplex on it.
+//!
+//! A key that was seen speaking HTTP is remembered for [`KNOWN_HTTP_TTL`]: new client
+//! connections to it are detected before connecting, so a pooled connection can serve
+//! them (see `proxy::proxy`).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::{Duration, Instant},
+};
+
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+
+use super::Target;
+
+/// How long an unused HTTP/1 upstream connection is kept. Short, because servers
+/// close idle keep-alive connections on their own schedule (5 s for Node.js), and a
+/// request racing such a close is retried only if none of it was sent.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// HTTP/1 connections kept per key at most (busy ones included).
+pub const MAX_PER_KEY: usize = 64;
+/// How long a destination counts as HTTP after it was last used as such.
+pub const KNOWN_HTTP_TTL: Duration = Duration::from_secs(60);
+
+/// Which upstream connections can carry a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Inbound leg: the calling pod's address (the connection's source). Outbound:
+    /// `None` (the source is the pod itself).
+    source: Option<IpAddr>,
+    /// Where the connection goes.
+    dst: SocketAddr,
+    /// Prior-knowledge HTTP/2.
+    h2: bool,
+}
+
+impl PoolKey {
+    /// The key of a request on `target` over HTTP/1 (`h2 == false`) or HTTP/2.
+    pub fn new(target: &Target, h2: bool) -> Self {
+        let source = match target {
+            Target::Outbound { .. } => None,
+            Target::Inbound { client, .. } => Some(client.ip()),
+        };
+        Self {
+            source,
+            dst: target.dst(),
+            h2,
+        }
+    }
+}
+
+struct H1Conn {
+    sender: http1::SendRequest<Incoming>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Entry {
+    h1: Vec<H1Conn>,
+    h2: Option<http2::SendRequest<Incoming>>,
+    last_http: Option<Instant>,
+}
+
+/// The upstream connections of one pod and direction. Shared (`Arc`) so that its
+/// sweeper task can close idle connections without keeping the pool alive.
+#[derive(Default)]
+pub struct Pool {
+    entries: Mutex<HashMap<PoolKey, Entry>>,
+    /// A sweeper task is running (started by the first check-in, ends when empty).
+    sweeping: AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<PoolKey, Entry>) -> R) -> R {
+        // A panic while holding the lock leaves the map consistent (every operation is
+        // a single push/pop/retain), so a poisoned lock is still usable.
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut map)
+    }
+
+    /// Whether `target` recently spoke HTTP (either version) from this pod.
+    pub fn knows_http(&self, target: &Target) -> bool {
+        let now = Instant::now();
+        self.with(|map| {
+            [false, true].iter().any(|h2| {
+                map.get(&PoolKey::new(target, *h2))
+                    .and_then(|e| e.last_http)
+                    .is_some_and(|t| now.duration_since(t) < KNOWN_HTTP_TTL)
+            })
+        })
+    }
+
+    /// Takes an HTTP/1 connection that can send a request now, if there is one.
+    pub fn checkout_h1(&self, key: &PoolKey) -> Option<http1::SendRequest<Incoming>> {
+        let now = Instant::now();
+        self.with(|map| {
+            let entry = map.get_mut(key)?;
+            entry.last_http = Some(now);
+            // Closed connections and idle ones past their time go; busy ones stay.
+            entry.h1.retain(|c| {
+                !c.sender.is_closed()
+                    && !(c.sender.is_ready() && now.duration_since(c.last_used) > IDLE_TIMEOUT)
+            });
+            // Most recently used first: keeps the number of live connections low.
+            let i = entry.h1.iter().rposition(|c| c.sender.is_ready())?;
+            Some(entry.h1.remove(i).sender)
+        })
+    }
+
+    /// Returns an HTTP/1 connection after a request was sent on it (its response may
+    /// still be streaming). Dropped instead when closed or the key is full. Must run
+    /// inside the tokio runtime (starts the sweeper).
+    pub fn checkin_h1(self: &Arc<Self>, key: PoolKey, sender: http1::SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        self.with(|map| {
+            let entry = map.entry(key).or_default();
+            entry.last_http = Some(now);
+            if entry.h1.len() < MAX_PER_KEY {
+                entry.h1.push(H1Conn {
+                    sender,
+                    last_used: now,
+                });
+            }
+        });
+        self.sweep(now);
+        self.start_sweeper();
+    }
+
+    /// Closes idle connections on time even when no request comes to trigger it.
+    /// One task per pool at most; it holds only a weak reference, and exits once the
+    /// pool is empty (the next check-in starts it again) or gone.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Pool> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.sweep(Instant::now());
+                if pool.with(|map| map.values().all(|e| e.h1.is_empty())) {
+                    pool.sweeping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The shared HTTP/2 connection of `key`, if open.
+    pub fn h2(&self, key: &PoolKey) -> Option<http2::SendRequest<Incoming>> {
+        let now = Instant::now();
+        self.with(|map| {
+            let entry = map.get_mut(key)?;
+            entry.last_http = Some(now);
+            match &entry.h2 {
+                Some(s) if !s.is_closed() => Some(s.clone()),
+                _ => {
+                    entry.h2 = None;
+                    None
+                }
+            }
+        })
+    }
+
+    /// Makes `sender` the shared HTTP/2 connection of `key`.
+    pub fn set_h2(self: &Arc<Self>, key: PoolKey, sender: http2::SendRequest<Incoming>) {
+        let now = Instant::now();
+        self.with(|map| {
+            let entry = map.entry(key).or_default();
+            entry.last_http = Some(now);
+            entry.h2 = Some(sender);
+        });
+        self.sweep(now);
+    }
+
+    /// Forgets keys not used for [`KNOWN_HTTP_TTL`] and closes their connections, so a
+    /// pod talking to ever new destinations cannot grow the pool.
+    fn sweep(&self, now: Instant) {
+        self.with(|map| {
+            map.retain(|_, e| {
+                e.h1.retain(|c| {
+                    !c.sender.is_closed()
+                        && !(c.sender.is_ready() && now.duration_since(c.last_used) > IDLE_TIMEOUT)
+                });
+                let recent = e
+                    .last_http
+                    .is_some_and(|t| now.duration_since(t) < KNOWN_HTTP_TTL);
+                recent || !e.h1.is_empty()
+            });
+        });
+    }
+
+    /// HTTP/1 connections held for `key` (for tests and debugging).
+    pub fn h1_len(&self, key: &PoolKey) -> usize {
+        self.with(|map| map.get(key).map_or(0, |e| e.h1.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_keys_separate_callers_outbound_keys_do_not() {
+        let dst: SocketAddr = "10.0.2.2:8080".parse().expect("addr");
+        let a = Target::Inbound {
+            client: "10.0.1.2:40000".parse().expect("addr"),
+            dst,
+        };
+        let a2 = Target::Inbound {
+            client: "10.0.1.2:40001".parse().expect("addr"),
+            dst,
+        };
+        let b = Target::Inbound {
+            client: "10.0.1.3:40000".parse().expect("addr"),
+            dst,
+        };
+        assert_eq!(PoolKey::new(&a, false), PoolKey::new(&a2, false));
+        assert_ne!(PoolKey::new(&a, false), PoolKey::new(&b, false));
+        assert_ne!(PoolKey::new(&a, false), PoolKey::new(&a, true));
+        let o = Target::Outbound { dst };
+        assert_eq!(PoolKey::new(&o, false).source, None);
+        assert!(!Pool::default().knows_http(&o));
+    }
+}
