@@ -26,6 +26,7 @@ pub mod h1edge;
 pub mod http;
 pub mod lab;
 pub mod metrics;
+pub mod mockotlp;
 pub mod netns;
 pub mod otlp;
 pub mod pod;

@@ -38,6 +38,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     debian_packages()?;
     python_packages()?;
+    node_packages()?;
     println!("xtask setup: done");
     Ok(())
 }
@@ -190,5 +191,26 @@ fn python_packages() -> anyhow::Result<()> {
             ])
             .args(["--root-user-action=ignore"])
             .args(&all),
+    )
+}
+
+/// The third-party OTLP receiver of the tests (`tests/collector`: @elastic/mockotlpserver
+/// from the npm registry, versions locked in its package-lock.json).
+fn node_packages() -> anyhow::Result<()> {
+    let dir = crate::workspace_root()?.join("tests/collector");
+    if dir
+        .join("node_modules/@elastic/mockotlpserver/package.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    if which::which("npm").is_err() || which::which("node").is_err() {
+        bail!("node and npm are required for the third-party OTLP receiver in tests/collector (Debian: `apt-get install nodejs npm`)");
+    }
+    println!("xtask setup: installing tests/collector (npm ci)");
+    exec(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir),
     )
 }
