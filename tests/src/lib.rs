@@ -22,6 +22,7 @@ pub mod agent;
 pub mod app;
 pub mod cgroup;
 pub mod clock;
+pub mod forward;
 pub mod h1edge;
 pub mod http;
 pub mod lab;

@@ -378,6 +378,8 @@ impl TestPki {
 #[derive(Default)]
 struct State {
     spans: Vec<ReceivedSpan>,
+    /// Accepted requests as received (for forwarding, e.g. by the demo).
+    raw: Vec<ExportTraceServiceRequest>,
     requests: usize,
     rejected: usize,
     reject: bool,
@@ -428,6 +430,7 @@ impl TraceService for Service {
             st.rejected += 1;
         } else {
             st.spans.extend(spans);
+            st.raw.push(request.into_inner());
         }
         drop(st);
         self.shared.changed.notify_all();
@@ -634,6 +637,12 @@ impl OtlpReceiver {
             reject,
             ..State::default()
         };
+    }
+
+    /// The accepted export requests, as received (what an agent sent, resource and
+    /// all), e.g. to forward them to another collector.
+    pub fn raw_requests(&self) -> Vec<ExportTraceServiceRequest> {
+        self.shared.lock().raw.clone()
     }
 
     /// While `true`, every export is answered `UNAVAILABLE` and its spans are

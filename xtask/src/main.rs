@@ -3,7 +3,8 @@
 //! - `setup`: install what builds and tests need (idempotent).
 //! - `build`: the eBPF object and the release `hoptrace` binary.
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
-//! - `demo`: a two-node lab with an echo app, traffic through the agent, its metrics.
+//! - `demo [--otlp-endpoint URL]`: a two-node lab: echo traffic through the agents and
+//!   their metrics, then traced requests printed as waterfalls (and sent to URL).
 
 mod setup;
 
@@ -34,8 +35,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Start a two-node lab with an echo app and show traffic through the agent (root).
-    Demo,
+    /// A two-node lab: an echo app through the agents, then a traced three-service
+    /// app printed as trace waterfalls (root).
+    Demo {
+        /// Also send the demo's traces (the agents' and the apps' spans) to this
+        /// OTLP/gRPC collector, e.g. Jaeger: `http://localhost:4317`.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,13 +73,16 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Demo => {
+        Cmd::Demo { otlp_endpoint } => {
             require_root("the demo creates network namespaces and loads eBPF programs")?;
             setup::run()?;
             cargo(&root, &["build", "-p", "hoptrace", "-p", "hoptrace-tests"])?;
             let mut cmd = Command::new(root.join("target/debug/lab-demo"));
             cmd.env("HOPTRACE_BIN", root.join("target/debug/hoptrace"))
                 .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
+            if let Some(url) = otlp_endpoint {
+                cmd.args(["--otlp-endpoint", &url]);
+            }
             run(&mut cmd)
         }
     }

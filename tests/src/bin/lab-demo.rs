@@ -1,10 +1,13 @@
-//! `cargo xtask demo`: a two-node lab with an echo app, traffic through the agent,
-//! and what each agent saw. Everything is torn down at the end.
+//! `cargo xtask demo [--otlp-endpoint URL]`: a two-node lab with an echo app,
+//! traffic through the agent, and what each agent saw; then a traced three-service
+//! app whose traces are printed as waterfalls and, with `--otlp-endpoint`, also sent
+//! to that collector (e.g. Jaeger's OTLP port). Everything is torn down at the end.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use hoptrace_tests::{
+    forward::{self, Forwarder},
     otlp::{OtlpReceiver, ReceiverOptions},
     pyapp::ClientOptions,
     traces::{views, waterfall},
@@ -15,6 +18,19 @@ const ECHO_PORT: u16 = 7000;
 const WHOAMI_PORT: u16 = 7001;
 
 fn main() -> Result<()> {
+    let forward_to = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => None,
+        [flag, url] if flag == "--otlp-endpoint" => Some(url.clone()),
+        other => bail!("usage: lab-demo [--otlp-endpoint http://host:4317] (got {other:?})"),
+    };
+    // Fail before building anything when the user's collector is unreachable.
+    let forwarder = match &forward_to {
+        Some(url) => Some(
+            Forwarder::connect(url)
+                .with_context(|| format!("--otlp-endpoint {url}: is the collector running?"))?,
+        ),
+        None => None,
+    };
     if !hoptrace_tests::require_root() {
         bail!("the demo needs root (network namespaces, cgroups, eBPF)");
     }
@@ -95,13 +111,13 @@ fn main() -> Result<()> {
     drop(agents);
     lab.teardown().context("tearing the lab down")?;
     println!("\nlab torn down");
-    traces()
+    traces(forwarder)
 }
 
 /// Part two: a three-service app (client → web → backend, instrumented with the
 /// OpenTelemetry SDK) across two nodes; the agents' spans go to an embedded OTLP
 /// receiver and each trace is printed as a waterfall.
-fn traces() -> Result<()> {
+fn traces(forwarder: Option<Forwarder>) -> Result<()> {
     println!("\n== tracing: client (node-1) -> web (node-1) -> backend (node-2)");
     let otlp =
         OtlpReceiver::start(ReceiverOptions::default()).context("starting the OTLP receiver")?;
@@ -127,6 +143,7 @@ fn traces() -> Result<()> {
         "agents export to the embedded OTLP receiver at {}",
         otlp.endpoint()
     );
+    let mut all_app_spans = Vec::new();
     let run = apps.client(
         &client,
         &web_app.url("/checkout"),
@@ -147,10 +164,24 @@ fn traces() -> Result<()> {
         app_spans.extend(web_app.wait_for_trace(&tid, 2, Duration::from_secs(10))?);
         app_spans.extend(backend_app.wait_for_trace(&tid, 1, Duration::from_secs(10))?);
         let all = views(&app_spans, &proxy);
+        all_app_spans.extend(app_spans.iter().cloned());
         println!("\nGET /checkout -> {}", req.status);
         print!("{}", waterfall(&all, 48));
     }
     println!("\n(app:* spans come from the apps' own OpenTelemetry SDK; proxy:<direction>:<pod> spans from hoptrace)");
+    if let Some(mut f) = forwarder {
+        let requests = otlp.raw_requests();
+        let n = requests.len();
+        for r in requests {
+            f.send(r)?;
+        }
+        f.send(forward::app_spans_request(&all_app_spans)?)?;
+        println!(
+            "\nsent the agents' {n} export requests and the apps' {} spans to {}: look for service hoptrace-proxy (and web, backend, client) in its UI",
+            all_app_spans.len(),
+            f.endpoint()
+        );
+    }
     drop(agents);
     drop(web_app);
     drop(backend_app);
