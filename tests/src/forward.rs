@@ -91,7 +91,7 @@ fn json_kv(key: &str, value: &serde_json::Value) -> KeyValue {
 }
 
 fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         bail!("odd-length id {hex:?}");
     }
     (0..hex.len())
