@@ -75,6 +75,15 @@ struct H1Conn {
     last_used: Instant,
 }
 
+impl H1Conn {
+    /// Open, and either busy or idle for less than [`IDLE_TIMEOUT`].
+    fn keep(&self, now: Instant) -> bool {
+        let idle_too_long =
+            self.sender.is_ready() && now.duration_since(self.last_used) > IDLE_TIMEOUT;
+        !self.sender.is_closed() && !idle_too_long
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     h1: Vec<H1Conn>,
@@ -124,10 +133,7 @@ impl Pool {
             let entry = map.get_mut(key)?;
             entry.last_http = Some(now);
             // Closed connections and idle ones past their time go; busy ones stay.
-            entry.h1.retain(|c| {
-                !c.sender.is_closed()
-                    && !(c.sender.is_ready() && now.duration_since(c.last_used) > IDLE_TIMEOUT)
-            });
+            entry.h1.retain(|c| c.keep(now));
             // Most recently used first: keeps the number of live connections low.
             let i = entry.h1.iter().rposition(|c| c.sender.is_ready())?;
             Some(entry.h1.remove(i).sender)
@@ -209,10 +215,7 @@ impl Pool {
     fn sweep(&self, now: Instant) {
         self.with(|map| {
             map.retain(|_, e| {
-                e.h1.retain(|c| {
-                    !c.sender.is_closed()
-                        && !(c.sender.is_ready() && now.duration_since(c.last_used) > IDLE_TIMEOUT)
-                });
+                e.h1.retain(|c| c.keep(now));
                 let recent = e
                     .last_http
                     .is_some_and(|t| now.duration_since(t) < KNOWN_HTTP_TTL);
