@@ -91,7 +91,7 @@ impl LabApp {
     }
 
     /// Runs `http-edge-client` in `pod` against `addr` (trace ids from `seed`);
-    /// returns its reports (`stream`, `expect`), failed ones included.
+    /// returns its reports (`stream`, `expect`, `upgrade`), failed ones included.
     pub fn http_edge_client(
         &self,
         pod: &Pod,
@@ -107,7 +107,7 @@ impl LabApp {
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).with_context(|| format!("bad report {l}")))
             .collect::<Result<Vec<_>>>()?;
-        if reports.len() != 2 {
+        if reports.len() != 3 {
             anyhow::bail!(
                 "http-edge-client printed {} reports ({}): {}",
                 reports.len(),

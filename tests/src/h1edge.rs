@@ -15,7 +15,11 @@
 //!   echo of the previous one came back (so a proxy that buffers either body
 //!   stalls the exchange and fails it), then a request trailer;
 //! * `expect`: a `Content-Length` POST with `Expect: 100-continue` whose body is
-//!   sent only after the `100 Continue` arrived.
+//!   sent only after the `100 Continue` arrived;
+//! * `upgrade`: `Upgrade: hoptrace-echo` answered with `101 Switching Protocols`,
+//!   after which the connection is a raw byte echo (as with WebSocket): the client
+//!   sends bytes that look like HTTP and random ones, checks the echo, half-closes
+//!   and expects EOF. It ends the connection, so it runs last.
 //!
 //! Each prints one [`EdgeReport`] JSON line.
 
@@ -162,6 +166,23 @@ pub fn serve_conn(stream: TcpStream) -> Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     while let Some(head) = read_head(&mut r)? {
+        if head.get("upgrade").is_some() {
+            let seen = head.get("traceparent").unwrap_or("").to_owned();
+            w.write_all(
+                format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: hoptrace-echo\r\nx-seen-traceparent: {seen}\r\n\r\n").as_bytes(),
+            )?;
+            w.flush()?;
+            // From here on the connection is the upgraded protocol: a raw echo to EOF.
+            let mut buf = vec![0; 16 * 1024];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    w.shutdown(std::net::Shutdown::Write)?;
+                    return Ok(());
+                }
+                w.write_all(&buf[..n])?;
+            }
+        }
         if head
             .get("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
@@ -374,6 +395,51 @@ impl EdgeClient {
     }
 }
 
+impl EdgeClient {
+    /// Scenario `upgrade`: 101, then `size` raw bytes echoed, then half-close → EOF.
+    pub fn upgrade(&mut self, traceparent: &str, size: usize) -> EdgeReport {
+        let mut report = EdgeReport::new("upgrade", traceparent);
+        let result = (|| -> Result<()> {
+            write!(
+                self.w,
+                "GET /upgrade HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: hoptrace-echo\r\ntraceparent: {traceparent}\r\n\r\n",
+                self.host
+            )?;
+            self.w.flush()?;
+            let head = read_head(&mut self.r)?.context("connection closed instead of 101")?;
+            if head.status()? != 101 {
+                bail!("got {:?} instead of 101 Switching Protocols", head.start);
+            }
+            report.seen_traceparent = head.get("x-seen-traceparent").map(str::to_owned);
+            // Bytes an HTTP parser would choke on or misread, then random ones.
+            let mut data = b"GET /not-a-request HTTP/1.1\r\ntraceparent: bogus\r\n\r\n".to_vec();
+            data.extend((0..size).map(|j| ((j * 7919) >> 3) as u8));
+            let mut echo = vec![0; data.len()];
+            for piece in data.chunks(4096) {
+                self.w.write_all(piece)?;
+            }
+            self.w.flush()?;
+            self.r
+                .read_exact(&mut echo)
+                .context("reading the echo after 101")?;
+            if echo != data {
+                bail!("echo after 101 differs");
+            }
+            self.w.shutdown(std::net::Shutdown::Write)?;
+            let mut rest = Vec::new();
+            self.r
+                .read_to_end(&mut rest)
+                .context("waiting for EOF after half-close")?;
+            if !rest.is_empty() {
+                bail!("{} unexpected bytes after the echo", rest.len());
+            }
+            report.bytes = data.len();
+            Ok(())
+        })();
+        report.done(result)
+    }
+}
+
 impl EdgeReport {
     fn new(scenario: &str, traceparent: &str) -> EdgeReport {
         EdgeReport {
@@ -419,6 +485,9 @@ mod tests {
         assert_eq!(r.bytes, 4000);
         let r = c.expect(tp, 3000);
         assert!(r.ok, "{r:?}");
+        let r = c.upgrade(tp, 100_000);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.seen_traceparent.as_deref(), Some(tp));
     }
 
     #[test]

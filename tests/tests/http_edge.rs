@@ -4,14 +4,16 @@
 //! lock-step (each piece's echo must come back before the next is sent, so a
 //! proxy that buffers a body stalls), trailers in both directions (declared with
 //! `Trailer`, asked for with `TE: trailers`), and `Expect: 100-continue` (the
-//! body is sent only after `100 Continue` came back through the proxies).
+//! body is sent only after `100 Continue` came back through the proxies), and an
+//! `Upgrade` answered with 101 after which the connection is relayed as raw bytes
+//! (WebSocket-style), half-close included.
 //! Each request still gets its four spans, chained from the client's context.
 
 mod common;
 
 use common::pychain::agent_with_otlp;
 use common::*;
-use hoptrace_tests::otlp::{summarize, SpanKind};
+use hoptrace_tests::otlp::{summarize, SpanKind, StatusCode};
 use hoptrace_tests::traces::{check_nesting, linear_chain, SpanView};
 use hoptrace_tests::{labapp, require_root, OtlpReceiver, ReceiverOptions};
 use std::time::Duration;
@@ -48,10 +50,15 @@ fn chunked_trailers_and_expect_continue_through_both_proxies() {
             agent2.log_tail(30)
         );
     }
-    // Both requests on one steered connection.
+    // All three requests on one steered connection.
     assert_counted(&agent1, "outbound", "client", out0, 1);
 
-    for (r, path) in reports.iter().zip(["/stream", "/expect"]) {
+    let expected = [
+        ("/stream", "POST", "200"),
+        ("/expect", "POST", "200"),
+        ("/upgrade", "GET", "101"),
+    ];
+    for (r, (path, method, status)) in reports.iter().zip(expected) {
         let sent: Vec<&str> = r.traceparent.split('-').collect();
         let seen = r
             .seen_traceparent
@@ -95,14 +102,15 @@ fn chunked_trailers_and_expect_continue_through_both_proxies() {
         check_nesting(&views, 0).unwrap_or_else(|e| panic!("{}: {e:#}", r.scenario));
         for s in &spans {
             let ctx = || format!("{} {:?}\n{}", r.scenario, s.kind, summarize(&spans));
-            assert_eq!(s.attr("http.request.method"), Some("POST"), "{}", ctx());
+            assert_eq!(s.attr("http.request.method"), Some(method), "{}", ctx());
             assert_eq!(s.attr("url.path"), Some(path), "{}", ctx());
             assert_eq!(
                 s.attr("http.response.status_code"),
-                Some("200"),
+                Some(status),
                 "{}",
                 ctx()
             );
+            assert_ne!(s.status_code, StatusCode::Error, "{}", ctx());
             assert!(matches!(s.kind, SpanKind::Server | SpanKind::Client));
         }
     }

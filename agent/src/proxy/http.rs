@@ -189,6 +189,21 @@ async fn handle(
     );
     let (parts, body) = resp.into_parts();
     let body = match traced {
+        // The HTTP exchange ends at 101 (hyper sends no body and drops this one); the
+        // upgraded bytes that follow are relayed opaquely, without spans.
+        Some(t) if status == StatusCode::SWITCHING_PROTOCOLS => {
+            Completion {
+                leg,
+                traced: t,
+                info,
+                server_start,
+                client_start,
+                status: Some(status),
+                grpc_status,
+            }
+            .emit(None);
+            body.boxed()
+        }
         Some(t) => SpanBody {
             inner: body,
             done: Some(Completion {
@@ -551,7 +566,9 @@ impl Body for SpanBody {
                         done.grpc_status = Some(g);
                     }
                 }
-                if self.inner.is_end_stream() {
+                // Trailers are always the last frame; hyper's HTTP/1 encoder drops the
+                // body right after writing them, without polling for the end.
+                if frame.is_trailers() || self.inner.is_end_stream() {
                     if let Some(done) = self.done.take() {
                         done.emit(None);
                     }

@@ -23,7 +23,7 @@
 //!   `<CLOCK_MONOTONIC ms> ok <answer>` or `<ms> error <reason>` per attempt.
 //! * `http-edge-server` / `http-edge-client`: HTTP/1.1 chunked streaming,
 //!   trailers and `Expect: 100-continue` on the wire (see `hoptrace_tests::h1edge`).
-//!   The client sends the scenarios `stream` and `expect` on one connection, each
+//!   The client sends the scenarios `stream`, `expect` and `upgrade` on one connection, each
 //!   with the sampled `traceparent` `00-<S as 16 hex><scenario no. as 16 hex>-
 //!   <scenario no. as 16 hex>-01`, prints one JSON report per scenario and
 //!   exits 1 if one failed.
@@ -177,6 +177,7 @@ fn edge_client(flags: &Flags) -> Result<()> {
     let reports = [
         client.stream(&tp(1), 5, 1500),
         client.expect(&tp(2), 20_000),
+        client.upgrade(&tp(3), 200_000),
     ];
     for r in &reports {
         println!("{}", serde_json::to_string(r)?);
