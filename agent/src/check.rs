@@ -43,17 +43,17 @@ pub const REQUIRED: &[Capability] = &[
     Capability {
         bit: CAP_SYS_ADMIN,
         name: "CAP_SYS_ADMIN",
-        why: "setns into pod network namespaces; it also covers loading the eBPF programs and maps (in place of CAP_BPF and CAP_PERFMON)",
+        why: "enter pod network namespaces (setns), and load the eBPF programs and maps in place of CAP_BPF and CAP_PERFMON",
     },
     Capability {
         bit: CAP_NET_ADMIN,
         name: "CAP_NET_ADMIN",
-        why: "IP_TRANSPARENT and SO_MARK on inbound-leg sockets, and the fwmark rule and route (rtnetlink) in each pod netns",
+        why: "set IP_TRANSPARENT and SO_MARK on inbound-leg sockets and install the fwmark rule and route in each pod netns",
     },
     Capability {
         bit: CAP_SYS_PTRACE,
         name: "CAP_SYS_PTRACE",
-        why: "open /proc/PID/ns/net of pod processes that run as another user (the pause container runs as uid 65535)",
+        why: "open /proc/PID/ns/net of pod processes running as another user, such as the pause container (uid 65535)",
     },
 ];
 
@@ -72,7 +72,7 @@ const COVERED: &[(Capability, u32)] = &[
         Capability {
             bit: CAP_PERFMON,
             name: "CAP_PERFMON",
-            why: "pointer arithmetic in eBPF programs (verifier)",
+            why: "let the verifier accept pointer arithmetic in the eBPF programs",
         },
         CAP_SYS_ADMIN,
     ),
@@ -154,7 +154,7 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
     let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
     for c in REQUIRED {
         let detail = if has(c.bit) {
-            format!("present ({})", c.why)
+            format!("present (needed to {})", c.why)
         } else {
             format!(
                 "missing: needed to {}; run the agent as root or grant {}",
@@ -165,13 +165,19 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
     }
     for (c, by) in COVERED {
         let (ok, detail) = if has(c.bit) {
-            (true, format!("present ({})", c.why))
+            (true, format!("present (needed to {})", c.why))
         } else if has(*by) {
-            (true, format!("absent, covered by CAP_SYS_ADMIN ({})", c.why))
+            (
+                true,
+                format!("absent, CAP_SYS_ADMIN covers it (needed to {})", c.why),
+            )
         } else {
             (
                 false,
-                format!("missing: needed to {}; grant {} or CAP_SYS_ADMIN", c.why, c.name),
+                format!(
+                    "missing: needed to {}; grant {} or CAP_SYS_ADMIN",
+                    c.why, c.name
+                ),
             )
         };
         r.line(ok, c.name, &detail);

@@ -46,11 +46,9 @@ pub enum InpodError {
 /// Installs the rules, routes and sysctl in `netns` (idempotent).
 pub fn install(netns: &Netns) -> Result<(), InpodError> {
     netns.run(|| -> Result<(), InpodError> {
-        write_net_sysctl("ipv4/tcp_fwmark_accept", b"1").map_err(|source| {
-            InpodError::Netlink {
-                what: "sysctl net.ipv4.tcp_fwmark_accept",
-                source,
-            }
+        write_net_sysctl("ipv4/tcp_fwmark_accept", b"1").map_err(|source| InpodError::Netlink {
+            what: "sysctl net.ipv4.tcp_fwmark_accept",
+            source,
         })?;
         let nl = Netlink::open().map_err(|source| InpodError::Netlink {
             what: "netlink socket",

@@ -22,6 +22,7 @@ pub mod agent;
 pub mod app;
 pub mod cgroup;
 pub mod clock;
+pub mod hops;
 pub mod http;
 pub mod lab;
 pub mod metrics;
