@@ -4,7 +4,18 @@
 //! - `build`: the eBPF object and the release `hoptrace` binary.
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
 //! - `demo`: a two-node lab with an echo app, traffic through the agent, its metrics.
+//! - `image`: the agent's container image (`deploy/Dockerfile`); needs a Docker engine.
+//! - `kind`: the agent, Jaeger and a demo app in a two-node kind cluster, checked
+//!   end to end through Jaeger's API; needs a Docker engine, kind and kubectl.
 
+// The four-spans-per-hop check shared with the lab tests. Compiled from the tests
+// crate's source rather than depending on that crate, which would put the lab's
+// dependencies (tonic, tokio, ...) in front of `cargo xtask setup` on a fresh machine.
+#[path = "../../tests/src/hops.rs"]
+mod hops;
+mod image;
+mod jaeger;
+mod kind;
 mod setup;
 
 use std::{
@@ -36,6 +47,20 @@ enum Cmd {
     },
     /// Start a two-node lab with an echo app and show traffic through the agent (root).
     Demo,
+    /// Build the agent's container image from deploy/Dockerfile (needs a Docker engine).
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
+    /// Run the agent, Jaeger and a demo app in a two-node kind cluster and check
+    /// that Jaeger holds traces with four proxy spans per hop (needs a Docker
+    /// engine, kind and kubectl).
+    Kind {
+        /// Leave the cluster running afterwards (it is deleted otherwise).
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +100,11 @@ fn main() -> anyhow::Result<()> {
                 .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
             run(&mut cmd)
         }
+        Cmd::Image { tag } => {
+            image::require("image", &[image::DOCKER])?;
+            image::build(&root, &tag)
+        }
+        Cmd::Kind { keep } => kind::run_kind(&root, keep),
     }
 }
 
