@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Variables the agent reads outside clap: `RunArgs::otlp_endpoint()` falls back
 /// to this one (the test checks that `--otlp-endpoint`'s help still says so).
@@ -547,4 +548,61 @@ fn kind_cluster_has_two_pinned_nodes() {
         (Some("hoptrace"), Some("dev")),
         "the image `cargo xtask kind` builds and loads"
     );
+}
+
+/// `kubectl kustomize` (kustomize built into kubectl, no cluster needed) renders
+/// every kustomization, and the result parses strictly too. Skipped when kubectl
+/// is not installed (it is optional here; `cargo xtask kind` needs it anyway).
+#[test]
+fn kustomize_renders_every_kustomization() {
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let dir = deploy_dir();
+    let docs = docs();
+    let mut rendered_kind = None;
+    for d in &docs {
+        if !matches!(d.manifest, Manifest::Kustomization(_)) {
+            continue;
+        }
+        let kdir = dir.join(&d.file);
+        let kdir = kdir.parent().expect("kustomization dir");
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(kdir)
+            .output()
+            .expect("kubectl kustomize");
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {}: {}",
+            kdir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rendered = parse_docs(&text)
+            .unwrap_or_else(|e| panic!("kubectl kustomize {}: {e:#}", kdir.display()));
+        assert!(!rendered.is_empty());
+        if d.file.starts_with("overlays/kind") {
+            rendered_kind = Some(rendered);
+        }
+    }
+    let rendered = rendered_kind.expect("the kind overlay rendered");
+    for m in &rendered {
+        match m {
+            Manifest::DaemonSet(ds) => {
+                assert_eq!(agent_container(ds).image.as_deref(), Some("hoptrace:dev"));
+            }
+            Manifest::ConfigMap(cm) => {
+                let data = cm.data.as_ref().expect("data");
+                assert!(data.contains_key("HOPTRACE_PROC_ROOT"), "base keys kept");
+                assert!(data["OTEL_EXPORTER_OTLP_ENDPOINT"].contains("jaeger.hoptrace-demo"));
+            }
+            _ => {}
+        }
+    }
 }
