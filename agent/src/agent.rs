@@ -335,6 +335,11 @@ fn open_cgroup2(path: &Path) -> Result<File, EnrollError> {
 
 /// `hoptrace run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.skip_capability_check {
+        tracing::warn!("capability preflight skipped (--skip-capability-check)");
+    } else {
+        crate::check::require_capabilities()?;
+    }
     // Capture the host netns on the main thread, before any worker thread exists.
     netns::init_host().context("reading the agent's own network namespace")?;
     let rt = tokio::runtime::Builder::new_multi_thread()

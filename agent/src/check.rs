@@ -18,21 +18,109 @@ impl Report {
     }
 }
 
-/// Capability bits the agent needs, with the reason.
-const CAPS: &[(u32, &str, &str)] = &[
-    (39, "CAP_BPF", "load eBPF programs and create maps"),
+/// A Linux capability the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    /// Capability number (`CAP_*` in `<linux/capability.h>`).
+    pub bit: u32,
+    /// `CAP_*` name.
+    pub name: &'static str,
+    /// What the agent does with it.
+    pub why: &'static str,
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The minimal set `hoptrace run` needs (verified in the lab by
+/// `tests/tests/capabilities.rs`, which runs the agent with exactly the DaemonSet's
+/// `capabilities.add`). CAP_BPF and CAP_PERFMON are not in it: the kernel accepts
+/// CAP_SYS_ADMIN in their place, and setns needs CAP_SYS_ADMIN anyway.
+pub const REQUIRED: &[Capability] = &[
+    Capability {
+        bit: CAP_SYS_ADMIN,
+        name: "CAP_SYS_ADMIN",
+        why: "enter pod network namespaces (setns), and load the eBPF programs and maps in place of CAP_BPF and CAP_PERFMON",
+    },
+    Capability {
+        bit: CAP_NET_ADMIN,
+        name: "CAP_NET_ADMIN",
+        why: "set IP_TRANSPARENT and SO_MARK on inbound-leg sockets and install the fwmark rule and route in each pod netns",
+    },
+    Capability {
+        bit: CAP_SYS_PTRACE,
+        name: "CAP_SYS_PTRACE",
+        why: "open /proc/PID/ns/net of pod processes running as another user, such as the pause container (uid 65535)",
+    },
+];
+
+/// Capabilities that `hoptrace check` reports too, and the capability that covers
+/// each when it is absent.
+const COVERED: &[(Capability, u32)] = &[
     (
-        12,
-        "CAP_NET_ADMIN",
-        "attach cgroup/sk_lookup programs, sockmap updates",
+        Capability {
+            bit: CAP_BPF,
+            name: "CAP_BPF",
+            why: "load eBPF programs and create maps",
+        },
+        CAP_SYS_ADMIN,
     ),
-    (21, "CAP_SYS_ADMIN", "setns into pod network namespaces"),
     (
-        38,
-        "CAP_PERFMON",
-        "pointer arithmetic in eBPF programs (verifier)",
+        Capability {
+            bit: CAP_PERFMON,
+            name: "CAP_PERFMON",
+            why: "let the verifier accept pointer arithmetic in the eBPF programs",
+        },
+        CAP_SYS_ADMIN,
     ),
 ];
+
+/// The calling thread's effective capability set (`CapEff` in /proc/thread-self/status).
+pub fn effective_capabilities() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| std::io::Error::other("no CapEff line in /proc/thread-self/status"))
+}
+
+/// The [`REQUIRED`] capabilities missing from `cap_eff`.
+pub fn missing_capabilities(cap_eff: u64) -> Vec<Capability> {
+    REQUIRED
+        .iter()
+        .filter(|c| cap_eff & (1u64 << c.bit) == 0)
+        .copied()
+        .collect()
+}
+
+/// The `hoptrace run` preflight: an error naming every missing capability and why
+/// it is needed, so a misconfigured DaemonSet fails at once with the reason instead
+/// of leaving every pod unsteered.
+pub fn require_capabilities() -> anyhow::Result<()> {
+    let cap_eff = effective_capabilities()
+        .map_err(|e| anyhow::anyhow!("reading the agent's capabilities: {e}"))?;
+    let missing = missing_capabilities(cap_eff);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|c| format!("{} (needed to {})", c.name, c.why))
+        .collect();
+    let names: Vec<&str> = REQUIRED
+        .iter()
+        .map(|c| c.name.trim_start_matches("CAP_"))
+        .collect();
+    anyhow::bail!(
+        "missing capabilities: {}. Run as root, or grant all of [{}] (Kubernetes: securityContext.capabilities.add, see deploy/README.md); `hoptrace check` shows the whole report",
+        list.join("; "),
+        names.join(", ")
+    )
+}
 
 /// Runs the checks, prints the report, returns non-zero when something is missing.
 pub fn run(_args: &CheckArgs) -> ExitCode {
@@ -62,22 +150,37 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
         },
     );
 
-    let cap_eff = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0);
-    for (bit, name, why) in CAPS {
-        let ok = cap_eff & (1u64 << bit) != 0;
-        let detail = if ok {
-            format!("present ({why})")
+    let cap_eff = effective_capabilities().unwrap_or(0);
+    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
+    for c in REQUIRED {
+        let detail = if has(c.bit) {
+            format!("present (needed to {})", c.why)
         } else {
-            format!("missing: needed to {why}; run the agent as root or grant {name}")
+            format!(
+                "missing: needed to {}; run the agent as root or grant {}",
+                c.why, c.name
+            )
         };
-        r.line(ok, name, &detail);
+        r.line(has(c.bit), c.name, &detail);
+    }
+    for (c, by) in COVERED {
+        let (ok, detail) = if has(c.bit) {
+            (true, format!("present (needed to {})", c.why))
+        } else if has(*by) {
+            (
+                true,
+                format!("absent, CAP_SYS_ADMIN covers it (needed to {})", c.why),
+            )
+        } else {
+            (
+                false,
+                format!(
+                    "missing: needed to {}; grant {} or CAP_SYS_ADMIN",
+                    c.why, c.name
+                ),
+            )
+        };
+        r.line(ok, c.name, &detail);
     }
 
     match cgroup2_mount() {
@@ -138,6 +241,20 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn missing_capabilities_are_named() {
+        let all: u64 = super::REQUIRED.iter().map(|c| 1u64 << c.bit).sum();
+        assert!(super::missing_capabilities(all).is_empty());
+        assert!(super::missing_capabilities(u64::MAX).is_empty());
+        let no_net_admin = all & !(1u64 << 12);
+        let missing = super::missing_capabilities(no_net_admin);
+        assert_eq!(
+            missing.iter().map(|c| c.name).collect::<Vec<_>>(),
+            ["CAP_NET_ADMIN"]
+        );
+        assert_eq!(super::missing_capabilities(0).len(), super::REQUIRED.len());
+    }
+
     #[test]
     fn kernel_version_compare() {
         assert!(super::kernel_at_least("6.18.44-fc-v445", 5, 15));

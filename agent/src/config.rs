@@ -83,6 +83,11 @@ pub struct RunArgs {
     /// Log filter (tracing-subscriber syntax, e.g. `info,hoptrace=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    /// Start even when capabilities the agent needs are missing (diagnosis only: the
+    /// operations that need them then fail per pod, which stays unsteered and is reported).
+    #[arg(long, env = "HOPTRACE_SKIP_CAPABILITY_CHECK")]
+    pub skip_capability_check: bool,
 }
 
 impl RunArgs {

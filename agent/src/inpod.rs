@@ -46,11 +46,9 @@ pub enum InpodError {
 /// Installs the rules, routes and sysctl in `netns` (idempotent).
 pub fn install(netns: &Netns) -> Result<(), InpodError> {
     netns.run(|| -> Result<(), InpodError> {
-        std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", b"1").map_err(|source| {
-            InpodError::Netlink {
-                what: "sysctl net.ipv4.tcp_fwmark_accept",
-                source,
-            }
+        write_net_sysctl("ipv4/tcp_fwmark_accept", b"1").map_err(|source| InpodError::Netlink {
+            what: "sysctl net.ipv4.tcp_fwmark_accept",
+            source,
         })?;
         let nl = Netlink::open().map_err(|source| InpodError::Netlink {
             what: "netlink socket",
@@ -72,6 +70,46 @@ pub fn install(netns: &Netns) -> Result<(), InpodError> {
         }
         Ok(())
     })?
+}
+
+/// Writes `/proc/sys/net/<name>` of the calling thread's netns (net sysctls resolve
+/// by the opening thread's netns, whichever procfs mount the path goes through).
+///
+/// Container runtimes mount `/proc/sys` read-only in every unprivileged container.
+/// Then the write goes through another procfs mount that is writable: the host's
+/// `/proc`, which the DaemonSet mounts at `/host/proc` (see deploy/README.md).
+fn write_net_sysctl(name: &str, value: &[u8]) -> io::Result<()> {
+    let first = std::fs::write(format!("/proc/sys/net/{name}"), value);
+    match first {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            for root in writable_proc_mounts(&mounts) {
+                if std::fs::write(format!("{root}/sys/net/{name}"), value).is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(io::Error::new(
+                e.kind(),
+                format!("/proc/sys is read-only ({e}) and no other writable procfs mount is available: mount the host's /proc read-write (the DaemonSet mounts it at /host/proc)"),
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Mount points of read-write procfs mounts other than `/proc` (and its submounts),
+/// from `/proc/self/mounts` text.
+fn writable_proc_mounts(mounts: &str) -> Vec<String> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, mnt, fs, opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let rw = opts.split(',').any(|o| o == "rw");
+            let own = mnt == "/proc" || mnt.starts_with("/proc/");
+            (fs == "proc" && rw && !own).then(|| mnt.replace("\\040", " "))
+        })
+        .collect()
 }
 
 fn exists_ok(e: io::Error) -> io::Result<()> {
@@ -216,6 +254,17 @@ fn route_msg(ty: u16, family: u8) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_writable_host_proc() {
+        let mounts = "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n\
+                      proc /proc/sys proc ro,nosuid,nodev,noexec,relatime 0 0\n\
+                      tmpfs /dev tmpfs rw,nosuid 0 0\n\
+                      proc /host/proc proc rw,relatime 0 0\n\
+                      proc /ro/proc proc ro,relatime 0 0\n";
+        assert_eq!(super::writable_proc_mounts(mounts), ["/host/proc"]);
+        assert!(super::writable_proc_mounts("").is_empty());
+    }
 
     #[test]
     fn messages_are_well_formed() {

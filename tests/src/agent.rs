@@ -27,6 +27,7 @@ pub struct Agent {
     log: PathBuf,
     admin: SocketAddr,
     extra_args: Vec<String>,
+    prefix: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -78,6 +79,20 @@ impl Agent {
         workloads: &Path,
         extra_args: &[&str],
     ) -> Result<Agent> {
+        Agent::start_wrapped(lab, node, workloads, &[], extra_args)
+    }
+
+    /// Like [`Agent::start_with_args`], run through the command line `prefix`
+    /// (e.g. `["setpriv", "--bounding-set=-all,+sys_admin", "--"]`), which must
+    /// end up exec'ing its arguments in the same process, so the pid stays the
+    /// agent's (signals, cgroup placement).
+    pub fn start_wrapped(
+        lab: &Lab,
+        node: &str,
+        workloads: &Path,
+        prefix: &[&str],
+        extra_args: &[&str],
+    ) -> Result<Agent> {
         if lab.node(node).is_none() {
             bail!("no node {node:?} in lab {}", lab.id());
         }
@@ -92,6 +107,7 @@ impl Agent {
             log: lab.tmp_dir().join(format!("agent-{node}.log")),
             admin: free_port()?,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
             child: None,
             starts: 0,
         };
@@ -106,7 +122,14 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("run")
             .arg("--workloads-file")
             .arg(&self.workloads)
@@ -152,6 +175,24 @@ impl Agent {
     /// The node this agent serves.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Waits up to `timeout` for the current agent process to exit and returns
+    /// its status (`None` if it is still running then).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let start = Instant::now();
+        let Some(child) = self.child.as_mut() else {
+            bail!("the agent for {} was not started", self.node);
+        };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Pid of the current agent process (None once killed).

@@ -24,6 +24,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod forward;
 pub mod h1edge;
+pub mod hops;
 pub mod http;
 pub mod lab;
 pub mod metrics;

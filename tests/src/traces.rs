@@ -2,6 +2,7 @@
 //! proxy spans (received over OTLP, [`ReceivedSpan`]) and the test apps' own
 //! spans ([`AppSpan`]), merged into one [`SpanView`] list.
 
+use crate::hops::{HopKind, HopSpan};
 use crate::otlp::{ReceivedSpan, SpanKind};
 use crate::pyapp::AppSpan;
 use anyhow::{bail, Result};
@@ -60,6 +61,42 @@ impl From<&ReceivedSpan> for SpanView {
             name: s.name.clone(),
             start: s.start_unix_nano,
             end: s.end_unix_nano,
+        }
+    }
+}
+
+impl From<&ReceivedSpan> for HopSpan {
+    fn from(s: &ReceivedSpan) -> HopSpan {
+        HopSpan {
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+            parent_span_id: s.parent_span_id.clone(),
+            kind: match s.kind {
+                SpanKind::Server => HopKind::Server,
+                SpanKind::Client => HopKind::Client,
+                _ => HopKind::Other,
+            },
+            direction: s.attr("hoptrace.direction").map(str::to_owned),
+            namespace: s.res("k8s.namespace.name").unwrap_or_default().to_owned(),
+            pod: s.res("k8s.pod.name").unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+impl From<&AppSpan> for HopSpan {
+    fn from(s: &AppSpan) -> HopSpan {
+        HopSpan {
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+            parent_span_id: s.parent_span_id.clone(),
+            kind: match s.span_kind() {
+                SpanKind::Server => HopKind::Server,
+                SpanKind::Client => HopKind::Client,
+                _ => HopKind::Other,
+            },
+            direction: None,
+            namespace: String::new(),
+            pod: s.service.clone(),
         }
     }
 }

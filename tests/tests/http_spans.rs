@@ -12,6 +12,7 @@
 mod common;
 
 use common::pychain::*;
+use hoptrace_tests::hops::{hops, HopSpan};
 use hoptrace_tests::otlp::{summarize, ReceivedSpan, SpanKind, StatusCode};
 use hoptrace_tests::pyapp::{end_to_end, AppAnswer, ClientRequest, CLIENT_USER_AGENT};
 use hoptrace_tests::traces::{check_nesting, expect_roles, linear_chain, render, views, SpanView};
@@ -332,6 +333,14 @@ fn check_chain(propagation: Propagation) {
     expect_roles(&chain, &want).unwrap_or_else(|e| panic!("{e:#}"));
     check_nesting(&all, NEST_TOLERANCE_NS).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{propagation:?} trace:\n{}", render(&chain));
+    // The shared four-spans-per-hop check (also run on Jaeger's data by `cargo xtask kind`).
+    let mut hop_spans: Vec<HopSpan> = apps.iter().map(HopSpan::from).collect();
+    hop_spans.extend(proxy.iter().map(HopSpan::from));
+    let found = hops(&hop_spans).unwrap_or_else(|e| panic!("{e:#}"));
+    let path: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(path, ["lab/client -> lab/web", "lab/web -> lab/backend"]);
+    assert_eq!(found[0].spans[0], chain[1].span_id);
+    assert_eq!(found[1].spans[3], chain[10].span_id);
     assert_eq!(
         chain[0].span_id,
         req.span_id.clone().expect("client span id")

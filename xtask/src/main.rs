@@ -5,7 +5,18 @@
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
 //! - `demo [--otlp-endpoint URL]`: a two-node lab: echo traffic through the agents and
 //!   their metrics, then traced requests printed as waterfalls (and sent to URL).
+//! - `image`: the agent's container image (`deploy/Dockerfile`); needs a Docker engine.
+//! - `kind`: the agent, Jaeger and a demo app in a two-node kind cluster, checked
+//!   end to end through Jaeger's API; needs a Docker engine, kind and kubectl.
 
+// The four-spans-per-hop check shared with the lab tests. Compiled from the tests
+// crate's source rather than depending on that crate, which would put the lab's
+// dependencies (tonic, tokio, ...) in front of `cargo xtask setup` on a fresh machine.
+#[path = "../../tests/src/hops.rs"]
+mod hops;
+mod image;
+mod jaeger;
+mod kind;
 mod setup;
 
 use std::{
@@ -42,6 +53,20 @@ enum Cmd {
         /// OTLP/gRPC collector, e.g. Jaeger: `http://localhost:4317`.
         #[arg(long, value_name = "URL")]
         otlp_endpoint: Option<String>,
+    },
+    /// Build the agent's container image from deploy/Dockerfile (needs a Docker engine).
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
+    /// Run the agent, Jaeger and a demo app in a two-node kind cluster and check
+    /// that Jaeger holds traces with four proxy spans per hop (needs a Docker
+    /// engine, kind and kubectl).
+    Kind {
+        /// Leave the cluster running afterwards (it is deleted otherwise).
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -85,6 +110,11 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
+        Cmd::Image { tag } => {
+            image::require("image", &[image::DOCKER])?;
+            image::build(&root, &tag)
+        }
+        Cmd::Kind { keep } => kind::run_kind(&root, keep),
     }
 }
 

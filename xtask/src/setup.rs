@@ -13,7 +13,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
 
 /// Debian packages the lab and tests use: (binary to probe, package).
-const DEBIAN: &[(&str, &str)] = &[("ip", "iproute2")];
+/// util-linux: `setpriv` and `unshare` run the agent as its container would
+/// (tests/tests/capabilities.rs).
+const DEBIAN: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+];
 
 /// Python packages of the instrumented test apps (tests/apps, Python 3.11):
 /// (module to probe with `python3 -c 'import ...'`, pinned requirement).
@@ -133,11 +139,12 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN
+    let mut missing: Vec<&str> = DEBIAN
         .iter()
         .filter(|(bin, _)| which::which(bin).is_err())
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

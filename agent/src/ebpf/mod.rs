@@ -31,7 +31,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The object could not be loaded (usually privileges or kernel features).
-    #[error("loading eBPF programs failed: {0}; run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) on Linux ≥ 5.15 with BTF; `hoptrace check` shows what is missing")]
+    #[error("loading eBPF programs failed: {0}; run as root (or with CAP_SYS_ADMIN, which covers CAP_BPF and CAP_PERFMON) on Linux ≥ 5.15 with BTF; `hoptrace check` shows what is missing")]
     Load(#[from] aya::EbpfError),
     /// A program failed verification or attach.
     #[error("eBPF program {name}: {}; `hoptrace check` shows what is missing", chain(.source))]
