@@ -71,6 +71,20 @@ pub async fn serve(
         first: std::sync::Mutex::new(Some(upstream)),
         h2,
     });
+    if h2 {
+        // HTTP/2: shake hands upstream now, not at the first request. The client's
+        // preface is already here; a client that connects ahead of its first call (a
+        // gRPC channel) would otherwise leave the next hop — the server node's inbound
+        // leg — without a preface to detect, and after its detection timeout it would
+        // relay the connection opaquely (no spans). On failure the first request
+        // connects again (and answers 502 if that fails too).
+        match open_upstream(&leg).await {
+            Ok(up) => *leg.upstream.lock().await = Some(up),
+            Err(err) => {
+                tracing::debug!(pod = %leg.pod.key, direction = leg.dir.as_str(), "upstream: {err}")
+            }
+        }
+    }
     let svc = hyper::service::service_fn(move |req| handle(leg.clone(), req));
     let io = TokioIo::new(client);
     let result = if h2 {
@@ -219,32 +233,7 @@ async fn send(leg: &Leg, req: Request<Incoming>) -> Result<Response<Incoming>, C
         None => false,
     };
     if !reusable {
-        let first = leg.first.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let stream = match first {
-            Some(s) => s,
-            None => leg.target.connect(&leg.pod).await?,
-        };
-        let io = TokioIo::new(stream);
-        let up = if leg.h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Upstream::H2(sender)
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::Builder::new()
-                .preserve_header_case(true)
-                .handshake(io)
-                .await
-                .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            Upstream::H1(sender)
-        };
-        *guard = Some(up);
+        *guard = Some(open_upstream(leg).await?);
     }
     let fut = match guard.as_mut() {
         Some(Upstream::H1(s)) => s.send_request(req),
@@ -264,6 +253,36 @@ async fn send(leg: &Leg, req: Request<Incoming>) -> Result<Response<Incoming>, C
     let resp = fut.await;
     drop(guard);
     resp.map_err(|e| ConnError::Relay(std::io::Error::other(e)))
+}
+
+/// Opens this connection's upstream HTTP connection: on the connection opened during
+/// detection the first time, on a new one after that.
+async fn open_upstream(leg: &Leg) -> Result<Upstream, ConnError> {
+    let first = leg.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let stream = match first {
+        Some(s) => s,
+        None => leg.target.connect(&leg.pod).await?,
+    };
+    let io = TokioIo::new(stream);
+    if leg.h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Upstream::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(io)
+            .await
+            .map_err(|e| ConnError::Relay(std::io::Error::other(e)))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(Upstream::H1(sender))
+    }
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -491,44 +510,67 @@ impl Completion {
     }
 }
 
-/// A response body that emits the spans when its last frame has been handed to the
-/// downstream connection (or when it is dropped early, as an error).
-struct SpanBody {
-    inner: Incoming,
-    done: Option<Completion>,
+/// What a [`SpanBody`] reports to (the span emitter; a recorder in tests).
+trait Finish {
+    /// A `grpc-status` found in the trailers.
+    fn grpc_status(&mut self, status: i64);
+    /// The response is over; `error` says why it did not complete.
+    fn finish(self, error: Option<String>);
 }
 
-impl Body for SpanBody {
+impl Finish for Completion {
+    fn grpc_status(&mut self, status: i64) {
+        self.grpc_status = Some(status);
+    }
+
+    fn finish(self, error: Option<String>) {
+        self.emit(error);
+    }
+}
+
+/// A response body that emits the spans when its last frame has been handed to the
+/// downstream connection (or when it is dropped early, as an error).
+struct SpanBody<B: Body, F: Finish> {
+    inner: B,
+    done: Option<F>,
+}
+
+impl<B, F> Body for SpanBody<B, F>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    F: Finish + Unpin,
+{
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = frame.trailers_ref() {
                     if let (Some(g), Some(done)) = (header_grpc_status(t), self.done.as_mut()) {
-                        done.grpc_status = Some(g);
+                        done.grpc_status(g);
                     }
                 }
                 if self.inner.is_end_stream() {
                     if let Some(done) = self.done.take() {
-                        done.emit(None);
+                        done.finish(None);
                     }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 let msg = format!("response body: {e}");
                 if let Some(done) = self.done.take() {
-                    done.emit(Some(msg));
+                    done.finish(Some(msg));
                 }
             }
             Poll::Ready(None) => {
                 if let Some(done) = self.done.take() {
-                    done.emit(None);
+                    done.finish(None);
                 }
             }
             Poll::Pending => {}
@@ -545,10 +587,17 @@ impl Body for SpanBody {
     }
 }
 
-impl Drop for SpanBody {
+impl<B: Body, F: Finish> Drop for SpanBody<B, F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done.emit(Some("response aborted before completion".into()));
+            // hyper never polls a body that is at its end from the start: it sends the
+            // head (HTTP/2: a HEADERS frame with END_STREAM) and drops the body. That is
+            // a complete response — a gRPC trailers-only response (grpc-status in the
+            // headers, as servers answer an error without messages), an HTTP 204, a
+            // `Content-Length: 0` body — not an abandoned one.
+            let error = (!self.inner.is_end_stream())
+                .then(|| "response aborted before completion".to_string());
+            done.finish(error);
         }
     }
 }
@@ -603,6 +652,97 @@ mod tests {
         assert_eq!(
             h.get(header::CONNECTION).map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
+        );
+    }
+
+    /// Records what a [`SpanBody`] reports.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<(Option<i64>, Vec<Option<String>>)>>);
+
+    impl Finish for Recorder {
+        fn grpc_status(&mut self, status: i64) {
+            self.0.lock().expect("lock").0 = Some(status);
+        }
+        fn finish(self, error: Option<String>) {
+            self.0.lock().expect("lock").1.push(error);
+        }
+    }
+
+    impl Recorder {
+        fn seen(&self) -> (Option<i64>, Vec<Option<String>>) {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    /// A body made of the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn body(frames: Vec<Frame<Bytes>>, rec: &Recorder) -> SpanBody<Frames, Recorder> {
+        SpanBody {
+            inner: Frames(frames.into()),
+            done: Some(rec.clone()),
+        }
+    }
+
+    fn grpc_trailers(status: &'static str) -> Frame<Bytes> {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static(status));
+        Frame::trailers(t)
+    }
+
+    #[tokio::test]
+    async fn span_body_reports_the_end_of_the_response() {
+        // Messages, then grpc-status in the trailers: complete once the trailers are read.
+        let rec = Recorder::default();
+        let mut b = body(
+            vec![
+                Frame::data(Bytes::from_static(b"m1")),
+                Frame::data(Bytes::from_static(b"m2")),
+                grpc_trailers("10"),
+            ],
+            &rec,
+        );
+        let first = b.frame().await.expect("frame").expect("ok");
+        assert!(first.is_data());
+        assert!(rec.seen().1.is_empty(), "not over after the first message");
+        while b.frame().await.is_some() {}
+        assert_eq!(rec.seen(), (Some(10), vec![None]));
+        drop(b);
+        assert_eq!(rec.seen().1.len(), 1, "reported once");
+
+        // A trailers-only gRPC response (or any empty body): hyper drops the body
+        // without polling it. Complete, not aborted.
+        let rec = Recorder::default();
+        drop(body(Vec::new(), &rec));
+        assert_eq!(rec.seen(), (None, vec![None]));
+
+        // The client went away mid-stream: aborted.
+        let rec = Recorder::default();
+        let mut b = body(
+            vec![Frame::data(Bytes::from_static(b"m1")), grpc_trailers("0")],
+            &rec,
+        );
+        b.frame().await.expect("frame").expect("ok");
+        drop(b);
+        let (_, ends) = rec.seen();
+        assert_eq!(ends.len(), 1);
+        assert!(
+            ends[0].as_deref().is_some_and(|e| e.contains("aborted")),
+            "{ends:?}"
         );
     }
 
