@@ -10,8 +10,13 @@ A call is ``{"method": "Say", "text": .., "code": .., "delay_ms": ..}`` or
 ``{"method": "Count", "n": .., "interval_ms": .., "code": ..}`` (see the proto;
 missing fields are 0/empty). The span's context goes into the call's metadata
 in the format of OTEL_PROPAGATORS. Calls run one after another, or all at once
-with ``--concurrent`` (the channel is connected first, then every call starts
-together: streams multiplexed on the one connection).
+with ``--concurrent`` (every call starts together: streams multiplexed on the
+one connection). The channel is connected before the first call, and then
+left idle for ``--idle-ms`` (a client that connects ahead of its calls).
+``--slow-start-ms N``: the channel goes through a relay in this process whose
+connection to the target is up at once but which holds the client's bytes
+(the HTTP/2 preface first) for N ms, so the server — gRPC servers send their
+SETTINGS as soon as they accept — speaks first.
 
 Prints one JSON line per call, in the order given::
 
@@ -25,8 +30,10 @@ Exits 0 when every call ended with a gRPC status (any code).
 
 import argparse
 import json
+import socket
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -106,6 +113,40 @@ def call(stub, tracer, spec, host, port, timeout, start_together):
     return out
 
 
+def slow_relay(target, delay_s):
+    """Starts a TCP relay to ``target`` on 127.0.0.1 that connects at once but
+    relays nothing for ``delay_s``; returns its address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def relay(down):
+        up = socket.create_connection(otelapp.split_hostport(target))
+        for s in (down, up):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        time.sleep(delay_s)
+        threading.Thread(target=pump, args=(up, down), daemon=True).start()
+        pump(down, up)
+
+    def accept():
+        while True:
+            down, _ = listener.accept()
+            threading.Thread(target=relay, args=(down,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return "127.0.0.1:%d" % listener.getsockname()[1]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True, help="HOST:PORT of grpc_server.py")
@@ -113,13 +154,18 @@ def main():
     parser.add_argument("--concurrent", action="store_true", help="all calls at once on the channel")
     parser.add_argument("--service", default="grpc-client", help="service.name of the spans")
     parser.add_argument("--timeout", type=float, default=20.0, help="deadline of each call (s)")
+    parser.add_argument("--idle-ms", type=int, default=0, help="pause between connecting and the first call")
+    parser.add_argument("--slow-start-ms", type=int, default=0, help="hold the client's first bytes this long")
     args = parser.parse_args()
     calls = json.loads(args.calls)
     tracer = otelapp.setup_tracing(args.service)
     host, port = otelapp.split_hostport(args.target)
+    dial = slow_relay(args.target, args.slow_start_ms / 1000) if args.slow_start_ms else args.target
     channel = grpc.insecure_channel(
-        args.target,
+        dial,
         options=[
+            # :authority is the real target, relay or not.
+            ("grpc.default_authority", args.target),
             ("grpc.enable_http_proxy", 0),
             # A retried call would be a second stream (and second proxy spans).
             ("grpc.enable_retries", 0),
@@ -127,6 +173,7 @@ def main():
         ],
     )
     grpc.channel_ready_future(channel).result(timeout=args.timeout)
+    time.sleep(args.idle_ms / 1000)
     stub = services.EchoStub(channel)
     if args.concurrent and calls:
         barrier = threading.Barrier(len(calls))

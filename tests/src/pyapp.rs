@@ -17,7 +17,8 @@
 //! let seen_by_backend = answer.backend_answer()?;   // backend's, embedded
 //!
 //! let grpc = apps.grpc_server(&server_pod, 50051)?;
-//! let run = apps.grpc_client(&client_pod, grpc.addr, &[GrpcCall::count(3, 10)], false)?;
+//! let calls = [GrpcCall::count(3, 10)];
+//! let run = apps.grpc_client(&client_pod, grpc.addr, &calls, &GrpcOptions::default())?;
 //! assert_eq!(run.calls[0].replies.len(), 3);
 //! ```
 
@@ -601,22 +602,23 @@ impl PyApps {
     }
 
     /// Runs grpc_client.py in `pod`: `calls` to `target` on one channel (one
-    /// HTTP/2 connection), one after another or, with `concurrent`, all at
-    /// once. `Ok` as long as it printed one line per call (check each call's
-    /// `code`).
+    /// HTTP/2 connection, connected before the first call). `Ok` as long as
+    /// it printed one line per call (check each call's `code`).
     pub fn grpc_client(
         &self,
         pod: &Pod,
         target: SocketAddr,
         calls: &[GrpcCall],
-        concurrent: bool,
+        opts: &GrpcOptions,
     ) -> Result<GrpcRun> {
         check_modules(GRPC_MODULES)?;
         let (span_file, _) = self.files(pod, "grpc_client");
         let mut cmd = self.command("grpc_client.py", &span_file);
         cmd.args(["--target", &target.to_string()])
-            .args(["--calls", &serde_json::to_string(calls)?]);
-        if concurrent {
+            .args(["--calls", &serde_json::to_string(calls)?])
+            .args(["--idle-ms", &opts.idle.as_millis().to_string()])
+            .args(["--slow-start-ms", &opts.slow_start.as_millis().to_string()]);
+        if opts.concurrent {
             cmd.arg("--concurrent");
         }
         let out = pod.run(cmd, CLIENT_TIMEOUT)?;
@@ -647,6 +649,20 @@ fn json_lines<T: serde::de::DeserializeOwned>(stdout: &str, app: &str) -> Result
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad {app} line {l}")))
         .collect()
+}
+
+/// How grpc_client.py makes its calls.
+#[derive(Clone, Debug, Default)]
+pub struct GrpcOptions {
+    /// All calls at once (streams multiplexed on the connection); default:
+    /// one after another.
+    pub concurrent: bool,
+    /// Pause between connecting the channel and the first call.
+    pub idle: Duration,
+    /// Dial through a relay (in the client process) that connects at once
+    /// but holds the client's bytes, the HTTP/2 preface first, this long:
+    /// the server's SETTINGS come first (`--slow-start-ms`).
+    pub slow_start: Duration,
 }
 
 /// One call of grpc_client.py to `hoptrace.test.Echo` (tests/apps/hoptrace_echo.proto).
