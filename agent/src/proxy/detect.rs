@@ -155,7 +155,7 @@ fn classify_server(buf: &[u8]) -> Option<ServerFirst> {
     }
     // A SETTINGS payload is a list of 6-byte settings.
     let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]);
-    Some(if len % 6 == 0 {
+    Some(if len.is_multiple_of(6) {
         ServerFirst::H2Settings
     } else {
         ServerFirst::Other

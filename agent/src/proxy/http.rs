@@ -655,9 +655,12 @@ mod tests {
         );
     }
 
+    /// What a [`SpanBody`] reported: the grpc-status, and each end (its error).
+    type Seen = (Option<i64>, Vec<Option<String>>);
+
     /// Records what a [`SpanBody`] reports.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<std::sync::Mutex<(Option<i64>, Vec<Option<String>>)>>);
+    struct Recorder(Arc<std::sync::Mutex<Seen>>);
 
     impl Finish for Recorder {
         fn grpc_status(&mut self, status: i64) {
@@ -669,7 +672,7 @@ mod tests {
     }
 
     impl Recorder {
-        fn seen(&self) -> (Option<i64>, Vec<Option<String>>) {
+        fn seen(&self) -> Seen {
             self.0.lock().expect("lock").clone()
         }
     }
