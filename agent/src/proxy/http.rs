@@ -2,9 +2,10 @@
 //! trace context rewritten, two spans per request per leg (SERVER: the proxy
 //! receiving it, CLIENT: the proxy sending it on).
 //!
-//! Each downstream connection gets its own upstream connection, opened at the first
-//! request and reused for every later one (keep-alive; HTTP/2 streams multiplex on it),
-//! so the app sees the same connection pattern as without the agent.
+//! Each downstream connection gets its own upstream connection, reused for every
+//! request (keep-alive; HTTP/2 streams multiplex on it), so the app sees the same
+//! connection pattern as without the agent. HTTP/1 shakes hands upstream at the first
+//! request; HTTP/2 at once, as the client did (see [`serve`]).
 
 use std::{
     convert::Infallible,
