@@ -44,7 +44,7 @@ pub use lab::{Lab, LabOptions};
 pub use metrics::Metrics;
 pub use otlp::{OtlpReceiver, ReceivedSpan, ReceiverOptions, TlsMode};
 pub use pod::{Pod, PodProcess, RunOutput};
-pub use pyapp::{ClientContext, ClientOptions, Propagation, PyApps};
+pub use pyapp::{ClientContext, ClientOptions, GrpcCall, GrpcOptions, Propagation, PyApps};
 pub use state::reap_stale;
 
 /// The Kubernetes namespace every lab pod is placed in (the `namespace` field

@@ -1,6 +1,7 @@
 //! Driving the instrumented Python test apps (`tests/apps/`: backend.py,
-//! web.py, client.py; OpenTelemetry Python SDK 1.45, installed by `cargo xtask
-//! setup`) inside lab pods, and reading the spans they record.
+//! web.py, client.py, and the gRPC pair grpc_server.py / grpc_client.py;
+//! OpenTelemetry Python SDK 1.45, installed by `cargo xtask setup`) inside lab
+//! pods, and reading the spans they record.
 //!
 //! Pods can't reach the host's loopback, so the apps don't export over the
 //! network: each writes its finished spans as JSON lines to a file (env
@@ -14,12 +15,17 @@
 //! let run = apps.client(&client_pod, &web.url("/hello"), &ClientOptions::default())?;
 //! let answer = run.requests[0].answer()?;          // web's JSON answer
 //! let seen_by_backend = answer.backend_answer()?;   // backend's, embedded
+//!
+//! let grpc = apps.grpc_server(&server_pod, 50051)?;
+//! let calls = [GrpcCall::count(3, 10)];
+//! let run = apps.grpc_client(&client_pod, grpc.addr, &calls, &GrpcOptions::default())?;
+//! assert_eq!(run.calls[0].replies.len(), 3);
 //! ```
 
 use crate::otlp::SpanKind;
 use crate::{Lab, Pod, PodProcess};
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Modules the apps import; missing ones mean `cargo xtask setup` was not run.
 const MODULES: &str =
     "opentelemetry.sdk.trace, opentelemetry.propagators.b3, opentelemetry.instrumentation.requests, requests";
+/// Modules the gRPC apps import on top of [`MODULES`] (checked when one starts).
+const GRPC_MODULES: &str = "grpc, grpc_tools.protoc, opentelemetry.instrumentation.grpc";
 
 /// Trace-context format the apps inject and extract (`OTEL_PROPAGATORS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -349,7 +357,7 @@ pub struct ClientRun {
 pub struct PyServer {
     /// The process.
     pub process: PodProcess,
-    /// `backend` or `web`.
+    /// `backend`, `web` or `grpc_server`.
     pub app: String,
     /// The pod it runs in.
     pub pod: String,
@@ -432,14 +440,19 @@ pub fn python() -> String {
 
 /// Fails with the fix when Python or the apps' packages are missing.
 pub fn check_python() -> Result<()> {
+    check_modules(MODULES)
+}
+
+/// Fails with the fix when Python can't import `modules` (comma-separated).
+fn check_modules(modules: &str) -> Result<()> {
     let py = python();
     let out = Command::new(&py)
-        .args(["-c", &format!("import {MODULES}")])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .with_context(|| format!("running {py} (Python 3.11 runs the test apps)"))?;
     if !out.status.success() {
         bail!(
-            "{py} cannot import the test apps' packages ({MODULES}): run `cargo xtask setup`\n{}",
+            "{py} cannot import the test apps' packages ({modules}): run `cargo xtask setup`\n{}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -562,12 +575,7 @@ impl PyApps {
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let out = pod.run(cmd, CLIENT_TIMEOUT)?;
-        let requests: Vec<ClientRequest> = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).with_context(|| format!("bad client.py line {l}")))
-            .collect::<Result<_>>()?;
+        let requests: Vec<ClientRequest> = json_lines(&out.stdout, "client.py")?;
         if requests.len() != opts.count {
             bail!(
                 "client.py in pod {} printed {} of {} requests ({})\nstdout: {}\nstderr: {}",
@@ -585,6 +593,190 @@ impl PyApps {
             stderr: out.stderr,
         })
     }
+
+    /// Starts grpc_server.py (the `hoptrace.test.Echo` service) in `pod` on
+    /// `0.0.0.0:<port>` and waits until it listens.
+    pub fn grpc_server(&self, pod: &Pod, port: u16) -> Result<PyServer> {
+        check_modules(GRPC_MODULES)?;
+        self.server(pod, "grpc_server", port, &[])
+    }
+
+    /// Runs grpc_client.py in `pod`: `calls` to `target` on one channel (one
+    /// HTTP/2 connection, connected before the first call). `Ok` as long as
+    /// it printed one line per call (check each call's `code`).
+    pub fn grpc_client(
+        &self,
+        pod: &Pod,
+        target: SocketAddr,
+        calls: &[GrpcCall],
+        opts: &GrpcOptions,
+    ) -> Result<GrpcRun> {
+        check_modules(GRPC_MODULES)?;
+        let (span_file, _) = self.files(pod, "grpc_client");
+        let mut cmd = self.command("grpc_client.py", &span_file);
+        cmd.args(["--target", &target.to_string()])
+            .args(["--calls", &serde_json::to_string(calls)?])
+            .args(["--idle-ms", &opts.idle.as_millis().to_string()])
+            .args(["--slow-start-ms", &opts.slow_start.as_millis().to_string()]);
+        if opts.concurrent {
+            cmd.arg("--concurrent");
+        }
+        let out = pod.run(cmd, CLIENT_TIMEOUT)?;
+        let results: Vec<GrpcCallOutcome> = json_lines(&out.stdout, "grpc_client.py")?;
+        if results.len() != calls.len() || !out.status.success() {
+            bail!(
+                "grpc_client.py in pod {} printed {} of {} calls ({})\nstdout: {}\nstderr: {}",
+                pod.name,
+                results.len(),
+                calls.len(),
+                out.status,
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+        }
+        Ok(GrpcRun {
+            calls: results,
+            spans: read_span_file(&span_file)?,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// The JSON lines (those starting with `{`) of an app's stdout, parsed.
+fn json_lines<T: serde::de::DeserializeOwned>(stdout: &str, app: &str) -> Result<Vec<T>> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad {app} line {l}")))
+        .collect()
+}
+
+/// How grpc_client.py makes its calls.
+#[derive(Clone, Debug, Default)]
+pub struct GrpcOptions {
+    /// All calls at once (streams multiplexed on the connection); default:
+    /// one after another.
+    pub concurrent: bool,
+    /// Pause between connecting the channel and the first call.
+    pub idle: Duration,
+    /// Dial through a relay (in the client process) that connects at once
+    /// but holds the client's bytes, the HTTP/2 preface first, this long:
+    /// the server's SETTINGS come first (`--slow-start-ms`).
+    pub slow_start: Duration,
+}
+
+/// One call of grpc_client.py to `hoptrace.test.Echo` (tests/apps/hoptrace_echo.proto).
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpcCall {
+    /// `Say` (unary) or `Count` (server streaming).
+    pub method: &'static str,
+    /// Say: the text to echo.
+    pub text: String,
+    /// The gRPC status the server answers with (0 = OK). Say: instead of the
+    /// reply (trailers-only response); Count: after the messages.
+    pub code: i32,
+    /// Say: how long the server takes (ms).
+    pub delay_ms: u32,
+    /// Count: number of messages.
+    pub n: u32,
+    /// Count: pause between messages (ms).
+    pub interval_ms: u32,
+}
+
+impl GrpcCall {
+    /// A unary `Say(text)`.
+    pub fn say(text: &str) -> GrpcCall {
+        GrpcCall {
+            method: "Say",
+            text: text.to_owned(),
+            code: 0,
+            delay_ms: 0,
+            n: 0,
+            interval_ms: 0,
+        }
+    }
+
+    /// A server-streaming `Count`: `n` messages `interval_ms` apart.
+    pub fn count(n: u32, interval_ms: u32) -> GrpcCall {
+        GrpcCall {
+            method: "Count",
+            n,
+            interval_ms,
+            ..GrpcCall::say("")
+        }
+    }
+
+    /// Ends the call with gRPC status `code` (e.g. 5 = NOT_FOUND).
+    pub fn with_code(mut self, code: i32) -> GrpcCall {
+        self.code = code;
+        self
+    }
+
+    /// Makes the server take `ms` before answering (Say).
+    pub fn with_delay(mut self, ms: u32) -> GrpcCall {
+        self.delay_ms = ms;
+        self
+    }
+}
+
+/// One reply message, with what grpc_server.py saw of the call.
+#[derive(Clone, Debug, Deserialize)]
+pub struct GrpcReply {
+    /// Say: the text; Count: the message number.
+    pub text: String,
+    /// Count: 0 .. n-1.
+    pub seq: u32,
+    /// The peer as gRPC reports it, e.g. `ipv4:10.1.1.2:40000`.
+    pub peer: String,
+    /// Trace id of the server's SERVER span.
+    pub trace_id: String,
+    /// Span id of the server's SERVER span.
+    pub span_id: String,
+    /// The parent span id it extracted from the metadata (`""`: none).
+    pub parent_span_id: String,
+    /// The call's metadata as received, in order.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl GrpcReply {
+    /// The first received metadata entry called `name` (case-insensitive).
+    pub fn metadata(&self, name: &str) -> Option<&str> {
+        header(&self.metadata, name)
+    }
+}
+
+/// One call made by grpc_client.py (one JSON line of its output).
+#[derive(Clone, Debug, Deserialize)]
+pub struct GrpcCallOutcome {
+    /// `Say` or `Count`.
+    pub method: String,
+    /// Trace id of the call's root CLIENT span.
+    pub trace_id: String,
+    /// Span id of that span, i.e. the parent id it sent.
+    pub span_id: String,
+    /// Whether that span was sampled.
+    pub sampled: bool,
+    /// The trace metadata as sent.
+    pub sent_metadata: Vec<(String, String)>,
+    /// gRPC status name (`OK`, `NOT_FOUND`, ...).
+    pub code: String,
+    /// gRPC status code (0 = OK).
+    pub code_value: i64,
+    /// The status message.
+    pub details: String,
+    /// Every message received, in order.
+    pub replies: Vec<GrpcReply>,
+}
+
+/// The outcome of one grpc_client.py run.
+#[derive(Clone, Debug)]
+pub struct GrpcRun {
+    /// One entry per call, in the order given.
+    pub calls: Vec<GrpcCallOutcome>,
+    /// The client's recorded spans (one CLIENT span per call).
+    pub spans: Vec<AppSpan>,
+    /// The client's stderr.
+    pub stderr: String,
 }
 
 #[cfg(test)]
@@ -629,6 +821,34 @@ mod tests {
         assert_eq!(
             end_to_end(&answer.headers, &["traceparent"]),
             vec![("host".to_owned(), "10.1.1.3:8080".to_owned())]
+        );
+    }
+
+    #[test]
+    fn grpc_calls_and_outcomes() {
+        let calls = [
+            GrpcCall::say("hi").with_delay(5),
+            GrpcCall::count(3, 10).with_code(10),
+        ];
+        let json = serde_json::to_value(&calls).expect("json");
+        assert_eq!(json[0]["method"], "Say");
+        assert_eq!(json[0]["delay_ms"], 5);
+        assert_eq!(
+            (json[1]["n"].clone(), json[1]["code"].clone()),
+            (3.into(), 10.into())
+        );
+
+        let line = r#"{"method": "Count", "trace_id": "ab", "span_id": "cd", "sampled": true,
+            "sent_metadata": [["traceparent", "00-ab-cd-01"]], "code": "ABORTED", "code_value": 10,
+            "details": "x", "replies": [{"text": "0", "seq": 0, "peer": "ipv4:10.1.1.2:4000",
+            "trace_id": "ab", "span_id": "ef", "parent_span_id": "12",
+            "metadata": [["user-agent", "u"], ["traceparent", "00-ab-12-01"]]}]}"#;
+        let out: Vec<GrpcCallOutcome> =
+            json_lines(&format!("noise\n{}\n", line.replace('\n', " ")), "t").expect("parse");
+        assert_eq!(out[0].code_value, 10);
+        assert_eq!(
+            out[0].replies[0].metadata("TraceParent"),
+            Some("00-ab-12-01")
         );
     }
 }

@@ -2,14 +2,17 @@
 //! → web (node-1) → backend (node-2). The apps' spans must form one trace with
 //! the right parent chain in every propagation format, headers must arrive as
 //! sent, and the no-context / unsampled / error modes must do what the span
-//! tests rely on.
+//! tests rely on. The gRPC pair (grpc_client.py → grpc_server.py) likewise.
 
 mod common;
 
 use common::pychain::*;
 use hoptrace_tests::pyapp::{end_to_end, ClientRequest, CLIENT_USER_AGENT};
 use hoptrace_tests::traces::{check_nesting, expect_roles, linear_chain};
-use hoptrace_tests::{require_root, ClientContext, ClientOptions, Propagation};
+use hoptrace_tests::{
+    require_root, ClientContext, ClientOptions, GrpcCall, GrpcOptions, Propagation, PyApps,
+};
+use std::time::Duration;
 
 const APP_CHAIN: [&str; 4] = [
     "app:client Client",
@@ -287,4 +290,100 @@ fn no_context_unsampled_and_errors() {
         assert_eq!(code.as_deref(), Some("503"), "{s:?}");
     }
     assert_eq!(spans.len(), 4);
+}
+
+/// grpc_client.py (node-1) → grpc_server.py (node-2), no agent: unary OK and
+/// error, streaming, through the slow-start relay too; one CLIENT and one
+/// SERVER span per call, parent to child, the context in the metadata as
+/// sent, the client's address and one connection for all calls.
+#[test]
+fn grpc_apps_across_nodes() {
+    if !require_root() {
+        return;
+    }
+    let (lab, client_pod, server_pod) = common::client_server_lab(true);
+    let apps = PyApps::new(&lab).expect("python test apps");
+    let server = apps
+        .grpc_server(&server_pod, 50051)
+        .expect("grpc_server.py");
+    let calls = [
+        GrpcCall::say("hi"),
+        GrpcCall::say("nope").with_code(5),
+        GrpcCall::count(3, 20).with_code(10),
+    ];
+    for opts in [
+        GrpcOptions::default(),
+        GrpcOptions {
+            slow_start: Duration::from_millis(50),
+            ..Default::default()
+        },
+    ] {
+        let run = apps
+            .grpc_client(&client_pod, server.addr, &calls, &opts)
+            .expect("grpc_client.py");
+        let codes: Vec<(&str, usize)> = run
+            .calls
+            .iter()
+            .map(|c| (c.code.as_str(), c.replies.len()))
+            .collect();
+        assert_eq!(
+            codes,
+            [("OK", 1), ("NOT_FOUND", 0), ("ABORTED", 3)],
+            "{opts:?}"
+        );
+        let mut peers = Vec::new();
+        for call in &run.calls {
+            let mut spans: Vec<_> = run
+                .spans
+                .iter()
+                .filter(|s| s.trace_id == call.trace_id)
+                .cloned()
+                .collect();
+            spans.extend(
+                server
+                    .wait_for_trace(&call.trace_id, 1, APP_SPANS)
+                    .expect("server span"),
+            );
+            let views = app_views(&spans);
+            let chain = linear_chain(&views).expect("one chain");
+            expect_roles(
+                &chain,
+                &["app:grpc-client Client", "app:grpc-server Server"],
+            )
+            .expect("roles");
+            check_nesting(&views, NEST_TOLERANCE_NS).expect("nesting");
+            assert_eq!(chain[0].span_id, call.span_id);
+            let server_span = spans
+                .iter()
+                .find(|s| s.span_id == chain[1].span_id)
+                .expect("server span");
+            assert_eq!(
+                server_span.name,
+                format!("/hoptrace.test.Echo/{}", call.method)
+            );
+            assert_eq!(
+                server_span.attr("rpc.grpc.status_code"),
+                Some(call.code_value.to_string())
+            );
+            let sent = call
+                .sent_metadata
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .map(|(_, v)| v.as_str());
+            for r in &call.replies {
+                assert_eq!(r.metadata("traceparent"), sent, "{r:?}");
+                assert_eq!(r.parent_span_id, call.span_id);
+                assert!(
+                    r.peer.starts_with(&format!("ipv4:{}:", client_pod.ipv4)),
+                    "{r:?}"
+                );
+                assert!(r
+                    .metadata("user-agent")
+                    .is_some_and(|ua| ua.starts_with("hoptrace-grpc-client/1.0 ")));
+                peers.push(r.peer.clone());
+            }
+        }
+        peers.dedup();
+        assert_eq!(peers.len(), 1, "one connection for all calls: {peers:?}");
+    }
 }

@@ -36,6 +36,15 @@ const PYTHON: &[(&str, &str)] = &[
         "opentelemetry-instrumentation-requests==0.66b1",
     ),
     ("requests", "requests==2.34.2"),
+    // The gRPC apps (grpc_server.py, grpc_client.py): grpcio-tools compiles
+    // their .proto in memory at start (grpc.protos_and_services).
+    ("grpc", "grpcio==1.85.1"),
+    ("grpc_tools.protoc", "grpcio-tools==1.85.1"),
+    ("google.protobuf", "protobuf==7.36.2"),
+    (
+        "opentelemetry.instrumentation.grpc",
+        "opentelemetry-instrumentation-grpc==0.66b1",
+    ),
 ];
 
 /// Runs every setup step.

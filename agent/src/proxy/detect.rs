@@ -5,7 +5,9 @@
 //! - anything else, including TLS (first byte 0x16) → opaque TCP.
 //!
 //! Server-first protocols (MySQL, SMTP, …) send nothing until the server speaks: after
-//! [`DETECT_TIMEOUT`] without a decision the connection is proxied opaquely.
+//! [`DETECT_TIMEOUT`] without a decision the connection is proxied opaquely. An HTTP/2
+//! server may speak first too — its SETTINGS frame ([`server_first`]) — without making
+//! the connection server-first: then the client's bytes still decide.
 
 use std::time::Duration;
 
@@ -114,6 +116,67 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Protocol {
     }
 }
 
+/// What the server's first bytes say when it speaks before the client's protocol is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFirst {
+    /// An HTTP/2 SETTINGS frame: the server connection preface (RFC 9113 §3.4), which an
+    /// HTTP/2 server may send as soon as the connection is up, before the client's
+    /// preface has arrived (gRPC servers do). Only an HTTP/2 client can be talking to it.
+    H2Settings,
+    /// Anything else, EOF or an error: a server-first protocol.
+    Other,
+}
+
+/// The first 9 bytes of a SETTINGS frame that is not an ACK: length (24 bits, any),
+/// type 4, flags 0, stream 0.
+const SETTINGS_HEADER: [Option<u8>; 9] = [
+    None,
+    None,
+    None,
+    Some(0x04),
+    Some(0),
+    Some(0),
+    Some(0),
+    Some(0),
+    Some(0),
+];
+
+/// `None`: too few bytes to tell.
+fn classify_server(buf: &[u8]) -> Option<ServerFirst> {
+    let header_matches = buf
+        .iter()
+        .zip(SETTINGS_HEADER)
+        .all(|(b, want)| want.is_none_or(|w| *b == w));
+    if !header_matches {
+        return Some(ServerFirst::Other);
+    }
+    if buf.len() < SETTINGS_HEADER.len() {
+        return None;
+    }
+    // A SETTINGS payload is a list of 6-byte settings.
+    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]);
+    Some(if len.is_multiple_of(6) {
+        ServerFirst::H2Settings
+    } else {
+        ServerFirst::Other
+    })
+}
+
+/// Waits until the server sends its first bytes (peeked, not consumed) and classifies them.
+pub async fn server_first(upstream: &TcpStream) -> ServerFirst {
+    let mut buf = [0u8; SETTINGS_HEADER.len()];
+    loop {
+        match upstream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return ServerFirst::Other,
+            Ok(n) => match classify_server(&buf[..n]) {
+                Some(verdict) => return verdict,
+                // A partial frame header: wait a little instead of spinning.
+                None => tokio::time::sleep(Duration::from_millis(1)).await,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +213,36 @@ mod tests {
         );
         assert_eq!(classify(b"\x00\x00\x00"), Verdict::Is(Protocol::Opaque));
         assert_eq!(classify(b""), Verdict::NeedMore);
+    }
+
+    #[test]
+    fn recognises_a_server_settings_frame() {
+        // Empty SETTINGS, and one with two settings (12 bytes), as gRPC servers send.
+        let empty = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+        assert_eq!(classify_server(&empty), Some(ServerFirst::H2Settings));
+        let two = [0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        assert_eq!(classify_server(&two), Some(ServerFirst::H2Settings));
+        assert_eq!(classify_server(&two[..5]), None);
+        // A SETTINGS ACK, another frame type, a stream id, a bad length: not a preface.
+        let ack = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+        assert_eq!(classify_server(&ack), Some(ServerFirst::Other));
+        assert_eq!(
+            classify_server(&[0, 0, 8, 6, 0, 0, 0, 0, 0]),
+            Some(ServerFirst::Other)
+        );
+        assert_eq!(
+            classify_server(&[0, 0, 0, 4, 0, 0, 0, 0, 1]),
+            Some(ServerFirst::Other)
+        );
+        assert_eq!(
+            classify_server(&[0, 0, 7, 4, 0, 0, 0, 0, 0]),
+            Some(ServerFirst::Other)
+        );
+        // Server-first protocols: an SMTP greeting, a MySQL handshake (seq 0, v10).
+        assert_eq!(classify_server(b"220 mail ESMTP"), Some(ServerFirst::Other));
+        assert_eq!(
+            classify_server(&[0x4a, 0, 0, 0, 0x0a, b'8', b'.']),
+            Some(ServerFirst::Other)
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! first request and then joins the pool; later requests, from any client connection
 //! of the same pod to the same destination, take a ready pooled connection (HTTP/1)
 //! or share the pooled HTTP/2 connection.
+//! HTTP/2 shakes hands upstream as soon as the client's preface is here (see [`serve`]).
 
 use std::{
     convert::Infallible,
@@ -75,6 +76,17 @@ pub async fn serve(
         first: Mutex::new(upstream),
         h2,
     });
+    if h2 {
+        // HTTP/2: shake hands upstream now, not at the first request. The client's
+        // preface is already here; a client that connects ahead of its first call (a
+        // gRPC channel) would otherwise leave the next hop — the server node's inbound
+        // leg — without a preface to detect, and after its detection timeout it would
+        // relay the connection opaquely (no spans). On failure the first request
+        // connects again (and answers 502 if that fails too).
+        if let Err(err) = h2_sender(&leg).await {
+            tracing::debug!(pod = %leg.pod.key, direction = leg.dir.as_str(), "upstream: {err}");
+        }
+    }
     let svc = hyper::service::service_fn(move |req| handle(leg.clone(), req));
     let io = TokioIo::new(client);
     let result = if h2 {
@@ -239,20 +251,12 @@ fn relay_err(e: hyper::Error) -> ConnError {
 /// Sends the request upstream: on the connection opened during detection if this
 /// client connection still has it, else on a pooled one, else on a new one.
 async fn send(leg: &Leg, mut req: Request<Incoming>) -> Result<Response<Incoming>, ConnError> {
-    let key = PoolKey::new(&leg.target, leg.h2);
-    let pool = leg.pod.pool(leg.dir);
     if leg.h2 {
-        let shared = match leg.take_first() {
-            Some(stream) => Some(handshake_h2(stream).await?),
-            None => pool.h2(&key),
-        };
-        let mut sender = match shared {
-            Some(s) => s,
-            None => handshake_h2(leg.target.connect(&leg.pod).await?).await?,
-        };
-        pool.set_h2(key, sender.clone());
+        let mut sender = h2_sender(leg).await?;
         return sender.send_request(req).await.map_err(relay_err);
     }
+    let key = PoolKey::new(&leg.target, false);
+    let pool = leg.pod.pool(leg.dir);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -281,6 +285,25 @@ async fn send(leg: &Leg, mut req: Request<Incoming>) -> Result<Response<Incoming
             },
         }
     }
+}
+
+/// This leg's HTTP/2 connection: the one opened during detection while unused, else
+/// the pooled one for (source pod, destination), else a new one; it becomes the pooled
+/// one.
+async fn h2_sender(
+    leg: &Leg,
+) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, ConnError> {
+    let key = PoolKey::new(&leg.target, true);
+    let pool = leg.pod.pool(leg.dir);
+    let sender = match leg.take_first() {
+        Some(stream) => handshake_h2(stream).await?,
+        None => match pool.h2(&key) {
+            Some(s) => return Ok(s),
+            None => handshake_h2(leg.target.connect(&leg.pod).await?).await?,
+        },
+    };
+    pool.set_h2(key, sender.clone());
+    Ok(sender)
 }
 
 async fn handshake_h1(
@@ -543,46 +566,69 @@ impl Completion {
     }
 }
 
-/// A response body that emits the spans when its last frame has been handed to the
-/// downstream connection (or when it is dropped early, as an error).
-struct SpanBody {
-    inner: Incoming,
-    done: Option<Completion>,
+/// What a [`SpanBody`] reports to (the span emitter; a recorder in tests).
+trait Finish {
+    /// A `grpc-status` found in the trailers.
+    fn grpc_status(&mut self, status: i64);
+    /// The response is over; `error` says why it did not complete.
+    fn finish(self, error: Option<String>);
 }
 
-impl Body for SpanBody {
+impl Finish for Completion {
+    fn grpc_status(&mut self, status: i64) {
+        self.grpc_status = Some(status);
+    }
+
+    fn finish(self, error: Option<String>) {
+        self.emit(error);
+    }
+}
+
+/// A response body that emits the spans when its last frame has been handed to the
+/// downstream connection (or when it is dropped early, as an error).
+struct SpanBody<B: Body, F: Finish> {
+    inner: B,
+    done: Option<F>,
+}
+
+impl<B, F> Body for SpanBody<B, F>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    F: Finish + Unpin,
+{
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = frame.trailers_ref() {
                     if let (Some(g), Some(done)) = (header_grpc_status(t), self.done.as_mut()) {
-                        done.grpc_status = Some(g);
+                        done.grpc_status(g);
                     }
                 }
                 // Trailers are always the last frame; hyper's HTTP/1 encoder drops the
                 // body right after writing them, without polling for the end.
                 if frame.is_trailers() || self.inner.is_end_stream() {
                     if let Some(done) = self.done.take() {
-                        done.emit(None);
+                        done.finish(None);
                     }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 let msg = format!("response body: {e}");
                 if let Some(done) = self.done.take() {
-                    done.emit(Some(msg));
+                    done.finish(Some(msg));
                 }
             }
             Poll::Ready(None) => {
                 if let Some(done) = self.done.take() {
-                    done.emit(None);
+                    done.finish(None);
                 }
             }
             Poll::Pending => {}
@@ -599,10 +645,17 @@ impl Body for SpanBody {
     }
 }
 
-impl Drop for SpanBody {
+impl<B: Body, F: Finish> Drop for SpanBody<B, F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done.emit(Some("response aborted before completion".into()));
+            // hyper never polls a body that is at its end from the start: it sends the
+            // head (HTTP/2: a HEADERS frame with END_STREAM) and drops the body. That is
+            // a complete response — a gRPC trailers-only response (grpc-status in the
+            // headers, as servers answer an error without messages), an HTTP 204, a
+            // `Content-Length: 0` body — not an abandoned one.
+            let error = (!self.inner.is_end_stream())
+                .then(|| "response aborted before completion".to_string());
+            done.finish(error);
         }
     }
 }
@@ -675,6 +728,100 @@ mod tests {
         assert_eq!(
             h.get(header::CONNECTION).map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
+        );
+    }
+
+    /// What a [`SpanBody`] reported: the grpc-status, and each end (its error).
+    type Seen = (Option<i64>, Vec<Option<String>>);
+
+    /// Records what a [`SpanBody`] reports.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<Seen>>);
+
+    impl Finish for Recorder {
+        fn grpc_status(&mut self, status: i64) {
+            self.0.lock().expect("lock").0 = Some(status);
+        }
+        fn finish(self, error: Option<String>) {
+            self.0.lock().expect("lock").1.push(error);
+        }
+    }
+
+    impl Recorder {
+        fn seen(&self) -> Seen {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    /// A body made of the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn body(frames: Vec<Frame<Bytes>>, rec: &Recorder) -> SpanBody<Frames, Recorder> {
+        SpanBody {
+            inner: Frames(frames.into()),
+            done: Some(rec.clone()),
+        }
+    }
+
+    fn grpc_trailers(status: &'static str) -> Frame<Bytes> {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static(status));
+        Frame::trailers(t)
+    }
+
+    #[tokio::test]
+    async fn span_body_reports_the_end_of_the_response() {
+        // Messages, then grpc-status in the trailers: complete once the trailers are read.
+        let rec = Recorder::default();
+        let mut b = body(
+            vec![
+                Frame::data(Bytes::from_static(b"m1")),
+                Frame::data(Bytes::from_static(b"m2")),
+                grpc_trailers("10"),
+            ],
+            &rec,
+        );
+        let first = b.frame().await.expect("frame").expect("ok");
+        assert!(first.is_data());
+        assert!(rec.seen().1.is_empty(), "not over after the first message");
+        while b.frame().await.is_some() {}
+        assert_eq!(rec.seen(), (Some(10), vec![None]));
+        drop(b);
+        assert_eq!(rec.seen().1.len(), 1, "reported once");
+
+        // A trailers-only gRPC response (or any empty body): hyper drops the body
+        // without polling it. Complete, not aborted.
+        let rec = Recorder::default();
+        drop(body(Vec::new(), &rec));
+        assert_eq!(rec.seen(), (None, vec![None]));
+
+        // The client went away mid-stream: aborted.
+        let rec = Recorder::default();
+        let mut b = body(
+            vec![Frame::data(Bytes::from_static(b"m1")), grpc_trailers("0")],
+            &rec,
+        );
+        b.frame().await.expect("frame").expect("ok");
+        drop(b);
+        let (_, ends) = rec.seen();
+        assert_eq!(ends.len(), 1);
+        assert!(
+            ends[0].as_deref().is_some_and(|e| e.contains("aborted")),
+            "{ends:?}"
         );
     }
 

@@ -291,9 +291,23 @@ async fn proxy(
             return Err(err);
         }
     };
+    let started = tokio::time::Instant::now();
     let protocol = tokio::select! {
         p = detect::detect(&client, detect::DETECT_TIMEOUT) => p,
-        _ = upstream.readable() => detect::Protocol::Opaque,
+        first = detect::server_first(&upstream) => match first {
+            // An HTTP/2 server (gRPC) may send its SETTINGS before the client's preface
+            // is here: not a server-first protocol, so the client's bytes still decide,
+            // within what is left of the detection time. Anything but HTTP/2 from the
+            // client is then relayed as it is, as it would have been without the agent.
+            detect::ServerFirst::H2Settings => {
+                let left = detect::DETECT_TIMEOUT.saturating_sub(started.elapsed());
+                match detect::detect(&client, left).await {
+                    detect::Protocol::Http2 => detect::Protocol::Http2,
+                    _ => detect::Protocol::Opaque,
+                }
+            }
+            detect::ServerFirst::Other => detect::Protocol::Opaque,
+        },
     };
     match protocol {
         detect::Protocol::Opaque => tcp::relay(client, upstream, m)
