@@ -200,33 +200,25 @@ async fn handle(
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
     let (parts, body) = resp.into_parts();
-    let body = match traced {
+    let done = traced.map(|t| Completion {
+        leg,
+        traced: t,
+        info,
+        server_start,
+        client_start,
+        status: Some(status),
+        grpc_status,
+    });
+    let body = match done {
         // The HTTP exchange ends at 101 (hyper sends no body and drops this one); the
         // upgraded bytes that follow are relayed opaquely, without spans.
-        Some(t) if status == StatusCode::SWITCHING_PROTOCOLS => {
-            Completion {
-                leg,
-                traced: t,
-                info,
-                server_start,
-                client_start,
-                status: Some(status),
-                grpc_status,
-            }
-            .emit(None);
+        Some(done) if status == StatusCode::SWITCHING_PROTOCOLS => {
+            done.emit(None);
             body.boxed()
         }
-        Some(t) => SpanBody {
+        Some(done) => SpanBody {
             inner: body,
-            done: Some(Completion {
-                leg,
-                traced: t,
-                info,
-                server_start,
-                client_start,
-                status: Some(status),
-                grpc_status,
-            }),
+            done: Some(done),
         }
         .boxed(),
         None => body.boxed(),
