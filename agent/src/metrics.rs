@@ -52,8 +52,16 @@ pub struct ConnLabels {
 /// Labels of the workload state gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `steered` | `failed`.
+    /// `steered` | `failed` | `pending` (Kubernetes discovery: to be enrolled, cgroup
+    /// or network namespace not found yet).
     pub state: &'static str,
+}
+
+/// Labels of the Kubernetes watch error counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// `pods` | `namespaces`.
+    pub resource: &'static str,
 }
 
 /// All agent metrics.
@@ -69,6 +77,7 @@ pub struct Metrics {
     pub workloads: Family<StateLabels, Gauge>,
     /// Rejected workload file reads (the last good set stays in force).
     pub workload_file_errors: Counter,
+    kube_watch_errors: Family<ResourceLabels, Counter>,
     /// Span export counters.
     pub export: ExportMetrics,
 }
@@ -100,6 +109,7 @@ impl Metrics {
         let bytes_from_server = Family::<ConnLabels, Counter>::default();
         let workloads = Family::<StateLabels, Gauge>::default();
         let workload_file_errors = Counter::default();
+        let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
         registry.register(
             "connections_accepted",
             "Connections accepted by a per-pod listener",
@@ -135,6 +145,11 @@ impl Metrics {
             "Workload file reads rejected (last good set kept)",
             workload_file_errors.clone(),
         );
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes API list/watch errors (retried with backoff; the last known pods stay steered)",
+            kube_watch_errors.clone(),
+        );
         let export = ExportMetrics::default();
         registry.register(
             "spans_exported",
@@ -166,6 +181,7 @@ impl Metrics {
             bytes_from_server,
             workloads,
             workload_file_errors,
+            kube_watch_errors,
             export,
         }
     }
@@ -188,6 +204,13 @@ impl Metrics {
             bytes_from_client: self.bytes_from_client.get_or_create(&l).clone(),
             bytes_from_server: self.bytes_from_server.get_or_create(&l).clone(),
         }
+    }
+
+    /// The error counter of the Kubernetes watch of `resource`.
+    pub fn kube_watch_errors(&self, resource: &'static str) -> Counter {
+        self.kube_watch_errors
+            .get_or_create(&ResourceLabels { resource })
+            .clone()
     }
 
     /// Drops a released pod's series so pod churn cannot grow `/metrics` forever.
