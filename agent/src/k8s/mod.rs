@@ -1,7 +1,7 @@
 //! Kubernetes pod discovery: the desired workload set from the API server.
 //!
 //! [`watch`] keeps this node's pods (`spec.nodeName=<NODE_NAME>`) and all namespaces
-//! (for their labels) up to date; [`policy`] decides which pods to enroll and names
+//! (for their labels) up to date, cut down to [`records`]; [`policy`] decides which pods to enroll and names
 //! them; [`cgroup`] and [`netns`] find each enrolled pod's cgroup v2 directory and
 //! network namespace on this host. [`Discovery::poll`] turns all of that into the
 //! `Vec<Workload>` that the agent's `PodTable` reconciles, exactly like the workload
@@ -17,6 +17,7 @@
 pub mod cgroup;
 pub mod netns;
 pub mod policy;
+pub mod records;
 pub mod watch;
 
 use std::{
@@ -31,7 +32,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use self::{
     cgroup::{CgroupError, CgroupResolver},
     netns::NetnsResolver,
-    policy::{NamespaceRecord, PodRecord, Policy},
+    policy::Policy,
+    records::{NamespaceRecord, PodRecord},
     watch::{Change, Update, WatchErrors},
 };
 use crate::{

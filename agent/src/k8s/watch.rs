@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::policy::{NamespaceRecord, PodRecord};
+use super::records::{NamespaceRecord, PodRecord};
 
 /// One change of a watched collection, mirroring `kube::runtime::watcher::Event`.
 #[derive(Debug, Clone, PartialEq)]
