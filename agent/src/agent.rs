@@ -49,6 +49,16 @@ pub enum EnrollError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// The netns path now names another namespace than the source resolved.
+    #[error("{path} is no longer the pod's network namespace (inode {got}, expected {want}); the pod's sandbox changed, the agent resolves it again")]
+    NetnsMoved {
+        /// The path.
+        path: String,
+        /// Inode the source resolved.
+        want: u64,
+        /// Inode found now.
+        got: u64,
+    },
     /// A listener could not be opened.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -184,6 +194,17 @@ impl PodTable {
 
     fn enroll(&mut self, w: &Workload) -> Result<Enrolled, EnrollError> {
         let netns = Netns::open(&w.netns)?;
+        if let Some(want) = w.netns_inode {
+            use std::os::unix::fs::MetadataExt as _;
+            let got = netns.file().metadata()?.ino();
+            if got != want {
+                return Err(EnrollError::NetnsMoved {
+                    path: w.netns.display().to_string(),
+                    want,
+                    got,
+                });
+            }
+        }
         let cgroup = open_cgroup2(&w.cgroup)?;
         // Return routing for the transparent inbound leg; inert until steering starts.
         inpod::install(&netns)?;

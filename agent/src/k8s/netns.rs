@@ -15,6 +15,11 @@
 //! `Workload::same_target`); a new inode means the sandbox was recreated and the pod
 //! is re-enrolled.
 //!
+//! Once found, a pod's namespace stays chosen while no usable process can be found
+//! (the gap between a sandbox's death and its replacement), so that gap does not
+//! churn the pod; the pod leaves the desired set when its cgroup directory or its API
+//! object goes away.
+//!
 //! Processes in the host's network namespace (CRI-O's `conmon`, or a process caught
 //! between joining the cgroup and joining the pod's netns) are never chosen.
 
@@ -103,8 +108,7 @@ impl NetnsResolver {
                 return Ok(prev.clone());
             }
         }
-        let found = self.find(cgroup);
-        match &found {
+        match self.find(cgroup) {
             Ok(ns) => {
                 if let Some(prev) = self.chosen.get(uid) {
                     if prev.inode == ns.inode {
@@ -119,12 +123,22 @@ impl NetnsResolver {
                     }
                 }
                 self.chosen.insert(uid.to_string(), ns.clone());
+                Ok(ns)
             }
-            Err(_) => {
-                self.chosen.remove(uid);
-            }
+            // Found before, no usable process now (e.g. between a sandbox's death and
+            // its replacement): keep the last choice rather than churn the pod. The
+            // agent checks the inode again before it ever enrolls from this path.
+            Err(why) => match self.chosen.get(uid) {
+                Some(prev) => {
+                    tracing::debug!(
+                        pod_uid = uid,
+                        "keeping the last network namespace found: {why}"
+                    );
+                    Ok(prev.clone())
+                }
+                None => Err(why),
+            },
         }
-        found
     }
 
     fn find(&self, cgroup: &Path) -> Result<PodNetns, NetnsPending> {
@@ -365,7 +379,16 @@ mod tests {
         assert_eq!(reused.pid, 20);
         assert_ne!(reused.inode, replaced.inode);
 
+        // Every process gone: the last choice is kept (no churn), until a new one.
+        fake.remove(20);
+        std::fs::write(cg.join("sandbox/cgroup.procs"), "").expect("procs");
+        assert_eq!(r.resolve("uid", &cg).expect("kept"), reused);
+
         r.retain(|_| false);
         assert!(r.chosen.is_empty());
+        assert!(
+            r.resolve("uid", &cg).is_err(),
+            "a new pod without processes is pending"
+        );
     }
 }
