@@ -23,6 +23,7 @@ pub mod app;
 pub mod cgroup;
 pub mod clock;
 pub mod http;
+pub mod kubeapi;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
@@ -35,6 +36,7 @@ pub mod workloads;
 
 pub use agent::Agent;
 pub use app::{Attempt, ConnectLoop, EchoReport, LabApp};
+pub use kubeapi::KubeApi;
 pub use lab::{Lab, LabOptions};
 pub use metrics::Metrics;
 pub use otlp::{OtlpReceiver, ReceivedSpan, ReceiverOptions, TlsMode};
