@@ -136,9 +136,14 @@ impl Discovery {
             _ => return Err(DiscoveryError::HalfOwnPod),
         };
         let root = cgroup::effective_root(&args.cgroup_root, cgroup::is_cgroup2)?;
-        let config = kube::Config::infer()
+        let mut config = kube::Config::infer()
             .await
             .map_err(DiscoveryError::Config)?;
+        // kube's client retries 429/503/504 inside each request (up to 15 times, with
+        // delays up to 1000 s), which would hide an unavailable API server from the
+        // logs and metrics. Errors go to the watcher instead, whose backoff
+        // (0.8 s doubling to 30 s) retries them visibly.
+        config.default_retry = false;
         let api_url = config.cluster_url.to_string();
         let client = kube::Client::try_from(config).map_err(DiscoveryError::Client)?;
         let (tx, rx) = mpsc::channel(QUEUE);

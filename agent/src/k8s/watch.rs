@@ -126,6 +126,14 @@ async fn run<K, T>(
                     },
                 }
             }
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                // The resource version expired (etcd compaction): an ordinary event,
+                // the watcher lists again; the current set stays until that list is in.
+                tracing::info!(
+                    "Kubernetes API watch of {what}: resource version expired, listing again"
+                );
+                continue;
+            }
             Err(err) => {
                 errors.inc();
                 let msg = err.to_string();
