@@ -395,3 +395,63 @@ fn api_outage_keeps_pods_steered_then_relists() {
         "the pod that went is steered"
     );
 }
+
+/// Startup errors in Kubernetes mode name what to set (no root needed: they come
+/// before the eBPF programs are loaded).
+#[test]
+fn startup_errors_say_what_to_set() {
+    let bin = Agent::binary().expect("agent binary");
+    let dir = std::env::temp_dir().join(format!("hoptrace-k8s-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let api = KubeApi::start(&dir).expect("API server");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run")
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env_remove("NODE_NAME")
+            .env_remove("HOPTRACE_WORKLOADS_FILE")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env("KUBECONFIG", api.kubeconfig());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run hoptrace");
+        assert!(!out.status.success(), "hoptrace run {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[], &[]);
+    assert!(err.contains("NODE_NAME"), "{err}");
+    let err = run(&[("NODE_NAME", NODE), ("POD_NAME", "hoptrace-x")], &[]);
+    assert!(err.contains("POD_NAMESPACE"), "{err}");
+    let err = run(&[("NODE_NAME", NODE)], &["--cgroup-root", "/nonexistent"]);
+    assert!(
+        err.contains("--cgroup-root") && err.contains("/nonexistent"),
+        "{err}"
+    );
+    let missing = dir.join("missing-kubeconfig");
+    let missing = missing.to_str().expect("utf-8");
+    let err = run(&[("NODE_NAME", NODE), ("KUBECONFIG", missing)], &[]);
+    assert!(
+        err.contains("KUBECONFIG") && err.contains("service account"),
+        "{err}"
+    );
+    // Neither a file nor a cluster.
+    let mut cmd = Command::new(&bin);
+    let out = cmd
+        .args(["run", "--admin-addr", "127.0.0.1:0"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("HOPTRACE_WORKLOADS_FILE")
+        .output()
+        .expect("run hoptrace");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--workloads-file") && err.contains("KUBERNETES_SERVICE_HOST"),
+        "{err}"
+    );
+    drop(api);
+    std::fs::remove_dir_all(&dir).expect("rm");
+}
