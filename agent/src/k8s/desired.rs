@@ -132,6 +132,15 @@ impl DesiredSet {
             return None;
         }
         let desired = self.desired(now);
+        if self.last.is_none() {
+            tracing::info!(
+                node = %self.policy.node,
+                pods = self.pods.items.len(),
+                enrolling = desired.len(),
+                pending = self.pending.get(),
+                "first complete pod list from the Kubernetes API"
+            );
+        }
         if self.last.as_ref() == Some(&desired) {
             return None;
         }
