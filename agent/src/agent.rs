@@ -1,5 +1,6 @@
 //! The daemon: load the datapath, serve admin, keep the set of enrolled pods equal to
-//! the workload source, and shut down cleanly.
+//! the workload source (file or Kubernetes API, see [`crate::source`]), and shut down
+//! cleanly.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,8 +24,9 @@ use crate::{
     netns::{self, Netns, NetnsError},
     proxy::{PodContext, PodListeners},
     socket::{self, SocketError},
+    source::Source,
     trace::span::PodIdentity,
-    workloads::{self, FileWatch, PodKey, Workload},
+    workloads::{self, PodKey, Workload},
 };
 
 /// How long a released pod's listeners keep accepting after steering stopped, so
@@ -46,6 +48,16 @@ pub enum EnrollError {
         path: String,
         /// What is wrong and what to do.
         reason: String,
+    },
+    /// The netns path now names another namespace than the source resolved.
+    #[error("{path} is no longer the pod's network namespace (inode {got}, expected {want}); the pod's sandbox changed, the agent resolves it again")]
+    NetnsMoved {
+        /// The path.
+        path: String,
+        /// Inode the source resolved.
+        want: u64,
+        /// Inode found now.
+        got: u64,
     },
     /// A listener could not be opened.
     #[error(transparent)]
@@ -111,13 +123,22 @@ impl PodTable {
         let gone: Vec<PodKey> = self
             .enrolled
             .iter()
-            .filter(|(k, e)| want.get(*k).is_none_or(|w| **w != e.spec))
+            .filter(|(k, e)| want.get(*k).is_none_or(|w| !e.spec.same_target(w)))
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
             if let Some(e) = self.enrolled.remove(&key) {
                 tracing::info!(pod = %key, "releasing");
                 self.release(e);
+            }
+        }
+        // Same namespace reached through another path: record it, nothing to redo.
+        for (key, e) in self.enrolled.iter_mut() {
+            if let Some(w) = want.get(key) {
+                if **w != e.spec {
+                    tracing::debug!(pod = %key, netns = %w.netns.display(), "same network namespace, new path");
+                    e.spec = (*w).clone();
+                }
             }
         }
         self.failed.retain(|k, _| want.contains_key(k));
@@ -173,6 +194,17 @@ impl PodTable {
 
     fn enroll(&mut self, w: &Workload) -> Result<Enrolled, EnrollError> {
         let netns = Netns::open(&w.netns)?;
+        if let Some(want) = w.netns_inode {
+            use std::os::unix::fs::MetadataExt as _;
+            let got = netns.file().metadata()?.ino();
+            if got != want {
+                return Err(EnrollError::NetnsMoved {
+                    path: w.netns.display().to_string(),
+                    want,
+                    got,
+                });
+            }
+        }
         let cgroup = open_cgroup2(&w.cgroup)?;
         // Return routing for the transparent inbound leg; inert until steering starts.
         inpod::install(&netns)?;
@@ -351,18 +383,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
-    let Some(path) = args.workloads_file.clone() else {
-        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-            anyhow::bail!("Kubernetes pod discovery is not available in this build; pass --workloads-file (HOPTRACE_WORKLOADS_FILE)");
-        }
-        anyhow::bail!(
-            "no workload source: pass --workloads-file PATH (or HOPTRACE_WORKLOADS_FILE)"
-        );
-    };
-    let node = args.node_name.as_deref();
-    let mut watch = FileWatch::new(path.clone());
-    let first = watch.poll()?.unwrap_or_default();
-    let desired = workloads::parse(&path, &first, node)?;
+    let (mut source, initial) = Source::open(&args).await?;
 
     let datapath = Arc::new(Datapath::load()?);
     let metrics = Arc::new(Metrics::new(datapath.clone()));
@@ -371,7 +392,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     });
     let admin_addr = admin::serve(args.admin_addr, state.clone()).await?;
-    tracing::info!(%admin_addr, workloads = %path.display(), "hoptrace agent started");
+    tracing::info!(%admin_addr, workloads = %source.describe(), "hoptrace agent started");
 
     let spans = export::start(
         ExportConfig {
@@ -390,39 +411,35 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         metrics.export.clone(),
     )?;
     let mut table = PodTable::new(datapath.clone(), metrics.clone(), &args, Some(spans));
-    table.reconcile(&desired);
-    state.ready.store(true, Ordering::Release);
-    tracing::info!(steered = table.steered(), "ready");
+    source.start(&metrics);
+    // Ready once the first complete desired set (the file, or the first full lists
+    // from the API server) has been reconciled: every pod in it steered or reported.
+    let mut ready = false;
+    let mut reconcile = |table: &mut PodTable, desired: &[Workload]| {
+        table.reconcile(desired);
+        if !ready {
+            ready = true;
+            state.ready.store(true, Ordering::Release);
+            tracing::info!(steered = table.steered(), "ready");
+        }
+    };
+    if let Some(desired) = initial {
+        reconcile(&mut table, &desired);
+    }
 
     let mut tick = tokio::time::interval(workloads::POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_retry = Instant::now();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let mut last_error: Option<String> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        match watch
-            .poll()
-            .and_then(|t| t.map(|t| workloads::parse(&path, &t, node)).transpose())
-        {
-            Ok(Some(desired)) => {
-                last_error = None;
-                table.reconcile(&desired);
-            }
-            Ok(None) => {}
-            Err(err) => {
-                let msg = err.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    metrics.workload_file_errors.inc();
-                    tracing::error!("{msg}; keeping the last good workload set");
-                    last_error = Some(msg);
-                }
-            }
+        if let Some(desired) = source.poll(&metrics) {
+            reconcile(&mut table, &desired);
         }
         if last_retry.elapsed() >= RETRY {
             last_retry = Instant::now();
@@ -432,6 +449,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: releasing pods (new connections go direct)");
     state.ready.store(false, Ordering::Release);
     table.release_all();
+    drop(source);
     tokio::time::sleep(DRAIN + Duration::from_millis(50)).await;
     Ok(())
 }

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::k8s::policy::Inject;
+
 /// hoptrace: per-node eBPF-assisted tracing proxy for Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "hoptrace", version, about)]
@@ -80,6 +82,31 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_SERVICE_NAME", default_value = crate::trace::span::DEFAULT_SERVICE_NAME)]
     pub service_name: String,
 
+    /// Kubernetes discovery: whether pods are enrolled when neither their
+    /// `hoptrace.io/inject` annotation nor their namespace's `hoptrace.io/inject` label
+    /// decides. `disabled` (the default) means opt-in.
+    #[arg(long, env = "HOPTRACE_INJECT_DEFAULT", value_enum, default_value_t = Inject::Disabled)]
+    pub inject_default: Inject,
+
+    /// Kubernetes discovery: the agent's own pod name (from the downward API), so the
+    /// agent never enrolls itself.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Kubernetes discovery: the agent's own pod namespace (from the downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// Kubernetes discovery: the host's cgroup mount, where pod cgroups are looked up.
+    /// When it is not cgroup2 itself but `<root>/unified` is (hybrid layout), that is used.
+    #[arg(long, env = "HOPTRACE_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+
+    /// Kubernetes discovery: the host's /proc (pod network namespaces are opened as
+    /// `<proc-root>/<pid>/ns/net`), e.g. `/host/proc` when the DaemonSet mounts it there.
+    #[arg(long, env = "HOPTRACE_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+
     /// Log filter (tracing-subscriber syntax, e.g. `info,hoptrace=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -130,6 +157,26 @@ mod tests {
         assert_eq!(args.workloads_file, Some(PathBuf::from("/w.yaml")));
         assert_eq!(args.otlp_compression, "gzip");
         assert_eq!(args.service_name, "hoptrace-proxy");
+        assert_eq!(args.inject_default, Inject::Disabled);
+        assert_eq!(args.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(args.proc_root, PathBuf::from("/proc"));
+        assert_eq!(args.pod_name, None);
+    }
+
+    #[test]
+    fn inject_default_values() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["hoptrace", "run", "--inject-default", v]).map(|c| {
+                match c.command {
+                    Command::Run(a) => a.inject_default,
+                    Command::Check(_) => panic!("expected run"),
+                }
+            })
+        };
+        assert_eq!(parse("enabled").expect("enabled"), Inject::Enabled);
+        assert_eq!(parse("disabled").expect("disabled"), Inject::Disabled);
+        let err = parse("yes").expect_err("invalid").to_string();
+        assert!(err.contains("enabled") && err.contains("disabled"), "{err}");
     }
 
     #[test]

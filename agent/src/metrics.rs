@@ -52,8 +52,16 @@ pub struct ConnLabels {
 /// Labels of the workload state gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `steered` | `failed`.
+    /// `steered` | `failed` | `pending` (Kubernetes discovery: to be enrolled, cgroup
+    /// or network namespace not found yet).
     pub state: &'static str,
+}
+
+/// Labels of the Kubernetes watch error counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// `pods` | `namespaces`.
+    pub resource: &'static str,
 }
 
 /// All agent metrics.
@@ -70,6 +78,7 @@ pub struct Metrics {
     pub workloads: Family<StateLabels, Gauge>,
     /// Rejected workload file reads (the last good set stays in force).
     pub workload_file_errors: Counter,
+    kube_watch_errors: Family<ResourceLabels, Counter>,
     /// Span export counters.
     pub export: ExportMetrics,
 }
@@ -104,6 +113,7 @@ impl Metrics {
         let upstream_opened = Family::<ConnLabels, Counter>::default();
         let workloads = Family::<StateLabels, Gauge>::default();
         let workload_file_errors = Counter::default();
+        let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
         registry.register(
             "connections_accepted",
             "Connections accepted by a per-pod listener",
@@ -144,6 +154,11 @@ impl Metrics {
             "Workload file reads rejected (last good set kept)",
             workload_file_errors.clone(),
         );
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes API list/watch errors (retried with backoff; the last known pods stay steered)",
+            kube_watch_errors.clone(),
+        );
         let export = ExportMetrics::default();
         registry.register(
             "spans_exported",
@@ -176,6 +191,7 @@ impl Metrics {
             upstream_opened,
             workloads,
             workload_file_errors,
+            kube_watch_errors,
             export,
         }
     }
@@ -199,6 +215,13 @@ impl Metrics {
             bytes_from_server: self.bytes_from_server.get_or_create(&l).clone(),
             upstream_opened: self.upstream_opened.get_or_create(&l).clone(),
         }
+    }
+
+    /// The error counter of the Kubernetes watch of `resource`.
+    pub fn kube_watch_errors(&self, resource: &'static str) -> Counter {
+        self.kube_watch_errors
+            .get_or_create(&ResourceLabels { resource })
+            .clone()
     }
 
     /// Drops a released pod's series so pod churn cannot grow `/metrics` forever.

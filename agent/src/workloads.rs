@@ -90,6 +90,12 @@ pub struct Workload {
     /// ingress). Absent or 0: such requests are forwarded untouched, with no span.
     #[serde(default)]
     pub trace_sampling: Option<f64>,
+    /// The nsfs inode of `netns`, when the source resolved it (Kubernetes discovery:
+    /// `netns` is `/proc/PID/ns/net` of one of the pod's processes). Not part of the
+    /// file format. Two specs naming the same inode name the same namespace even when
+    /// they reach it through different processes; see [`Workload::same_target`].
+    #[serde(skip)]
+    pub netns_inode: Option<u64>,
 }
 
 impl Workload {
@@ -98,6 +104,25 @@ impl Workload {
         PodKey {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
+        }
+    }
+
+    /// True when `other` needs no re-enrollment of a pod enrolled as `self`: every
+    /// field is equal, except that `netns` paths may differ when both specs carry the
+    /// same [`Workload::netns_inode`] (the same namespace seen through another process).
+    /// An enrolled pod holds its namespace open, so the kernel cannot hand its inode
+    /// number to a new namespace while it is enrolled.
+    pub fn same_target(&self, other: &Workload) -> bool {
+        if self == other {
+            return true;
+        }
+        match (self.netns_inode, other.netns_inode) {
+            (Some(a), Some(b)) if a == b => {
+                let mut moved = other.clone();
+                moved.netns = self.netns.clone();
+                *self == moved
+            }
+            _ => false,
         }
     }
 
@@ -393,6 +418,24 @@ workloads:
             parse(p(), &ok, None).expect("ok")[0].trace_sampling,
             Some(0.25)
         );
+    }
+
+    #[test]
+    fn same_netns_through_another_path_is_the_same_target() {
+        let mut a = parse(p(), GOOD, None).expect("valid").remove(0);
+        let mut b = a.clone();
+        b.netns = PathBuf::from("/proc/42/ns/net");
+        // File specs carry no inode: a different path is a different target.
+        assert!(!a.same_target(&b));
+        a.netns_inode = Some(4026532000);
+        b.netns_inode = Some(4026532000);
+        assert!(a.same_target(&b) && b.same_target(&a));
+        b.netns_inode = Some(4026532001);
+        assert!(!a.same_target(&b), "netns replaced");
+        b.netns_inode = a.netns_inode;
+        b.ips.pop();
+        assert!(!a.same_target(&b), "other fields still count");
+        assert!(a.same_target(&a.clone()));
     }
 
     #[test]

@@ -12,6 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where an agent gets its pods from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// `--workloads-file`.
+    File(PathBuf),
+    /// The Kubernetes API, through this kubeconfig.
+    Kubernetes(PathBuf),
+}
+
 /// How long `stop()` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -22,7 +31,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct Agent {
     node: String,
     bin: PathBuf,
-    workloads: PathBuf,
+    source: Source,
     cgroup: PathBuf,
     log: PathBuf,
     admin: SocketAddr,
@@ -79,7 +88,13 @@ impl Agent {
         workloads: &Path,
         extra_args: &[&str],
     ) -> Result<Agent> {
-        Agent::start_wrapped(lab, node, workloads, &[], extra_args)
+        Agent::launch(
+            lab,
+            node,
+            Source::File(workloads.to_owned()),
+            &[],
+            extra_args,
+        )
     }
 
     /// Like [`Agent::start_with_args`], run through the command line `prefix`
@@ -93,6 +108,42 @@ impl Agent {
         prefix: &[&str],
         extra_args: &[&str],
     ) -> Result<Agent> {
+        Agent::launch(
+            lab,
+            node,
+            Source::File(workloads.to_owned()),
+            prefix,
+            extra_args,
+        )
+    }
+
+    /// Starts an agent that discovers its pods from the Kubernetes API: no
+    /// `--workloads-file`, `KUBERNETES_SERVICE_HOST` set, `KUBECONFIG=<kubeconfig>`
+    /// (e.g. [`crate::KubeApi::kubeconfig`]) and `NODE_NAME=<node>` in its
+    /// environment, then `--admin-addr`, `--log debug` and `extra_args` (typically
+    /// `--cgroup-root`).
+    pub fn start_kubernetes(
+        lab: &Lab,
+        node: &str,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> Result<Agent> {
+        Agent::launch(
+            lab,
+            node,
+            Source::Kubernetes(kubeconfig.to_owned()),
+            &[],
+            extra_args,
+        )
+    }
+
+    fn launch(
+        lab: &Lab,
+        node: &str,
+        source: Source,
+        prefix: &[&str],
+        extra_args: &[&str],
+    ) -> Result<Agent> {
         if lab.node(node).is_none() {
             bail!("no node {node:?} in lab {}", lab.id());
         }
@@ -102,7 +153,7 @@ impl Agent {
         let mut agent = Agent {
             node: node.to_owned(),
             bin: Agent::binary()?,
-            workloads: workloads.to_owned(),
+            source,
             cgroup,
             log: lab.tmp_dir().join(format!("agent-{node}.log")),
             admin: free_port()?,
@@ -130,14 +181,25 @@ impl Agent {
             }
             None => Command::new(&self.bin),
         };
-        cmd.arg("run")
-            .arg("--workloads-file")
-            .arg(&self.workloads)
-            .args(["--node-name", &self.node])
-            .args(["--admin-addr", &self.admin.to_string()])
+        cmd.arg("run");
+        match &self.source {
+            Source::File(workloads) => {
+                cmd.arg("--workloads-file")
+                    .arg(workloads)
+                    .args(["--node-name", &self.node])
+                    .env_remove("KUBERNETES_SERVICE_HOST");
+            }
+            Source::Kubernetes(kubeconfig) => {
+                // The kubeconfig wins over the in-cluster settings (kube::Config::infer).
+                cmd.env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+                    .env("KUBERNETES_SERVICE_PORT", "443")
+                    .env("KUBECONFIG", kubeconfig)
+                    .env("NODE_NAME", &self.node);
+            }
+        }
+        cmd.args(["--admin-addr", &self.admin.to_string()])
             .args(["--log", "debug"])
             .args(&self.extra_args)
-            .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?);
@@ -305,7 +367,7 @@ impl Agent {
     }
 
     /// Starts the agent again (stopping it first with SIGKILL if it is still
-    /// running) with the same workload file, on a fresh admin port.
+    /// running) with the same workload source, on a fresh admin port.
     pub fn restart(&mut self) -> Result<()> {
         self.kill9()?;
         self.admin = free_port()?;

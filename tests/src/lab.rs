@@ -238,6 +238,21 @@ impl Lab {
     /// `fd00:<a>:<n>::<k>/64`, DAD off), default routes via the node, and the
     /// cgroup `<cgroup2>/hoptrace-lab/<id>/<node>/<name>`.
     pub fn add_pod(&mut self, node: &str, name: &str) -> Result<Pod> {
+        let cgroup = self.cgroup_dir().join(node).join(name);
+        self.add_pod_in(node, name, &cgroup)
+    }
+
+    /// Like [`Lab::add_pod`], with the pod's processes in `cgroup` (created with its
+    /// parents; it must be below [`Lab::cgroup_dir`] so teardown removes it), e.g. a
+    /// container cgroup in a kubelet-shaped tree for the discovery tests.
+    pub fn add_pod_in(&mut self, node: &str, name: &str, cgroup: &Path) -> Result<Pod> {
+        if !cgroup.starts_with(self.cgroup_dir()) || cgroup == self.cgroup_dir() {
+            bail!(
+                "pod cgroup {} must be below the lab's {}",
+                cgroup.display(),
+                self.cgroup_dir().display()
+            );
+        }
         self.check_name(name)?;
         let n = self
             .nodes
@@ -256,7 +271,7 @@ impl Lab {
             node: node.to_owned(),
             netns_name: ns.clone(),
             netns_path: netns::path(&ns),
-            cgroup: self.cgroup_dir().join(node).join(name),
+            cgroup: cgroup.to_path_buf(),
             ipv4: Ipv4Addr::new(10, a, n.index, k),
             ipv6: v6.then(|| ipv6(a, n.index, k)),
         };

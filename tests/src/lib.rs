@@ -26,6 +26,7 @@ pub mod forward;
 pub mod h1edge;
 pub mod hops;
 pub mod http;
+pub mod kubeapi;
 pub mod lab;
 pub mod metrics;
 pub mod mockotlp;
@@ -40,6 +41,7 @@ pub mod workloads;
 
 pub use agent::Agent;
 pub use app::{Attempt, ConnectLoop, EchoReport, LabApp};
+pub use kubeapi::KubeApi;
 pub use lab::{Lab, LabOptions};
 pub use metrics::Metrics;
 pub use otlp::{OtlpReceiver, ReceivedSpan, ReceiverOptions, TlsMode};

@@ -21,18 +21,6 @@ use std::process::Command;
 /// to this one (the test checks that `--otlp-endpoint`'s help still says so).
 const FALLBACK_ENV: &[&str] = &["OTEL_EXPORTER_OTLP_ENDPOINT"];
 
-/// Variables of the Kubernetes discovery contract (issue 4 part 1, built on
-/// another branch). Accepted while `hoptrace run` has none of them; once any is
-/// there, all must be, so a renamed variable cannot hide behind this list.
-/// Remove the list when discovery is merged.
-const DISCOVERY_CONTRACT_ENV: &[&str] = &[
-    "POD_NAME",
-    "POD_NAMESPACE",
-    "HOPTRACE_INJECT_DEFAULT",
-    "HOPTRACE_PROC_ROOT",
-    "HOPTRACE_CGROUP_ROOT",
-];
-
 fn docs() -> Vec<Doc> {
     load().unwrap_or_else(|e| panic!("deploy/ does not parse:\n{e:#}"))
 }
@@ -60,19 +48,6 @@ fn agent_env() -> BTreeSet<String> {
             "--otlp-endpoint's help no longer mentions the {name} fallback: update FALLBACK_ENV"
         );
         env.insert(name.to_string());
-    }
-    let merged: Vec<&str> = DISCOVERY_CONTRACT_ENV
-        .iter()
-        .copied()
-        .filter(|n| env.contains(*n))
-        .collect();
-    if merged.is_empty() {
-        env.extend(DISCOVERY_CONTRACT_ENV.iter().map(|s| s.to_string()));
-    } else {
-        assert_eq!(
-            merged, DISCOVERY_CONTRACT_ENV,
-            "`hoptrace run` defines some discovery variables but not all: the contract changed; update the manifests"
-        );
     }
     env
 }
@@ -370,7 +345,11 @@ fn daemonset_runs_everywhere_with_the_minimal_privileges() {
     );
     assert_eq!(sc.read_only_root_filesystem, Some(true));
 
-    assert_ne!(spec.host_pid, Some(true), "host /proc is mounted instead");
+    assert_eq!(
+        spec.host_pid,
+        Some(true),
+        "pod discovery reads pids from cgroup.procs, visible only in the host PID namespace"
+    );
     assert_ne!(spec.host_network, Some(true));
     let tolerations = spec.tolerations.as_ref().expect("tolerations");
     assert!(
