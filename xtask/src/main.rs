@@ -5,6 +5,8 @@
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
 //! - `demo [--otlp-endpoint URL]`: a two-node lab: echo traffic through the agents and
 //!   their metrics, then traced requests printed as waterfalls (and sent to URL).
+//! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
+//!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
 
 mod setup;
 
@@ -43,6 +45,67 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         otlp_endpoint: Option<String>,
     },
+    /// Measure the release agent against no proxy, the sidecar model (two nginx) and an
+    /// L4 relay (haproxy), interleaved in one lab run; writes target/bench/report.{md,json}
+    /// (root). See docs/BENCH.md.
+    Bench(BenchArgs),
+}
+
+/// `cargo xtask bench` flags (passed on to the `lab-bench` program).
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Rounds; each runs every scenario once (medians are over rounds) [default: 5; --quick: 1].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds of each run (saturation and fixed rate, each) [default: 5; --quick: 1].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u32>,
+    /// A short smoke run of every scenario (the numbers mean little).
+    #[arg(long)]
+    quick: bool,
+    /// Put the server pods on the client's node (one agent serves both legs).
+    #[arg(long)]
+    same_node: bool,
+    /// Connections of the saturation runs [default: 32].
+    #[arg(long)]
+    connections: Option<u32>,
+    /// Requests per second of the latency runs [default: 1000].
+    #[arg(long, value_name = "RPS")]
+    rate: Option<u32>,
+    /// Pods enrolled in the memory phase, 0 to skip it [default: 100; --quick: 10].
+    #[arg(long, value_name = "N")]
+    mem_pods: Option<u32>,
+    /// Comma-separated subset of: direct, sidecar, l4, hoptrace-http, direct-tcp, l4-tcp, hoptrace-tcp.
+    #[arg(long, value_name = "LIST")]
+    scenarios: Option<String>,
+}
+
+impl BenchArgs {
+    /// The `lab-bench` command line.
+    fn to_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.quick {
+            v.push("--quick".to_string());
+        }
+        if self.same_node {
+            v.push("--same-node".to_string());
+        }
+        let opt = [
+            ("--rounds", self.rounds.map(|x| x.to_string())),
+            ("--duration", self.duration.map(|x| x.to_string())),
+            ("--connections", self.connections.map(|x| x.to_string())),
+            ("--rate", self.rate.map(|x| x.to_string())),
+            ("--mem-pods", self.mem_pods.map(|x| x.to_string())),
+            ("--scenarios", self.scenarios.clone()),
+        ];
+        for (flag, value) in opt {
+            if let Some(value) = value {
+                v.push(flag.to_string());
+                v.push(value);
+            }
+        }
+        v
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +148,62 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
+        Cmd::Bench(args) => bench(&root, &args),
+    }
+}
+
+/// Builds the release agent and the release lab programs, then runs `lab-bench`.
+fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    require_root("the bench creates network namespaces and loads eBPF programs")?;
+    setup::run()?;
+    // Two invocations, so the agent is built exactly as `cargo xtask build` builds it
+    // (features are unified across the packages of one invocation).
+    cargo(root, &["build", "--release", "-p", "hoptrace"])?;
+    cargo(
+        root,
+        &["build", "--release", "-p", "hoptrace-tests", "--bins"],
+    )?;
+    let release = root.join("target/release");
+    let commit = Command::new("git")
+        .current_dir(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut cmd = Command::new(release.join("lab-bench"));
+    cmd.args(args.to_args())
+        .args(["--out", &root.join("target/bench").display().to_string()])
+        .env("HOPTRACE_BIN", release.join("hoptrace"))
+        .env("HOPTRACE_LABAPP", release.join("labapp"))
+        .env("HOPTRACE_BENCH_COMMIT", commit);
+    run(&mut cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_flags_pass_through() {
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--scenarios",
+            "direct,sidecar",
+        ])
+        .expect("parse");
+        let Cmd::Bench(args) = cli.cmd else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            args.to_args(),
+            ["--quick", "--rounds", "2", "--scenarios", "direct,sidecar"]
+        );
     }
 }
 
