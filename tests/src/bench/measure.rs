@@ -1,6 +1,10 @@
 //! Measuring one scenario in one round: saturation, then the fixed rate, each with the
 //! proxies' CPU time per request; for hoptrace-http, the span accounting of each run.
 //!
+//! CPU time is read from cgroups (`cpu.stat` `usage_usec`: user + system time of
+//! every process and thread in them, with microsecond resolution): each third-party
+//! proxy runs in a cgroup of its own below its pod's, each agent in its own.
+//!
 //! The CPU window of a traced run lasts until the collector has received every span
 //! (the receiver's count is polled in-process; the agents' `/metrics` are scraped once
 //! at each end, not while measuring), so the agents' export work is charged to the
@@ -14,6 +18,7 @@ use super::wrk::WrkReport;
 use super::{confgen, BenchOptions, Scenario, Workload, WRK_TRACEPARENT};
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,22 +63,39 @@ pub fn warm_up(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<()> {
     Ok(())
 }
 
+/// CPU time so far of the proxies' cgroups, of the whole lab (pods and agents), and
+/// of this process (the OTLP receiver).
+#[derive(Clone, Copy)]
+struct Cpu {
+    proxies: Duration,
+    lab: Duration,
+    me: Duration,
+}
+
+fn cpu(bl: &BenchLab, cgroups: &[PathBuf]) -> Result<Cpu> {
+    let mut proxies = Duration::ZERO;
+    for cg in cgroups {
+        proxies += procstat::cgroup_cpu(cg)?;
+    }
+    Ok(Cpu {
+        proxies,
+        lab: procstat::cgroup_cpu(&bl.lab.cgroup_dir())?,
+        me: procstat::process_cpu(),
+    })
+}
+
 /// Measures scenario `s` (round `round`).
 pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> Result<Sample> {
     let pids = procstat::trees(&bl.proxy_roots(s));
+    let cgroups = bl.proxy_cgroups(s);
     let traced = s == Scenario::HoptraceHttp;
-    let me = [std::process::id()];
 
-    let (span0, me0, cpu0) = (
-        spans(bl, traced)?,
-        procstat::cpu_time(&me),
-        procstat::cpu_time(&pids),
-    );
+    let (span0, cpu0) = (spans(bl, traced)?, cpu(bl, &cgroups)?);
     let sat = saturate(bl, opts, s)?;
     if traced {
         wait_received(bl, None);
     }
-    let (cpu1, me1) = (procstat::cpu_time(&pids), procstat::cpu_time(&me));
+    let cpu1 = cpu(bl, &cgroups)?;
     let span1 = spans(bl, traced)?;
 
     let seed = (u64::from(round) << 40) | ((s as u64 + 1) << 32) | u64::from(rand::random::<u16>());
@@ -81,35 +103,31 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
     if traced {
         wait_received(bl, Some(span1.received + 4 * fixed.requests));
     }
-    let (cpu2, me2) = (procstat::cpu_time(&pids), procstat::cpu_time(&me));
+    let cpu2 = cpu(bl, &cgroups)?;
     let span2 = spans(bl, traced)?;
 
     let per_req = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let (nsat, nfixed) = (sat.requests, fixed.requests);
     let mut sample = Sample {
         scenario: s.name().into(),
         round,
         sat_rps: sat.rps,
-        sat_requests: sat.requests,
+        sat_requests: nsat,
         sat_errors: sat.errors,
-        sat_cpu_us: per_req(cpu1 - cpu0, sat.requests),
-        fixed_cpu_us: per_req(cpu2 - cpu1, fixed.requests),
+        sat_cpu_us: per_req(cpu1.proxies - cpu0.proxies, nsat),
+        fixed_cpu_us: per_req(cpu2.proxies - cpu1.proxies, nfixed),
+        sat_lab_cpu_us: per_req(cpu1.lab - cpu0.lab, nsat),
+        fixed_lab_cpu_us: per_req(cpu2.lab - cpu1.lab, nfixed),
         proxy_pss: procstat::pss(&pids),
         proxy_rss: pids.iter().filter_map(|&p| procstat::rss(p).ok()).sum(),
         fixed,
         ..Default::default()
     };
     if traced {
-        let total = sat.requests + sample.fixed.requests;
-        sample.collector_cpu_us = Some(per_req((me1 - me0) + (me2 - me1), total));
+        sample.collector_cpu_us = Some(per_req(cpu2.me - cpu0.me, nsat + nfixed));
         sample.spans = vec![
-            check("saturation", sat.requests, sat.in_flight_max, span0, span1),
-            check(
-                "fixed",
-                sample.fixed.requests,
-                sample.fixed.errors,
-                span1,
-                span2,
-            ),
+            check("saturation", nsat, sat.in_flight_max, span0, span1),
+            check("fixed", nfixed, sample.fixed.errors, span1, span2),
         ];
     }
     Ok(sample)

@@ -1,5 +1,8 @@
 //! CPU time and memory of processes (from `/proc`), and of the whole machine.
 //!
+//! The bench reads the proxies' CPU time from their cgroups ([`cgroup_cpu`], µs
+//! resolution); [`cpu_time`] is the per-process view.
+//!
 //! CPU time is `utime + stime` of `/proc/PID/stat` (every thread of the process,
 //! exited ones included), summed over a process and its descendants (an nginx master
 //! and its workers). The kernel reports it in clock ticks (10 ms at `CLK_TCK` 100).
@@ -94,6 +97,22 @@ pub fn cpu_time(pids: &[u32]) -> Duration {
         .map(|(_, ticks)| ticks)
         .sum();
     Duration::from_secs_f64(ticks as f64 / clock_ticks_per_sec() as f64)
+}
+
+/// CPU time (user + system) of this whole process so far, nanosecond resolution.
+pub fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The value in bytes of a `Name:   123 kB` line.
@@ -197,5 +216,6 @@ mod tests {
             x = x.wrapping_add(std::hint::black_box(1));
         }
         assert!(x > 0 && cpu_time(&[me]) > before);
+        assert!(process_cpu() >= Duration::from_millis(100));
     }
 }

@@ -80,9 +80,9 @@ fn table(out: &mut String, r: &BenchResult, w: Workload) {
     let reference = stats::reference_of(w).name();
     let _ = writeln!(
         out,
-        "| scenario | rps | × direct | × {reference} | p50 µs | p99 µs | +p50 µs | CPU µs/req sat | CPU µs/req fixed | PSS MiB | errors |"
+        "| scenario | rps | × direct | × {reference} | p50 µs | p99 µs | +p50 µs | proxy CPU µs/req sat | proxy CPU µs/req fixed | lab CPU µs/req sat | PSS MiB | errors |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for s in r
         .summaries
         .iter()
@@ -92,7 +92,7 @@ fn table(out: &mut String, r: &BenchResult, w: Workload) {
         let cpu = |v: f64| if proxied { num(v, 1) } else { "–".into() };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.scenario,
             num(s.rps, 0),
             num(s.rps_vs_direct, 2),
@@ -102,6 +102,7 @@ fn table(out: &mut String, r: &BenchResult, w: Workload) {
             num(s.added_p50_us, 0),
             cpu(s.sat_cpu_us),
             cpu(s.fixed_cpu_us),
+            num(s.sat_lab_cpu_us, 1),
             if proxied {
                 num(s.pss_mib, 1)
             } else {
@@ -121,7 +122,7 @@ pub fn markdown(r: &BenchResult) -> String {
         out,
         "{} rounds, {} s per run, scenarios interleaved; medians over rounds; ratios per round against the same round's baseline. \
          Saturation: {} connections (wrk for HTTP, `labapp load` closed loop for TCP). Fixed rate: {} req/s open loop on up to {} connections, latency from each request's scheduled send time. \
-         CPU: the proxies' user+system time per answered request. Server pods on {}.\n",
+         Proxy CPU: user+system time of the proxies' cgroups per answered request (sidecar: both nginx; hoptrace: both agents); lab CPU: everything in the lab (client, server, proxies; not the collector). Server pods on {}.\n",
         o.rounds,
         o.duration_secs,
         o.connections,

@@ -23,6 +23,8 @@ pub struct Proxy {
     pub process: PodProcess,
     /// Its config/log dir.
     pub dir: PathBuf,
+    /// Its own cgroup (below the pod's): CPU time of every process and thread in it.
+    pub cgroup: PathBuf,
 }
 
 /// The running bench lab (see the module docs of [`super`]).
@@ -94,6 +96,7 @@ impl BenchLab {
                 name: format!("echo-server in {}", pod.name),
                 process,
                 dir: tmp.clone(),
+                cgroup: pod.cgroup.clone(),
             });
         }
         let sidecar_in = nginx(
@@ -186,7 +189,24 @@ impl BenchLab {
         }
     }
 
-    /// The processes whose CPU and memory count as the proxies of scenario `s`
+    /// The cgroups whose CPU time counts as the proxies' in scenario `s`.
+    pub fn proxy_cgroups(&self, s: Scenario) -> Vec<PathBuf> {
+        match s {
+            Scenario::Direct | Scenario::DirectTcp => Vec::new(),
+            Scenario::Sidecar => vec![
+                self.sidecar_out.cgroup.clone(),
+                self.sidecar_in.cgroup.clone(),
+            ],
+            Scenario::L4 | Scenario::L4Tcp => vec![self.l4.cgroup.clone()],
+            Scenario::HoptraceHttp | Scenario::HoptraceTcp => self
+                .agents
+                .iter()
+                .map(|(a, _)| self.lab.agent_cgroup(a.node()))
+                .collect(),
+        }
+    }
+
+    /// The processes whose memory counts as the proxies' in scenario `s`
     /// (top-level pids; their descendants are added when measuring).
     pub fn proxy_roots(&self, s: Scenario) -> Vec<u32> {
         match s {
@@ -249,7 +269,16 @@ fn spawn_logged(
 ) -> Result<Proxy> {
     let out = File::create(dir.join("output.log"))?;
     cmd.stdout(out.try_clone()?).stderr(out);
-    let mut process = pod.spawn(cmd).with_context(|| format!("starting {name}"))?;
+    // Its own cgroup below the pod's, named after its dir: CPU time is read from there.
+    let mut inside = pod.clone();
+    inside.cgroup = pod
+        .cgroup
+        .join(dir.file_name().context("proxy dir without a name")?);
+    std::fs::create_dir_all(&inside.cgroup)
+        .with_context(|| format!("creating {}", inside.cgroup.display()))?;
+    let mut process = inside
+        .spawn(cmd)
+        .with_context(|| format!("starting {name}"))?;
     if let Err(e) = process.wait_listening(port, LISTEN_TIMEOUT) {
         let log = std::fs::read_to_string(dir.join(log_name)).unwrap_or_default();
         return Err(e.context(format!("{name}: {}", log.trim())));
@@ -258,5 +287,6 @@ fn spawn_logged(
         name: name.to_owned(),
         process,
         dir: dir.to_owned(),
+        cgroup: inside.cgroup,
     })
 }

@@ -27,6 +27,11 @@ pub struct Sample {
     pub fixed: LoadReport,
     /// Fixed rate: CPU time of the proxies per answered request, µs.
     pub fixed_cpu_us: f64,
+    /// Saturation: CPU time of everything in the lab (client, server, proxies,
+    /// agents) per answered request, µs.
+    pub sat_lab_cpu_us: f64,
+    /// Fixed rate: the same.
+    pub fixed_lab_cpu_us: f64,
     /// Proportional set size of the proxies after both runs, bytes.
     pub proxy_pss: u64,
     /// Resident set size of the proxies after both runs (summed per process), bytes.
@@ -107,6 +112,8 @@ pub struct Summary {
     pub sat_cpu_us: f64,
     /// Proxies' CPU per request at the fixed rate, µs.
     pub fixed_cpu_us: f64,
+    /// CPU of everything in the lab per request at saturation, µs.
+    pub sat_lab_cpu_us: f64,
     /// Proxies' PSS, MiB.
     pub pss_mib: f64,
     /// Failed requests over all rounds and runs.
@@ -167,6 +174,7 @@ pub fn summarize(samples: &[Sample], s: Scenario) -> Summary {
         added_p50_us: per_round(samples, s, direct, |a, b| a.fixed.p50_us - b.fixed.p50_us),
         sat_cpu_us: m(|x| x.sat_cpu_us),
         fixed_cpu_us: m(|x| x.fixed_cpu_us),
+        sat_lab_cpu_us: m(|x| x.sat_lab_cpu_us),
         pss_mib: m(|x| x.proxy_pss as f64 / (1024.0 * 1024.0)),
         errors: mine.iter().map(|x| x.sat_errors + x.fixed.errors).sum(),
     }
