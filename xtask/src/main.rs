@@ -181,32 +181,6 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     run(&mut cmd)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bench_flags_pass_through() {
-        let cli = Cli::try_parse_from([
-            "cargo xtask",
-            "bench",
-            "--quick",
-            "--rounds",
-            "2",
-            "--scenarios",
-            "direct,sidecar",
-        ])
-        .expect("parse");
-        let Cmd::Bench(args) = cli.cmd else {
-            panic!("not bench")
-        };
-        assert_eq!(
-            args.to_args(),
-            ["--quick", "--rounds", "2", "--scenarios", "direct,sidecar"]
-        );
-    }
-}
-
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let dir = std::env::var("CARGO_MANIFEST_DIR").context("run through `cargo xtask`")?;
     Ok(Path::new(&dir)
@@ -239,4 +213,30 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_flags_pass_through() {
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--scenarios",
+            "direct,sidecar",
+        ])
+        .expect("parse");
+        let Cmd::Bench(args) = cli.cmd else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            args.to_args(),
+            ["--quick", "--rounds", "2", "--scenarios", "direct,sidecar"]
+        );
+    }
 }

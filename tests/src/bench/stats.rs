@@ -137,7 +137,7 @@ pub fn reference_of(w: Workload) -> Scenario {
     }
 }
 
-fn of<'a>(samples: &'a [Sample], s: Scenario, round: u32) -> Option<&'a Sample> {
+fn of(samples: &[Sample], s: Scenario, round: u32) -> Option<&Sample> {
     samples
         .iter()
         .find(|x| x.scenario == s.name() && x.round == round)
