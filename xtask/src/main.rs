@@ -78,6 +78,10 @@ struct BenchArgs {
     /// Comma-separated subset of: direct, sidecar, l4, hoptrace-http, direct-tcp, l4-tcp, hoptrace-tcp.
     #[arg(long, value_name = "LIST")]
     scenarios: Option<String>,
+    /// Run every bench process at this niceness (e.g. -10: ahead of other work on a
+    /// shared machine; the report says so).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    nice: Option<i32>,
 }
 
 impl BenchArgs {
@@ -97,6 +101,7 @@ impl BenchArgs {
             ("--rate", self.rate.map(|x| x.to_string())),
             ("--mem-pods", self.mem_pods.map(|x| x.to_string())),
             ("--scenarios", self.scenarios.clone()),
+            ("--nice", self.nice.map(|x| x.to_string())),
         ];
         for (flag, value) in opt {
             if let Some(value) = value {
@@ -229,6 +234,8 @@ mod tests {
             "2",
             "--scenarios",
             "direct,sidecar",
+            "--nice",
+            "-10",
         ])
         .expect("parse");
         let Cmd::Bench(args) = cli.cmd else {
@@ -236,7 +243,15 @@ mod tests {
         };
         assert_eq!(
             args.to_args(),
-            ["--quick", "--rounds", "2", "--scenarios", "direct,sidecar"]
+            [
+                "--quick",
+                "--rounds",
+                "2",
+                "--scenarios",
+                "direct,sidecar",
+                "--nice",
+                "-10"
+            ]
         );
     }
 }

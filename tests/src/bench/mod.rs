@@ -153,6 +153,10 @@ pub struct BenchOptions {
     pub same_node: bool,
     /// The scenarios to run, in round order.
     pub scenarios: Vec<Scenario>,
+    /// Niceness of every bench process (lab programs, proxies, agents), e.g. -10 to
+    /// take the CPUs from other work on a shared machine; `None`: inherited.
+    #[serde(default)]
+    pub nice: Option<i32>,
 }
 
 impl BenchOptions {
@@ -167,6 +171,7 @@ impl BenchOptions {
             mem_pods: 100,
             same_node: false,
             scenarios: Scenario::ALL.to_vec(),
+            nice: None,
         }
     }
 

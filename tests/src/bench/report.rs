@@ -76,13 +76,43 @@ fn num(v: f64, decimals: usize) -> String {
     }
 }
 
+fn rows(r: &BenchResult, w: Workload) -> impl Iterator<Item = &Summary> {
+    r.summaries
+        .iter()
+        .filter(move |s| Scenario::parse(&s.scenario).is_some_and(|x| x.workload() == w))
+}
+
+/// Saturation seen per CPU: what the path costs the whole lab, and whether the run
+/// had the CPUs (a shared machine gives a run only a share of them).
+fn capacity(out: &mut String, r: &BenchResult) {
+    let _ = writeln!(
+        out,
+        "| scenario | lab CPU µs/req | lab CPUs busy | req per lab CPU-s | × reference |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+    for w in [Workload::Http, Workload::Tcp] {
+        for s in rows(r, w) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} ({}) |",
+                s.scenario,
+                num(s.sat_lab_cpu_us, 1),
+                num(s.sat_lab_cpus, 2),
+                num(s.per_cpu_s, 0),
+                num(s.per_cpu_s_vs_ref, 2),
+                stats::reference_of(w).name()
+            );
+        }
+    }
+}
+
 fn table(out: &mut String, r: &BenchResult, w: Workload) {
     let reference = stats::reference_of(w).name();
     let _ = writeln!(
         out,
-        "| scenario | rps | × direct | × {reference} | p50 µs | p99 µs | +p50 µs | proxy CPU µs/req sat | proxy CPU µs/req fixed | lab CPU µs/req sat | PSS MiB | errors |"
+        "| scenario | rps | × direct | × {reference} | p50 µs | p99 µs | +p50 µs | proxy CPU µs/req sat | proxy CPU µs/req fixed | PSS MiB | errors |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for s in r
         .summaries
         .iter()
@@ -92,7 +122,7 @@ fn table(out: &mut String, r: &BenchResult, w: Workload) {
         let cpu = |v: f64| if proxied { num(v, 1) } else { "–".into() };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.scenario,
             num(s.rps, 0),
             num(s.rps_vs_direct, 2),
@@ -102,7 +132,6 @@ fn table(out: &mut String, r: &BenchResult, w: Workload) {
             num(s.added_p50_us, 0),
             cpu(s.sat_cpu_us),
             cpu(s.fixed_cpu_us),
-            num(s.sat_lab_cpu_us, 1),
             if proxied {
                 num(s.pss_mib, 1)
             } else {
@@ -122,7 +151,7 @@ pub fn markdown(r: &BenchResult) -> String {
         out,
         "{} rounds, {} s per run, scenarios interleaved; medians over rounds; ratios per round against the same round's baseline. \
          Saturation: {} connections (wrk for HTTP, `labapp load` closed loop for TCP). Fixed rate: {} req/s open loop on up to {} connections, latency from each request's scheduled send time. \
-         Proxy CPU: user+system time of the proxies' cgroups per answered request (sidecar: both nginx; hoptrace: both agents); lab CPU: everything in the lab (client, server, proxies; not the collector). Server pods on {}.\n",
+         Proxy CPU: user+system time of the proxies' cgroups per answered request (sidecar: both nginx; hoptrace: both agents). Server pods on {}.\n",
         o.rounds,
         o.duration_secs,
         o.connections,
@@ -130,6 +159,9 @@ pub fn markdown(r: &BenchResult) -> String {
         o.rate_connections,
         if o.same_node { "the client's node (same-node hop)" } else { "another node (cross-node hop)" }
     );
+    if let Some(n) = o.nice {
+        let _ = writeln!(out, "Every bench process ran at nice {n}.\n");
+    }
     let h = &r.host;
     let _ = writeln!(
         out,
@@ -147,6 +179,14 @@ pub fn markdown(r: &BenchResult) -> String {
     table(&mut out, r, Workload::Http);
     let _ = writeln!(out, "\n### Opaque TCP (64-byte ping-pong)\n");
     table(&mut out, r, Workload::Tcp);
+    let _ = writeln!(
+        out,
+        "\n### Per CPU at saturation\n\nLab CPU: user+system time of everything in the lab (client, server, proxies, agents; not the collector) per request. \
+         Lab CPUs busy below {} means the run got only a share of a contended machine, and its rps says more about that share than about the path; \
+         requests per lab CPU-second do not depend on it.\n",
+        r.host.cpus
+    );
+    capacity(&mut out, r);
     if let Some(m) = &r.memory {
         let _ = writeln!(out, "\n### Agent memory\n");
         if m.large_pods > 0 {
@@ -289,6 +329,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| × l4-tcp |"), "{md}");
+        assert!(
+            md.contains("| hoptrace-tcp | 0.0 | 0.00 | – | – (l4-tcp) |"),
+            "{md}"
+        );
         assert!(md.contains("| 1 | 1000 / 100 |"), "{md}");
         assert!(md.contains("agent RSS per enrolled pod"), "{md}");
         let json = serde_json::to_string(&r).expect("json");

@@ -88,7 +88,12 @@ pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-/// Medians of one scenario over the rounds, and its ratios.
+/// JSON has no NaN (serde_json writes it as `null`): read `null` back as NaN.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// Medians of one scenario over the rounds, and its ratios (NaN when not measured).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
     /// Scenario name.
@@ -96,25 +101,46 @@ pub struct Summary {
     /// Rounds measured.
     pub rounds: usize,
     /// Saturation requests/s.
+    #[serde(deserialize_with = "nan_from_null")]
     pub rps: f64,
     /// Per-round `rps / rps(direct)`, median.
+    #[serde(deserialize_with = "nan_from_null")]
     pub rps_vs_direct: f64,
     /// Per-round `rps / rps(reference)`, median; the reference is `sidecar` for HTTP
     /// and `l4-tcp` for TCP.
+    #[serde(deserialize_with = "nan_from_null")]
     pub rps_vs_ref: f64,
     /// p50 at the fixed rate, µs.
+    #[serde(deserialize_with = "nan_from_null")]
     pub p50_us: f64,
     /// p99 at the fixed rate, µs.
+    #[serde(deserialize_with = "nan_from_null")]
     pub p99_us: f64,
     /// Per-round `p50 - p50(direct)`, median, µs.
+    #[serde(deserialize_with = "nan_from_null")]
     pub added_p50_us: f64,
     /// Proxies' CPU per request at saturation, µs.
+    #[serde(deserialize_with = "nan_from_null")]
     pub sat_cpu_us: f64,
     /// Proxies' CPU per request at the fixed rate, µs.
+    #[serde(deserialize_with = "nan_from_null")]
     pub fixed_cpu_us: f64,
     /// CPU of everything in the lab per request at saturation, µs.
+    #[serde(deserialize_with = "nan_from_null")]
     pub sat_lab_cpu_us: f64,
+    /// CPUs the lab kept busy at saturation (`rps × lab CPU per request`): below the
+    /// machine's CPU count, the run got only a share of a contended machine.
+    #[serde(deserialize_with = "nan_from_null")]
+    pub sat_lab_cpus: f64,
+    /// Requests per second of lab CPU time at saturation (`1 / lab CPU per request`):
+    /// the path's capacity per CPU, which the machine's other load does not skew.
+    #[serde(deserialize_with = "nan_from_null")]
+    pub per_cpu_s: f64,
+    /// Per-round `per_cpu_s / per_cpu_s(reference)`, median.
+    #[serde(deserialize_with = "nan_from_null")]
+    pub per_cpu_s_vs_ref: f64,
     /// Proxies' PSS, MiB.
+    #[serde(deserialize_with = "nan_from_null")]
     pub pss_mib: f64,
     /// Failed requests over all rounds and runs.
     pub errors: u64,
@@ -175,6 +201,11 @@ pub fn summarize(samples: &[Sample], s: Scenario) -> Summary {
         sat_cpu_us: m(|x| x.sat_cpu_us),
         fixed_cpu_us: m(|x| x.fixed_cpu_us),
         sat_lab_cpu_us: m(|x| x.sat_lab_cpu_us),
+        sat_lab_cpus: m(|x| x.sat_rps * x.sat_lab_cpu_us / 1e6),
+        per_cpu_s: m(|x| 1e6 / x.sat_lab_cpu_us),
+        per_cpu_s_vs_ref: per_round(samples, s, reference, |a, b| {
+            b.sat_lab_cpu_us / a.sat_lab_cpu_us
+        }),
         pss_mib: m(|x| x.proxy_pss as f64 / (1024.0 * 1024.0)),
         errors: mine.iter().map(|x| x.sat_errors + x.fixed.errors).sum(),
     }
@@ -237,6 +268,7 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
     let added_ok = s_h.added_p50_us <= 0.5 * s_s.added_p50_us;
     let cpu_fixed = per_round(samples, h, sc, |a, b| a.fixed_cpu_us / b.fixed_cpu_us);
     let cpu_sat = per_round(samples, h, sc, |a, b| a.sat_cpu_us / b.sat_cpu_us);
+    let capacity = per_round(samples, h, sc, |a, b| b.sat_lab_cpu_us / a.sat_lab_cpu_us);
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -250,6 +282,12 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
             target: ">= 1.6x".into(),
             measured: format!("{tput:.2}x (median of per-round ratios)"),
             verdict: Verdict::of(tput, tput >= 1.6),
+        },
+        Goal {
+            goal: "(derived) requests per lab CPU-second at saturation vs the sidecar model".into(),
+            target: ">= 1.6x".into(),
+            measured: format!("{capacity:.2}x (median of per-round ratios)"),
+            verdict: Verdict::of(capacity, capacity >= 1.6),
         },
         Goal {
             goal: "added p50 at the fixed rate vs the sidecar model's".into(),

@@ -7,6 +7,7 @@ fn sample(s: Scenario, round: u32, rps: f64, p50: f64, cpu: f64) -> Sample {
         sat_rps: rps,
         sat_requests: (rps * 5.0) as u64,
         sat_cpu_us: cpu,
+        sat_lab_cpu_us: cpu + 30.0,
         fixed: LoadReport {
             requests: 5000,
             p50_us: p50,
@@ -58,16 +59,20 @@ fn medians_and_ratios() {
 
     let goals = scenario_goals(&v);
     let verdicts: Vec<Verdict> = goals.iter().map(|g| g.verdict).collect();
-    // 2.0x tput (met), added 100/300 (met), CPU 0.375x (met, met), spans ok (met),
-    // 160k spans/s without drops (met).
-    assert_eq!(verdicts, vec![Verdict::Met; 6], "{goals:#?}");
+    // 2.0x tput (met), per CPU-s 70/45 = 1.56x (not met), added 100/300 (met),
+    // CPU 0.375x (met, met), spans ok (met), 160k spans/s without drops (met).
+    let mut want = vec![Verdict::Met; 7];
+    want[1] = Verdict::NotMet;
+    assert_eq!(verdicts, want, "{goals:#?}");
+    assert!((s.per_cpu_s_vs_ref - 70.0 / 45.0).abs() < 1e-9);
+    assert!((s.sat_lab_cpus - 40_000.0 * 45e-6).abs() < 1e-9);
 
     v[2].spans = vec![spans(false)];
     v[1].sat_cpu_us = 20.0; // round 1 sidecar CPU halves: the median ratio is unchanged
     let goals = scenario_goals(&v);
-    assert_eq!(goals[4].verdict, Verdict::NotMet);
     assert_eq!(goals[5].verdict, Verdict::NotMet);
-    assert_eq!(goals[3].verdict, Verdict::Met);
+    assert_eq!(goals[6].verdict, Verdict::NotMet);
+    assert_eq!(goals[4].verdict, Verdict::Met);
 }
 
 #[test]

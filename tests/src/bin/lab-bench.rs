@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! lab-bench [--rounds N] [--duration SECS] [--quick] [--same-node] [--connections N]
-//!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--out DIR]
+//!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
 //! ```
 //! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
 
@@ -46,6 +46,7 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf)> {
             "--connections" => opts.connections = value()?.parse().context("--connections")?,
             "--rate" => opts.rate = value()?.parse().context("--rate")?,
             "--mem-pods" => opts.mem_pods = value()?.parse().context("--mem-pods")?,
+            "--nice" => opts.nice = Some(value()?.parse().context("--nice")?),
             "--out" => out = PathBuf::from(value()?),
             "--scenarios" => {
                 opts.scenarios = value()?
@@ -69,6 +70,13 @@ fn run() -> Result<bool> {
     let (opts, out_dir) = parse_args(&args)?;
     if !hoptrace_tests::require_root() {
         bail!("the bench needs root (network namespaces, cgroups, eBPF)");
+    }
+    if let Some(n) = opts.nice {
+        // Before any thread or process exists: all of them inherit it.
+        // SAFETY: setpriority on this (still single-threaded) process.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+            bail!("--nice {n}: {}", std::io::Error::last_os_error());
+        }
     }
     let labapp = LabApp::new(
         std::env::var_os("HOPTRACE_LABAPP")
@@ -243,11 +251,12 @@ mod tests {
     fn flags_parse() {
         let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let (o, out) = parse_args(&a(
-            "--quick --rounds 3 --scenarios direct,hoptrace-tcp --out /x",
+            "--quick --rounds 3 --scenarios direct,hoptrace-tcp --nice -5 --out /x",
         ))
         .expect("parse");
         assert_eq!((o.rounds, o.duration_secs, o.mem_pods), (3, 1, 10));
         assert_eq!(o.scenarios, [Scenario::Direct, Scenario::HoptraceTcp]);
+        assert_eq!(o.nice, Some(-5));
         assert_eq!(out, PathBuf::from("/x"));
         assert!(parse_args(&a("--rounds 0")).is_err());
         assert!(parse_args(&a("--scenarios nope")).is_err());
