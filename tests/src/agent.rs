@@ -81,7 +81,8 @@ impl Agent {
         Agent::start_with_args(lab, node, workloads, &[])
     }
 
-    /// Like [`Agent::start`] with extra `hoptrace run` flags appended.
+    /// Like [`Agent::start`] with extra `hoptrace run` flags appended. When they
+    /// include `--log`, it replaces the default `--log debug`.
     pub fn start_with_args(
         lab: &Lab,
         node: &str,
@@ -197,9 +198,12 @@ impl Agent {
                     .env("NODE_NAME", &self.node);
             }
         }
-        cmd.args(["--admin-addr", &self.admin.to_string()])
-            .args(["--log", "debug"])
-            .args(&self.extra_args)
+        cmd.args(["--admin-addr", &self.admin.to_string()]);
+        // Tests log at debug; callers that pass their own `--log` (the bench) win.
+        if !self.extra_args.iter().any(|a| a == "--log") {
+            cmd.args(["--log", "debug"]);
+        }
+        cmd.args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?);

@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod bench;
 pub mod cgroup;
 pub mod clock;
 pub mod forward;

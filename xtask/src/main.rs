@@ -8,6 +8,8 @@
 //! - `image`: the agent's container image (`deploy/Dockerfile`); needs a Docker engine.
 //! - `kind`: the agent, Jaeger and a demo app in a two-node kind cluster, checked
 //!   end to end through Jaeger's API; needs a Docker engine, kind and kubectl.
+//! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
+//!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
 
 // The four-spans-per-hop check shared with the lab tests. Compiled from the tests
 // crate's source rather than depending on that crate, which would put the lab's
@@ -68,6 +70,72 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Measure the release agent against no proxy, the sidecar model (two nginx) and an
+    /// L4 relay (haproxy), interleaved in one lab run; writes target/bench/report.{md,json}
+    /// (root). See docs/BENCH.md.
+    Bench(BenchArgs),
+}
+
+/// `cargo xtask bench` flags (passed on to the `lab-bench` program).
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Rounds; each runs every scenario once (medians are over rounds) [default: 5; --quick: 1].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds of each run (saturation and fixed rate, each) [default: 5; --quick: 1].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u32>,
+    /// A short smoke run of every scenario (the numbers mean little).
+    #[arg(long)]
+    quick: bool,
+    /// Put the server pods on the client's node (one agent serves both legs).
+    #[arg(long)]
+    same_node: bool,
+    /// Connections of the saturation runs [default: 32].
+    #[arg(long)]
+    connections: Option<u32>,
+    /// Requests per second of the latency runs [default: 1000].
+    #[arg(long, value_name = "RPS")]
+    rate: Option<u32>,
+    /// Pods enrolled in the memory phase, 0 to skip it [default: 100; --quick: 10].
+    #[arg(long, value_name = "N")]
+    mem_pods: Option<u32>,
+    /// Comma-separated subset of: direct, sidecar, l4, hoptrace-http, direct-tcp, l4-tcp, hoptrace-tcp.
+    #[arg(long, value_name = "LIST")]
+    scenarios: Option<String>,
+    /// Run every bench process at this niceness (e.g. -10: ahead of other work on a
+    /// shared machine; the report says so).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    nice: Option<i32>,
+}
+
+impl BenchArgs {
+    /// The `lab-bench` command line.
+    fn to_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.quick {
+            v.push("--quick".to_string());
+        }
+        if self.same_node {
+            v.push("--same-node".to_string());
+        }
+        let opt = [
+            ("--rounds", self.rounds.map(|x| x.to_string())),
+            ("--duration", self.duration.map(|x| x.to_string())),
+            ("--connections", self.connections.map(|x| x.to_string())),
+            ("--rate", self.rate.map(|x| x.to_string())),
+            ("--mem-pods", self.mem_pods.map(|x| x.to_string())),
+            ("--scenarios", self.scenarios.clone()),
+            ("--nice", self.nice.map(|x| x.to_string())),
+        ];
+        for (flag, value) in opt {
+            if let Some(value) = value {
+                v.push(flag.to_string());
+                v.push(value);
+            }
+        }
+        v
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,7 +183,37 @@ fn main() -> anyhow::Result<()> {
             image::build(&root, &tag)
         }
         Cmd::Kind { keep } => kind::run_kind(&root, keep),
+        Cmd::Bench(args) => bench(&root, &args),
     }
+}
+
+/// Builds the release agent and the release lab programs, then runs `lab-bench`.
+fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    require_root("the bench creates network namespaces and loads eBPF programs")?;
+    setup::run()?;
+    // Two invocations, so the agent is built exactly as `cargo xtask build` builds it
+    // (features are unified across the packages of one invocation).
+    cargo(root, &["build", "--release", "-p", "hoptrace"])?;
+    cargo(
+        root,
+        &["build", "--release", "-p", "hoptrace-tests", "--bins"],
+    )?;
+    let release = root.join("target/release");
+    let commit = Command::new("git")
+        .current_dir(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut cmd = Command::new(release.join("lab-bench"));
+    cmd.args(args.to_args())
+        .args(["--out", &root.join("target/bench").display().to_string()])
+        .env("HOPTRACE_BIN", release.join("hoptrace"))
+        .env("HOPTRACE_LABAPP", release.join("labapp"))
+        .env("HOPTRACE_BENCH_COMMIT", commit);
+    run(&mut cmd)
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
@@ -150,4 +248,40 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_flags_pass_through() {
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--scenarios",
+            "direct,sidecar",
+            "--nice",
+            "-10",
+        ])
+        .expect("parse");
+        let Cmd::Bench(args) = cli.cmd else {
+            panic!("not bench")
+        };
+        assert_eq!(
+            args.to_args(),
+            [
+                "--quick",
+                "--rounds",
+                "2",
+                "--scenarios",
+                "direct,sidecar",
+                "--nice",
+                "-10"
+            ]
+        );
+    }
 }

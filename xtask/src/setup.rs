@@ -12,14 +12,22 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The nightly toolchain that compiles the eBPF crate (must match bpf-linker's LLVM).
 const NIGHTLY: &str = "nightly";
 
-/// Debian packages the lab and tests use: (binary to probe, package).
+/// Debian packages the lab, tests and `cargo xtask bench` use: (binary to probe, package).
 /// util-linux: `setpriv` and `unshare` run the agent as its container would
-/// (tests/tests/capabilities.rs).
+/// (tests/tests/capabilities.rs). The bench runs its own nginx and haproxy instances
+/// with its own config files; the packages' system services are never started (see
+/// [`debian_packages`]).
 const DEBIAN: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
+    ("wrk", "wrk"),
+    ("nginx", "nginx"),
+    ("haproxy", "haproxy"),
 ];
+
+/// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Python packages of the instrumented test apps (tests/apps, Python 3.11):
 /// (module to probe with `python3 -c 'import ...'`, pinned requirement).
@@ -159,12 +167,28 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("xtask setup: installing Debian packages {missing:?}");
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(
+    // nginx and haproxy would start their system services on install: a temporary
+    // policy-rc.d forbids that (unless the machine already has one, which then decides).
+    let own_policy = !std::path::Path::new(POLICY_RC_D).exists();
+    if own_policy {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# written by cargo xtask setup\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if own_policy {
+        std::fs::remove_file(POLICY_RC_D).with_context(|| format!("removing {POLICY_RC_D}"))?;
+    }
+    result
 }
 
 fn python_packages() -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 //! labapp connect-loop  --addr ADDR --interval-ms I --duration-ms D [--count N]
 //! labapp http-edge-server --listen ADDR
 //! labapp http-edge-client --addr ADDR --trace-seed S
+//! labapp load --addr ADDR --proto http|tcp --duration-ms D --conns C [--rate R] [--trace-seed S]
 //! ```
 //!
 //! * `echo-server` echoes bytes until EOF, then shuts down its write side (so a
@@ -27,6 +28,8 @@
 //!   with the sampled `traceparent` `00-<S as 16 hex><scenario no. as 16 hex>-
 //!   <scenario no. as 16 hex>-01`, prints one JSON report per scenario and
 //!   exits 1 if one failed.
+//! * `load`: the bench's load generator (`hoptrace_tests::bench::loadgen`): open loop
+//!   at R requests/s, or closed loop without `--rate`; prints one JSON report.
 
 use anyhow::{bail, Context, Result};
 use hoptrace_tests::clock::monotonic_ms;
@@ -63,6 +66,7 @@ fn run() -> Result<()> {
         "connect-loop" => connect_loop(&flags),
         "http-edge-server" => serve(flags.addr("listen")?, edge_conn),
         "http-edge-client" => edge_client(&flags),
+        "load" => load(&flags),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -185,6 +189,31 @@ fn edge_client(flags: &Flags) -> Result<()> {
     if reports.iter().any(|r| !r.ok) {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+fn load(flags: &Flags) -> Result<()> {
+    use hoptrace_tests::bench::loadgen::{self, LoadSpec, Proto};
+    let proto = match flags.get("proto")? {
+        "http" => Proto::Http,
+        "tcp" => Proto::Tcp,
+        other => bail!("--proto {other:?}: http or tcp"),
+    };
+    let spec = LoadSpec {
+        addr: flags.addr("addr")?,
+        proto,
+        rate: match flags.0.get("rate") {
+            Some(_) => Some(u32::try_from(flags.num("rate", None)?)?),
+            None => None,
+        },
+        duration: Duration::from_millis(flags.num("duration-ms", None)?),
+        conns: usize::try_from(flags.num("conns", Some(1))?)?,
+        trace_seed: match flags.0.get("trace-seed") {
+            Some(_) => Some(flags.num("trace-seed", None)?),
+            None => None,
+        },
+    };
+    println!("{}", serde_json::to_string(&loadgen::run(&spec)?)?);
     Ok(())
 }
 

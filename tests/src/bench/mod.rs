@@ -1,0 +1,204 @@
+//! `cargo xtask bench`: hoptrace against a direct path, the sidecar model and an L4
+//! relay, measured in the lab in one run with the scenarios interleaved (DESIGN §6).
+//!
+//! Topology: a client pod on node-1 and a server pod on node-2 (`--same-node`: on
+//! node-1). Two pairs of such pods exist side by side: `client`/`server` are never
+//! enrolled (direct, sidecar and L4 scenarios), `hclient`/`hserver` are enrolled in
+//! the agents that run on both nodes for the whole run (the hoptrace scenarios). Both
+//! server pods run the same app: nginx answering `200 ok` on port 8080 and the
+//! `labapp` echo server on port 7000.
+//!
+//! | scenario | path of one request |
+//! | --- | --- |
+//! | `direct` | client → server:8080 |
+//! | `sidecar` | client → nginx on the client pod's loopback → nginx in the server pod (keepalive upstreams both) → app on the server pod's loopback |
+//! | `l4` | client → haproxy `mode tcp` on the client pod's loopback → server:8080 |
+//! | `hoptrace-http` | hclient → (agent node-1, outbound) → (agent node-2, inbound) → hserver:8080, every request with a sampled `traceparent`, four spans exported |
+//! | `direct-tcp`, `l4-tcp`, `hoptrace-tcp` | the same paths for a non-HTTP ping-pong (64 bytes each way, echoed) on port 7000 |
+//!
+//! Per scenario and round: saturation throughput (`wrk` for HTTP, [`loadgen`]
+//! closed-loop for TCP), then latency at a fixed rate ([`loadgen`] open loop, timed
+//! from each request's scheduled send time), with the proxies' CPU time
+//! (`/proc/PID/stat`) per request in both, and their memory afterwards. A separate
+//! phase measures agent RSS against the number of enrolled pods ([`memory`]).
+//! Medians over rounds, ratios against baselines of the same round ([`stats`]).
+
+pub mod confgen;
+pub mod loadgen;
+pub mod measure;
+pub mod memory;
+pub mod procstat;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod wrk;
+
+use serde::{Deserialize, Serialize};
+
+/// Port of the HTTP app (nginx `return 200`) in both server pods.
+pub const APP_PORT: u16 = 8080;
+/// Port of the echo server (TCP ping-pong) in both server pods.
+pub const ECHO_PORT: u16 = 7000;
+/// The client-side sidecar nginx, on the client pod's loopback.
+pub const SIDECAR_OUT_PORT: u16 = 4140;
+/// The server-side sidecar nginx, on the server pod's address.
+pub const SIDECAR_IN_PORT: u16 = 4143;
+/// haproxy `mode tcp` on the client pod's loopback, relaying to the app.
+pub const L4_HTTP_PORT: u16 = 4150;
+/// haproxy `mode tcp` on the client pod's loopback, relaying to the echo server.
+pub const L4_TCP_PORT: u16 = 4151;
+/// Bytes each way of one TCP ping-pong exchange.
+pub const TCP_MESSAGE: usize = 64;
+/// The `traceparent` every wrk request carries (every scenario sends the same bytes).
+pub const WRK_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The workload a scenario carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// HTTP/1.1 keep-alive `GET /` answered `200 ok`.
+    Http,
+    /// A non-HTTP request/response exchange of [`TCP_MESSAGE`] bytes each way.
+    Tcp,
+}
+
+/// One measured path (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scenario {
+    /// HTTP, no proxy.
+    #[serde(rename = "direct")]
+    Direct,
+    /// HTTP through two chained nginx (client pod, server pod).
+    #[serde(rename = "sidecar")]
+    Sidecar,
+    /// HTTP through one haproxy `mode tcp`.
+    #[serde(rename = "l4")]
+    L4,
+    /// HTTP through both agents, traced.
+    #[serde(rename = "hoptrace-http")]
+    HoptraceHttp,
+    /// TCP ping-pong, no proxy.
+    #[serde(rename = "direct-tcp")]
+    DirectTcp,
+    /// TCP ping-pong through one haproxy `mode tcp`.
+    #[serde(rename = "l4-tcp")]
+    L4Tcp,
+    /// TCP ping-pong through both agents (opaque relay).
+    #[serde(rename = "hoptrace-tcp")]
+    HoptraceTcp,
+}
+
+impl Scenario {
+    /// Every scenario, in the order each round runs them.
+    pub const ALL: [Scenario; 7] = [
+        Scenario::Direct,
+        Scenario::Sidecar,
+        Scenario::L4,
+        Scenario::HoptraceHttp,
+        Scenario::DirectTcp,
+        Scenario::L4Tcp,
+        Scenario::HoptraceTcp,
+    ];
+
+    /// The name used in tables, JSON and `--scenarios`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Sidecar => "sidecar",
+            Scenario::L4 => "l4",
+            Scenario::HoptraceHttp => "hoptrace-http",
+            Scenario::DirectTcp => "direct-tcp",
+            Scenario::L4Tcp => "l4-tcp",
+            Scenario::HoptraceTcp => "hoptrace-tcp",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// What it carries.
+    pub fn workload(self) -> Workload {
+        match self {
+            Scenario::Direct | Scenario::Sidecar | Scenario::L4 | Scenario::HoptraceHttp => {
+                Workload::Http
+            }
+            Scenario::DirectTcp | Scenario::L4Tcp | Scenario::HoptraceTcp => Workload::Tcp,
+        }
+    }
+
+    /// True for the scenarios served by the agents (enrolled pods).
+    pub fn is_hoptrace(self) -> bool {
+        matches!(self, Scenario::HoptraceHttp | Scenario::HoptraceTcp)
+    }
+}
+
+/// Settings of one bench run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchOptions {
+    /// Rounds; each runs every scenario once.
+    pub rounds: u32,
+    /// Seconds of each measurement (saturation and fixed rate, each).
+    pub duration_secs: u64,
+    /// Concurrent connections of the saturation runs.
+    pub connections: u32,
+    /// Requests per second of the latency runs.
+    pub rate: u32,
+    /// Connections the latency runs may use (a request waits when all are busy).
+    pub rate_connections: u32,
+    /// Pods enrolled in the memory phase (0: skip it).
+    pub mem_pods: u32,
+    /// Server pods on node-1 with the client (one agent serves both legs).
+    pub same_node: bool,
+    /// The scenarios to run, in round order.
+    pub scenarios: Vec<Scenario>,
+    /// Niceness of every bench process (lab programs, proxies, agents), e.g. -10 to
+    /// take the CPUs from other work on a shared machine; `None`: inherited.
+    #[serde(default)]
+    pub nice: Option<i32>,
+}
+
+impl BenchOptions {
+    /// The defaults of a full run.
+    pub fn full() -> BenchOptions {
+        BenchOptions {
+            rounds: 5,
+            duration_secs: 5,
+            connections: 32,
+            rate: 1000,
+            rate_connections: 16,
+            mem_pods: 100,
+            same_node: false,
+            scenarios: Scenario::ALL.to_vec(),
+            nice: None,
+        }
+    }
+
+    /// `--quick`: a short smoke run of every scenario (numbers are not meaningful).
+    pub fn quick() -> BenchOptions {
+        BenchOptions {
+            rounds: 1,
+            duration_secs: 1,
+            mem_pods: 10,
+            ..BenchOptions::full()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Some(s));
+            let json = serde_json::to_string(&s).expect("json");
+            assert_eq!(json, format!("\"{}\"", s.name()));
+        }
+        assert_eq!(Scenario::parse("nope"), None);
+        assert_eq!(Scenario::HoptraceTcp.workload(), Workload::Tcp);
+        assert!(Scenario::HoptraceHttp.is_hoptrace() && !Scenario::Sidecar.is_hoptrace());
+    }
+}

@@ -1,0 +1,85 @@
+use super::*;
+
+fn sample(s: Scenario, round: u32, rps: f64, p50: f64, cpu: f64) -> Sample {
+    Sample {
+        scenario: s.name().into(),
+        round,
+        sat_rps: rps,
+        sat_requests: (rps * 5.0) as u64,
+        sat_cpu_us: cpu,
+        sat_lab_cpu_us: cpu + 30.0,
+        fixed: LoadReport {
+            requests: 5000,
+            p50_us: p50,
+            p99_us: p50 * 3.0,
+            ..Default::default()
+        },
+        fixed_cpu_us: cpu * 2.0,
+        proxy_pss: 10 * 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+fn spans(ok: bool) -> SpanCheck {
+    SpanCheck {
+        phase: "fixed".into(),
+        requests: 100,
+        expected_min: 400,
+        expected_max: 400,
+        exported: 400,
+        received: if ok { 400 } else { 399 },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn medians_and_ratios() {
+    assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+    assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
+    assert!(median([f64::NAN]).is_nan());
+
+    let mut v = Vec::new();
+    // Round 3 is slow for everything: per-round ratios stay put.
+    for (r, k) in [(1, 1.0), (2, 1.0), (3, 0.5)] {
+        v.push(sample(Scenario::Direct, r, 60_000.0 * k, 100.0, 0.0));
+        v.push(sample(Scenario::Sidecar, r, 20_000.0 * k, 400.0, 40.0));
+        let mut h = sample(Scenario::HoptraceHttp, r, 40_000.0 * k, 200.0, 15.0);
+        h.spans = vec![spans(true)];
+        v.push(h);
+    }
+    let s = summarize(&v, Scenario::HoptraceHttp);
+    assert_eq!(s.rounds, 3);
+    assert!((s.rps_vs_ref - 2.0).abs() < 1e-9);
+    assert!((s.rps_vs_direct - 40.0 / 60.0).abs() < 1e-9);
+    assert_eq!((s.p50_us, s.added_p50_us, s.p99_us), (200.0, 100.0, 600.0));
+    assert_eq!(
+        (s.sat_cpu_us, s.fixed_cpu_us, s.pss_mib),
+        (15.0, 30.0, 10.0)
+    );
+
+    let goals = scenario_goals(&v);
+    let verdicts: Vec<Verdict> = goals.iter().map(|g| g.verdict).collect();
+    // 2.0x tput (met), per CPU-s 70/45 = 1.56x (not met), added 100/300 (met),
+    // CPU 0.375x (met, met), spans ok (met), 160k spans/s without drops (met).
+    let mut want = vec![Verdict::Met; 7];
+    want[1] = Verdict::NotMet;
+    assert_eq!(verdicts, want, "{goals:#?}");
+    assert!((s.per_cpu_s_vs_ref - 70.0 / 45.0).abs() < 1e-9);
+    assert!((s.sat_lab_cpus - 40_000.0 * 45e-6).abs() < 1e-9);
+
+    v[2].spans = vec![spans(false)];
+    v[1].sat_cpu_us = 20.0; // round 1 sidecar CPU halves: the median ratio is unchanged
+    let goals = scenario_goals(&v);
+    assert_eq!(goals[5].verdict, Verdict::NotMet);
+    assert_eq!(goals[6].verdict, Verdict::NotMet);
+    assert_eq!(goals[4].verdict, Verdict::Met);
+}
+
+#[test]
+fn missing_scenarios_are_not_measured() {
+    let v = vec![sample(Scenario::Direct, 1, 1.0, 1.0, 0.0)];
+    for g in scenario_goals(&v) {
+        assert_eq!(g.verdict, Verdict::NotMeasured, "{g:?}");
+    }
+    assert!(!spans(false).ok() && spans(true).ok());
+}

@@ -1,0 +1,265 @@
+//! `cargo xtask bench`: hoptrace against a direct path, the sidecar model (two nginx)
+//! and an L4 relay (haproxy), interleaved in one run in the lab; see
+//! `hoptrace_tests::bench` and docs/BENCH.md.
+//!
+//! ```text
+//! lab-bench [--rounds N] [--duration SECS] [--quick] [--same-node] [--connections N]
+//!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
+//! ```
+//! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
+
+use anyhow::{bail, Context as _, Result};
+use hoptrace_tests::bench::report::{self, BenchResult, Host};
+use hoptrace_tests::bench::{measure, memory, procstat, run::BenchLab, BenchOptions, Scenario};
+use hoptrace_tests::LabApp;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+fn main() {
+    match run() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("lab-bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Parses the command line into options and the output dir.
+fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf)> {
+    let mut opts = if args.iter().any(|a| a == "--quick") {
+        BenchOptions::quick()
+    } else {
+        BenchOptions::full()
+    };
+    let mut out = PathBuf::from("target/bench");
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--quick" => {}
+            "--same-node" => opts.same_node = true,
+            "--rounds" => opts.rounds = value()?.parse().context("--rounds")?,
+            "--duration" => opts.duration_secs = value()?.parse().context("--duration")?,
+            "--connections" => opts.connections = value()?.parse().context("--connections")?,
+            "--rate" => opts.rate = value()?.parse().context("--rate")?,
+            "--mem-pods" => opts.mem_pods = value()?.parse().context("--mem-pods")?,
+            "--nice" => opts.nice = Some(value()?.parse().context("--nice")?),
+            "--out" => out = PathBuf::from(value()?),
+            "--scenarios" => {
+                opts.scenarios = value()?
+                    .split(',')
+                    .map(|n| {
+                        Scenario::parse(n.trim()).with_context(|| format!("unknown scenario {n:?}"))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            other => bail!("unknown flag {other:?} (see the docs of lab-bench.rs)"),
+        }
+    }
+    if opts.rounds == 0 || opts.duration_secs == 0 || opts.connections == 0 || opts.rate == 0 {
+        bail!("--rounds, --duration, --connections and --rate must be positive");
+    }
+    Ok((opts, out))
+}
+
+fn run() -> Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (opts, out_dir) = parse_args(&args)?;
+    if !hoptrace_tests::require_root() {
+        bail!("the bench needs root (network namespaces, cgroups, eBPF)");
+    }
+    if let Some(n) = opts.nice {
+        // Before any thread or process exists: all of them inherit it.
+        // SAFETY: setpriority on this (still single-threaded) process.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+            bail!("--nice {n}: {}", std::io::Error::last_os_error());
+        }
+    }
+    let labapp = LabApp::new(
+        std::env::var_os("HOPTRACE_LABAPP")
+            .context("HOPTRACE_LABAPP is not set: run `cargo xtask bench`")?,
+    );
+    let started = Instant::now();
+    let mut result = BenchResult {
+        date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        commit: std::env::var("HOPTRACE_BENCH_COMMIT").unwrap_or_else(|_| "unknown".into()),
+        options: Some(opts.clone()),
+        host: Host {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+                .trim()
+                .into(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            loadavg_before: loadavg(),
+            versions: versions()?,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    println!(
+        "bench: {} ({}), {}",
+        result.date,
+        result.commit,
+        result.host.versions.join(", ")
+    );
+    let mut bl = BenchLab::start(&opts, labapp)?;
+    println!("bench: lab {} up; warming up every scenario", bl.lab.id());
+    for &s in &opts.scenarios {
+        measure::warm_up(&bl, &opts, s).with_context(|| format!("warming up {}", s.name()))?;
+    }
+    let me = [std::process::id()];
+    let (busy0, total0) = procstat::machine_cpu()?;
+    let (lab0, self0) = (
+        procstat::cgroup_cpu(&bl.lab.cgroup_dir())?,
+        procstat::cpu_time(&me),
+    );
+    for round in 1..=opts.rounds {
+        for &s in &opts.scenarios {
+            let x = measure::measure(&bl, &opts, s, round)
+                .with_context(|| format!("round {round}, {}", s.name()))?;
+            println!(
+                "round {round}/{} {:14} {:>7.0} rps  p50 {:>5.0} µs  p99 {:>6.0} µs  CPU {:>5.1} / {:>5.1} µs/req{}",
+                opts.rounds,
+                s.name(),
+                x.sat_rps,
+                x.fixed.p50_us,
+                x.fixed.p99_us,
+                x.sat_cpu_us,
+                x.fixed_cpu_us,
+                flags(&x)
+            );
+            result.samples.push(x);
+        }
+    }
+    let (busy1, total1) = procstat::machine_cpu()?;
+    let (lab1, self1) = (
+        procstat::cgroup_cpu(&bl.lab.cgroup_dir())?,
+        procstat::cpu_time(&me),
+    );
+    let total = (total1 - total0).as_secs_f64().max(1e-9);
+    result.host.busy_pct = 100.0 * (busy1 - busy0).as_secs_f64() / total;
+    result.host.bench_pct = 100.0 * ((lab1 - lab0) + (self1 - self0)).as_secs_f64() / total;
+    result.host.loadavg_after = loadavg();
+
+    let mut mem = memory::MemoryResult::default();
+    for (agent, pods) in &bl.agents {
+        mem.loaded.push(memory::loaded(agent, *pods)?);
+    }
+    if opts.mem_pods > 0 {
+        println!(
+            "bench: memory phase, a fresh agent enrolling {} pods",
+            opts.mem_pods
+        );
+        let args = bl.agent_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let loaded = std::mem::take(&mut mem.loaded);
+        mem = memory::measure(&mut bl.lab, "node-mem", opts.mem_pods, &args)?;
+        mem.loaded = loaded;
+    }
+    result.memory = Some(mem);
+    drop(bl);
+    result.elapsed_s = started.elapsed().as_secs_f64();
+    result.evaluate();
+
+    let md = report::markdown(&result);
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::write(out_dir.join("report.md"), &md)?;
+    std::fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    println!("\n{md}");
+    println!(
+        "bench: wrote {0}/report.md and {0}/report.json ({1:.0} s)",
+        out_dir.display(),
+        result.elapsed_s
+    );
+    let complete = result.samples.iter().flat_map(|s| &s.spans).all(|c| c.ok());
+    if !complete {
+        eprintln!("bench: some traced runs did not export every span (see the report)");
+    }
+    Ok(complete)
+}
+
+fn flags(x: &hoptrace_tests::bench::stats::Sample) -> String {
+    let mut f = String::new();
+    let errors = x.sat_errors + x.fixed.errors;
+    if errors > 0 {
+        f.push_str(&format!("  {errors} ERRORS"));
+    }
+    if x.spans.iter().any(|c| !c.ok()) {
+        f.push_str("  SPANS INCOMPLETE");
+    }
+    f
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// `nginx/1.22.1, HAProxy 2.6.12-1+deb12u4, wrk 4.1.0`; fails when one is missing.
+fn versions() -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for (prog, flag) in [("nginx", "-v"), ("haproxy", "-v"), ("wrk", "-v")] {
+        let line = first_line(Command::new(prog).arg(flag));
+        if line.is_empty() {
+            bail!("{prog} is not installed: run `cargo xtask setup`");
+        }
+        let short = match prog {
+            "nginx" => line.trim_start_matches("nginx version: ").to_owned(),
+            "haproxy" => line
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace(" version", ""),
+            _ => line
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        v.push(short);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let (o, out) = parse_args(&a(
+            "--quick --rounds 3 --scenarios direct,hoptrace-tcp --nice -5 --out /x",
+        ))
+        .expect("parse");
+        assert_eq!((o.rounds, o.duration_secs, o.mem_pods), (3, 1, 10));
+        assert_eq!(o.scenarios, [Scenario::Direct, Scenario::HoptraceTcp]);
+        assert_eq!(o.nice, Some(-5));
+        assert_eq!(out, PathBuf::from("/x"));
+        assert!(parse_args(&a("--rounds 0")).is_err());
+        assert!(parse_args(&a("--scenarios nope")).is_err());
+        assert!(parse_args(&a("--bogus")).is_err());
+    }
+}
