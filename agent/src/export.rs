@@ -209,13 +209,12 @@ async fn run(
             }
         }
         // One request per pod resource (opentelemetry-otlp sends one resource per call).
-        let mut by_pod: Vec<(Arc<PodIdentity>, Vec<SpanData>)> = Vec::new();
+        let mut by_pod: Vec<(Arc<PodIdentity>, Vec<ProxySpan>)> = Vec::new();
         for span in batch.drain(..) {
             let key = Arc::as_ptr(&span.pod);
-            let data = to_span_data(&span, &scope);
             match by_pod.iter_mut().find(|(p, _)| Arc::as_ptr(p) == key) {
-                Some((_, v)) => v.push(data),
-                None => by_pod.push((span.pod.clone(), vec![data])),
+                Some((_, v)) => v.push(span),
+                None => by_pod.push((span.pod.clone(), vec![span])),
             }
         }
         for (pod, spans) in by_pod {
@@ -230,7 +229,15 @@ async fn run(
                 })
                 .1;
             exporter.set_resource(resource);
-            export_with_retry(&mut exporter, spans, &config, &metrics, &mut last_error_log).await;
+            export_with_retry(
+                &mut exporter,
+                &spans,
+                &scope,
+                &config,
+                &metrics,
+                &mut last_error_log,
+            )
+            .await;
         }
         // Forget resources of pods whose spans are no longer referenced anywhere but
         // here (released pods), so pod churn cannot grow this map.
@@ -251,7 +258,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// in `failed`, so one poison batch cannot stall export.
 async fn export_with_retry(
     exporter: &mut opentelemetry_otlp::SpanExporter,
-    spans: Vec<SpanData>,
+    spans: &[ProxySpan],
+    scope: &InstrumentationScope,
     config: &ExportConfig,
     metrics: &ExportMetrics,
     last_error_log: &mut Option<std::time::Instant>,
@@ -261,8 +269,10 @@ async fn export_with_retry(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        // The exporter takes the batch by value; keep a copy for a retry.
-        match exporter.export(spans.clone()).await {
+        // The exporter takes the batch by value: convert per attempt (a retry is rare;
+        // a copy made for it on every export would not be).
+        let data: Vec<SpanData> = spans.iter().map(|s| to_span_data(s, scope)).collect();
+        match exporter.export(data).await {
             Ok(()) => {
                 metrics.exported.inc_by(n);
                 return;
