@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::pychain::{agent_with_otlp, APP_SPANS, NEST_TOLERANCE_NS};
+use common::pychain::{agent_with_otlp, proxy_spans, APP_SPANS, NEST_TOLERANCE_NS};
 use common::{accepted, assert_counted, client_server_lab};
 use hoptrace_tests::otlp::{summarize, ReceivedSpan, StatusCode};
 use hoptrace_tests::pyapp::{AppSpan, GrpcCallOutcome, GrpcRun, PyServer};
@@ -33,10 +33,6 @@ const GRPC_PORT: u16 = 50051;
 const SERVICE: &str = "hoptrace.test.Echo";
 /// grpc_client.py's `grpc.primary_user_agent` (gRPC appends its own).
 const USER_AGENT: &str = "hoptrace-grpc-client/1.0 ";
-/// How long the agents' spans may take to reach the receiver (batching).
-const SPANS: Duration = Duration::from_secs(20);
-/// Extra time to let duplicates or stray spans arrive before counting.
-const SETTLE: Duration = Duration::from_millis(1500);
 
 /// The lab, the gRPC server, the receiver and one agent per node exporting
 /// to it. Fields drop in order: agents, receiver, server, apps, lab.
@@ -78,21 +74,6 @@ impl GrpcLab {
             .grpc_client(&self.client_pod, self.server.addr, calls, &opts)
             .expect("grpc_client.py")
     }
-}
-
-/// Waits for exactly `n` proxy spans of trace `tid` (and no more after a pause).
-fn proxy_spans(otlp: &OtlpReceiver, tid: &str, n: usize) -> Vec<ReceivedSpan> {
-    otlp.wait_for_trace(tid, n, SPANS)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    std::thread::sleep(SETTLE);
-    let spans = otlp.trace(tid);
-    assert_eq!(
-        spans.len(),
-        n,
-        "want exactly {n} proxy spans in trace {tid}:\n{}",
-        summarize(&spans)
-    );
-    spans
 }
 
 /// One call's trace, checked: the chain client → 4 proxy spans → server.

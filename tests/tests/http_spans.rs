@@ -20,12 +20,7 @@ use hoptrace_tests::{
     require_root, Agent, ClientContext, ClientOptions, OtlpReceiver, Pod, Propagation,
     ReceiverOptions, TlsMode, LAB_NAMESPACE,
 };
-use std::time::Duration;
 
-/// How long the agents' spans may take to reach the receiver (batching).
-const SPANS: Duration = Duration::from_secs(20);
-/// Extra time to let duplicates or stray spans arrive before counting.
-const SETTLE: Duration = Duration::from_millis(1500);
 /// Headers that carry trace context (compared separately from the rest).
 const CONTEXT_HEADERS: &[&str] = &[
     "traceparent",
@@ -206,21 +201,6 @@ fn proxy_in<'a>(
                 .unwrap_or_else(|| panic!("{} is not a proxy span", v.role()))
         })
         .collect()
-}
-
-/// Waits for exactly `n` proxy spans of trace `tid` (and no more after a pause).
-fn proxy_spans(otlp: &OtlpReceiver, tid: &str, n: usize) -> Vec<ReceivedSpan> {
-    otlp.wait_for_trace(tid, n, SPANS)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    std::thread::sleep(SETTLE);
-    let spans = otlp.trace(tid);
-    assert_eq!(
-        spans.len(),
-        n,
-        "want exactly {n} proxy spans in trace {tid}:\n{}",
-        summarize(&spans)
-    );
-    spans
 }
 
 /// Asserts that `received` carries the context of trace `tid` with parent

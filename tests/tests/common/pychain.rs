@@ -100,6 +100,26 @@ pub fn app_views(spans: &[AppSpan]) -> Vec<SpanView> {
     spans.iter().map(SpanView::from).collect()
 }
 
+/// How long the agents' spans may take to reach the receiver (batching).
+pub const SPANS: Duration = Duration::from_secs(20);
+/// Extra time to let duplicates or stray spans arrive before counting.
+pub const SETTLE: Duration = Duration::from_millis(1500);
+
+/// Waits for exactly `n` proxy spans of trace `tid` (and no more after a pause).
+pub fn proxy_spans(otlp: &OtlpReceiver, tid: &str, n: usize) -> Vec<hoptrace_tests::ReceivedSpan> {
+    otlp.wait_for_trace(tid, n, SPANS)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    std::thread::sleep(SETTLE);
+    let spans = otlp.trace(tid);
+    assert_eq!(
+        spans.len(),
+        n,
+        "want exactly {n} proxy spans in trace {tid}:\n{}",
+        hoptrace_tests::otlp::summarize(&spans)
+    );
+    spans
+}
+
 /// Parses a `traceparent` value into (version, trace id, parent id, flags).
 pub fn traceparent(value: &str) -> (String, String, String, String) {
     let parts: Vec<&str> = value.split('-').collect();
