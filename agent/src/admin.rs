@@ -1,11 +1,12 @@
 //! Admin HTTP server: `GET /live`, `/ready`, `/metrics`.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -14,7 +15,7 @@ use http_body_util::Full;
 use hyper::{
     body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::metrics::Metrics;
 
@@ -43,17 +44,89 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
 }
 
+/// Admin connections open at once, and per peer address, at most; a request head
+/// must arrive within [`ADMIN_HEADER_TIMEOUT`]. A scraper or probe needs one or two
+/// connections, so a pod that opens thousands gets the per-peer share and no more: the
+/// kubelet's probes (another peer) still get through, and the agent's descriptors are safe.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// In all.
+    pub max_connections: usize,
+    /// Per peer address.
+    pub max_per_peer: usize,
+}
+
+impl AdminLimits {
+    /// `total` in all, an eighth of it per peer.
+    pub fn new(total: usize) -> Self {
+        Self {
+            max_connections: total.max(1),
+            max_per_peer: (total / 8).max(1),
+        }
+    }
+}
+
+/// Time allowed for an admin request head (also the keep-alive idle time).
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open admin connections, in all and per peer.
+#[derive(Debug, Default)]
+struct Conns {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+/// One admin connection's place in [`Conns`], given back on drop.
+struct ConnSlot {
+    conns: Arc<Mutex<Conns>>,
+    peer: IpAddr,
+}
+
+impl ConnSlot {
+    fn take(conns: &Arc<Mutex<Conns>>, peer: IpAddr, limits: AdminLimits) -> Option<Self> {
+        let mut c = conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = c.per_peer.get(&peer).copied().unwrap_or(0);
+        if c.total >= limits.max_connections || mine >= limits.max_per_peer {
+            return None;
+        }
+        c.total += 1;
+        *c.per_peer.entry(peer).or_default() += 1;
+        Some(Self {
+            conns: conns.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut c = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        c.total -= 1;
+        if let Some(n) = c.per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Binds the admin address (so a conflict fails startup) and serves it in the background.
-pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> Result<SocketAddr, AdminError> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    limits: AdminLimits,
+) -> Result<SocketAddr, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AdminError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| AdminError::Bind { addr, source })?;
+    let conns = Arc::new(Mutex::new(Conns::default()));
     tokio::spawn(async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(err) => {
                     tracing::warn!("admin accept: {err}");
@@ -61,10 +134,18 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> Result<SocketAdd
                     continue;
                 }
             };
+            let Some(slot) = ConnSlot::take(&conns, peer.ip(), limits) else {
+                state.metrics.limits.admin_refused.inc();
+                drop(stream);
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| handle(req, state.clone()));
                 if let Err(err) = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await
                 {

@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     net::IpAddr,
+    os::fd::{AsRawFd as _, RawFd},
     path::Path,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
@@ -13,16 +14,17 @@ use std::{
 
 use agent_common::{PodSteer, STEER_V4, STEER_V6};
 use anyhow::Context as _;
+use tokio::sync::{watch, Semaphore};
 
 use crate::{
     admin::{self, AdminState},
     config::RunArgs,
-    ebpf::{Datapath, DatapathError, PodLinks},
+    ebpf::{AttachedPod, Datapath, DatapathError, SteeringGuard},
     export::{self, ExportConfig, SpanSink},
     inpod,
     metrics::{Direction, Metrics, StateLabels},
     netns::{self, Netns, NetnsError},
-    proxy::{PodContext, PodListeners},
+    proxy::{pool::Pool, InFlightCount, Limits, PodContext, PodListeners},
     socket::{self, SocketError},
     source::Source,
     trace::span::PodIdentity,
@@ -73,10 +75,14 @@ pub enum EnrollError {
     Io(#[from] std::io::Error),
 }
 
+/// An enrolled pod. Fields drop in order: steering off first, then the programs, then
+/// the context; the listeners are stopped by [`PodTable::release`] after [`DRAIN`]
+/// (dropping them anywhere else stops them at once).
 struct Enrolled {
     spec: Workload,
+    steering: SteeringGuard,
+    attached: AttachedPod,
     ctx: Arc<PodContext>,
-    links: PodLinks,
     listeners: PodListeners,
 }
 
@@ -92,15 +98,19 @@ pub struct PodTable {
     node: Option<String>,
     service_name: String,
     spans: Option<SpanSink>,
+    limits: Arc<Limits>,
+    shutdown: watch::Receiver<bool>,
+    inflight: Arc<InFlightCount>,
 }
 
 impl PodTable {
-    /// An empty table.
+    /// An empty table. `shutdown` turning `true` closes HTTP client connections once idle.
     pub fn new(
         datapath: Arc<Datapath>,
         metrics: Arc<Metrics>,
         args: &RunArgs,
         spans: Option<SpanSink>,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             datapath,
@@ -113,7 +123,15 @@ impl PodTable {
             node: args.node_name.clone(),
             service_name: args.service_name.clone(),
             spans,
+            limits: Arc::new(limits(args)),
+            shutdown,
+            inflight: Arc::default(),
         }
+    }
+
+    /// Connections being proxied on the node now.
+    pub fn inflight(&self) -> Arc<InFlightCount> {
+        self.inflight.clone()
     }
 
     /// Makes the enrolled set equal to `desired`: releases pods that vanished or
@@ -192,6 +210,9 @@ impl PodTable {
             .set(self.failed.len() as i64);
     }
 
+    /// Opens the pod's listeners, attaches the programs, then turns steering on. Each
+    /// step is held by a guard: an error at any point undoes every earlier step (the
+    /// pod stays completely unsteered), and nothing is retried on top of leftovers.
     fn enroll(&mut self, w: &Workload) -> Result<Enrolled, EnrollError> {
         let netns = Netns::open(&w.netns)?;
         if let Some(want) = w.netns_inode {
@@ -222,8 +243,24 @@ impl PodTable {
             has_v6,
         )?;
         let netns_cookie = socket::netns_cookie(&out_v4)?;
+        let inbound_fds: Vec<(IpAddr, RawFd)> = w
+            .ips
+            .iter()
+            .map(|ip| {
+                let l = match ip {
+                    IpAddr::V4(_) => &in_v4,
+                    IpAddr::V6(_) => in_v6.as_ref().unwrap_or(&in_v4),
+                };
+                (*ip, l.as_raw_fd())
+            })
+            .collect();
+        let mut flags = STEER_V4;
+        if out_v6.is_some() {
+            flags |= STEER_V6;
+        }
 
-        let links = self.datapath.attach_pod(&cgroup, netns.file())?;
+        let attached = self.datapath.attach_pod_guarded(&cgroup, netns.file())?;
+        let slots = || Arc::new(Semaphore::new(self.limits.max_connections_per_pod));
         let ctx = Arc::new(PodContext {
             key: w.key(),
             netns,
@@ -238,81 +275,58 @@ impl PodTable {
             )),
             spans: self.spans.clone(),
             ips: w.ips.clone(),
-            outbound_pool: Default::default(),
-            inbound_pool: Default::default(),
+            outbound_pool: Arc::new(Pool::new(self.limits.pool_max_lifetime)),
+            inbound_pool: Arc::new(Pool::new(self.limits.pool_max_lifetime)),
             trace_sampling: w.trace_sampling.unwrap_or(0.0),
+            limits: self.limits.clone(),
+            slots: [slots(), slots()],
+            shutdown: self.shutdown.clone(),
+            node_inflight: self.inflight.clone(),
         });
-
-        let enable = || -> Result<(), EnrollError> {
-            for ip in &w.ips {
-                let l = match ip {
-                    IpAddr::V4(_) => &in_v4,
-                    IpAddr::V6(_) => in_v6.as_ref().unwrap_or(&in_v4),
-                };
-                self.datapath.add_inbound(*ip, l)?;
-            }
-            let mut flags = STEER_V4;
-            if out_v6.is_some() {
-                flags |= STEER_V6;
-            }
-            self.datapath.set_ready(
-                netns_cookie,
-                PodSteer {
-                    pod_index: self.next_index,
-                    outbound_port: self.outbound_port,
-                    flags,
-                },
-            )?;
-            Ok(())
-        };
-        let outbound: Vec<_> = std::iter::once(out_v4.try_clone()?)
-            .chain(out_v6.as_ref().map(|l| l.try_clone()).transpose()?)
-            .collect();
-        let inbound: Vec<_> = std::iter::once(in_v4.try_clone()?)
-            .chain(in_v6.as_ref().map(|l| l.try_clone()).transpose()?)
-            .collect();
-        let listeners = match PodListeners::start(ctx.clone(), outbound, inbound) {
-            Ok(l) => l,
-            Err(err) => {
-                self.datapath.detach_pod(links);
-                return Err(err.into());
-            }
-        };
-        if let Err(err) = enable() {
-            self.disable(w, netns_cookie);
-            self.datapath.detach_pod(links);
-            listeners.stop();
-            return Err(err);
-        }
+        // The accept loops own the listeners; the raw fds above stay valid while they run.
+        let listeners = PodListeners::start(
+            ctx.clone(),
+            std::iter::once(out_v4).chain(out_v6).collect(),
+            std::iter::once(in_v4).chain(in_v6).collect(),
+        )?;
+        let steering = self.datapath.steer_pod(
+            netns_cookie,
+            PodSteer {
+                pod_index: self.next_index,
+                outbound_port: self.outbound_port,
+                flags,
+            },
+            &inbound_fds,
+        )?;
         self.next_index = self.next_index.wrapping_add(1);
         Ok(Enrolled {
             spec: w.clone(),
+            steering,
+            attached,
             ctx,
-            links,
             listeners,
         })
-    }
-
-    fn disable(&self, w: &Workload, netns_cookie: u64) {
-        self.datapath.clear_ready(netns_cookie);
-        for ip in &w.ips {
-            self.datapath.remove_inbound(*ip);
-        }
     }
 
     /// Stops steering a pod: new connections go direct at once; connections already
     /// steered are still accepted for [`DRAIN`], and proxied ones run to their end.
     fn release(&self, e: Enrolled) {
-        self.disable(&e.spec, e.ctx.netns_cookie);
-        self.datapath.detach_pod(e.links);
-        self.metrics.remove_pod(&e.ctx.key);
-        let listeners = e.listeners;
+        let Enrolled {
+            steering,
+            attached,
+            ctx,
+            listeners,
+            ..
+        } = e;
+        drop(steering);
+        drop(attached);
+        self.metrics.remove_pod(&ctx.key);
         // The pod netns' fwmark rule and route (inpod) stay: connections still being
         // proxied need them, a re-enrollment reuses them, they match only the agent's
         // mark, and they go away with the pod's netns.
         tokio::spawn(async move {
             tokio::time::sleep(DRAIN).await;
-            listeners.stop();
+            drop(listeners);
         });
     }
 
@@ -327,6 +341,17 @@ impl PodTable {
     /// Number of pods steered now.
     pub fn steered(&self) -> usize {
         self.enrolled.len()
+    }
+}
+
+/// The proxy's limits from the command line.
+fn limits(args: &RunArgs) -> Limits {
+    Limits {
+        max_connections_per_pod: args.max_connections_per_pod as usize,
+        header_read_timeout: args.header_read_timeout,
+        http_idle_timeout: args.http_idle_timeout,
+        tcp_idle_timeout: args.tcp_idle_timeout,
+        pool_max_lifetime: args.pool_max_lifetime,
     }
 }
 
@@ -365,6 +390,38 @@ fn open_cgroup2(path: &Path) -> Result<File, EnrollError> {
     Ok(file)
 }
 
+/// Raises the soft open-file limit to the hard one: every proxied connection costs two
+/// descriptors, and container runtimes often start processes with a soft limit of
+/// 1024 under a hard limit of a million. Per-pod connection slots
+/// (`--max-connections-per-pod`) keep one pod from taking them all.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let before = lim.rlim_cur;
+        if before < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    "could not raise the open-file limit from {before}: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+        }
+        tracing::info!(
+            "open-file limit {} (each proxied connection uses two)",
+            lim.rlim_cur
+        );
+    }
+}
+
 /// `hoptrace run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.skip_capability_check {
@@ -372,6 +429,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         crate::check::require_capabilities()?;
     }
+    raise_fd_limit();
     // Capture the host netns on the main thread, before any worker thread exists.
     netns::init_host().context("reading the agent's own network namespace")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -391,7 +449,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         ready: false.into(),
         metrics: metrics.clone(),
     });
-    let admin_addr = admin::serve(args.admin_addr, state.clone()).await?;
+    let admin_addr = admin::serve(
+        args.admin_addr,
+        state.clone(),
+        admin::AdminLimits::new(args.admin_max_connections as usize),
+    )
+    .await?;
     tracing::info!(%admin_addr, workloads = %source.describe(), "hoptrace agent started");
 
     let spans = export::start(
@@ -410,7 +473,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         },
         metrics.export.clone(),
     )?;
-    let mut table = PodTable::new(datapath.clone(), metrics.clone(), &args, Some(spans));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut table = PodTable::new(
+        datapath.clone(),
+        metrics.clone(),
+        &args,
+        Some(spans),
+        shutdown_rx,
+    );
     source.start(&metrics);
     // Ready once the first complete desired set (the file, or the first full lists
     // from the API server) has been reconciled: every pod in it steered or reported.
@@ -448,8 +518,24 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: releasing pods (new connections go direct)");
     state.ready.store(false, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + args.shutdown_grace;
     table.release_all();
     drop(source);
+    // Listeners accept what was steered before the release for DRAIN, then close.
     tokio::time::sleep(DRAIN + Duration::from_millis(50)).await;
+    // HTTP connections close once their requests in flight are answered; opaque ones
+    // run until they end or the grace period does.
+    let _ = shutdown_tx.send(true);
+    let inflight = table.inflight();
+    while inflight.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match inflight.get() {
+        0 => tracing::info!("every connection finished; exiting"),
+        n => tracing::warn!(
+            "{n} connections still open after --shutdown-grace {:?}; closing them",
+            args.shutdown_grace
+        ),
+    }
     Ok(())
 }

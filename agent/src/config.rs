@@ -1,5 +1,6 @@
 //! Command line (DESIGN §3.1). Every flag is also an environment variable.
 
+use std::time::Duration;
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -115,6 +116,40 @@ pub struct RunArgs {
     /// operations that need them then fail per pod, which stays unsteered and is reported).
     #[arg(long, env = "HOPTRACE_SKIP_CAPABILITY_CHECK")]
     pub skip_capability_check: bool,
+
+    /// Connections proxied at once per pod and direction; beyond, new ones are reset
+    /// at once and counted (`hoptrace_connections_refused_total{reason="pod_limit"}`).
+    #[arg(long, env = "HOPTRACE_MAX_CONNECTIONS_PER_POD", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_pod: u32,
+
+    /// HTTP/1: time allowed for a request head, counted from when the agent starts
+    /// waiting for it (connection start, or the end of the previous response: also the
+    /// keep-alive idle time). Units: ms, s, m, h.
+    #[arg(long, env = "HOPTRACE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// HTTP (both versions): a client connection with no request in flight for this
+    /// long is closed gracefully (HTTP/2: GOAWAY).
+    #[arg(long, env = "HOPTRACE_HTTP_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Opaque TCP: a connection with no byte either way for this long is closed.
+    #[arg(long, env = "HOPTRACE_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
+
+    /// Pooled upstream HTTP connections are not reused past this age, so connections
+    /// made while a peer's agent was down are replaced by steered ones within it.
+    #[arg(long, env = "HOPTRACE_POOL_MAX_LIFETIME", default_value = "30s", value_parser = parse_duration)]
+    pub pool_max_lifetime: Duration,
+
+    /// On SIGTERM: stop accepting, then let connections in flight finish for at most
+    /// this long (keep it below the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "HOPTRACE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Admin connections open at once, in all (each peer address gets at most an eighth).
+    #[arg(long, env = "HOPTRACE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..))]
+    pub admin_max_connections: u32,
 }
 
 impl RunArgs {
@@ -126,6 +161,27 @@ impl RunArgs {
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
             .unwrap_or_else(|| "http://localhost:4317".to_string())
     }
+}
+
+/// `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 30s, 5m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -201,6 +257,25 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["hoptrace", "run", "--otlp-header", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1d", "-1s", "0s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["hoptrace", "run"]).expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(args.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(args.max_connections_per_pod, 4096);
     }
 
     #[test]

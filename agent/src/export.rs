@@ -229,20 +229,65 @@ async fn run(
                 })
                 .1;
             exporter.set_resource(resource);
-            export_with_retry(
-                &mut exporter,
-                &spans,
-                &scope,
-                &config,
-                &metrics,
-                &mut last_error_log,
-            )
-            .await;
+            // Every request stays well below the collectors' default 4 MiB limit.
+            for chunk in split_by_size(&spans, MAX_REQUEST_BYTES) {
+                export_with_retry(
+                    &mut exporter,
+                    chunk,
+                    &scope,
+                    &config,
+                    &metrics,
+                    &mut last_error_log,
+                )
+                .await;
+            }
         }
         // Forget resources of pods whose spans are no longer referenced anywhere but
         // here (released pods), so pod churn cannot grow this map.
         resources.retain(|_, (pod, _)| Arc::strong_count(pod) > 1);
     }
+}
+
+/// Estimated encoded size of one export request at most. The OpenTelemetry Collector
+/// and gRPC servers reject messages over 4 MiB by default; with attribute values capped
+/// at [`crate::trace::span::MAX_ATTRIBUTE_LEN`] one span is far smaller than this, so
+/// a batch split at this size always fits.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// An upper estimate of a span's protobuf size: every string and attribute, plus
+/// the fixed fields (ids, times, kind, status, field tags).
+fn estimated_size(s: &ProxySpan) -> usize {
+    const FIXED: usize = 128;
+    const PER_ATTRIBUTE: usize = 16;
+    let attrs: usize = s
+        .attributes
+        .iter()
+        .map(|kv| kv.key.as_str().len() + kv.value.as_str().len() + PER_ATTRIBUTE)
+        .sum();
+    let status = match &s.status {
+        Status::Unset => 0,
+        Status::Error(m) => m.len(),
+    };
+    FIXED + s.name.len() + attrs + status
+}
+
+/// Consecutive slices of `spans` whose estimated sizes sum to at most `max` each (a
+/// single span larger than `max` goes alone).
+fn split_by_size(spans: &[ProxySpan], max: usize) -> Vec<&[ProxySpan]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, s) in spans.iter().enumerate() {
+        let n = estimated_size(s);
+        if i > start && size + n > max {
+            chunks.push(&spans[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < spans.len() {
+        chunks.push(&spans[start..]);
+    }
+    chunks
 }
 
 /// First wait before a retryable export failure is retried; doubles up to [`RETRY_MAX`].
@@ -337,8 +382,16 @@ fn classify(msg: &str) -> Retry {
         Code::Unimplemented,
         Code::Unauthenticated,
     ];
-    if NEVER.iter().any(|c| has(*c)) {
+    // A request over the collector's size limit fails the same way every time
+    // (grpc-go: "received message larger than max", ResourceExhausted; tonic:
+    // "decoded message length too large", OutOfRange): retrying it would stall export.
+    let too_large = msg.contains("larger than max") || msg.contains("message length too large");
+    if too_large || NEVER.iter().any(|c| has(*c)) {
         Retry::Never
+    } else if has(Code::ResourceExhausted) {
+        // Retryable only when the server says so (OTLP: with RetryInfo), e.g. a memory
+        // limiter; the exporter does not expose that, so a few tries, then the batch goes.
+        Retry::Few
     } else if has(Code::Unknown) || has(Code::Internal) {
         Retry::Few
     } else {
@@ -380,7 +433,54 @@ fn to_span_data(s: &ProxySpan, scope: &InstrumentationScope) -> SpanData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{trace::context::SpanId, workloads::PodKey};
+    use opentelemetry::KeyValue;
     use tonic::{Code, Status};
+
+    fn span(attr_len: usize) -> ProxySpan {
+        ProxySpan {
+            pod: Arc::new(PodIdentity {
+                key: PodKey {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                },
+                resource: Vec::new(),
+            }),
+            trace_id: crate::trace::context::TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: SpanId([3; 8]),
+            flags: 1,
+            kind: Kind::Server,
+            name: "GET".into(),
+            start: std::time::SystemTime::UNIX_EPOCH,
+            end: std::time::SystemTime::UNIX_EPOCH,
+            attributes: vec![KeyValue::new("user_agent.original", "u".repeat(attr_len))],
+            status: crate::trace::span::Status::Unset,
+        }
+    }
+
+    #[test]
+    fn batches_split_below_the_request_size() {
+        let spans: Vec<ProxySpan> = (0..1000).map(|_| span(2048)).collect();
+        let chunks = split_by_size(&spans, MAX_REQUEST_BYTES);
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 1000);
+        for c in &chunks {
+            let size: usize = c.iter().map(estimated_size).sum();
+            assert!(size <= MAX_REQUEST_BYTES, "{size}");
+        }
+        // Small spans: one request.
+        let small: Vec<ProxySpan> = (0..512).map(|_| span(10)).collect();
+        assert_eq!(split_by_size(&small, MAX_REQUEST_BYTES).len(), 1);
+        // A span over the limit on its own still goes (alone).
+        let huge = vec![span(10), span(MAX_REQUEST_BYTES), span(10)];
+        let chunks = split_by_size(&huge, MAX_REQUEST_BYTES);
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert!(split_by_size(&[], MAX_REQUEST_BYTES).is_empty());
+    }
 
     #[test]
     fn classification_follows_the_otlp_retry_rules() {
@@ -388,7 +488,6 @@ mod tests {
         for code in [
             Code::Unavailable,
             Code::DeadlineExceeded,
-            Code::ResourceExhausted,
             Code::Cancelled,
             Code::Aborted,
             Code::OutOfRange,
@@ -405,6 +504,18 @@ mod tests {
             assert_eq!(c(code), Retry::Never, "{code:?}");
         }
         assert_eq!(c(Code::Unknown), Retry::Few);
+        assert_eq!(c(Code::ResourceExhausted), Retry::Few);
+        // Too large: permanent, whatever the code.
+        let big = Status::new(
+            Code::ResourceExhausted,
+            "grpc: received message larger than max (5242880 vs. 4194304)",
+        );
+        assert_eq!(classify(&big.to_string()), Retry::Never);
+        let big = Status::new(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes",
+        );
+        assert_eq!(classify(&big.to_string()), Retry::Never);
         assert_eq!(c(Code::Internal), Retry::Few);
         assert_eq!(
             classify("transport error: connection refused"),

@@ -9,6 +9,13 @@
 //! - `ip route add local default dev lo table TABLE` (v4 and v6)
 //! - `net.ipv4.tcp_fwmark_accept = 1`, so the app's accepted socket inherits the
 //!   mark of the agent's SYN (it applies to IPv6 too).
+//! - `net.ipv4.fwmark_reflect = 1` and `net.ipv6.fwmark_reflect = 1`, so the replies
+//!   the kernel sends without a socket carry the mark of the packet they answer: the
+//!   RST for the agent's SYN to a port where nothing listens routes back to the agent
+//!   (its connect fails at once with "refused", as the caller's would without the
+//!   agent) instead of leaving through eth0 while the agent waits out its connect
+//!   timeout. Unmarked packets (all of the pod's own traffic) get unmarked replies,
+//!   as before.
 //!
 //! Only packets carrying MARK are affected: the pod's own traffic is untouched. The
 //! entries stay after release (connections still proxied need them, re-enrollment
@@ -46,10 +53,25 @@ pub enum InpodError {
 /// Installs the rules, routes and sysctl in `netns` (idempotent).
 pub fn install(netns: &Netns) -> Result<(), InpodError> {
     netns.run(|| -> Result<(), InpodError> {
-        write_net_sysctl("ipv4/tcp_fwmark_accept", b"1").map_err(|source| InpodError::Netlink {
-            what: "sysctl net.ipv4.tcp_fwmark_accept",
-            source,
-        })?;
+        for (name, what) in [
+            (
+                "ipv4/tcp_fwmark_accept",
+                "sysctl net.ipv4.tcp_fwmark_accept",
+            ),
+            ("ipv4/fwmark_reflect", "sysctl net.ipv4.fwmark_reflect"),
+        ] {
+            write_net_sysctl(name, b"1").map_err(|source| InpodError::Netlink { what, source })?;
+        }
+        // Absent when IPv6 is disabled in the pod: then there is nothing to reflect.
+        match write_net_sysctl("ipv6/fwmark_reflect", b"1") {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(InpodError::Netlink {
+                    what: "sysctl net.ipv6.fwmark_reflect",
+                    source: e,
+                })
+            }
+            _ => {}
+        }
         let nl = Netlink::open().map_err(|source| InpodError::Netlink {
             what: "netlink socket",
             source,

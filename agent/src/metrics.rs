@@ -49,6 +49,34 @@ pub struct ConnLabels {
     pub pod: String,
 }
 
+/// Labels of the refused-connection counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `outbound` | `inbound`.
+    pub direction: &'static str,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// `pod_limit` (the pod's connection slots are taken) | `self_connect` (addressed to
+    /// the agent's own listener).
+    pub reason: &'static str,
+}
+
+/// Node-wide counters of limits being hit (docs/SECURITY.md).
+#[derive(Debug, Clone, Default)]
+pub struct LimitMetrics {
+    /// HTTP/1 connections whose request line did not fit the detection window (8 KiB)
+    /// and were relayed opaquely, untraced.
+    pub head_too_large: Counter,
+    /// Admin connections refused because the per-peer or total cap was reached.
+    pub admin_refused: Counter,
+    /// Span attribute values cut to the documented limit.
+    pub attributes_truncated: Counter,
+    /// Client connections closed by a timeout (header read, HTTP idle, TCP idle).
+    pub timeouts: Counter,
+}
+
 /// Labels of the workload state gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -74,6 +102,9 @@ pub struct Metrics {
     bytes_from_client: Family<ConnLabels, Counter>,
     bytes_from_server: Family<ConnLabels, Counter>,
     upstream_opened: Family<ConnLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    /// Limits being hit.
+    pub limits: LimitMetrics,
     /// Workloads by state.
     pub workloads: Family<StateLabels, Gauge>,
     /// Rejected workload file reads (the last good set stays in force).
@@ -99,6 +130,12 @@ pub struct ConnMetrics {
     pub bytes_from_server: Counter,
     /// Upstream connections opened (HTTP reuses them across client connections).
     pub upstream_opened: Counter,
+    /// Connections reset at accept because the pod's slots were taken.
+    pub refused_limit: Counter,
+    /// Connections refused because they were addressed to the agent's own listener.
+    pub refused_loop: Counter,
+    /// Node-wide limit counters.
+    pub limits: LimitMetrics,
 }
 
 impl Metrics {
@@ -111,6 +148,8 @@ impl Metrics {
         let bytes_from_client = Family::<ConnLabels, Counter>::default();
         let bytes_from_server = Family::<ConnLabels, Counter>::default();
         let upstream_opened = Family::<ConnLabels, Counter>::default();
+        let refused = Family::<RefusedLabels, Counter>::default();
+        let limits = LimitMetrics::default();
         let workloads = Family::<StateLabels, Gauge>::default();
         let workload_file_errors = Counter::default();
         let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
@@ -143,6 +182,31 @@ impl Metrics {
             "upstream_connections_opened",
             "Connections the agent opened to destinations (HTTP reuses them per source pod and destination)",
             upstream_opened.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections reset at once instead of being proxied (pod_limit: the pod's connection slots are taken; self_connect: addressed to the agent's own listener)",
+            refused.clone(),
+        );
+        registry.register(
+            "http_head_too_large",
+            "Connections whose HTTP request line exceeded the 8 KiB detection window, relayed opaquely without spans",
+            limits.head_too_large.clone(),
+        );
+        registry.register(
+            "admin_connections_refused",
+            "Admin connections refused (per-peer or total cap reached)",
+            limits.admin_refused.clone(),
+        );
+        registry.register(
+            "span_attributes_truncated",
+            "Span attribute values cut to the attribute value limit",
+            limits.attributes_truncated.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Client connections closed by the header-read, HTTP idle or TCP idle timeout",
+            limits.timeouts.clone(),
         );
         registry.register(
             "workloads",
@@ -189,6 +253,8 @@ impl Metrics {
             bytes_from_client,
             bytes_from_server,
             upstream_opened,
+            refused,
+            limits,
             workloads,
             workload_file_errors,
             kube_watch_errors,
@@ -214,7 +280,21 @@ impl Metrics {
             bytes_from_client: self.bytes_from_client.get_or_create(&l).clone(),
             bytes_from_server: self.bytes_from_server.get_or_create(&l).clone(),
             upstream_opened: self.upstream_opened.get_or_create(&l).clone(),
+            refused_limit: self.refused(pod, direction, "pod_limit"),
+            refused_loop: self.refused(pod, direction, "self_connect"),
+            limits: self.limits.clone(),
         }
+    }
+
+    fn refused(&self, pod: &PodKey, direction: Direction, reason: &'static str) -> Counter {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                direction: direction.as_str(),
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+                reason,
+            })
+            .clone()
     }
 
     /// The error counter of the Kubernetes watch of `resource`.
@@ -234,6 +314,14 @@ impl Metrics {
             self.bytes_from_client.remove(&l);
             self.bytes_from_server.remove(&l);
             self.upstream_opened.remove(&l);
+            for reason in ["pod_limit", "self_connect"] {
+                self.refused.remove(&RefusedLabels {
+                    direction: d.as_str(),
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    reason,
+                });
+            }
         }
     }
 

@@ -152,27 +152,35 @@ impl fmt::Display for PodKey {
 struct WorkloadFile {
     #[serde(default)]
     node: Option<String>,
-    #[serde(default)]
+    /// Required: a file without it (empty, or cut short by a partial write) is an error,
+    /// never "no pods"; `workloads: []` says that.
     workloads: Vec<Workload>,
 }
 
 /// Parses and validates workload file contents. `node` is this agent's node name.
 pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload>, WorkloadError> {
-    let file: WorkloadFile = if text.trim().is_empty() {
-        WorkloadFile {
-            node: None,
-            workloads: Vec::new(),
-        }
-    } else {
-        serde_yaml::from_str(text).map_err(|e| WorkloadError::Parse {
+    let no_content = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    if no_content {
+        // A 0-byte file is what a writer that truncates before writing leaves for a
+        // moment: releasing every pod on it would unsteer the node.
+        return Err(WorkloadError::Parse {
             path: path.to_owned(),
-            location: e
-                .location()
-                .map(|l| format!(" line {} column {}", l.line(), l.column()))
-                .unwrap_or_default(),
-            message: e.to_string(),
-        })?
-    };
+            location: String::new(),
+            message:
+                "the file is empty (a partial write?); write `workloads: []` to release every pod"
+                    .into(),
+        });
+    }
+    let file: WorkloadFile = serde_yaml::from_str(text).map_err(|e| WorkloadError::Parse {
+        path: path.to_owned(),
+        location: e
+            .location()
+            .map(|l| format!(" line {} column {}", l.line(), l.column()))
+            .unwrap_or_default(),
+        message: e.to_string(),
+    })?;
     if let (Some(file_node), Some(node)) = (file.node.as_deref(), node) {
         if file_node != node {
             return Err(WorkloadError::WrongNode {
@@ -361,9 +369,13 @@ workloads:
     }
 
     #[test]
-    fn empty_file_means_no_workloads() {
-        assert!(parse(p(), "", None).expect("empty ok").is_empty());
+    fn empty_file_is_an_error_and_an_empty_list_means_none() {
         assert!(parse(p(), "workloads: []\n", None).expect("ok").is_empty());
+        // An empty file (or one cut before its list) is an error, never "no pods".
+        for partial in ["", "\n  \n", "# comment only\n", "node: node-1\n"] {
+            let err = parse(p(), partial, None).expect_err(partial).to_string();
+            assert!(err.contains("workloads"), "{partial:?}: {err}");
+        }
     }
 
     #[test]

@@ -83,6 +83,41 @@ pub struct PodLinks {
     sk_lookup: SkLookupLinkId,
 }
 
+/// A pod's attached programs; detached when dropped.
+#[derive(Debug)]
+pub struct AttachedPod {
+    datapath: Arc<Datapath>,
+    links: Option<PodLinks>,
+}
+
+impl Drop for AttachedPod {
+    fn drop(&mut self) {
+        if let Some(links) = self.links.take() {
+            self.datapath.detach_pod(links);
+        }
+    }
+}
+
+/// A pod's steering entries (readiness, inbound listeners); removed when dropped:
+/// outbound first, so nothing is steered to listeners about to close.
+#[derive(Debug)]
+pub struct SteeringGuard {
+    datapath: Arc<Datapath>,
+    netns_cookie: Option<u64>,
+    ips: Vec<IpAddr>,
+}
+
+impl Drop for SteeringGuard {
+    fn drop(&mut self) {
+        if let Some(cookie) = self.netns_cookie {
+            self.datapath.clear_ready(cookie);
+        }
+        for ip in &self.ips {
+            self.datapath.remove_inbound(*ip);
+        }
+    }
+}
+
 struct Control {
     ebpf: Ebpf,
     ready: HashMap<MapData, u64, PodSteer>,
@@ -239,6 +274,42 @@ impl Datapath {
                 tracing::warn!("detach: {err}");
             }
         }
+    }
+
+    /// [`Datapath::attach_pod`], held by a guard that detaches on drop.
+    pub fn attach_pod_guarded(
+        self: &Arc<Self>,
+        cgroup: &File,
+        netns: &File,
+    ) -> Result<AttachedPod, DatapathError> {
+        let links = self.attach_pod(cgroup, netns)?;
+        Ok(AttachedPod {
+            datapath: self.clone(),
+            links: Some(links),
+        })
+    }
+
+    /// Turns steering on for a pod: inbound for each of `ips` (to the listener of its
+    /// family), then outbound. The guard turns it off again on drop, so no failure
+    /// path can leave a pod half-steered.
+    pub fn steer_pod(
+        self: &Arc<Self>,
+        netns_cookie: u64,
+        steer: PodSteer,
+        inbound: &[(IpAddr, std::os::fd::RawFd)],
+    ) -> Result<SteeringGuard, DatapathError> {
+        let mut guard = SteeringGuard {
+            datapath: self.clone(),
+            netns_cookie: None,
+            ips: Vec::with_capacity(inbound.len()),
+        };
+        for (ip, fd) in inbound {
+            self.add_inbound(*ip, fd)?;
+            guard.ips.push(*ip);
+        }
+        self.set_ready(netns_cookie, steer)?;
+        guard.netns_cookie = Some(netns_cookie);
+        Ok(guard)
     }
 
     /// Marks a pod's outbound listener(s) ready: connect4/6 start steering.

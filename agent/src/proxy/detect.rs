@@ -37,12 +37,16 @@ pub enum Protocol {
 
 /// What a prefix of the stream says.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+pub enum Verdict {
+    /// The protocol is decided.
     Is(Protocol),
+    /// Too few bytes to tell: peek again.
     NeedMore,
 }
 
-fn classify(buf: &[u8]) -> Verdict {
+/// Classifies the client's first bytes (a prefix of the stream, at most `MAX_PEEK`
+/// bytes). Public for the fuzz targets (`agent/fuzz`).
+pub fn classify(buf: &[u8]) -> Verdict {
     if buf.is_empty() {
         return Verdict::NeedMore;
     }
@@ -85,11 +89,24 @@ fn classify(buf: &[u8]) -> Verdict {
     }
 }
 
+/// Whether `buf` starts with a known method and a space (an HTTP/1 request line).
+fn is_method_start(buf: &[u8]) -> bool {
+    METHODS
+        .iter()
+        .any(|m| buf.len() > m.len() && buf.starts_with(m) && buf[m.len()] == b' ')
+}
+
 /// Bytes peeked at most: a request line longer than this is proxied opaquely.
 const MAX_PEEK: usize = 8 * 1024;
 
 /// Peeks at the client's first bytes until the protocol is known or the timeout passes.
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> Protocol {
+/// An HTTP/1 request line longer than the peek window is relayed opaquely (untraced)
+/// and counted in `too_large`.
+pub async fn detect(
+    stream: &TcpStream,
+    timeout: Duration,
+    too_large: &prometheus_client::metrics::counter::Counter,
+) -> Protocol {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; MAX_PEEK];
     let mut last = 0;
@@ -103,6 +120,9 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Protocol {
             return Protocol::Opaque; // EOF before any byte
         }
         if let Verdict::Is(p) = classify(&buf[..n]) {
+            if p == Protocol::Opaque && n >= MAX_PEEK && is_method_start(&buf[..n]) {
+                too_large.inc();
+            }
             return p;
         }
         if n == last {
@@ -141,8 +161,9 @@ const SETTINGS_HEADER: [Option<u8>; 9] = [
     Some(0),
 ];
 
-/// `None`: too few bytes to tell.
-fn classify_server(buf: &[u8]) -> Option<ServerFirst> {
+/// Classifies the server's first bytes. `None`: too few bytes to tell. Public for the
+/// fuzz targets (`agent/fuzz`).
+pub fn classify_server(buf: &[u8]) -> Option<ServerFirst> {
     let header_matches = buf
         .iter()
         .zip(SETTINGS_HEADER)

@@ -13,26 +13,29 @@ use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
 use hyper::body::{Body, Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opentelemetry::KeyValue;
 use std::sync::Mutex;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 
 use super::{pool::PoolKey, ConnError, PodContext, Target};
 use crate::{
     metrics::Direction,
     trace::{
         context::{self, SpanId, TraceContext},
-        span::{Kind, ProxySpan, Status},
+        span::{capped, Kind, ProxySpan, Status, TRUNCATED_ATTRIBUTES},
     },
 };
 
@@ -48,6 +51,8 @@ struct Leg {
     /// The connection opened during detection (if any), used for the first request.
     first: Mutex<Option<TcpStream>>,
     h2: bool,
+    /// Requests in flight on this client connection (idle timeout).
+    activity: Arc<Activity>,
 }
 
 impl Leg {
@@ -68,7 +73,11 @@ pub async fn serve(
     h2: bool,
     upstream: Option<TcpStream>,
 ) -> Result<(), ConnError> {
+    let pod_limits = pod.limits.clone();
+    let pod_metrics = pod.metrics(dir).clone();
+    let shutdown = pod.shutdown.clone();
     let leg = Arc::new(Leg {
+        activity: Arc::new(Activity::new()),
         pod,
         dir,
         target,
@@ -87,20 +96,152 @@ pub async fn serve(
             tracing::debug!(pod = %leg.pod.key, direction = leg.dir.as_str(), "upstream: {err}");
         }
     }
+    let activity = leg.activity.clone();
     let svc = hyper::service::service_fn(move |req| handle(leg.clone(), req));
     let io = TokioIo::new(client);
+    let limits = pod_limits.clone();
+    let watchdog = watchdog(&activity, limits.http_idle_timeout, shutdown);
+    // On an idle timeout or agent shutdown the connection is closed gracefully: requests
+    // in flight finish (HTTP/2: GOAWAY), then it closes.
     let result = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
-            .await
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = watchdog => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .preserve_header_case(true)
+            .timer(TokioTimer::new())
+            // Also the keep-alive idle time: hyper arms it whenever it waits for a head.
+            .header_read_timeout(limits.header_read_timeout)
             .serve_connection(io, svc)
-            .with_upgrades()
-            .await
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = watchdog => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     };
-    result.map_err(|e| ConnError::Relay(std::io::Error::other(e)))
+    result.map_err(|e| {
+        if e.is_timeout() {
+            pod_metrics.limits.timeouts.inc();
+        }
+        ConnError::Relay(std::io::Error::other(e))
+    })
+}
+
+/// Resolves when the connection has had no request in flight for `idle`, or when the
+/// agent shuts down.
+async fn watchdog(activity: &Activity, idle: Duration, mut shutdown: watch::Receiver<bool>) {
+    let wait_idle = async {
+        loop {
+            match activity.idle_since() {
+                Some(since) if since.elapsed() >= idle => return,
+                Some(since) => tokio::time::sleep_until((since + idle).into()).await,
+                None => tokio::time::sleep(idle).await,
+            }
+        }
+    };
+    let stopping = async {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            // The agent is gone without a shutdown: nothing to wait for.
+            std::future::pending::<()>().await;
+        }
+        // A request in flight ends with `Connection: close` (HTTP/2: GOAWAY); an idle
+        // connection is closed once it has stayed idle a moment, so a request that
+        // was steered just before the release is read and served first.
+        loop {
+            match activity.idle_since() {
+                None => return,
+                Some(since) if since.elapsed() >= SHUTDOWN_IDLE => return,
+                Some(_) => tokio::time::sleep(SHUTDOWN_IDLE / 10).await,
+            }
+        }
+    };
+    tokio::select! {
+        () = wait_idle => {}
+        () = stopping => {}
+    }
+}
+
+/// At shutdown, how long a client connection must have been idle to be closed.
+const SHUTDOWN_IDLE: Duration = Duration::from_millis(250);
+
+/// Requests in flight on one client connection, and since when it has had none.
+#[derive(Debug)]
+struct Activity {
+    inflight: AtomicUsize,
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            inflight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Some(Instant::now())),
+        }
+    }
+
+    /// `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
+            *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight, until its response body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let mut since = a.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        if a.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Some(Instant::now());
+        }
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is dropped.
+struct Tracked {
+    inner: ProxyBody,
+    _inflight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Trace decision for one request.
@@ -112,7 +253,20 @@ struct Traced {
     client_id: SpanId,
 }
 
-async fn handle(
+/// Serves one request; the response body holds the connection's in-flight mark.
+async fn handle(leg: Arc<Leg>, req: Request<Incoming>) -> Result<Response<Tracked>, Infallible> {
+    let inflight = leg.activity.begin();
+    let resp = match proxy_request(leg, req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    Ok(resp.map(|inner| Tracked {
+        inner,
+        _inflight: inflight,
+    }))
+}
+
+async fn proxy_request(
     leg: Arc<Leg>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -150,7 +304,8 @@ async fn handle(
             Some(t)
         }
     };
-    let info = RequestInfo::new(&leg, &req);
+    // Span attributes are gathered only for requests that get spans.
+    let traced = traced.map(|t| (t, RequestInfo::new(&leg, &req)));
     let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), down_upgrade.is_some());
 
@@ -161,20 +316,34 @@ async fn handle(
         Err(err) => {
             let msg = err.to_string();
             tracing::debug!(pod = %leg.pod.key, direction = leg.dir.as_str(), "upstream: {msg}");
-            if let Some(t) = traced {
+            if let Some((t, info)) = traced {
                 let done = Completion {
                     leg: leg.clone(),
                     traced: t,
                     info,
                     server_start,
                     client_start,
-                    status: Some(StatusCode::BAD_GATEWAY),
+                    status: Some(if is_request_body_error(&err) {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    }),
                     grpc_status: None,
                 };
                 done.emit(Some(msg));
             }
-            let mut r = Response::new(full("hoptrace: upstream unavailable\n"));
-            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            // The client's own body was malformed (bad chunk size, cut short): its
+            // fault, answered as the server would have, not blamed on the upstream.
+            let (status, text) = if is_request_body_error(&err) {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "hoptrace: malformed request body\n",
+                )
+            } else {
+                (StatusCode::BAD_GATEWAY, "hoptrace: upstream unavailable\n")
+            };
+            let mut r = Response::new(full(text));
+            *r.status_mut() = status;
             return Ok(r);
         }
     };
@@ -200,7 +369,7 @@ async fn handle(
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
     let (parts, body) = resp.into_parts();
-    let done = traced.map(|t| Completion {
+    let done = traced.map(|(t, info)| Completion {
         leg,
         traced: t,
         info,
@@ -236,6 +405,17 @@ fn full(s: &'static str) -> ProxyBody {
 /// request was written (a server closing an idle keep-alive connection).
 const SEND_ATTEMPTS: usize = 3;
 
+/// Whether sending failed because reading the client's request body failed.
+fn is_request_body_error(err: &ConnError) -> bool {
+    match err {
+        ConnError::Relay(io) => io
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<hyper::Error>())
+            .is_some_and(|e| e.is_user() && !e.is_canceled()),
+        _ => false,
+    }
+}
+
 fn relay_err(e: hyper::Error) -> ConnError {
     ConnError::Relay(std::io::Error::other(e))
 }
@@ -252,18 +432,21 @@ async fn send(leg: &Leg, mut req: Request<Incoming>) -> Result<Response<Incoming
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut sender = match leg.take_first() {
-            Some(stream) => handshake_h1(stream).await?,
+        let (mut sender, opened) = match leg.take_first() {
+            Some(stream) => (handshake_h1(stream).await?, Instant::now()),
             None => match pool.checkout_h1(&key) {
-                Some(s) => s,
-                None => handshake_h1(leg.target.connect(&leg.pod).await?).await?,
+                Some(pooled) => pooled,
+                None => (
+                    handshake_h1(leg.target.connect(&leg.pod).await?).await?,
+                    Instant::now(),
+                ),
             },
         };
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 // After 101 the connection belongs to the upgraded stream.
                 if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    pool.checkin_h1(key, sender);
+                    pool.checkin_h1(key, sender, opened);
                 }
                 return Ok(resp);
             }
@@ -336,6 +519,9 @@ fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
+/// `HTTP2-Settings` (RFC 7540 §3.2.1): sent with `Upgrade: h2c`.
+const HTTP2_SETTINGS: &str = "http2-settings";
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names,
 /// `Proxy-Connection`, `Keep-Alive`, `TE` (except `TE: trailers`, which gRPC needs),
 /// `Transfer-Encoding` (hyper re-frames the body) and `Upgrade` — except for an
@@ -361,14 +547,25 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        // `Host` is never hop-by-hop: a request must not lose it because a client
+        // named it in `Connection`.
+        .filter(|n| n != header::HOST)
+        .filter(|n| !(keep_upgrade && (n == header::UPGRADE || n == HTTP2_SETTINGS)))
         .collect();
     for n in named {
         h.remove(n);
     }
     if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        // An `Upgrade: h2c` handshake carries its settings in `HTTP2-Settings`, a
+        // connection-specific field the next hop needs to accept the upgrade.
+        let value = if h.contains_key(HTTP2_SETTINGS) {
+            "upgrade, http2-settings"
+        } else {
+            "upgrade"
+        };
+        h.insert(header::CONNECTION, HeaderValue::from_static(value));
     } else {
+        h.remove(HTTP2_SETTINGS);
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
     }
@@ -382,6 +579,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Attributes fixed at request time.
+/// Attributes fixed at request time, each value capped at
+/// [`MAX_ATTRIBUTE_LEN`](crate::trace::span::MAX_ATTRIBUTE_LEN).
 struct RequestInfo {
     method: String,
     path: String,
@@ -389,10 +588,13 @@ struct RequestInfo {
     host: String,
     user_agent: Option<String>,
     grpc: Option<(String, String)>,
+    /// Attributes whose values were cut.
+    truncated: Vec<&'static str>,
 }
 
 impl RequestInfo {
     fn new(leg: &Leg, req: &Request<Incoming>) -> Self {
+        let mut truncated = Vec::new();
         let dst = leg.target.dst();
         let host = req
             .uri()
@@ -410,29 +612,38 @@ impl RequestInfo {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let path = req.uri().path().to_string();
+        let path = capped(req.uri().path(), "url.path", &mut truncated);
         let grpc = is_grpc
             .then(|| {
                 let mut parts = path.trim_start_matches('/').splitn(2, '/');
                 Some((parts.next()?.to_string(), parts.next()?.to_string()))
             })
             .flatten();
-        Self {
-            method: req.method().as_str().to_string(),
+        let info = Self {
+            method: capped(req.method().as_str(), "http.request.method", &mut truncated),
             version: match req.version() {
                 Version::HTTP_10 => "1.0",
                 Version::HTTP_2 => "2",
                 _ => "1.1",
             },
-            path,
-            host,
+            host: capped(&host, "server.address", &mut truncated),
             user_agent: req
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+                .map(|ua| capped(ua, "user_agent.original", &mut truncated)),
+            path,
             grpc,
+            truncated,
+        };
+        if !info.truncated.is_empty() {
+            leg.pod
+                .metrics(leg.dir)
+                .limits
+                .attributes_truncated
+                .inc_by(info.truncated.len() as u64);
         }
+        info
     }
 }
 
@@ -500,6 +711,13 @@ impl Completion {
         }
         if let Some(g) = self.grpc_status {
             attrs.push(KeyValue::new("rpc.grpc.status_code", g));
+        }
+        if !i.truncated.is_empty() {
+            let names = i.truncated.iter().map(|k| (*k).into()).collect();
+            attrs.push(KeyValue::new(
+                TRUNCATED_ATTRIBUTES,
+                opentelemetry::Value::Array(opentelemetry::Array::String(names)),
+            ));
         }
         let code = self.status.map(|s| s.as_u16()).unwrap_or(0);
         let grpc_error = self.grpc_status.is_some_and(|g| g != 0);
@@ -704,6 +922,52 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("deflate;q=0.5"));
         strip_hop_by_hop(&mut h, false);
         assert!(h.get(header::TE).is_none());
+    }
+
+    #[test]
+    fn host_named_in_connection_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("host, x-a"));
+        h.insert(header::HOST, HeaderValue::from_static("web:8080"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.get(header::HOST).map(|v| v.as_bytes()),
+            Some(&b"web:8080"[..])
+        );
+        assert!(h.get("x-a").is_none());
+    }
+
+    #[test]
+    fn h2c_upgrade_keeps_http2_settings() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            HTTP2_SETTINGS,
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get(HTTP2_SETTINGS).map(|v| v.as_bytes()),
+            Some(&b"AAMAAABkAAQCAAAAAAIAAAAA"[..])
+        );
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade, http2-settings"[..])
+        );
+        // Not an upgrade: the field is connection-specific and goes.
+        let mut h = HeaderMap::new();
+        h.insert(
+            HTTP2_SETTINGS,
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(HTTP2_SETTINGS).is_none());
     }
 
     #[test]

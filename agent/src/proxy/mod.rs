@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::{
     ebpf::Datapath,
@@ -35,6 +35,40 @@ use crate::{
 
 /// How long an upstream connect may take before the client connection is reset.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one pod's connections may cost the node (docs/SECURITY.md lists every limit,
+/// its default and what happens when it is hit). Set once from the command line.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections proxied at once per pod and direction; beyond, new ones are
+    /// reset at once (`hoptrace_connections_refused_total{reason="pod_limit"}`), so one
+    /// pod's flood costs only that pod.
+    pub max_connections_per_pod: usize,
+    /// An HTTP/1 request head must arrive within this time of its first byte being
+    /// awaited (slowloris); else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight (HTTP keep-alive, or an HTTP/2
+    /// connection without streams) is closed after this long.
+    pub http_idle_timeout: Duration,
+    /// An opaque TCP connection with no byte in either direction is closed after this long.
+    pub tcp_idle_timeout: Duration,
+    /// A pooled upstream HTTP connection is not reused after this age, so connections
+    /// opened while a peer's agent was down (direct, untraced) are replaced by steered
+    /// ones within this time once it is back.
+    pub pool_max_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_pod: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(300),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            pool_max_lifetime: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Everything a connection task needs to know about the pod it serves.
 #[derive(Debug)]
@@ -64,6 +98,40 @@ pub struct PodContext {
     pub outbound_pool: Arc<pool::Pool>,
     /// Reusable upstream HTTP connections of the inbound leg (per calling pod).
     pub inbound_pool: Arc<pool::Pool>,
+    /// Limits and timeouts (shared by every pod).
+    pub limits: Arc<Limits>,
+    /// Connection slots of the outbound and inbound legs ([`Limits::max_connections_per_pod`] each).
+    pub slots: [Arc<Semaphore>; 2],
+    /// Becomes `true` when the agent shuts down: HTTP connections close once idle.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Connections being proxied on the whole node (shutdown waits for them).
+    pub node_inflight: Arc<InFlightCount>,
+}
+
+/// Connections being proxied on the node; each holds an [`InFlightGuard`].
+#[derive(Debug, Default)]
+pub struct InFlightCount(std::sync::atomic::AtomicUsize);
+
+impl InFlightCount {
+    /// Connections being proxied now.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+}
+
+/// One proxied connection, counted until dropped.
+#[derive(Debug)]
+struct InFlightGuard(Arc<InFlightCount>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl PodContext {
@@ -72,6 +140,14 @@ impl PodContext {
         match dir {
             Direction::Outbound => &self.outbound,
             Direction::Inbound => &self.inbound,
+        }
+    }
+
+    /// The connection slots of one direction.
+    pub fn slots(&self, dir: Direction) -> &Arc<Semaphore> {
+        match dir {
+            Direction::Outbound => &self.slots[0],
+            Direction::Inbound => &self.slots[1],
         }
     }
 
@@ -151,38 +227,50 @@ pub enum ConnError {
     /// Relay I/O error.
     #[error("relay: {0}")]
     Relay(std::io::Error),
+    /// The connection was addressed to the agent's own listener: proxying it would
+    /// connect to the agent again, in a loop.
+    #[error(
+        "refused: {0} is the agent's own listener (a connection made to it directly, not steered)"
+    )]
+    SelfConnect(SocketAddr),
+    /// An opaque connection saw no byte for [`Limits::tcp_idle_timeout`].
+    #[error("closed after {0:?} without traffic")]
+    Idle(Duration),
 }
 
-/// Running accept loops of one pod. Dropping it does not stop them; call
-/// [`PodListeners::stop`].
+/// Running accept loops of one pod; dropping it stops them (closes the listeners).
+/// Connections already accepted go on.
 #[derive(Debug, Default)]
 pub struct PodListeners {
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl PodListeners {
-    /// Starts accept loops for the given listeners.
+    /// Starts accept loops for the given listeners. On error the loops already
+    /// started are stopped again (by drop).
     pub fn start(
         pod: Arc<PodContext>,
         outbound: Vec<std::net::TcpListener>,
         inbound: Vec<std::net::TcpListener>,
     ) -> std::io::Result<Self> {
-        let mut tasks = Vec::new();
+        let mut this = Self::default();
         for (listeners, dir) in [
             (outbound, Direction::Outbound),
             (inbound, Direction::Inbound),
         ] {
             for l in listeners {
                 let l = tokio::net::TcpListener::from_std(l)?;
-                tasks.push(tokio::spawn(accept_loop(l, pod.clone(), dir)));
+                this.tasks
+                    .push(tokio::spawn(accept_loop(l, pod.clone(), dir)));
             }
         }
-        Ok(Self { tasks })
+        Ok(this)
     }
+}
 
-    /// Stops accepting (closes the listeners). Connections already accepted go on.
-    pub fn stop(self) {
-        for t in self.tasks {
+impl Drop for PodListeners {
+    fn drop(&mut self) {
+        for t in &self.tasks {
             t.abort();
         }
     }
@@ -192,10 +280,21 @@ async fn accept_loop(listener: tokio::net::TcpListener, pod: Arc<PodContext>, di
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let m = pod.metrics(dir);
+                m.accepted.inc();
+                // One pod's flood must not take the node's descriptors: beyond its
+                // slots a connection is reset at once (a refusal, not a hang).
+                let Ok(slot) = pod.slots(dir).clone().try_acquire_owned() else {
+                    m.refused_limit.inc();
+                    reset(stream);
+                    continue;
+                };
+                let inflight = pod.node_inflight.enter();
                 let pod = pod.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
+                    let _inflight = inflight;
                     let m = pod.metrics(dir);
-                    m.accepted.inc();
                     m.active.inc();
                     let result = match dir {
                         Direction::Outbound => outbound(&pod, stream, peer).await,
@@ -227,6 +326,11 @@ async fn outbound(
         reset(client);
         return Err(ConnError::NoOrigDst(peer.port()));
     };
+    if is_own_listener(dst) {
+        pod.outbound.refused_loop.inc();
+        reset(client);
+        return Err(ConnError::SelfConnect(dst));
+    }
     let client_ip = pod
         .ips
         .iter()
@@ -247,6 +351,11 @@ async fn inbound(pod: &Arc<PodContext>, client: TcpStream) -> Result<(), ConnErr
     // With sk_lookup the accepted socket keeps the address the client dialed.
     let dst = client.local_addr().map_err(ConnError::Relay)?;
     let peer = client.peer_addr().map_err(ConnError::Relay)?;
+    if is_own_listener(dst) {
+        pod.inbound.refused_loop.inc();
+        reset(client);
+        return Err(ConnError::SelfConnect(dst));
+    }
     let target = Target::Inbound { client: peer, dst };
     proxy(pod, Direction::Inbound, client, target, peer.ip()).await
 }
@@ -266,7 +375,8 @@ async fn proxy(
     // connect. Should the client send something else (or nothing within the
     // detection timeout), connect now and relay it opaquely.
     if pod.pool(dir).knows_http(&target) {
-        let protocol = detect::detect(&client, detect::DETECT_TIMEOUT).await;
+        let protocol =
+            detect::detect(&client, detect::DETECT_TIMEOUT, &m.limits.head_too_large).await;
         if protocol != detect::Protocol::Opaque {
             return serve_http(pod, dir, client, target, client_ip, protocol, None).await;
         }
@@ -277,9 +387,7 @@ async fn proxy(
                 return Err(err);
             }
         };
-        return tcp::relay(client, upstream, m)
-            .await
-            .map_err(ConnError::Relay);
+        return tcp::relay(client, upstream, m, pod.limits.tcp_idle_timeout).await;
     }
     // Otherwise connect first, as a plain proxy would, then watch both sides: the
     // client's first bytes decide the protocol; if the server speaks first (SMTP,
@@ -293,7 +401,7 @@ async fn proxy(
     };
     let started = tokio::time::Instant::now();
     let protocol = tokio::select! {
-        p = detect::detect(&client, detect::DETECT_TIMEOUT) => p,
+        p = detect::detect(&client, detect::DETECT_TIMEOUT, &m.limits.head_too_large) => p,
         first = detect::server_first(&upstream) => match first {
             // An HTTP/2 server (gRPC) may send its SETTINGS before the client's preface
             // is here: not a server-first protocol, so the client's bytes still decide,
@@ -301,7 +409,7 @@ async fn proxy(
             // client is then relayed as it is, as it would have been without the agent.
             detect::ServerFirst::H2Settings => {
                 let left = detect::DETECT_TIMEOUT.saturating_sub(started.elapsed());
-                match detect::detect(&client, left).await {
+                match detect::detect(&client, left, &m.limits.head_too_large).await {
                     detect::Protocol::Http2 => detect::Protocol::Http2,
                     _ => detect::Protocol::Opaque,
                 }
@@ -310,9 +418,9 @@ async fn proxy(
         },
     };
     match protocol {
-        detect::Protocol::Opaque => tcp::relay(client, upstream, m)
-            .await
-            .map_err(ConnError::Relay),
+        detect::Protocol::Opaque => {
+            tcp::relay(client, upstream, m, pod.limits.tcp_idle_timeout).await
+        }
         p => serve_http(pod, dir, client, target, client_ip, p, Some(upstream)).await,
     }
 }
@@ -364,6 +472,25 @@ async fn connect_transparent(
         Ok(Err(source)) => Err(ConnError::Connect { addr: dst, source }),
         Err(_) => Err(ConnError::ConnectTimeout(dst)),
     }
+}
+
+/// Whether a connection to `dst` reached the agent's listener without steering.
+///
+/// `sk_lookup` hands the inbound listener only connections for the pod's own
+/// addresses, and `connect4/6` never steer loopback, so a steered connection never has
+/// a loopback or unspecified destination. Such a destination means the pod dialed the
+/// agent's listener itself (`connect(127.0.0.1:15006)`): relaying it would dial the same
+/// listener again, and again, without end. (A pod address on the agent's port needs no
+/// rule: the agent listens on loopback only, so relaying it finds no listener: refused.)
+pub fn is_own_listener(dst: SocketAddr) -> bool {
+    let ip = match dst.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 /// Closes the client connection with RST, so the app sees "connection reset" as it

@@ -73,31 +73,39 @@ impl PoolKey {
 struct H1Conn {
     sender: http1::SendRequest<Incoming>,
     last_used: Instant,
+    opened: Instant,
 }
 
 impl H1Conn {
-    /// Open, and either busy or idle for less than [`IDLE_TIMEOUT`].
-    fn keep(&self, now: Instant) -> bool {
-        let idle_too_long =
-            self.sender.is_ready() && now.duration_since(self.last_used) > IDLE_TIMEOUT;
-        !self.sender.is_closed() && !idle_too_long
+    /// Open, not past its lifetime, and either busy or idle for less than
+    /// [`IDLE_TIMEOUT`]. A busy connection past its lifetime stays listed until the
+    /// next sweep after its response; dropping its sender then closes it.
+    fn keep(&self, now: Instant, max_lifetime: Duration) -> bool {
+        let ready = self.sender.is_ready();
+        let idle_too_long = ready && now.duration_since(self.last_used) > IDLE_TIMEOUT;
+        let too_old = ready && now.duration_since(self.opened) > max_lifetime;
+        !self.sender.is_closed() && !idle_too_long && !too_old
     }
 }
 
 #[derive(Default)]
 struct Entry {
     h1: Vec<H1Conn>,
-    h2: Option<http2::SendRequest<Incoming>>,
+    /// The shared connection and when it was opened.
+    h2: Option<(http2::SendRequest<Incoming>, Instant)>,
     last_http: Option<Instant>,
 }
 
 /// The upstream connections of one pod and direction. Shared (`Arc`) so that its
 /// sweeper task can close idle connections without keeping the pool alive.
-#[derive(Default)]
 pub struct Pool {
     entries: Mutex<HashMap<PoolKey, Entry>>,
     /// A sweeper task is running (started by the first check-in, ends when empty).
     sweeping: AtomicBool,
+    /// Connections are not reused past this age (`Limits::pool_max_lifetime`): a
+    /// connection that went direct while the peer's agent was down is replaced by a
+    /// steered one within this time once the agent is back.
+    max_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Pool {
@@ -107,6 +115,15 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
+    /// An empty pool whose connections are reused for at most `max_lifetime`.
+    pub fn new(max_lifetime: Duration) -> Self {
+        Self {
+            entries: Mutex::default(),
+            sweeping: AtomicBool::new(false),
+            max_lifetime,
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<PoolKey, Entry>) -> R) -> R {
         // A panic while holding the lock leaves the map consistent (every operation is
         // a single push/pop/retain), so a poisoned lock is still usable.
@@ -126,28 +143,37 @@ impl Pool {
         })
     }
 
-    /// Takes an HTTP/1 connection that can send a request now, if there is one.
-    pub fn checkout_h1(&self, key: &PoolKey) -> Option<http1::SendRequest<Incoming>> {
+    /// Takes an HTTP/1 connection that can send a request now, if there is one, with
+    /// the time it was opened.
+    pub fn checkout_h1(&self, key: &PoolKey) -> Option<(http1::SendRequest<Incoming>, Instant)> {
         let now = Instant::now();
         self.with(|map| {
             let entry = map.get_mut(key)?;
             entry.last_http = Some(now);
             // Closed connections and idle ones past their time go; busy ones stay.
-            entry.h1.retain(|c| c.keep(now));
+            let max = self.max_lifetime;
+            entry.h1.retain(|c| c.keep(now, max));
             // Most recently used first: keeps the number of live connections low.
             let i = entry.h1.iter().rposition(|c| c.sender.is_ready())?;
-            Some(entry.h1.remove(i).sender)
+            let c = entry.h1.remove(i);
+            Some((c.sender, c.opened))
         })
     }
 
     /// Returns an HTTP/1 connection after a request was sent on it (its response may
     /// still be streaming). Dropped instead when closed or the key is full. Must run
     /// inside the tokio runtime (starts the sweeper).
-    pub fn checkin_h1(self: &Arc<Self>, key: PoolKey, sender: http1::SendRequest<Incoming>) {
-        if sender.is_closed() {
+    /// `opened`: when its TCP connection was made.
+    pub fn checkin_h1(
+        self: &Arc<Self>,
+        key: PoolKey,
+        sender: http1::SendRequest<Incoming>,
+        opened: Instant,
+    ) {
+        let now = Instant::now();
+        if sender.is_closed() || now.duration_since(opened) > self.max_lifetime {
             return;
         }
-        let now = Instant::now();
         self.with(|map| {
             let entry = map.entry(key).or_default();
             entry.last_http = Some(now);
@@ -155,6 +181,7 @@ impl Pool {
                 entry.h1.push(H1Conn {
                     sender,
                     last_used: now,
+                    opened,
                 });
             }
         });
@@ -183,14 +210,18 @@ impl Pool {
         });
     }
 
-    /// The shared HTTP/2 connection of `key`, if open.
+    /// The shared HTTP/2 connection of `key`, if open and not past its lifetime (its
+    /// streams in flight go on; new ones get a new connection).
     pub fn h2(&self, key: &PoolKey) -> Option<http2::SendRequest<Incoming>> {
         let now = Instant::now();
+        let max = self.max_lifetime;
         self.with(|map| {
             let entry = map.get_mut(key)?;
             entry.last_http = Some(now);
             match &entry.h2 {
-                Some(s) if !s.is_closed() => Some(s.clone()),
+                Some((s, opened)) if !s.is_closed() && now.duration_since(*opened) <= max => {
+                    Some(s.clone())
+                }
                 _ => {
                     entry.h2 = None;
                     None
@@ -205,7 +236,7 @@ impl Pool {
         self.with(|map| {
             let entry = map.entry(key).or_default();
             entry.last_http = Some(now);
-            entry.h2 = Some(sender);
+            entry.h2 = Some((sender, now));
         });
         self.sweep(now);
     }
@@ -214,8 +245,9 @@ impl Pool {
     /// pod talking to ever new destinations cannot grow the pool.
     fn sweep(&self, now: Instant) {
         self.with(|map| {
+            let max = self.max_lifetime;
             map.retain(|_, e| {
-                e.h1.retain(|c| c.keep(now));
+                e.h1.retain(|c| c.keep(now, max));
                 let recent = e
                     .last_http
                     .is_some_and(|t| now.duration_since(t) < KNOWN_HTTP_TTL);
@@ -254,6 +286,6 @@ mod tests {
         assert_ne!(PoolKey::new(&a, false), PoolKey::new(&a, true));
         let o = Target::Outbound { dst };
         assert_eq!(PoolKey::new(&o, false).source, None);
-        assert!(!Pool::default().knows_http(&o));
+        assert!(!Pool::new(Duration::from_secs(30)).knows_http(&o));
     }
 }

@@ -1,25 +1,97 @@
-//! Opaque TCP relay: byte-exact, half-close preserved, bounded buffers.
+//! Opaque TCP relay: byte-exact, half-close preserved, bounded buffers, idle timeout.
 
-use tokio::net::TcpStream;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncWriteExt as _, ErrorKind},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    time::Instant,
+};
+
+use super::ConnError;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::ConnMetrics;
 
 /// Per-direction buffer. Bounded: a slow reader stops us reading from the writer
-/// (backpressure through TCP windows), never an unbounded queue in the agent.
+/// (backpressure through TCP windows), never an unbounded queue in the agent. It is
+/// allocated at a direction's first byte, so an idle connection costs no buffer.
 const BUF: usize = 64 * 1024;
 
-/// Copies both ways until both sides are done. When one side ends its stream
-/// (FIN), the other side's write half is shut down, and the reverse direction keeps
-/// flowing: half-close reaches the peer as it would without the agent.
+/// Copies both ways until both sides are done. When one side ends its stream (FIN),
+/// the other side's write half is shut down, and the reverse direction keeps flowing:
+/// half-close reaches the peer as it would without the agent. A connection with no
+/// byte in either direction for `idle` is closed ([`ConnError::Idle`]).
 pub async fn relay(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    client: TcpStream,
+    upstream: TcpStream,
     m: &ConnMetrics,
-) -> std::io::Result<()> {
+    idle: Duration,
+) -> Result<(), ConnError> {
     let _ = client.set_nodelay(true);
-    let (from_client, from_server) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUF, BUF).await?;
-    m.bytes_from_client.inc_by(from_client);
-    m.bytes_from_server.inc_by(from_server);
-    Ok(())
+    let start = Instant::now();
+    // Milliseconds after `start` of the last byte relayed in either direction.
+    let last = AtomicU64::new(0);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let both = async {
+        tokio::try_join!(
+            copy_half(&mut cr, &mut uw, &m.bytes_from_client, &last, start),
+            copy_half(&mut ur, &mut cw, &m.bytes_from_server, &last, start),
+        )
+    };
+    let watchdog = async {
+        loop {
+            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = both => r.map(|_| ()).map_err(ConnError::Relay),
+        () = watchdog => {
+            m.limits.timeouts.inc();
+            Err(ConnError::Idle(idle))
+        }
+    }
+}
+
+/// One direction: read until EOF, write everything, then shut the writer down.
+async fn copy_half(
+    r: &mut OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    bytes: &Counter,
+    last: &AtomicU64,
+    start: Instant,
+) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        r.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0; BUF];
+        }
+        let n = match r.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            // FIN from this side: pass it on, keep the other direction open.
+            return match w.shutdown().await {
+                Err(e) if e.kind() != ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        }
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        w.write_all(&buf[..n]).await?;
+        bytes.inc_by(n as u64);
+    }
 }

@@ -86,3 +86,50 @@ pub struct ProxySpan {
     /// Status.
     pub status: Status,
 }
+
+/// Longest attribute value (bytes) the agent records. Longer values (a 300 KiB
+/// `User-Agent`, a huge path) are cut at a character boundary and the span names them
+/// in [`TRUNCATED_ATTRIBUTES`]: one request can then never make a span, or an export
+/// request, too large for the collector.
+pub const MAX_ATTRIBUTE_LEN: usize = 2048;
+
+/// Span attribute listing the attributes whose values were cut to [`MAX_ATTRIBUTE_LEN`].
+pub const TRUNCATED_ATTRIBUTES: &str = "hoptrace.truncated_attributes";
+
+/// `value` cut to [`MAX_ATTRIBUTE_LEN`] bytes at a character boundary; `key` is added to
+/// `truncated` when it was cut.
+pub fn capped(value: &str, key: &'static str, truncated: &mut Vec<&'static str>) -> String {
+    if value.len() <= MAX_ATTRIBUTE_LEN {
+        return value.to_string();
+    }
+    let mut end = MAX_ATTRIBUTE_LEN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    truncated.push(key);
+    value[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_at_a_char_boundary_and_named() {
+        let mut t = Vec::new();
+        assert_eq!(capped("short", "a", &mut t), "short");
+        assert!(t.is_empty());
+        let exact = "x".repeat(MAX_ATTRIBUTE_LEN);
+        assert_eq!(capped(&exact, "a", &mut t), exact);
+        assert!(t.is_empty());
+        // 'é' is 2 bytes: the limit falls inside one, the cut goes before it.
+        let long = format!(
+            "{}é{}",
+            "x".repeat(MAX_ATTRIBUTE_LEN - 1),
+            "y".repeat(300_000)
+        );
+        let cut = capped(&long, "user_agent.original", &mut t);
+        assert_eq!(cut.len(), MAX_ATTRIBUTE_LEN - 1);
+        assert_eq!(t, ["user_agent.original"]);
+    }
+}
