@@ -143,8 +143,12 @@ pub enum ServerFirst {
     /// HTTP/2 server may send as soon as the connection is up, before the client's
     /// preface has arrived (gRPC servers do). Only an HTTP/2 client can be talking to it.
     H2Settings,
-    /// Anything else, EOF or an error: a server-first protocol.
+    /// Anything else, or EOF: a server-first protocol.
     Other,
+    /// The connection failed (reset) before the server sent a byte: the client's
+    /// connection is reset too (reading on would report a clean EOF, the error
+    /// having been consumed here).
+    Reset,
 }
 
 /// The first 9 bytes of a SETTINGS frame that is not an ACK: length (24 bits, any),
@@ -188,7 +192,8 @@ pub async fn server_first(upstream: &TcpStream) -> ServerFirst {
     let mut buf = [0u8; SETTINGS_HEADER.len()];
     loop {
         match upstream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return ServerFirst::Other,
+            Ok(0) => return ServerFirst::Other,
+            Err(_) => return ServerFirst::Reset,
             Ok(n) => match classify_server(&buf[..n]) {
                 Some(verdict) => return verdict,
                 // A partial frame header: wait a little instead of spinning.

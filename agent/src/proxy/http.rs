@@ -132,12 +132,15 @@ pub async fn serve(
             }
         }
     };
-    result.map_err(|e| {
-        if e.is_timeout() {
+    match result {
+        // The header-read timeout (a slow head, or a keep-alive connection left idle):
+        // the connection is closed as the limit says, which is not a proxying failure.
+        Err(e) if e.is_timeout() => {
             pod_metrics.limits.timeouts.inc();
+            Ok(())
         }
-        ConnError::Relay(std::io::Error::other(e))
-    })
+        r => r.map_err(|e| ConnError::Relay(std::io::Error::other(e))),
+    }
 }
 
 /// Resolves when the connection has had no request in flight for `idle`, or when the

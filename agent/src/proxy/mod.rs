@@ -415,6 +415,10 @@ async fn proxy(
                 }
             }
             detect::ServerFirst::Other => detect::Protocol::Opaque,
+            detect::ServerFirst::Reset => {
+                reset(client);
+                return Err(ConnError::Relay(std::io::ErrorKind::ConnectionReset.into()));
+            }
         },
     };
     match protocol {

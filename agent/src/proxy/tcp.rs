@@ -55,13 +55,21 @@ pub async fn relay(
             tokio::time::sleep_until(deadline).await;
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         r = both => r.map(|_| ()).map_err(ConnError::Relay),
         () = watchdog => {
             m.limits.timeouts.inc();
             Err(ConnError::Idle(idle))
         }
+    };
+    if result.is_err() {
+        // A reset (or a timeout) on one side is passed on as a reset to the other, as
+        // the peer would have seen it without the agent, never as a clean end of stream.
+        for half in [cr.as_ref(), ur.as_ref()] {
+            let _ = socket2::SockRef::from(half).set_linger(Some(Duration::ZERO));
+        }
     }
+    result
 }
 
 /// One direction: read until EOF, write everything, then shut the writer down.

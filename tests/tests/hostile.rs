@@ -1,0 +1,326 @@
+//! Hostile input (issue 8): one pod attacks through the agent while two other pods
+//! keep talking; each case checks what the attacker got, that the agent's
+//! descriptors and memory stayed bounded, and that the neighbours saw 0 failures.
+//!
+//! Attackers and the victim server are `apps/hostile.py` (standard library only).
+
+mod common;
+
+use common::*;
+use hoptrace_tests::{assert_eventually, labapp, require_root, Agent, ConnectLoop, Lab, Pod};
+use serde_json::Value;
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Port of the victim's HTTP server.
+const HTTP_PORT: u16 = 8080;
+/// The test agent's per-pod connection slots (small, so a flood hits it quickly).
+const SLOTS: usize = 150;
+
+fn hostile_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps/hostile.py")
+}
+
+fn py(args: &[&str]) -> Command {
+    let mut cmd = Command::new(hoptrace_tests::pyapp::python());
+    cmd.arg(hostile_py()).args(args);
+    cmd
+}
+
+/// Runs a `hostile.py` client in `pod` and parses its JSON report.
+fn run(pod: &Pod, args: &[&str], timeout: Duration) -> Value {
+    let out = pod
+        .run(py(args), timeout)
+        .unwrap_or_else(|e| panic!("hostile.py {args:?} in {}: {e:#}", pod.name));
+    assert!(
+        out.status.success(),
+        "hostile.py {args:?} failed: {}",
+        out.stderr
+    );
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("hostile.py {args:?} printed {:?}: {e}", out.stdout))
+}
+
+/// Open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The lab every case runs in: `attacker`, `victim` (HTTP server), and the
+/// neighbours `bg-client` → `bg-server` (whoami) whose loop must never fail.
+/// Fields drop in order: processes and the agent before the lab.
+struct Hostile {
+    attacker: Pod,
+    victim: Pod,
+    agent: Agent,
+    _server: hoptrace_tests::PodProcess,
+    _whoami: hoptrace_tests::PodProcess,
+    bg: ConnectLoop,
+    lab: Lab,
+}
+
+impl Hostile {
+    fn new(extra_args: &[&str]) -> Hostile {
+        let app = labapp!();
+        let mut lab = Lab::new().expect("create lab");
+        lab.add_node("node-1").expect("node-1");
+        let attacker = lab.add_pod("node-1", "attacker").expect("attacker");
+        let victim = lab.add_pod("node-1", "victim").expect("victim");
+        let bgc = lab.add_pod("node-1", "bg-client").expect("bg-client");
+        let bgs = lab.add_pod("node-1", "bg-server").expect("bg-server");
+        let listen = victim.addr(HTTP_PORT).to_string();
+        let mut server = victim
+            .spawn(py(&["serve", "--listen", &listen]))
+            .expect("victim server");
+        server
+            .wait_listening(HTTP_PORT, Duration::from_secs(10))
+            .expect("victim listening");
+        let whoami = app
+            .whoami_server(&bgs, bgs.addr(WHOAMI_PORT))
+            .expect("whoami server");
+        let file = lab.write_workloads("node-1").expect("workloads");
+        let mut agent = Agent::start_with_args(&lab, "node-1", &file, extra_args).expect("agent");
+        agent.wait_ready(READY).expect("agent ready");
+        let out = lab.tmp_dir().join("bg-loop.out");
+        let bg = app
+            .connect_loop(&bgc, bgs.addr(WHOAMI_PORT), 50, 600_000, &out)
+            .expect("background loop");
+        assert_eventually!(
+            accepted(&agent, "outbound", "bg-client") >= 3.0,
+            COUNTED,
+            "the background loop is not steered"
+        );
+        Hostile {
+            lab,
+            attacker,
+            victim,
+            agent,
+            _server: server,
+            _whoami: whoami,
+            bg,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.agent.pid().expect("agent running")
+    }
+
+    /// Every background attempt so far succeeded, and there were some since `since`.
+    fn assert_neighbours_fine(&self, case: &str) {
+        let attempts = self.bg.attempts().expect("background attempts");
+        let failed: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
+        assert!(
+            failed.is_empty(),
+            "{case}: {} of {} background connections failed, e.g. {:?}",
+            failed.len(),
+            attempts.len(),
+            failed.first().map(|a| &a.detail)
+        );
+        assert!(attempts.len() > 5, "{case}: the background loop stalled");
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.agent.metrics().expect("metrics").value(name, labels)
+    }
+}
+
+#[test]
+fn one_pod_cannot_hurt_the_node() {
+    if !require_root() {
+        return;
+    }
+    let h = Hostile::new(&[
+        "--max-connections-per-pod",
+        &SLOTS.to_string(),
+        "--header-read-timeout",
+        "2s",
+    ]);
+    let pid = h.pid();
+    let base_fds = fds(pid);
+
+    // 1. Self-connect: dialing the agent's own listeners from inside the pod is refused
+    //    at once; before, one connect looped until the node's agent ran out of fds.
+    for port in [15006u16, 15001] {
+        let target = format!("127.0.0.1:{port}");
+        let r = run(
+            &h.attacker,
+            &[
+                "connect",
+                "--addr",
+                &target,
+                "--send",
+                "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            ],
+            Duration::from_secs(20),
+        );
+        let outcome = r["outcome"].as_str().unwrap_or("");
+        assert!(
+            matches!(outcome, "reset" | "eof" | "refused"),
+            "connect to {target}: {r}"
+        );
+        assert!(r["ms"].as_f64().unwrap_or(1e9) < 1000.0, "{target}: {r}");
+    }
+    assert!(
+        h.metric(
+            "hoptrace_connections_refused_total",
+            &[("pod", "attacker"), ("reason", "self_connect")]
+        ) >= 1.0,
+        "self-connects are counted"
+    );
+    assert!(
+        fds(pid) < base_fds + 20,
+        "fds after self-connect: {} (base {base_fds})",
+        fds(pid)
+    );
+    h.assert_neighbours_fine("self-connect");
+
+    // 2. A scan of closed ports on an enrolled pod: every port answers at once (as
+    //    without the agent), nothing hangs for the connect timeout, no fd stays held.
+    let ip = h.victim.ipv4.to_string();
+    let r = run(
+        &h.attacker,
+        &[
+            "scan",
+            "--ip",
+            &ip,
+            "--ports",
+            "20000-20599",
+            "--timeout",
+            "5",
+        ],
+        Duration::from_secs(120),
+    );
+    let counts = r["counts"].as_object().expect("counts");
+    assert!(
+        counts.keys().all(|k| k == "refused" || k == "reset"),
+        "closed ports: {r}"
+    );
+    assert!(
+        r["slowest_ms"].as_f64().unwrap_or(1e9) < 1000.0,
+        "closed ports: {r}"
+    );
+    assert_eventually!(
+        fds(pid) < base_fds + 20,
+        Duration::from_secs(5),
+        "fds after the scan: {} (base {base_fds})",
+        fds(pid)
+    );
+    h.assert_neighbours_fine("closed-port scan");
+
+    // 3. A connection flood: beyond its slots the attacker's connections are reset at
+    //    once; the agent's fds stay bounded by the slots; the neighbours never notice.
+    let victim_http = h.victim.addr(HTTP_PORT).to_string();
+    let flood = h
+        .attacker
+        .spawn({
+            let mut c = py(&[
+                "hold",
+                "--addr",
+                &victim_http,
+                "--count",
+                "600",
+                "--seconds",
+                "4",
+            ]);
+            c.stdout(std::process::Stdio::piped());
+            c
+        })
+        .expect("flood");
+    std::thread::sleep(Duration::from_secs(3));
+    let during = fds(pid);
+    let out = flood
+        .wait_output(Duration::from_secs(60))
+        .expect("flood output");
+    let r: Value = serde_json::from_str(out.stdout.trim()).expect("flood report");
+    // Outbound slots of the attacker, inbound slots of the victim: 2 fds per connection each.
+    let bound = base_fds + 4 * SLOTS + 50;
+    assert!(
+        during <= bound,
+        "fds during the flood: {during} > {bound}; {r}"
+    );
+    let refused =
+        r["reset_at_once"].as_u64().unwrap_or(0) + r["failed_at_once"].as_u64().unwrap_or(0);
+    assert!(
+        refused >= 400,
+        "connections beyond the slots are refused at once: {r}"
+    );
+    assert!(
+        h.metric(
+            "hoptrace_connections_refused_total",
+            &[("pod", "attacker"), ("reason", "pod_limit")]
+        ) >= 400.0
+    );
+    h.assert_neighbours_fine("connection flood");
+
+    // 4. Slowloris: heads sent a byte a second are cut at the header-read timeout.
+    let r = run(
+        &h.attacker,
+        &[
+            "hold",
+            "--addr",
+            &victim_http,
+            "--count",
+            "50",
+            "--seconds",
+            "8",
+            "--slowloris",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        r["still_open"].as_u64(),
+        Some(0),
+        "slowloris connections stay open: {r}"
+    );
+    let median = r["closed_later_median_ms"].as_f64().unwrap_or(1e9);
+    assert!(
+        (1000.0..6000.0).contains(&median),
+        "closed after {median} ms: {r}"
+    );
+    assert!(h.metric("hoptrace_connection_timeouts_total", &[]) >= 50.0);
+    h.assert_neighbours_fine("slowloris");
+
+    // 5. An admin flood from one address leaves /live answering for everyone else.
+    let admin = h.agent.admin_addr();
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(&SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 0)).into())
+            .expect("bind 127.0.0.2");
+        if s.connect(&admin.into()).is_ok() {
+            held.push(TcpStream::from(s));
+        }
+    }
+    let t = Instant::now();
+    let live = h.agent.get("/live").expect("/live during an admin flood");
+    assert_eq!(live.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "/live took {:?}",
+        t.elapsed()
+    );
+    assert!(h.metric("hoptrace_admin_connections_refused_total", &[]) >= 400.0);
+    drop(held);
+    h.assert_neighbours_fine("admin flood");
+
+    // Bounded memory through all of it.
+    let rss = rss_mib(pid);
+    assert!(rss < 120.0, "agent RSS {rss:.1} MiB after the attacks");
+}
