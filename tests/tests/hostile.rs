@@ -68,6 +68,7 @@ fn rss_mib(pid: u32) -> f64 {
 struct Hostile {
     attacker: Pod,
     victim: Pod,
+    neighbour: Pod,
     agent: Agent,
     _server: hoptrace_tests::PodProcess,
     _whoami: hoptrace_tests::PodProcess,
@@ -107,6 +108,7 @@ impl Hostile {
             "the background loop is not steered"
         );
         Hostile {
+            neighbour: bgc,
             lab,
             attacker,
             victim,
@@ -323,4 +325,242 @@ fn one_pod_cannot_hurt_the_node() {
     // Bounded memory through all of it.
     let rss = rss_mib(pid);
     assert!(rss < 120.0, "agent RSS {rss:.1} MiB after the attacks");
+}
+
+/// A sampled `traceparent` for trace `n`.
+fn traceparent(n: u32) -> (String, String) {
+    let trace = format!("{n:08x}{:024x}", 0xbad_u32);
+    (format!("00-{trace}-{n:016x}-01"), trace)
+}
+
+/// Sends `request` from `pod` to `to` (through the agent) and returns the report.
+fn raw(h: &Hostile, pod: &Pod, to: SocketAddr, name: &str, request: &[u8]) -> Value {
+    let file = h.lab.tmp_dir().join(format!("{name}.req"));
+    std::fs::write(&file, request).expect("write request");
+    let (a, f) = (to.to_string(), file.display().to_string());
+    run(
+        pod,
+        &["raw", "--addr", &a, "--data-file", &f],
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn oversized_spans_do_not_stop_export() {
+    if !require_root() {
+        return;
+    }
+    let receiver = hoptrace_tests::OtlpReceiver::start(hoptrace_tests::ReceiverOptions::default())
+        .expect("OTLP receiver");
+    let args = receiver.agent_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let h = Hostile::new(&args);
+    let to = h.victim.addr(HTTP_PORT);
+
+    // Twelve traced requests with a 300 KiB User-Agent: untruncated, their spans made
+    // export requests over the collector's 4 MiB limit, retried forever.
+    let ua = "u".repeat(300 * 1024);
+    let mut big = Vec::new();
+    for n in 1..=12 {
+        let (tp, trace) = traceparent(n);
+        let req = format!(
+            "GET /big HTTP/1.1\r\nHost: victim\r\ntraceparent: {tp}\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
+        );
+        let r = raw(&h, &h.attacker, to, &format!("big{n}"), req.as_bytes());
+        assert!(
+            r["status"].as_u64().is_some(),
+            "request {n} got no answer: {r}"
+        );
+        big.push(trace);
+    }
+    // Then another pod's ordinary request: its spans must arrive promptly.
+    let (tp, small) = traceparent(99);
+    let req = format!(
+        "GET /small HTTP/1.1\r\nHost: victim\r\ntraceparent: {tp}\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw(&h, &h.neighbour, to, "small", req.as_bytes());
+    assert_eq!(r["status"].as_u64(), Some(200), "{r}");
+    assert_eventually!(
+        receiver.trace(&small).len() == 4,
+        Duration::from_secs(15),
+        "the neighbour's request has {} of its 4 spans at the collector",
+        receiver.trace(&small).len()
+    );
+    for trace in &big {
+        assert_eventually!(
+            receiver.trace(trace).len() == 4,
+            Duration::from_secs(15),
+            "trace {trace}: {} of 4 spans",
+            receiver.trace(trace).len()
+        );
+        for span in receiver.trace(trace) {
+            let ua = span.attr("user_agent.original").unwrap_or("");
+            assert_eq!(ua.len(), 2048, "user_agent.original is cut to 2048 bytes");
+            let cut = span.attr("hoptrace.truncated_attributes").unwrap_or("");
+            assert!(
+                cut.contains("user_agent.original"),
+                "truncation is marked: {cut:?}"
+            );
+        }
+    }
+    assert_eq!(
+        h.metric("hoptrace_span_export_errors_total", &[]),
+        0.0,
+        "export requests failed"
+    );
+    assert_eq!(h.metric("hoptrace_spans_export_failed_total", &[]), 0.0);
+    assert!(h.metric("hoptrace_span_attributes_truncated_total", &[]) >= 24.0);
+    let rss = rss_mib(h.pid());
+    assert!(rss < 100.0, "agent RSS {rss:.1} MiB");
+    h.assert_neighbours_fine("oversized spans");
+}
+
+#[test]
+fn unusual_requests_are_answered_as_without_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let h = Hostile::new(&[]);
+    let to = h.victim.addr(HTTP_PORT);
+    let headers = |r: &Value| -> Vec<(String, String)> {
+        let body: Value =
+            serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or_default();
+        body["headers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap_or("").to_ascii_lowercase(),
+                            p[1].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // An invalid chunk size is the client's error: 400, not 502.
+    let r = raw(
+        &h,
+        &h.attacker,
+        to,
+        "badchunk",
+        b"POST /x HTTP/1.1\r\nHost: victim\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(r["status"].as_u64(), Some(400), "invalid chunk size: {r}");
+
+    // `Connection: host` must not strip Host.
+    let r = raw(
+        &h,
+        &h.attacker,
+        to,
+        "connhost",
+        b"GET /h HTTP/1.1\r\nHost: victim:8080\r\nConnection: host\r\n\r\n",
+    );
+    assert_eq!(r["status"].as_u64(), Some(200), "{r}");
+    assert!(
+        headers(&r)
+            .iter()
+            .any(|(k, v)| k == "host" && v == "victim:8080"),
+        "Host reached the app: {r}"
+    );
+
+    // `Upgrade: h2c` keeps its HTTP2-Settings (the app here declines the upgrade).
+    let r = raw(
+        &h,
+        &h.attacker,
+        to,
+        "h2c",
+        b"GET / HTTP/1.1\r\nHost: victim\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(r["status"].as_u64(), Some(200), "{r}");
+    assert!(
+        headers(&r)
+            .iter()
+            .any(|(k, v)| k == "http2-settings" && v == "AAMAAABkAAQCAAAAAAIAAAAA"),
+        "HTTP2-Settings reached the app: {r}"
+    );
+
+    // A request line over the 8 KiB detection window: relayed opaquely, counted.
+    let before = h.metric("hoptrace_http_head_too_large_total", &[]);
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: victim\r\nConnection: close\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let r = raw(&h, &h.attacker, to, "longline", long.as_bytes());
+    assert_eq!(r["status"].as_u64(), Some(200), "{r}");
+    assert!(h.metric("hoptrace_http_head_too_large_total", &[]) > before);
+
+    // An empty workload file (a partial write) is an error, not "release every pod".
+    let errors = h.metric("hoptrace_workload_file_errors_total", &[]);
+    let path = h.lab.workloads_path("node-1");
+    hoptrace_tests::workloads::write_atomic(&path, "").expect("empty file");
+    assert_eventually!(
+        h.metric("hoptrace_workload_file_errors_total", &[]) > errors,
+        Duration::from_secs(5),
+        "the empty workload file is not reported"
+    );
+    assert_eq!(
+        h.metric("hoptrace_workloads", &[("state", "steered")]),
+        4.0,
+        "pods were released on an empty file"
+    );
+    let before = accepted(&h.agent, "outbound", "bg-client");
+    assert_eventually!(
+        accepted(&h.agent, "outbound", "bg-client") > before,
+        COUNTED,
+        "traffic is no longer steered after the empty file"
+    );
+    h.assert_neighbours_fine("unusual requests");
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hostile::new(&[]);
+    let to = h.victim.addr(HTTP_PORT).to_string();
+    let file = h.lab.tmp_dir().join("slow.req");
+    std::fs::write(
+        &file,
+        "GET /sleep/2500 HTTP/1.1\r\nHost: victim\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write request");
+    let f = file.display().to_string();
+    let slow = h
+        .attacker
+        .spawn({
+            let mut c = py(&["raw", "--addr", &to, "--data-file", &f, "--timeout", "10"]);
+            c.stdout(std::process::Stdio::piped());
+            c
+        })
+        .expect("slow request");
+    assert_eventually!(
+        accepted(&h.agent, "inbound", "victim") >= 1.0,
+        COUNTED,
+        "the slow request did not reach the agent"
+    );
+    // Before: the agent exited 250 ms after SIGTERM and cut the request.
+    let t = Instant::now();
+    h.agent.stop().expect("SIGTERM");
+    let took = t.elapsed();
+    let out = slow
+        .wait_output(Duration::from_secs(15))
+        .expect("slow request output");
+    let r: Value = serde_json::from_str(out.stdout.trim()).expect("report");
+    assert_eq!(
+        r["status"].as_u64(),
+        Some(200),
+        "the request in flight was cut: {r}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the agent exited after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the agent took {took:?} to exit"
+    );
 }
