@@ -30,6 +30,11 @@ pub mod maps {
     pub const INBOUND_BYPASS: &str = "INBOUND_BYPASS";
     /// `PerCpuArray<u64>` of [`crate::Counter`] values, for `/metrics`.
     pub const COUNTERS: &str = "COUNTERS";
+    /// pod address → the pod's netns cookie (sk_lookup finds the pod's listening ports).
+    pub const POD_NETNS: &str = "POD_NETNS";
+    /// (netns cookie, port) → time seen listening: the ports an enrolled pod's apps
+    /// listen on. sk_lookup steers only connections to these.
+    pub const APP_LISTENERS: &str = "APP_LISTENERS";
 }
 
 /// Program names (function names in agent-ebpf).
@@ -123,6 +128,21 @@ pub struct Tuple {
     pub family: u32,
 }
 
+/// Key of [`maps::APP_LISTENERS`]: a TCP port an app in a pod's netns listens on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// Cookie of the pod's network namespace.
+    pub netns_cookie: u64,
+    /// The listening port, host byte order.
+    pub port: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Capacity of [`maps::APP_LISTENERS`]: listening ports of all enrolled pods.
+pub const LISTENERS_MAX_ENTRIES: u32 = 65_536;
+
 /// Capacity of [`maps::INBOUND_BYPASS`]: inbound-leg connects in flight per node.
 pub const BYPASS_MAX_ENTRIES: u32 = 16_384;
 
@@ -142,17 +162,21 @@ pub enum Counter {
     InboundAssignFailed = 4,
     /// Original destination not found in sock_ops (cookie evicted or missing).
     OrigDstMissing = 5,
+    /// sk_lookup left a connection to the pod's kernel because no app listens on its
+    /// port (the caller is refused by the pod itself, as without the agent).
+    InboundNoListener = 6,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::OutboundSteered,
         Counter::OutboundNotReady,
         Counter::OrigDstRecorded,
         Counter::InboundSteered,
         Counter::InboundAssignFailed,
         Counter::OrigDstMissing,
+        Counter::InboundNoListener,
     ];
 
     /// Metric-friendly name.
@@ -164,12 +188,13 @@ impl Counter {
             Counter::InboundSteered => "inbound_steered",
             Counter::InboundAssignFailed => "inbound_assign_failed",
             Counter::OrigDstMissing => "orig_dst_missing",
+            Counter::InboundNoListener => "inbound_no_listener",
         }
     }
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS_LEN: u32 = 6;
+pub const COUNTERS_LEN: u32 = 7;
 
 #[cfg(feature = "user")]
 mod user {
@@ -178,6 +203,7 @@ mod user {
     unsafe impl aya::Pod for super::PodSteer {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::OrigDstKey {}
+    unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::Tuple {}
 }

@@ -1,8 +1,8 @@
 //! Maps shared by the programs. Names must match `agent_common::maps`.
 
 use agent_common::{
-    Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, Tuple, BYPASS_MAX_ENTRIES, COUNTERS_LEN,
-    ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES,
+    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, Tuple, BYPASS_MAX_ENTRIES,
+    COUNTERS_LEN, LISTENERS_MAX_ENTRIES, ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -32,6 +32,17 @@ pub static INBOUND_LISTENERS: SockHash<InboundKey> =
 #[map]
 pub static INBOUND_BYPASS: LruHashMap<Tuple, u8> =
     LruHashMap::with_max_entries(BYPASS_MAX_ENTRIES, 0);
+
+/// pod address → the pod's netns cookie (written by the agent with its listeners).
+#[map]
+pub static POD_NETNS: HashMap<InboundKey, u64> = HashMap::with_max_entries(PODS_MAX_ENTRIES, 0);
+
+/// (netns cookie, port) → `bpf_ktime_get_ns()` when seen listening: sock_ops adds a
+/// port at `listen()`, the agent adds the ones listening before enrollment and removes
+/// closed ones (it compares the time with its own dump's).
+#[map]
+pub static APP_LISTENERS: HashMap<ListenKey, u64> =
+    HashMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
 
 /// Per-CPU event counters, summed by the agent for `/metrics`.
 #[map]

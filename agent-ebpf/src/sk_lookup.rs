@@ -1,10 +1,12 @@
 //! `sk_lookup`, attached to each enrolled pod's netns: hand new TCP connections for
 //! the pod's addresses to the agent's inbound listener in that netns.
 
-use agent_common::{Counter, InboundKey, Tuple, FAMILY_V4, FAMILY_V6, INBOUND_PORT, OUTBOUND_PORT};
+use agent_common::{
+    Counter, InboundKey, ListenKey, Tuple, FAMILY_V4, FAMILY_V6, INBOUND_PORT, OUTBOUND_PORT,
+};
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 
-use crate::maps::{count, INBOUND_BYPASS, INBOUND_LISTENERS};
+use crate::maps::{count, APP_LISTENERS, INBOUND_BYPASS, INBOUND_LISTENERS, POD_NETNS};
 
 const SK_PASS: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
@@ -87,6 +89,23 @@ fn steer(ctx: &SkLookupContext) {
     // before connecting. Steering it would loop.
     // SAFETY: plain-data value.
     if unsafe { INBOUND_BYPASS.get(&tuple) }.is_some() {
+        return;
+    }
+    // Only ports an app listens on: a connection to a closed port is left to the
+    // pod's kernel, which refuses it at once, exactly as without the agent (steered,
+    // it would be accepted first and reset after).
+    // SAFETY: plain-data value copied out immediately.
+    let Some(netns_cookie) = (unsafe { POD_NETNS.get(&key) }).copied() else {
+        return; // not enrolled (or not ready yet)
+    };
+    let listen = ListenKey {
+        netns_cookie,
+        port: local_port,
+        _pad: 0,
+    };
+    // SAFETY: as above.
+    if unsafe { APP_LISTENERS.get(&listen) }.is_none() {
+        count(Counter::InboundNoListener);
         return;
     }
     match INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0) {

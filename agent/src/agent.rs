@@ -21,7 +21,7 @@ use crate::{
     config::RunArgs,
     ebpf::{AttachedPod, Datapath, DatapathError, SteeringGuard},
     export::{self, ExportConfig, SpanSink},
-    inpod,
+    inpod, listeners,
     metrics::{Direction, Metrics, StateLabels},
     netns::{self, Netns, NetnsError},
     proxy::{pool::Pool, InFlightCount, Limits, PodContext, PodListeners},
@@ -70,6 +70,9 @@ pub enum EnrollError {
     /// Pod netns routing setup failed.
     #[error(transparent)]
     Inpod(#[from] inpod::InpodError),
+    /// The pod's listening sockets could not be listed.
+    #[error("listing the pod's listening sockets (sock_diag): {0}")]
+    Listeners(std::io::Error),
     /// Other I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -260,6 +263,14 @@ impl PodTable {
         }
 
         let attached = self.datapath.attach_pod_guarded(&cgroup, netns.file())?;
+        // Ports already listening (sock_ops records the ones opened from now on): only
+        // these are steered inbound; closed ports stay refused by the pod itself.
+        let dump_started = listeners::monotonic_ns();
+        let ports = netns
+            .run(listeners::listening_ports)?
+            .map_err(EnrollError::Listeners)?;
+        self.datapath
+            .add_listeners(netns_cookie, &ports, dump_started);
         let slots = || Arc::new(Semaphore::new(self.limits.max_connections_per_pod));
         let ctx = Arc::new(PodContext {
             key: w.key(),
@@ -336,6 +347,26 @@ impl PodTable {
         for (_, e) in all {
             self.release(e);
         }
+    }
+
+    /// Brings every enrolled pod's listening ports up to date (ports that closed stop
+    /// being steered; see `crate::listeners`). A pod whose dump fails keeps its entries.
+    pub fn sync_listeners(&self) {
+        let mut dumps = HashMap::new();
+        let mut keep = std::collections::BTreeSet::new();
+        for (key, e) in &self.enrolled {
+            let cookie = e.ctx.netns_cookie;
+            keep.insert(cookie);
+            let started = listeners::monotonic_ns();
+            match e.ctx.netns.run(listeners::listening_ports) {
+                Ok(Ok(ports)) => {
+                    dumps.insert(cookie, (ports, started));
+                }
+                Ok(Err(err)) => tracing::debug!(pod = %key, "listing listening sockets: {err}"),
+                Err(err) => tracing::debug!(pod = %key, "listing listening sockets: {err}"),
+            }
+        }
+        self.datapath.sync_listeners(&dumps, &keep);
     }
 
     /// Number of pods steered now.
@@ -514,6 +545,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         if last_retry.elapsed() >= RETRY {
             last_retry = Instant::now();
             table.retry_failed();
+            table.sync_listeners();
         }
     }
     tracing::info!("shutting down: releasing pods (new connections go direct)");

@@ -23,7 +23,10 @@
 
 use std::io;
 
-use crate::netns::{Netns, NetnsError};
+use crate::{
+    netlink::{message, Netlink},
+    netns::{Netns, NetnsError},
+};
 
 /// Socket mark of inbound-leg upstream sockets (and their replies).
 pub const MARK: u32 = 0x4854_0000;
@@ -72,7 +75,7 @@ pub fn install(netns: &Netns) -> Result<(), InpodError> {
             }
             _ => {}
         }
-        let nl = Netlink::open().map_err(|source| InpodError::Netlink {
+        let nl = Netlink::open(libc::NETLINK_ROUTE).map_err(|source| InpodError::Netlink {
             what: "netlink socket",
             source,
         })?;
@@ -140,89 +143,6 @@ fn exists_ok(e: io::Error) -> io::Result<()> {
     } else {
         Err(e)
     }
-}
-
-/// A NETLINK_ROUTE socket, created in the netns current at `open()`.
-struct Netlink {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl Netlink {
-    fn open() -> io::Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: plain socket(2) call; the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        Ok(Self {
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// Sends one request with NLM_F_ACK and returns the kernel's verdict.
-    fn request(&self, msg: &[u8]) -> io::Result<()> {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = [0u8; 4096];
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        // nlmsghdr (16 bytes), then for NLMSG_ERROR an i32 error code.
-        if n < 20 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "short netlink reply",
-            ));
-        }
-        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-        if ty != libc::NLMSG_ERROR as u16 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "unexpected netlink reply",
-            ));
-        }
-        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(-code))
-        }
-    }
-}
-
-/// Builds a netlink message: header, fixed body, then u32 attributes.
-fn message(ty: u16, flags: u16, body: &[u8], attrs: &[(u16, u32)]) -> Vec<u8> {
-    const HDR: usize = 16;
-    let attrs_len = attrs.len() * 8; // rtattr (4) + u32 (4), already 4-aligned
-    let len = HDR + body.len() + attrs_len;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel assigns
-    m.extend_from_slice(body);
-    for (kind, value) in attrs {
-        m.extend_from_slice(&8u16.to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&value.to_ne_bytes());
-    }
-    m
 }
 
 fn create_flags() -> u16 {

@@ -67,6 +67,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// Fields drop in order: processes and the agent before the lab.
 struct Hostile {
     attacker: Pod,
+    outsider: Pod,
     victim: Pod,
     neighbour: Pod,
     agent: Agent,
@@ -85,6 +86,8 @@ impl Hostile {
         let victim = lab.add_pod("node-1", "victim").expect("victim");
         let bgc = lab.add_pod("node-1", "bg-client").expect("bg-client");
         let bgs = lab.add_pod("node-1", "bg-server").expect("bg-server");
+        // Not enrolled: its connections reach enrolled pods only through sk_lookup.
+        let outsider = lab.add_pod("node-1", "outsider").expect("outsider");
         let listen = victim.addr(HTTP_PORT).to_string();
         let mut server = victim
             .spawn(py(&["serve", "--listen", &listen]))
@@ -95,7 +98,9 @@ impl Hostile {
         let whoami = app
             .whoami_server(&bgs, bgs.addr(WHOAMI_PORT))
             .expect("whoami server");
-        let file = lab.write_workloads("node-1").expect("workloads");
+        let file = lab
+            .write_workloads_only("node-1", &["attacker", "victim", "bg-client", "bg-server"])
+            .expect("workloads");
         let mut agent = Agent::start_with_args(&lab, "node-1", &file, extra_args).expect("agent");
         agent.wait_ready(READY).expect("agent ready");
         let out = lab.tmp_dir().join("bg-loop.out");
@@ -108,6 +113,7 @@ impl Hostile {
             "the background loop is not steered"
         );
         Hostile {
+            outsider,
             neighbour: bgc,
             lab,
             attacker,
@@ -192,26 +198,38 @@ fn one_pod_cannot_hurt_the_node() {
     );
     h.assert_neighbours_fine("self-connect");
 
-    // 2. A scan of closed ports on an enrolled pod: every port answers at once (as
-    //    without the agent), nothing hangs for the connect timeout, no fd stays held.
+    // 2. A scan of closed ports on an enrolled pod from a pod that is not enrolled:
+    //    every port is refused at once by the victim's own kernel, as without the
+    //    agent (before: each was accepted, hung 10 s, then reset; 12,000 of them took
+    //    the agent's fds). From an enrolled pod the agent's outbound leg has accepted
+    //    the connect already (as any proxy): the caller is reset, at once.
     let ip = h.victim.ipv4.to_string();
-    let r = run(
-        &h.attacker,
-        &[
-            "scan",
-            "--ip",
-            &ip,
-            "--ports",
-            "20000-20599",
-            "--timeout",
-            "5",
-        ],
-        Duration::from_secs(120),
-    );
+    let scan = |from: &Pod, ports: &str| {
+        run(
+            from,
+            &["scan", "--ip", &ip, "--ports", ports, "--timeout", "5"],
+            Duration::from_secs(120),
+        )
+    };
+    let r = scan(&h.outsider, "20000-20599");
     let counts = r["counts"].as_object().expect("counts");
     assert!(
-        counts.keys().all(|k| k == "refused" || k == "reset"),
+        counts.keys().all(|k| k == "refused"),
+        "closed ports must be refused, as without the agent: {r}"
+    );
+    assert!(
+        r["slowest_ms"].as_f64().unwrap_or(1e9) < 1000.0,
         "closed ports: {r}"
+    );
+    assert!(
+        h.metric("hoptrace_ebpf_inbound_no_listener_total", &[]) >= 600.0,
+        "connections to closed ports are left to the pod's kernel"
+    );
+    let r = scan(&h.attacker, "21000-21299");
+    let counts = r["counts"].as_object().expect("counts");
+    assert!(
+        counts.keys().all(|k| k == "reset"),
+        "closed ports from an enrolled pod: {r}"
     );
     assert!(
         r["slowest_ms"].as_f64().unwrap_or(1e9) < 1000.0,

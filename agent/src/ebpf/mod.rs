@@ -13,7 +13,8 @@ use std::{
 };
 
 use agent_common::{
-    maps, programs, Counter, InboundKey, OrigDst, OrigDstKey, PodSteer, Tuple, FAMILY_V4, FAMILY_V6,
+    maps, programs, Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, Tuple,
+    FAMILY_V4, FAMILY_V6,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, SockHash},
@@ -23,6 +24,10 @@ use aya::{
     },
     Ebpf,
 };
+
+mod pod;
+
+pub use pod::{AttachedPod, SteeringGuard};
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -83,45 +88,11 @@ pub struct PodLinks {
     sk_lookup: SkLookupLinkId,
 }
 
-/// A pod's attached programs; detached when dropped.
-#[derive(Debug)]
-pub struct AttachedPod {
-    datapath: Arc<Datapath>,
-    links: Option<PodLinks>,
-}
-
-impl Drop for AttachedPod {
-    fn drop(&mut self) {
-        if let Some(links) = self.links.take() {
-            self.datapath.detach_pod(links);
-        }
-    }
-}
-
-/// A pod's steering entries (readiness, inbound listeners); removed when dropped:
-/// outbound first, so nothing is steered to listeners about to close.
-#[derive(Debug)]
-pub struct SteeringGuard {
-    datapath: Arc<Datapath>,
-    netns_cookie: Option<u64>,
-    ips: Vec<IpAddr>,
-}
-
-impl Drop for SteeringGuard {
-    fn drop(&mut self) {
-        if let Some(cookie) = self.netns_cookie {
-            self.datapath.clear_ready(cookie);
-        }
-        for ip in &self.ips {
-            self.datapath.remove_inbound(*ip);
-        }
-    }
-}
-
 struct Control {
     ebpf: Ebpf,
     ready: HashMap<MapData, u64, PodSteer>,
     inbound: SockHash<MapData, InboundKey>,
+    pod_netns: HashMap<MapData, InboundKey, u64>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -131,6 +102,7 @@ pub struct Datapath {
     control: Mutex<Control>,
     orig: Mutex<HashMap<MapData, OrigDstKey, OrigDst>>,
     bypass: Mutex<HashMap<MapData, Tuple, u8>>,
+    listeners: Mutex<HashMap<MapData, ListenKey, u64>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -181,15 +153,21 @@ impl Datapath {
             PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let bypass = HashMap::try_from(take(maps::INBOUND_BYPASS)?)
             .map_err(map_err(maps::INBOUND_BYPASS))?;
+        let pod_netns =
+            HashMap::try_from(take(maps::POD_NETNS)?).map_err(map_err(maps::POD_NETNS))?;
+        let listeners =
+            HashMap::try_from(take(maps::APP_LISTENERS)?).map_err(map_err(maps::APP_LISTENERS))?;
         Ok(Self {
             control: Mutex::new(Control {
                 ebpf,
                 ready,
                 inbound,
+                pod_netns,
                 counters,
             }),
             orig: Mutex::new(orig),
             bypass: Mutex::new(bypass),
+            listeners: Mutex::new(listeners),
         })
     }
 
@@ -274,42 +252,6 @@ impl Datapath {
                 tracing::warn!("detach: {err}");
             }
         }
-    }
-
-    /// [`Datapath::attach_pod`], held by a guard that detaches on drop.
-    pub fn attach_pod_guarded(
-        self: &Arc<Self>,
-        cgroup: &File,
-        netns: &File,
-    ) -> Result<AttachedPod, DatapathError> {
-        let links = self.attach_pod(cgroup, netns)?;
-        Ok(AttachedPod {
-            datapath: self.clone(),
-            links: Some(links),
-        })
-    }
-
-    /// Turns steering on for a pod: inbound for each of `ips` (to the listener of its
-    /// family), then outbound. The guard turns it off again on drop, so no failure
-    /// path can leave a pod half-steered.
-    pub fn steer_pod(
-        self: &Arc<Self>,
-        netns_cookie: u64,
-        steer: PodSteer,
-        inbound: &[(IpAddr, std::os::fd::RawFd)],
-    ) -> Result<SteeringGuard, DatapathError> {
-        let mut guard = SteeringGuard {
-            datapath: self.clone(),
-            netns_cookie: None,
-            ips: Vec::with_capacity(inbound.len()),
-        };
-        for (ip, fd) in inbound {
-            self.add_inbound(*ip, fd)?;
-            guard.ips.push(*ip);
-        }
-        self.set_ready(netns_cookie, steer)?;
-        guard.netns_cookie = Some(netns_cookie);
-        Ok(guard)
     }
 
     /// Marks a pod's outbound listener(s) ready: connect4/6 start steering.
