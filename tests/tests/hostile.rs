@@ -6,147 +6,14 @@
 
 mod common;
 
+use common::hostile::*;
 use common::*;
-use hoptrace_tests::{assert_eventually, labapp, require_root, Agent, ConnectLoop, Lab, Pod};
+use hoptrace_tests::{assert_eventually, require_root, Pod};
 use serde_json::Value;
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
-
-/// Port of the victim's HTTP server.
-const HTTP_PORT: u16 = 8080;
-/// The test agent's per-pod connection slots (small, so a flood hits it quickly).
-const SLOTS: usize = 150;
-
-fn hostile_py() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps/hostile.py")
-}
-
-fn py(args: &[&str]) -> Command {
-    let mut cmd = Command::new(hoptrace_tests::pyapp::python());
-    cmd.arg(hostile_py()).args(args);
-    cmd
-}
-
-/// Runs a `hostile.py` client in `pod` and parses its JSON report.
-fn run(pod: &Pod, args: &[&str], timeout: Duration) -> Value {
-    let out = pod
-        .run(py(args), timeout)
-        .unwrap_or_else(|e| panic!("hostile.py {args:?} in {}: {e:#}", pod.name));
-    assert!(
-        out.status.success(),
-        "hostile.py {args:?} failed: {}",
-        out.stderr
-    );
-    serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("hostile.py {args:?} printed {:?}: {e}", out.stdout))
-}
-
-/// Open descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Resident memory of a process in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// The lab every case runs in: `attacker`, `victim` (HTTP server), and the
-/// neighbours `bg-client` → `bg-server` (whoami) whose loop must never fail.
-/// Fields drop in order: processes and the agent before the lab.
-struct Hostile {
-    attacker: Pod,
-    outsider: Pod,
-    victim: Pod,
-    neighbour: Pod,
-    agent: Agent,
-    _server: hoptrace_tests::PodProcess,
-    _whoami: hoptrace_tests::PodProcess,
-    bg: ConnectLoop,
-    lab: Lab,
-}
-
-impl Hostile {
-    fn new(extra_args: &[&str]) -> Hostile {
-        let app = labapp!();
-        let mut lab = Lab::new().expect("create lab");
-        lab.add_node("node-1").expect("node-1");
-        let attacker = lab.add_pod("node-1", "attacker").expect("attacker");
-        let victim = lab.add_pod("node-1", "victim").expect("victim");
-        let bgc = lab.add_pod("node-1", "bg-client").expect("bg-client");
-        let bgs = lab.add_pod("node-1", "bg-server").expect("bg-server");
-        // Not enrolled: its connections reach enrolled pods only through sk_lookup.
-        let outsider = lab.add_pod("node-1", "outsider").expect("outsider");
-        let listen = victim.addr(HTTP_PORT).to_string();
-        let mut server = victim
-            .spawn(py(&["serve", "--listen", &listen]))
-            .expect("victim server");
-        server
-            .wait_listening(HTTP_PORT, Duration::from_secs(10))
-            .expect("victim listening");
-        let whoami = app
-            .whoami_server(&bgs, bgs.addr(WHOAMI_PORT))
-            .expect("whoami server");
-        let file = lab
-            .write_workloads_only("node-1", &["attacker", "victim", "bg-client", "bg-server"])
-            .expect("workloads");
-        let mut agent = Agent::start_with_args(&lab, "node-1", &file, extra_args).expect("agent");
-        agent.wait_ready(READY).expect("agent ready");
-        let out = lab.tmp_dir().join("bg-loop.out");
-        let bg = app
-            .connect_loop(&bgc, bgs.addr(WHOAMI_PORT), 50, 600_000, &out)
-            .expect("background loop");
-        assert_eventually!(
-            accepted(&agent, "outbound", "bg-client") >= 3.0,
-            COUNTED,
-            "the background loop is not steered"
-        );
-        Hostile {
-            outsider,
-            neighbour: bgc,
-            lab,
-            attacker,
-            victim,
-            agent,
-            _server: server,
-            _whoami: whoami,
-            bg,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.agent.pid().expect("agent running")
-    }
-
-    /// Every background attempt so far succeeded, and there were some since `since`.
-    fn assert_neighbours_fine(&self, case: &str) {
-        let attempts = self.bg.attempts().expect("background attempts");
-        let failed: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
-        assert!(
-            failed.is_empty(),
-            "{case}: {} of {} background connections failed, e.g. {:?}",
-            failed.len(),
-            attempts.len(),
-            failed.first().map(|a| &a.detail)
-        );
-        assert!(attempts.len() > 5, "{case}: the background loop stalled");
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.agent.metrics().expect("metrics").value(name, labels)
-    }
-}
 
 #[test]
 fn one_pod_cannot_hurt_the_node() {
@@ -343,24 +210,6 @@ fn one_pod_cannot_hurt_the_node() {
     // Bounded memory through all of it.
     let rss = rss_mib(pid);
     assert!(rss < 120.0, "agent RSS {rss:.1} MiB after the attacks");
-}
-
-/// A sampled `traceparent` for trace `n`.
-fn traceparent(n: u32) -> (String, String) {
-    let trace = format!("{n:08x}{:024x}", 0xbad_u32);
-    (format!("00-{trace}-{n:016x}-01"), trace)
-}
-
-/// Sends `request` from `pod` to `to` (through the agent) and returns the report.
-fn raw(h: &Hostile, pod: &Pod, to: SocketAddr, name: &str, request: &[u8]) -> Value {
-    let file = h.lab.tmp_dir().join(format!("{name}.req"));
-    std::fs::write(&file, request).expect("write request");
-    let (a, f) = (to.to_string(), file.display().to_string());
-    run(
-        pod,
-        &["raw", "--addr", &a, "--data-file", &f],
-        Duration::from_secs(30),
-    )
 }
 
 #[test]

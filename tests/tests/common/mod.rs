@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests (each test binary uses a subset).
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod pychain;
 
 use hoptrace_tests::{assert_eventually, Agent, EchoReport, Lab};
