@@ -14,6 +14,9 @@ Standard library only. Every client subcommand prints one JSON object on stdout.
       Opens N connections (idle, or sending a request head one byte per second) and
       keeps them for S seconds: how many were accepted, refused/reset at once, and
       closed by the far end later (with the median ms at which they were).
+  hostile.py loop --addr IP:PORT --interval-ms I --seconds S
+      A GET on a new connection every I ms for S seconds: {"ok": N, "failed": N,
+      "errors": [...first few]}.
   hostile.py raw --addr IP:PORT (--data-hex HEX | --data-file PATH) [--timeout S]
       Sends the bytes, reads the answer until EOF or timeout: status code and body.
 """
@@ -138,6 +141,36 @@ def cmd_hold(a):
         s.close()
 
 
+def cmd_loop(a):
+    target = addr(a.addr)
+    ok, failed, errors = 0, 0, []
+    end = now_ms() + a.seconds * 1000
+    while now_ms() < end:
+        s = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET)
+        s.settimeout(5)
+        try:
+            s.connect(target)
+            s.sendall(b"GET /loop HTTP/1.1\r\nHost: victim\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            if data.startswith(b"HTTP/1.1 200"):
+                ok += 1
+            else:
+                failed += 1
+                errors.append(data[:80].decode("utf-8", "replace"))
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            errors.append(repr(e))
+        finally:
+            s.close()
+        time.sleep(a.interval_ms / 1000.0)
+    print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:5]}))
+
+
 def cmd_raw(a):
     target = addr(a.addr)
     s = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET)
@@ -240,6 +273,10 @@ def main():
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--seconds", type=float, required=True)
     s.add_argument("--slowloris", action="store_true")
+    s = sub.add_parser("loop")
+    s.add_argument("--addr", required=True)
+    s.add_argument("--interval-ms", type=float, default=100)
+    s.add_argument("--seconds", type=float, required=True)
     s = sub.add_parser("raw")
     s.add_argument("--addr", required=True)
     s.add_argument("--data-hex", default="")
@@ -247,7 +284,7 @@ def main():
     s.add_argument("--timeout", type=float, default=5)
     a = p.parse_args()
     {"serve": cmd_serve, "connect": cmd_connect, "scan": cmd_scan, "hold": cmd_hold,
-     "raw": cmd_raw}[a.cmd](a)
+     "raw": cmd_raw, "loop": cmd_loop}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,68 @@ fn agent_kill_fails_open_and_restart_resumes_steering() {
         describe(&all)
     );
 }
+
+/// Issue 8, finding 5: while node-2's agent is down, node-1's agent opens its pooled
+/// upstream connection to the server directly (nothing steers it on node-2). Once
+/// node-2's agent is back, that connection must not carry the traffic on forever
+/// untraced: it is not reused past `--pool-max-lifetime`, and the replacement goes
+/// through node-2's agent. Before, with requests flowing every 100 ms, the direct
+/// connection stayed in use indefinitely.
+#[test]
+fn pooled_connections_are_steered_again_after_the_peer_agent_restarts() {
+    if !require_root() {
+        return;
+    }
+    use common::hostile::{py, HTTP_PORT};
+    let (lab, client, server) = client_server_lab(true);
+    let listen = server.addr(HTTP_PORT).to_string();
+    let mut app = server
+        .spawn(py(&["serve", "--listen", &listen]))
+        .expect("server");
+    app.wait_listening(HTTP_PORT, Duration::from_secs(10))
+        .expect("server listening");
+    let file = lab.write_workloads("node-1").expect("workloads");
+    let mut agent1 = hoptrace_tests::Agent::start_with_args(
+        &lab,
+        "node-1",
+        &file,
+        &["--pool-max-lifetime", "2s"],
+    )
+    .expect("agent node-1");
+    agent1.wait_ready(READY).expect("ready");
+
+    // Requests flow for 12 s; node-2's agent starts after 3 s.
+    let loop_ = client
+        .spawn({
+            let mut c = py(&[
+                "loop",
+                "--addr",
+                &listen,
+                "--interval-ms",
+                "100",
+                "--seconds",
+                "12",
+            ]);
+            c.stdout(std::process::Stdio::piped());
+            c
+        })
+        .expect("request loop");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        accepted(&agent1, "outbound", "client") >= 10.0,
+        "node-1 steers the client"
+    );
+    let agent2 = agent_for(&lab, "node-2");
+    let t = std::time::Instant::now();
+    assert_eventually!(
+        accepted(&agent2, "inbound", "server") >= 1.0,
+        Duration::from_secs(6),
+        "node-2's agent saw no connection {:?} after its start: the pooled direct connection is still in use",
+        t.elapsed()
+    );
+    let out = loop_
+        .wait_output(Duration::from_secs(30))
+        .expect("loop output");
+    let r: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("loop report");
+    assert_eq!(r["failed"].as_u64(), Some(0), "requests failed: {r}");
+}
