@@ -3,6 +3,13 @@
 use clap::Parser as _;
 use hoptrace::config::{Cli, Command};
 
+/// mimalloc rather than glibc's malloc: glibc keeps the memory of a load peak (per-thread
+/// arenas) after the connections are gone; mimalloc purges freed pages within
+/// milliseconds, so the agent's RSS comes back down after a flood
+/// (`tests/tests/hostile.rs` `memory_is_returned_after_load`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
