@@ -20,14 +20,14 @@ use crate::{
     admin::{self, AdminState},
     config::RunArgs,
     ebpf::{AttachedPod, Datapath, DatapathError, SteeringGuard},
-    export::{self, ExportConfig, SpanSink},
+    export::{self, ExportConfig},
     inpod, listeners,
     metrics::{Direction, Metrics, StateLabels},
     netns::{self, Netns, NetnsError},
     proxy::{pool::Pool, InFlightCount, Limits, PodContext, PodListeners},
     socket::{self, SocketError},
     source::Source,
-    trace::span::PodIdentity,
+    trace::span::{PodIdentity, SpanSink},
     workloads::{self, PodKey, Workload},
 };
 

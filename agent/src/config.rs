@@ -70,8 +70,9 @@ pub struct RunArgs {
     #[arg(long = "otlp-header", env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',', value_parser = parse_header)]
     pub otlp_headers: Vec<(String, String)>,
 
-    /// Compression of export requests: `gzip` or `none`.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION", default_value = "gzip", value_parser = ["gzip", "none"])]
+    /// Compression of export requests: `none` (the OTLP default) or `gzip` (for a
+    /// remote collector).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION", default_value = "none", value_parser = ["gzip", "none"])]
     pub otlp_compression: String,
 
     /// Spans queued at most while waiting for export (plus one batch of at most this
@@ -211,7 +212,7 @@ mod tests {
         assert_eq!(args.inbound_port, 15006);
         assert_eq!(args.admin_addr, "127.0.0.1:9990".parse().expect("addr"));
         assert_eq!(args.workloads_file, Some(PathBuf::from("/w.yaml")));
-        assert_eq!(args.otlp_compression, "gzip");
+        assert_eq!(args.otlp_compression, "none", "the OTLP default");
         assert_eq!(args.service_name, "hoptrace-proxy");
         assert_eq!(args.inject_default, Inject::Disabled);
         assert_eq!(args.cgroup_root, PathBuf::from("/sys/fs/cgroup"));

@@ -1,27 +1,30 @@
-//! OTLP export of proxy spans (DESIGN §3.5).
+//! OTLP/gRPC export of proxy spans (DESIGN §3.5).
 //!
 //! The data path hands finished spans to a bounded queue with `try_send` and never
 //! waits: when the queue is full the span is dropped and counted
-//! (`hoptrace_spans_dropped_total`). One task drains the queue in batches, groups
-//! them by pod (each pod is its own OTLP resource) and exports them with
-//! opentelemetry-otlp over tonic. A collector that is down, slow or refusing costs at
-//! most the queue's memory and one export timeout per batch; export resumes by itself.
+//! (`hoptrace_spans_dropped_total`). One task drains the queue in batches and sends each
+//! batch as one `ExportTraceServiceRequest` with one `ResourceSpans` per pod, encoded
+//! straight from the spans into the OTLP protobuf (opentelemetry-proto's generated
+//! messages and tonic client: no intermediate SDK span objects). A request is split
+//! when its exact encoded size would pass [`MAX_REQUEST_BYTES`]. Retries follow the
+//! gRPC status code (OTLP's retryable codes), never error text. A collector that is
+//! down, slow or refusing costs at most the queue's memory; export resumes by itself.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use opentelemetry::{
-    trace::{SpanContext, SpanKind, Status as OtelStatus, TraceFlags, TraceState},
-    InstrumentationScope,
-};
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
-use opentelemetry_sdk::{
-    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
-    Resource,
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+    common::v1::InstrumentationScope,
+    trace::v1::{
+        span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status as ProtoStatus,
+    },
 };
 use prometheus_client::metrics::counter::Counter;
+use prost::Message as _;
 use tokio::sync::mpsc;
+use tonic::{codec::CompressionEncoding, metadata::MetadataMap, transport::Channel, Code};
 
-use crate::trace::span::{Kind, PodIdentity, ProxySpan, Status};
+use crate::trace::span::{Kind, PodIdentity, ProxySpan, SpanSink, Status};
 
 /// Errors setting up the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -90,22 +93,6 @@ pub struct ExportMetrics {
     pub errors: Counter,
 }
 
-/// Where the data path submits finished spans. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct SpanSink {
-    tx: mpsc::Sender<ProxySpan>,
-    metrics: ExportMetrics,
-}
-
-impl SpanSink {
-    /// Queues a span without waiting; drops and counts it when the queue is full.
-    pub fn submit(&self, span: ProxySpan) {
-        if self.tx.try_send(span).is_err() {
-            self.metrics.dropped.inc();
-        }
-    }
-}
-
 fn read(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, ExportError> {
     std::fs::read(path).map_err(|source| ExportError::File {
         what,
@@ -114,23 +101,26 @@ fn read(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, ExportError> {
     })
 }
 
-/// Builds the exporter and starts the export task. Must run inside the runtime.
-pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, ExportError> {
+/// The collector connection: plaintext or TLS (rustls; system roots or `ca_file`,
+/// optional client identity). Connects lazily and reconnects by itself.
+fn channel(config: &ExportConfig) -> Result<Channel, ExportError> {
     let endpoint = config.endpoint.trim_end_matches('/').to_string();
+    let bad = |reason: String| ExportError::Endpoint {
+        endpoint: endpoint.clone(),
+        reason,
+    };
     let tls = if endpoint.starts_with("https://") {
         true
     } else if endpoint.starts_with("http://") {
         false
     } else {
-        return Err(ExportError::Endpoint {
-            endpoint,
-            reason: "must start with http:// or https://".into(),
-        });
+        return Err(bad("must start with http:// or https://".into()));
     };
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.clone())
-        .with_timeout(config.timeout);
+    let mut ep = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .map_err(|e| bad(e.to_string()))?
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .tcp_nodelay(true);
     if tls {
         let mut tls_config = tonic::transport::ClientTlsConfig::new();
         match &config.ca_file {
@@ -151,15 +141,18 @@ pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, E
             (None, None) => {}
             _ => return Err(ExportError::HalfIdentity),
         }
-        builder = builder.with_tls_config(tls_config);
+        ep = ep.tls_config(tls_config).map_err(|e| bad(e.to_string()))?;
     } else if config.client_cert.is_some() || config.ca_file.is_some() {
-        return Err(ExportError::Endpoint {
-            endpoint,
-            reason: "TLS files were given but the endpoint is http://; use https://".into(),
-        });
+        return Err(bad(
+            "TLS files were given but the endpoint is http://; use https://".into(),
+        ));
     }
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for (k, v) in &config.headers {
+    Ok(ep.connect_lazy())
+}
+
+fn metadata(headers: &[(String, String)]) -> Result<MetadataMap, ExportError> {
+    let mut metadata = MetadataMap::new();
+    for (k, v) in headers {
         let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
             .map_err(|_| ExportError::Header(format!("{k}={v}")))?;
         let value = v
@@ -167,359 +160,287 @@ pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, E
             .map_err(|_| ExportError::Header(format!("{k}={v}")))?;
         metadata.insert(key, value);
     }
-    builder = builder.with_metadata(metadata);
-    if config.gzip {
-        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
-    }
-    let exporter = builder.build().map_err(|e| ExportError::Endpoint {
-        endpoint: endpoint.clone(),
-        reason: e.to_string(),
-    })?;
-    let (tx, rx) = mpsc::channel(config.queue_size.max(1));
-    tokio::spawn(run(exporter, rx, config, metrics.clone()));
-    Ok(SpanSink { tx, metrics })
+    Ok(metadata)
 }
 
-async fn run(
-    mut exporter: opentelemetry_otlp::SpanExporter,
-    mut rx: mpsc::Receiver<ProxySpan>,
+/// Builds the exporter and starts the export task. Must run inside the runtime.
+pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, ExportError> {
+    let mut client =
+        TraceServiceClient::new(channel(&config)?).max_encoding_message_size(usize::MAX);
+    if config.gzip {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    let exporter = Exporter {
+        client,
+        metadata: metadata(&config.headers)?,
+        config,
+        metrics: metrics.clone(),
+        scope: InstrumentationScope {
+            name: "hoptrace".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        },
+        last_error_log: None,
+    };
+    let (tx, rx) = mpsc::channel(exporter.config.queue_size.max(1));
+    tokio::spawn(exporter.run(rx));
+    Ok(SpanSink::new(tx, metrics.dropped))
+}
+
+/// The export task's state.
+struct Exporter {
+    client: TraceServiceClient<Channel>,
+    metadata: MetadataMap,
     config: ExportConfig,
     metrics: ExportMetrics,
-) {
-    let scope = InstrumentationScope::builder("hoptrace")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    // Keyed by the identity's address (stable while the Arc lives, which the map ensures).
-    let mut resources: HashMap<usize, (Arc<PodIdentity>, Resource)> = HashMap::new();
-    let mut batch = Vec::with_capacity(config.batch_size);
-    let mut last_error_log: Option<std::time::Instant> = None;
-    loop {
-        batch.clear();
-        // Wait for the first span, then gather more until the batch is full or the
-        // flush interval passes.
-        match rx.recv().await {
-            Some(s) => batch.push(s),
-            None => return,
-        }
-        let deadline = tokio::time::Instant::now() + config.flush_interval;
-        while batch.len() < config.batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
+    scope: InstrumentationScope,
+    last_error_log: Option<std::time::Instant>,
+}
+
+impl Exporter {
+    async fn run(mut self, mut rx: mpsc::Receiver<ProxySpan>) {
+        let mut batch = Vec::with_capacity(self.config.batch_size);
+        loop {
+            batch.clear();
+            // Wait for the first span, then gather more until the batch is full or the
+            // flush interval passes.
+            match rx.recv().await {
+                Some(s) => batch.push(s),
+                None => return,
+            }
+            let deadline = tokio::time::Instant::now() + self.config.flush_interval;
+            while batch.len() < self.config.batch_size {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(s)) => batch.push(s),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            for request in encode(&batch, &self.scope, MAX_REQUEST_BYTES) {
+                self.export_with_retry(request).await;
             }
         }
-        // One request per pod resource (opentelemetry-otlp sends one resource per call).
-        let mut by_pod: Vec<(Arc<PodIdentity>, Vec<ProxySpan>)> = Vec::new();
-        for span in batch.drain(..) {
-            let key = Arc::as_ptr(&span.pod);
-            match by_pod.iter_mut().find(|(p, _)| Arc::as_ptr(p) == key) {
-                Some((_, v)) => v.push(span),
-                None => by_pod.push((span.pod.clone(), vec![span])),
+    }
+
+    /// Sends one request. A retryable failure (collector down, overloaded or timing
+    /// out) keeps it and retries with backoff: meanwhile the data path keeps queueing
+    /// into the bounded channel and only what overflows it is dropped, so an outage
+    /// costs exactly the overflow and at most `queue_size + batch_size` spans of
+    /// memory. A permanent rejection loses the request at once, counted in `failed`,
+    /// so one poison request cannot stall export.
+    async fn export_with_retry(&mut self, request: Encoded) {
+        let n = request.spans as u64;
+        let mut backoff = RETRY_FIRST;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut req = tonic::Request::new(request.message.clone());
+            *req.metadata_mut() = self.metadata.clone();
+            match self.client.export(req).await {
+                Ok(resp) => {
+                    let rejected = resp
+                        .into_inner()
+                        .partial_success
+                        .map_or(0, |p| p.rejected_spans.max(0) as u64);
+                    self.metrics.exported.inc_by(n - rejected.min(n));
+                    self.metrics.failed.inc_by(rejected.min(n));
+                    return;
+                }
+                Err(status) => {
+                    self.metrics.errors.inc();
+                    let retry = match classify(&status) {
+                        Retry::Always => true,
+                        Retry::Few => attempts < FEW_ATTEMPTS,
+                        Retry::Never => false,
+                    };
+                    self.log_failure(n, retry, &status);
+                    if !retry {
+                        self.metrics.failed.inc_by(n);
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
             }
         }
-        for (pod, spans) in by_pod {
-            let key = Arc::as_ptr(&pod) as usize;
-            let resource = &resources
-                .entry(key)
-                .or_insert_with(|| {
-                    let r = Resource::builder_empty()
-                        .with_attributes(pod.resource.iter().cloned())
-                        .build();
-                    (pod.clone(), r)
-                })
-                .1;
-            exporter.set_resource(resource);
-            // Every request stays well below the collectors' default 4 MiB limit.
-            for chunk in split_by_size(&spans, MAX_REQUEST_BYTES) {
-                export_with_retry(
-                    &mut exporter,
-                    chunk,
-                    &scope,
-                    &config,
-                    &metrics,
-                    &mut last_error_log,
-                )
-                .await;
-            }
+    }
+
+    /// Rate-limited: a collector that is down must not flood the log.
+    fn log_failure(&mut self, n: u64, retry: bool, status: &tonic::Status) {
+        if self
+            .last_error_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
         }
-        // Forget resources of pods whose spans are no longer referenced anywhere but
-        // here (released pods), so pod churn cannot grow this map.
-        resources.retain(|_, (pod, _)| Arc::strong_count(pod) > 1);
+        let endpoint = &self.config.endpoint;
+        let (code, msg) = (status.code(), status.message());
+        if retry {
+            tracing::warn!(%endpoint, "span export failed, retrying ({n} spans held; new spans queue up to --span-queue, then are dropped): {code:?}: {msg}");
+        } else {
+            tracing::warn!(%endpoint, "{n} spans lost, export not retried: {code:?}: {msg}");
+        }
+        self.last_error_log = Some(std::time::Instant::now());
     }
 }
 
-/// Estimated encoded size of one export request at most. The OpenTelemetry Collector
-/// and gRPC servers reject messages over 4 MiB by default; with attribute values capped
-/// at [`crate::trace::span::MAX_ATTRIBUTE_LEN`] one span is far smaller than this, so
-/// a batch split at this size always fits.
+/// Encoded size of one export request at most. The OpenTelemetry Collector and gRPC
+/// servers reject messages over 4 MiB by default; with attribute values capped at
+/// [`crate::trace::span::MAX_ATTRIBUTE_LEN`] one span is far smaller than this, so a
+/// batch split at this size always fits.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// An upper estimate of a span's protobuf size: every string and attribute, plus
-/// the fixed fields (ids, times, kind, status, field tags).
-fn estimated_size(s: &ProxySpan) -> usize {
-    const FIXED: usize = 128;
-    const PER_ATTRIBUTE: usize = 16;
-    let attrs: usize = s
-        .attributes
-        .iter()
-        .map(|kv| kv.key.as_str().len() + kv.value.as_str().len() + PER_ATTRIBUTE)
-        .sum();
-    let status = match &s.status {
-        Status::Unset => 0,
-        Status::Error(m) => m.len(),
-    };
-    FIXED + s.name.len() + attrs + status
+/// One export request and the number of spans in it.
+struct Encoded {
+    message: ExportTraceServiceRequest,
+    spans: usize,
 }
 
-/// Consecutive slices of `spans` whose estimated sizes sum to at most `max` each (a
-/// single span larger than `max` goes alone).
-fn split_by_size(spans: &[ProxySpan], max: usize) -> Vec<&[ProxySpan]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut size) = (0, 0);
-    for (i, s) in spans.iter().enumerate() {
-        let n = estimated_size(s);
-        if i > start && size + n > max {
-            chunks.push(&spans[start..i]);
-            (start, size) = (i, 0);
+/// The batch as export requests of at most `max` encoded bytes each (a single span
+/// larger than that goes alone): one `ResourceSpans` per pod, in order of first
+/// appearance, spans in batch order.
+fn encode(batch: &[ProxySpan], scope: &InstrumentationScope, max: usize) -> Vec<Encoded> {
+    let mut out = Vec::new();
+    let mut current = Builder::default();
+    for span in batch {
+        let encoded = to_proto(span);
+        // Per span: its bytes plus the repeated-field tag and length prefix (≤ 6).
+        let size = encoded.encoded_len() + 6;
+        if current.spans > 0 && current.size + size > max {
+            out.push(std::mem::take(&mut current).finish(scope));
         }
-        size += n;
+        current.push(&span.pod, encoded, size);
     }
-    if start < spans.len() {
-        chunks.push(&spans[start..]);
+    if current.spans > 0 {
+        out.push(current.finish(scope));
     }
-    chunks
+    out
+}
+
+/// Spans grouped per pod for one request.
+#[derive(Default)]
+struct Builder {
+    pods: Vec<(Arc<PodIdentity>, Vec<Span>)>,
+    spans: usize,
+    size: usize,
+}
+
+impl Builder {
+    fn push(&mut self, pod: &Arc<PodIdentity>, span: Span, size: usize) {
+        match self.pods.iter_mut().find(|(p, _)| Arc::ptr_eq(p, pod)) {
+            Some((_, spans)) => spans.push(span),
+            None => {
+                // A pod's resource and scope wrappers count once per request.
+                self.size += pod.resource.encoded_len() + 64;
+                self.pods.push((pod.clone(), vec![span]));
+            }
+        }
+        self.spans += 1;
+        self.size += size;
+    }
+
+    fn finish(self, scope: &InstrumentationScope) -> Encoded {
+        let resource_spans = self
+            .pods
+            .into_iter()
+            .map(|(pod, spans)| ResourceSpans {
+                resource: Some(pod.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect();
+        Encoded {
+            message: ExportTraceServiceRequest { resource_spans },
+            spans: self.spans,
+        }
+    }
+}
+
+/// OTLP `Span.flags`: the W3C trace flags, and whether the parent is remote (a SERVER
+/// span's parent came over the network; a CLIENT span's is the SERVER span here).
+const HAS_IS_REMOTE: u32 = 0x100;
+const IS_REMOTE: u32 = 0x200;
+
+fn nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn to_proto(s: &ProxySpan) -> Span {
+    let remote = matches!(s.kind, Kind::Server) && s.parent_span_id.is_some();
+    Span {
+        trace_id: s.trace_id.0.to_vec(),
+        span_id: s.span_id.0.to_vec(),
+        trace_state: String::new(),
+        parent_span_id: s.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags: u32::from(s.flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 },
+        name: s.name.clone(),
+        kind: match s.kind {
+            Kind::Server => SpanKind::Server,
+            Kind::Client => SpanKind::Client,
+        } as i32,
+        start_time_unix_nano: nanos(s.start),
+        end_time_unix_nano: nanos(s.end),
+        attributes: s.attributes.to_vec(),
+        status: Some(match &s.status {
+            Status::Unset => ProtoStatus {
+                message: String::new(),
+                code: StatusCode::Unset as i32,
+            },
+            Status::Error(m) => ProtoStatus {
+                message: m.clone(),
+                code: StatusCode::Error as i32,
+            },
+        }),
+        ..Default::default()
+    }
 }
 
 /// First wait before a retryable export failure is retried; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 /// Longest wait between retries of one batch.
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Exports one pod's spans. A retryable failure (collector down, overloaded or
-/// timing out) keeps the batch and retries it with backoff: meanwhile the data path
-/// keeps queueing into the bounded channel and only what overflows it is dropped, so
-/// an outage costs exactly the overflow and at most `queue_size + batch_size` spans of
-/// memory. A permanent rejection (bad request, auth) loses the batch at once, counted
-/// in `failed`, so one poison batch cannot stall export.
-async fn export_with_retry(
-    exporter: &mut opentelemetry_otlp::SpanExporter,
-    spans: &[ProxySpan],
-    scope: &InstrumentationScope,
-    config: &ExportConfig,
-    metrics: &ExportMetrics,
-    last_error_log: &mut Option<std::time::Instant>,
-) {
-    let n = spans.len() as u64;
-    let mut backoff = RETRY_FIRST;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        // The exporter takes the batch by value: convert per attempt (a retry is rare;
-        // a copy made for it on every export would not be).
-        let data: Vec<SpanData> = spans.iter().map(|s| to_span_data(s, scope)).collect();
-        match exporter.export(data).await {
-            Ok(()) => {
-                metrics.exported.inc_by(n);
-                return;
-            }
-            Err(err) => {
-                metrics.errors.inc();
-                let msg = err.to_string();
-                let retry = match classify(&msg) {
-                    Retry::Always => true,
-                    Retry::Few => attempts < FEW_ATTEMPTS,
-                    Retry::Never => false,
-                };
-                // Rate-limited: a collector that is down must not flood the log.
-                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    if retry {
-                        tracing::warn!(endpoint = %config.endpoint, "span export failed, retrying ({n} spans held; new spans queue up to --span-queue, then are dropped): {msg}");
-                    } else {
-                        tracing::warn!(endpoint = %config.endpoint, "{n} spans lost, export not retried: {msg}");
-                    }
-                    *last_error_log = Some(std::time::Instant::now());
-                }
-                if !retry {
-                    metrics.failed.inc_by(n);
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RETRY_MAX);
-            }
-        }
-    }
-}
+/// Attempts of a request whose failure is [`Retry::Few`].
+const FEW_ATTEMPTS: u32 = 3;
 
 /// How an export error is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retry {
     /// Collector down, overloaded or slow: retry until it succeeds.
     Always,
-    /// `Unknown`/`Internal`: often a connection torn down mid-request, sometimes a
-    /// collector bug; retried a few times, then lost.
+    /// Retried a few times, then lost: `Unknown`/`Internal` (often a connection torn
+    /// down mid-request, sometimes a collector bug) and `ResourceExhausted` (retryable
+    /// only with RetryInfo per OTLP, e.g. a memory limiter).
     Few,
-    /// The collector refuses the request as such (bad data, auth): never retried.
+    /// The collector refuses the request as such (bad data, auth, too large).
     Never,
 }
 
-/// Attempts of a batch whose failure is [`Retry::Few`].
-const FEW_ATTEMPTS: u32 = 3;
-
 /// Classifies an export error per the OTLP specification's retryable gRPC codes
-/// (Cancelled, DeadlineExceeded, ResourceExhausted, Aborted, OutOfRange, Unavailable,
-/// DataLoss). The exporter reports errors as text (tonic's `Status` display,
-/// `code: '<description>'`), hence the string match; a unit test pins it to tonic's
-/// format. Errors without a status (transport) are retried.
-fn classify(msg: &str) -> Retry {
-    use tonic::Code;
-    let has = |c: Code| msg.contains(&format!("code: '{c}'"));
-    const NEVER: &[Code] = &[
-        Code::InvalidArgument,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::FailedPrecondition,
-        Code::Unimplemented,
-        Code::Unauthenticated,
-    ];
-    // A request over the collector's size limit fails the same way every time
-    // (grpc-go: "received message larger than max", ResourceExhausted; tonic:
-    // "decoded message length too large", OutOfRange): retrying it would stall export.
-    let too_large = msg.contains("larger than max") || msg.contains("message length too large");
-    if too_large || NEVER.iter().any(|c| has(*c)) {
-        Retry::Never
-    } else if has(Code::ResourceExhausted) {
-        // Retryable only when the server says so (OTLP: with RetryInfo), e.g. a memory
-        // limiter; the exporter does not expose that, so a few tries, then the batch goes.
-        Retry::Few
-    } else if has(Code::Unknown) || has(Code::Internal) {
-        Retry::Few
-    } else {
-        Retry::Always
+/// (Cancelled, DeadlineExceeded, Aborted, OutOfRange, Unavailable, DataLoss; and
+/// ResourceExhausted, a few times). A request over the collector's size limit fails
+/// the same way every time (grpc-go: ResourceExhausted "received message larger than
+/// max"; tonic: OutOfRange "message length too large"): never retried.
+fn classify(status: &tonic::Status) -> Retry {
+    let msg = status.message();
+    if msg.contains("larger than max") || msg.contains("message length too large") {
+        return Retry::Never;
     }
-}
-
-fn to_span_data(s: &ProxySpan, scope: &InstrumentationScope) -> SpanData {
-    let span_context = SpanContext::new(
-        opentelemetry::trace::TraceId::from_bytes(s.trace_id.0),
-        opentelemetry::trace::SpanId::from_bytes(s.span_id.0),
-        TraceFlags::new(s.flags),
-        false,
-        TraceState::default(),
-    );
-    SpanData {
-        span_context,
-        parent_span_id: opentelemetry::trace::SpanId::from_bytes(s.parent_span_id.0),
-        parent_span_is_remote: matches!(s.kind, Kind::Server),
-        span_kind: match s.kind {
-            Kind::Server => SpanKind::Server,
-            Kind::Client => SpanKind::Client,
-        },
-        name: s.name.clone().into(),
-        start_time: s.start,
-        end_time: s.end,
-        attributes: s.attributes.clone(),
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: match &s.status {
-            Status::Unset => OtelStatus::Unset,
-            Status::Error(msg) => OtelStatus::error(msg.clone()),
-        },
-        instrumentation_scope: scope.clone(),
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::Unimplemented
+        | Code::Unauthenticated => Retry::Never,
+        Code::ResourceExhausted | Code::Unknown | Code::Internal => Retry::Few,
+        _ => Retry::Always,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{trace::context::SpanId, workloads::PodKey};
-    use opentelemetry::KeyValue;
-    use tonic::{Code, Status};
-
-    fn span(attr_len: usize) -> ProxySpan {
-        ProxySpan {
-            pod: Arc::new(PodIdentity {
-                key: PodKey {
-                    namespace: "ns".into(),
-                    name: "p".into(),
-                },
-                resource: Vec::new(),
-            }),
-            trace_id: crate::trace::context::TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: SpanId([3; 8]),
-            flags: 1,
-            kind: Kind::Server,
-            name: "GET".into(),
-            start: std::time::SystemTime::UNIX_EPOCH,
-            end: std::time::SystemTime::UNIX_EPOCH,
-            attributes: vec![KeyValue::new("user_agent.original", "u".repeat(attr_len))],
-            status: crate::trace::span::Status::Unset,
-        }
-    }
-
-    #[test]
-    fn batches_split_below_the_request_size() {
-        let spans: Vec<ProxySpan> = (0..1000).map(|_| span(2048)).collect();
-        let chunks = split_by_size(&spans, MAX_REQUEST_BYTES);
-        assert!(chunks.len() > 1);
-        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 1000);
-        for c in &chunks {
-            let size: usize = c.iter().map(estimated_size).sum();
-            assert!(size <= MAX_REQUEST_BYTES, "{size}");
-        }
-        // Small spans: one request.
-        let small: Vec<ProxySpan> = (0..512).map(|_| span(10)).collect();
-        assert_eq!(split_by_size(&small, MAX_REQUEST_BYTES).len(), 1);
-        // A span over the limit on its own still goes (alone).
-        let huge = vec![span(10), span(MAX_REQUEST_BYTES), span(10)];
-        let chunks = split_by_size(&huge, MAX_REQUEST_BYTES);
-        assert_eq!(
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            [1, 1, 1]
-        );
-        assert!(split_by_size(&[], MAX_REQUEST_BYTES).is_empty());
-    }
-
-    #[test]
-    fn classification_follows_the_otlp_retry_rules() {
-        let c = |code| classify(&Status::new(code, "x").to_string());
-        for code in [
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::Cancelled,
-            Code::Aborted,
-            Code::OutOfRange,
-            Code::DataLoss,
-        ] {
-            assert_eq!(c(code), Retry::Always, "{code:?}");
-        }
-        for code in [
-            Code::InvalidArgument,
-            Code::Unauthenticated,
-            Code::PermissionDenied,
-            Code::Unimplemented,
-        ] {
-            assert_eq!(c(code), Retry::Never, "{code:?}");
-        }
-        assert_eq!(c(Code::Unknown), Retry::Few);
-        assert_eq!(c(Code::ResourceExhausted), Retry::Few);
-        // Too large: permanent, whatever the code.
-        let big = Status::new(
-            Code::ResourceExhausted,
-            "grpc: received message larger than max (5242880 vs. 4194304)",
-        );
-        assert_eq!(classify(&big.to_string()), Retry::Never);
-        let big = Status::new(
-            Code::OutOfRange,
-            "Error, decoded message length too large: found 5242880 bytes, the limit is: 4194304 bytes",
-        );
-        assert_eq!(classify(&big.to_string()), Retry::Never);
-        assert_eq!(c(Code::Internal), Retry::Few);
-        assert_eq!(
-            classify("transport error: connection refused"),
-            Retry::Always
-        );
-    }
-}
+mod tests;

@@ -1,6 +1,6 @@
-//! HTTP proxying with hyper: HTTP/1.x and HTTP/2 (gRPC), bodies streamed both ways,
-//! trace context rewritten, two spans per request per leg (SERVER: the proxy
-//! receiving it, CLIENT: the proxy sending it on).
+//! HTTP proxying with hyper: HTTP/1.x and HTTP/2 (gRPC), bodies streamed both ways.
+//! The span layer (`trace::http`) sees each request at its head, when it is sent on,
+//! and at its response: it rewrites the trace header and emits the spans.
 //!
 //! Requests go out on upstream connections reused per (source pod, destination)
 //! (`pool`): the connection opened during detection serves a client connection's
@@ -11,43 +11,39 @@
 
 use std::{
     convert::Infallible,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use opentelemetry::KeyValue;
-use std::sync::Mutex;
 use tokio::{net::TcpStream, sync::watch};
 
 use super::{pool::PoolKey, ConnError, PodContext, Target};
 use crate::{
     metrics::Direction,
     trace::{
-        context::{self, SpanId, TraceContext},
-        span::{capped, Kind, ProxySpan, Status, TRUNCATED_ATTRIBUTES},
+        self,
+        http::{LegSpans, ProxyBody},
     },
 };
-
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// One proxied connection's shared state.
 struct Leg {
     pod: Arc<PodContext>,
     dir: Direction,
     target: Target,
-    /// `client.address` of the spans: the calling pod's address.
-    client_ip: IpAddr,
+    /// The span layer of this connection (`None`: tracing off).
+    spans: Option<Arc<LegSpans>>,
     /// The connection opened during detection (if any), used for the first request.
     first: Mutex<Option<TcpStream>>,
     h2: bool,
@@ -76,12 +72,22 @@ pub async fn serve(
     let pod_limits = pod.limits.clone();
     let pod_metrics = pod.metrics(dir).clone();
     let shutdown = pod.shutdown.clone();
+    let spans = pod.spans.as_ref().map(|sink| {
+        Arc::new(LegSpans {
+            sink: sink.clone(),
+            identity: pod.identity.clone(),
+            direction: dir.as_str(),
+            dst: target.dst(),
+            client_ip,
+            truncated: pod_metrics.limits.attributes_truncated.clone(),
+        })
+    });
     let leg = Arc::new(Leg {
         activity: Arc::new(Activity::new()),
         pod,
         dir,
         target,
-        client_ip,
+        spans,
         first: Mutex::new(upstream),
         h2,
     });
@@ -247,15 +253,6 @@ impl Body for Tracked {
     }
 }
 
-/// Trace decision for one request.
-struct Traced {
-    /// The agent started this trace: the SERVER span is the root.
-    root: bool,
-    ctx: TraceContext,
-    server_id: SpanId,
-    client_id: SpanId,
-}
-
 /// Serves one request; the response body holds the connection's in-flight mark.
 async fn handle(leg: Arc<Leg>, req: Request<Incoming>) -> Result<Response<Tracked>, Infallible> {
     let inflight = leg.activity.begin();
@@ -273,68 +270,22 @@ async fn proxy_request(
     leg: Arc<Leg>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let server_start = SystemTime::now();
-    let traced = match context::extract(req.headers()) {
-        // No context: forward untouched, no span (as Linkerd) — unless the pod opted
-        // into starting traces for a fraction of its context-less inbound requests.
-        None if leg.dir == Direction::Inbound
-            && leg.pod.trace_sampling > 0.0
-            && rand::random::<f64>() < leg.pod.trace_sampling =>
-        {
-            let t = Traced {
-                root: true,
-                ctx: context::new_root(true),
-                server_id: SpanId::random(),
-                client_id: SpanId::random(),
-            };
-            context::inject(req.headers_mut(), &t.ctx, t.client_id);
-            Some(t)
-        }
-        None => None,
-        // Not sampled: ids rewritten so the next hop's parent is new, but no span.
-        Some(ctx) if !ctx.sampled => {
-            context::inject(req.headers_mut(), &ctx, SpanId::random());
-            None
-        }
-        Some(ctx) => {
-            let t = Traced {
-                root: false,
-                ctx,
-                server_id: SpanId::random(),
-                client_id: SpanId::random(),
-            };
-            context::inject(req.headers_mut(), &t.ctx, t.client_id);
-            Some(t)
-        }
-    };
-    // Span attributes are gathered only for requests that get spans.
-    let traced = traced.map(|t| (t, RequestInfo::new(&leg, &req)));
+    // A pod may opt into starting traces for a share of its context-less inbound requests.
+    let start_root = leg.dir == Direction::Inbound
+        && leg.pod.trace_sampling > 0.0
+        && rand::random::<f64>() < leg.pod.trace_sampling;
+    let mut spans = trace::http::begin(leg.spans.as_ref(), &mut req, start_root);
     let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), down_upgrade.is_some());
 
-    let client_start = SystemTime::now();
-    let sent = send(&leg, req).await;
-    let mut resp = match sent {
+    if let Some(s) = spans.as_mut() {
+        s.client_started();
+    }
+    let mut resp = match send(&leg, req).await {
         Ok(r) => r,
         Err(err) => {
             let msg = err.to_string();
             tracing::debug!(pod = %leg.pod.key, direction = leg.dir.as_str(), "upstream: {msg}");
-            if let Some((t, info)) = traced {
-                let done = Completion {
-                    leg: leg.clone(),
-                    traced: t,
-                    info,
-                    server_start,
-                    client_start,
-                    status: Some(if is_request_body_error(&err) {
-                        StatusCode::BAD_REQUEST
-                    } else {
-                        StatusCode::BAD_GATEWAY
-                    }),
-                    grpc_status: None,
-                };
-                done.emit(Some(msg));
-            }
             // The client's own body was malformed (bad chunk size, cut short): its
             // fault, answered as the server would have, not blamed on the upstream.
             let (status, text) = if is_request_body_error(&err) {
@@ -345,6 +296,9 @@ async fn proxy_request(
             } else {
                 (StatusCode::BAD_GATEWAY, "hoptrace: upstream unavailable\n")
             };
+            if let Some(s) = spans {
+                s.failed(status, msg);
+            }
             let mut r = Response::new(full(text));
             *r.status_mut() = status;
             return Ok(r);
@@ -366,35 +320,15 @@ async fn proxy_request(
             });
         }
     }
-    let grpc_status = header_grpc_status(resp.headers());
-    strip_hop_by_hop(
-        resp.headers_mut(),
-        status == StatusCode::SWITCHING_PROTOCOLS,
-    );
-    let (parts, body) = resp.into_parts();
-    let done = traced.map(|(t, info)| Completion {
-        leg,
-        traced: t,
-        info,
-        server_start,
-        client_start,
-        status: Some(status),
-        grpc_status,
-    });
-    let body = match done {
-        // The HTTP exchange ends at 101 (hyper sends no body and drops this one); the
-        // upgraded bytes that follow are relayed opaquely, without spans.
-        Some(done) if status == StatusCode::SWITCHING_PROTOCOLS => {
-            done.emit(None);
-            body.boxed()
-        }
-        Some(done) => SpanBody {
-            inner: body,
-            done: Some(done),
-        }
-        .boxed(),
+    let (mut parts, body) = resp.into_parts();
+    let body = match spans {
+        Some(s) => s.wrap(status, &parts.headers, body),
         None => body.boxed(),
     };
+    strip_hop_by_hop(
+        &mut parts.headers,
+        status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     Ok(Response::from_parts(parts, body))
 }
 
@@ -581,298 +515,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Attributes fixed at request time.
-/// Attributes fixed at request time, each value capped at
-/// [`MAX_ATTRIBUTE_LEN`](crate::trace::span::MAX_ATTRIBUTE_LEN).
-struct RequestInfo {
-    method: String,
-    path: String,
-    version: &'static str,
-    host: String,
-    user_agent: Option<String>,
-    grpc: Option<(String, String)>,
-    /// Attributes whose values were cut.
-    truncated: Vec<&'static str>,
-}
-
-impl RequestInfo {
-    fn new(leg: &Leg, req: &Request<Incoming>) -> Self {
-        let mut truncated = Vec::new();
-        let dst = leg.target.dst();
-        let host = req
-            .uri()
-            .host()
-            .map(str::to_string)
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|h| strip_port(h).to_string())
-            })
-            .unwrap_or_else(|| dst.ip().to_string());
-        let is_grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        let path = capped(req.uri().path(), "url.path", &mut truncated);
-        let grpc = is_grpc
-            .then(|| {
-                let mut parts = path.trim_start_matches('/').splitn(2, '/');
-                Some((parts.next()?.to_string(), parts.next()?.to_string()))
-            })
-            .flatten();
-        let info = Self {
-            method: capped(req.method().as_str(), "http.request.method", &mut truncated),
-            version: match req.version() {
-                Version::HTTP_10 => "1.0",
-                Version::HTTP_2 => "2",
-                _ => "1.1",
-            },
-            host: capped(&host, "server.address", &mut truncated),
-            user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|ua| capped(ua, "user_agent.original", &mut truncated)),
-            path,
-            grpc,
-            truncated,
-        };
-        if !info.truncated.is_empty() {
-            leg.pod
-                .metrics(leg.dir)
-                .limits
-                .attributes_truncated
-                .inc_by(info.truncated.len() as u64);
-        }
-        info
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map(|h| h.trim_start_matches('['))
-            .unwrap_or(host);
-    }
-    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-}
-
-/// The grpc-status of a trailers-only response (status in the headers).
-fn header_grpc_status(h: &HeaderMap) -> Option<i64> {
-    h.get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Everything needed to emit the two spans when the response is complete.
-struct Completion {
-    leg: Arc<Leg>,
-    traced: Traced,
-    info: RequestInfo,
-    server_start: SystemTime,
-    client_start: SystemTime,
-    status: Option<StatusCode>,
-    grpc_status: Option<i64>,
-}
-
-impl Completion {
-    /// Emits the SERVER and CLIENT spans; `error` is a connection/stream error.
-    fn emit(self, error: Option<String>) {
-        let Some(sink) = self.leg.pod.spans.as_ref() else {
-            return;
-        };
-        let end = SystemTime::now();
-        let dst: SocketAddr = self.leg.target.dst();
-        let i = &self.info;
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", i.method.clone()),
-            KeyValue::new("url.path", i.path.clone()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("server.address", i.host.clone()),
-            KeyValue::new("server.port", i64::from(dst.port())),
-            KeyValue::new("client.address", self.leg.client_ip.to_string()),
-            KeyValue::new("network.protocol.version", i.version),
-            KeyValue::new("hoptrace.direction", self.leg.dir.as_str()),
-        ];
-        if let Some(ua) = &i.user_agent {
-            attrs.push(KeyValue::new("user_agent.original", ua.clone()));
-        }
-        if let Some(s) = self.status {
-            attrs.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(s.as_u16()),
-            ));
-        }
-        if let Some((svc, method)) = &i.grpc {
-            attrs.push(KeyValue::new("rpc.system", "grpc"));
-            attrs.push(KeyValue::new("rpc.service", svc.clone()));
-            attrs.push(KeyValue::new("rpc.method", method.clone()));
-        }
-        if let Some(g) = self.grpc_status {
-            attrs.push(KeyValue::new("rpc.grpc.status_code", g));
-        }
-        if !i.truncated.is_empty() {
-            let names = i.truncated.iter().map(|k| (*k).into()).collect();
-            attrs.push(KeyValue::new(
-                TRUNCATED_ATTRIBUTES,
-                opentelemetry::Value::Array(opentelemetry::Array::String(names)),
-            ));
-        }
-        let code = self.status.map(|s| s.as_u16()).unwrap_or(0);
-        let grpc_error = self.grpc_status.is_some_and(|g| g != 0);
-        let server_status = match (&error, code) {
-            (Some(e), _) => Status::Error(e.clone()),
-            (None, 500..) => Status::Error(format!("HTTP {code}")),
-            _ if grpc_error => {
-                Status::Error(format!("gRPC status {}", self.grpc_status.unwrap_or(0)))
-            }
-            _ => Status::Unset,
-        };
-        let client_status = match (&error, code) {
-            (Some(e), _) => Status::Error(e.clone()),
-            (None, 400..) => Status::Error(format!("HTTP {code}")),
-            _ if grpc_error => {
-                Status::Error(format!("gRPC status {}", self.grpc_status.unwrap_or(0)))
-            }
-            _ => Status::Unset,
-        };
-        let name = match &i.grpc {
-            Some((svc, method)) => format!("{svc}/{method}"),
-            None => i.method.clone(),
-        };
-        let t = &self.traced;
-        let identity = self.leg.pod.identity.clone();
-        sink.submit(ProxySpan {
-            pod: identity.clone(),
-            trace_id: t.ctx.trace_id,
-            span_id: t.client_id,
-            parent_span_id: t.server_id,
-            flags: t.ctx.flags,
-            kind: Kind::Client,
-            name: name.clone(),
-            start: self.client_start,
-            end,
-            attributes: attrs.clone(),
-            status: client_status,
-        });
-        sink.submit(ProxySpan {
-            pod: identity,
-            trace_id: t.ctx.trace_id,
-            span_id: t.server_id,
-            parent_span_id: if t.root {
-                SpanId([0; 8])
-            } else {
-                t.ctx.span_id
-            },
-            flags: t.ctx.flags,
-            kind: Kind::Server,
-            name,
-            start: self.server_start,
-            end,
-            attributes: attrs,
-            status: server_status,
-        });
-    }
-}
-
-/// What a [`SpanBody`] reports to (the span emitter; a recorder in tests).
-trait Finish {
-    /// A `grpc-status` found in the trailers.
-    fn grpc_status(&mut self, status: i64);
-    /// The response is over; `error` says why it did not complete.
-    fn finish(self, error: Option<String>);
-}
-
-impl Finish for Completion {
-    fn grpc_status(&mut self, status: i64) {
-        self.grpc_status = Some(status);
-    }
-
-    fn finish(self, error: Option<String>) {
-        self.emit(error);
-    }
-}
-
-/// A response body that emits the spans when its last frame has been handed to the
-/// downstream connection (or when it is dropped early, as an error).
-struct SpanBody<B: Body, F: Finish> {
-    inner: B,
-    done: Option<F>,
-}
-
-impl<B, F> Body for SpanBody<B, F>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-    F: Finish + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = frame.trailers_ref() {
-                    if let (Some(g), Some(done)) = (header_grpc_status(t), self.done.as_mut()) {
-                        done.grpc_status(g);
-                    }
-                }
-                // Trailers are always the last frame; hyper's HTTP/1 encoder drops the
-                // body right after writing them, without polling for the end.
-                if frame.is_trailers() || self.inner.is_end_stream() {
-                    if let Some(done) = self.done.take() {
-                        done.finish(None);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let msg = format!("response body: {e}");
-                if let Some(done) = self.done.take() {
-                    done.finish(Some(msg));
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(done) = self.done.take() {
-                    done.finish(None);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B: Body, F: Finish> Drop for SpanBody<B, F> {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            // hyper never polls a body that is at its end from the start: it sends the
-            // head (HTTP/2: a HEADERS frame with END_STREAM) and drops the body. That is
-            // a complete response — a gRPC trailers-only response (grpc-status in the
-            // headers, as servers answer an error without messages), an HTTP 204, a
-            // `Content-Length: 0` body — not an abandoned one.
-            let error = (!self.inner.is_end_stream())
-                .then(|| "response aborted before completion".to_string());
-            done.finish(error);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -988,106 +630,5 @@ mod tests {
             h.get(header::CONNECTION).map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
         );
-    }
-
-    /// What a [`SpanBody`] reported: the grpc-status, and each end (its error).
-    type Seen = (Option<i64>, Vec<Option<String>>);
-
-    /// Records what a [`SpanBody`] reports.
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<std::sync::Mutex<Seen>>);
-
-    impl Finish for Recorder {
-        fn grpc_status(&mut self, status: i64) {
-            self.0.lock().expect("lock").0 = Some(status);
-        }
-        fn finish(self, error: Option<String>) {
-            self.0.lock().expect("lock").1.push(error);
-        }
-    }
-
-    impl Recorder {
-        fn seen(&self) -> Seen {
-            self.0.lock().expect("lock").clone()
-        }
-    }
-
-    /// A body made of the given frames.
-    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-        fn is_end_stream(&self) -> bool {
-            self.0.is_empty()
-        }
-    }
-
-    fn body(frames: Vec<Frame<Bytes>>, rec: &Recorder) -> SpanBody<Frames, Recorder> {
-        SpanBody {
-            inner: Frames(frames.into()),
-            done: Some(rec.clone()),
-        }
-    }
-
-    fn grpc_trailers(status: &'static str) -> Frame<Bytes> {
-        let mut t = HeaderMap::new();
-        t.insert("grpc-status", HeaderValue::from_static(status));
-        Frame::trailers(t)
-    }
-
-    #[tokio::test]
-    async fn span_body_reports_the_end_of_the_response() {
-        // Messages, then grpc-status in the trailers: complete once the trailers are read.
-        let rec = Recorder::default();
-        let mut b = body(
-            vec![
-                Frame::data(Bytes::from_static(b"m1")),
-                Frame::data(Bytes::from_static(b"m2")),
-                grpc_trailers("10"),
-            ],
-            &rec,
-        );
-        let first = b.frame().await.expect("frame").expect("ok");
-        assert!(first.is_data());
-        assert!(rec.seen().1.is_empty(), "not over after the first message");
-        while b.frame().await.is_some() {}
-        assert_eq!(rec.seen(), (Some(10), vec![None]));
-        drop(b);
-        assert_eq!(rec.seen().1.len(), 1, "reported once");
-
-        // A trailers-only gRPC response (or any empty body): hyper drops the body
-        // without polling it. Complete, not aborted.
-        let rec = Recorder::default();
-        drop(body(Vec::new(), &rec));
-        assert_eq!(rec.seen(), (None, vec![None]));
-
-        // The client went away mid-stream: aborted.
-        let rec = Recorder::default();
-        let mut b = body(
-            vec![Frame::data(Bytes::from_static(b"m1")), grpc_trailers("0")],
-            &rec,
-        );
-        b.frame().await.expect("frame").expect("ok");
-        drop(b);
-        let (_, ends) = rec.seen();
-        assert_eq!(ends.len(), 1);
-        assert!(
-            ends[0].as_deref().is_some_and(|e| e.contains("aborted")),
-            "{ends:?}"
-        );
-    }
-
-    #[test]
-    fn host_port_is_stripped() {
-        assert_eq!(strip_port("web:8080"), "web");
-        assert_eq!(strip_port("web"), "web");
-        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
     }
 }

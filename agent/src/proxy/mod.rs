@@ -25,11 +25,10 @@ use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::{
     ebpf::Datapath,
-    export::SpanSink,
     metrics::{ConnMetrics, Direction},
     netns::Netns,
     socket,
-    trace::span::PodIdentity,
+    trace::span::{PodIdentity, SpanSink},
     workloads::PodKey,
 };
 

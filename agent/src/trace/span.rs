@@ -1,8 +1,14 @@
-//! The proxy span model (DESIGN §3.4): what one leg of one request produces.
+//! The proxy span model (DESIGN §3.4): what one leg of one request produces, and the
+//! queue the data path hands finished spans to ([`SpanSink`]; drained by `export`).
+//!
+//! Attributes are OTLP protobuf values from the start (`attr`), built once per request
+//! leg and shared by its two spans, so export encodes them without converting.
 
 use std::{sync::Arc, time::SystemTime};
 
-use opentelemetry::KeyValue;
+use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
 
 use super::context::{SpanId, TraceId};
 use crate::workloads::{PodKey, Workload};
@@ -16,29 +22,67 @@ pub const DEFAULT_SERVICE_NAME: &str = "hoptrace-proxy";
 pub struct PodIdentity {
     /// `namespace/name`.
     pub key: PodKey,
-    /// Resource attributes, in export order.
-    pub resource: Vec<KeyValue>,
+    /// The OTLP resource, built once at enrollment.
+    pub resource: Resource,
 }
 
 impl PodIdentity {
     /// Builds the resource attributes of a pod.
     pub fn new(w: &Workload, node: Option<&str>, service_name: &str) -> Self {
-        let mut resource = vec![
-            KeyValue::new("service.name", service_name.to_string()),
-            KeyValue::new("k8s.pod.name", w.name.clone()),
-            KeyValue::new("k8s.namespace.name", w.namespace.clone()),
-            KeyValue::new("hoptrace.workload.name", w.service_name().to_string()),
+        let mut attributes = vec![
+            attr::string("service.name", service_name),
+            attr::string("k8s.pod.name", w.name.as_str()),
+            attr::string("k8s.namespace.name", w.namespace.as_str()),
+            attr::string("hoptrace.workload.name", w.service_name()),
         ];
         if let Some(uid) = &w.uid {
-            resource.push(KeyValue::new("k8s.pod.uid", uid.clone()));
+            attributes.push(attr::string("k8s.pod.uid", uid.as_str()));
         }
         if let Some(node) = node {
-            resource.push(KeyValue::new("k8s.node.name", node.to_string()));
+            attributes.push(attr::string("k8s.node.name", node));
         }
         Self {
             key: w.key(),
-            resource,
+            resource: Resource {
+                attributes,
+                ..Default::default()
+            },
         }
+    }
+}
+
+/// OTLP attribute constructors.
+pub mod attr {
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value::Value, AnyValue, ArrayValue, KeyValue,
+    };
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: Some(AnyValue { value: Some(value) }),
+        }
+    }
+
+    /// A string attribute.
+    pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
+        kv(key, Value::StringValue(value.into()))
+    }
+
+    /// An integer attribute.
+    pub fn int(key: &str, value: i64) -> KeyValue {
+        kv(key, Value::IntValue(value))
+    }
+
+    /// A string-array attribute.
+    pub fn strings<'a>(key: &str, values: impl IntoIterator<Item = &'a str>) -> KeyValue {
+        let values = values
+            .into_iter()
+            .map(|v| AnyValue {
+                value: Some(Value::StringValue(v.to_string())),
+            })
+            .collect();
+        kv(key, Value::ArrayValue(ArrayValue { values }))
     }
 }
 
@@ -69,8 +113,8 @@ pub struct ProxySpan {
     pub trace_id: TraceId,
     /// This span's id.
     pub span_id: SpanId,
-    /// Parent span id.
-    pub parent_span_id: SpanId,
+    /// Parent span id; `None` for a root span (a trace the agent started).
+    pub parent_span_id: Option<SpanId>,
     /// W3C trace flags to export with the span context.
     pub flags: u8,
     /// SERVER or CLIENT.
@@ -81,10 +125,31 @@ pub struct ProxySpan {
     pub start: SystemTime,
     /// End time (≥ start).
     pub end: SystemTime,
-    /// Semantic-convention attributes.
-    pub attributes: Vec<KeyValue>,
+    /// Semantic-convention attributes, shared by the two spans of a request leg.
+    pub attributes: Arc<[KeyValue]>,
     /// Status.
     pub status: Status,
+}
+
+/// Where the data path submits finished spans. Cheap to clone; never waits.
+#[derive(Debug, Clone)]
+pub struct SpanSink {
+    tx: mpsc::Sender<ProxySpan>,
+    dropped: Counter,
+}
+
+impl SpanSink {
+    /// A sink feeding `tx`; spans that do not fit are counted in `dropped`.
+    pub fn new(tx: mpsc::Sender<ProxySpan>, dropped: Counter) -> Self {
+        Self { tx, dropped }
+    }
+
+    /// Queues a span without waiting; drops and counts it when the queue is full.
+    pub fn submit(&self, span: ProxySpan) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
 }
 
 /// Longest attribute value (bytes) the agent records. Longer values (a 300 KiB

@@ -1,0 +1,528 @@
+//! The span layer of an HTTP request leg: the trace decision when the head arrives,
+//! the semantic-convention attributes, and the two spans (SERVER: the proxy receiving
+//! the request, CLIENT: the proxy sending it on) emitted when the response is over.
+//! `proxy::http` moves the request and calls into this module at four points: [`begin`]
+//! (head in, trace header rewritten), [`RequestSpans::client_started`],
+//! [`RequestSpans::failed`] (no response) and [`RequestSpans::wrap`] (response head in;
+//! the returned body emits the spans at its end). docs/TRACING.md is the rulebook.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt as _};
+use hyper::body::{Body, Frame};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    context::{self, SpanId, TraceContext},
+    span::{attr, capped, Kind, PodIdentity, ProxySpan, SpanSink, Status, TRUNCATED_ATTRIBUTES},
+};
+
+/// What the span layer knows about a request leg's connection (one per client
+/// connection, shared by its requests).
+#[derive(Debug)]
+pub struct LegSpans {
+    /// Where finished spans go.
+    pub sink: SpanSink,
+    /// The pod the spans belong to (their resource).
+    pub identity: Arc<PodIdentity>,
+    /// `outbound` | `inbound` (`hoptrace.direction`).
+    pub direction: &'static str,
+    /// The destination (`server.port`; `server.address` without a Host).
+    pub dst: SocketAddr,
+    /// The calling pod's address (`client.address`).
+    pub client_ip: IpAddr,
+    /// Counts attribute values cut to the limit.
+    pub truncated: Counter,
+}
+
+/// The trace decision for one request.
+struct Traced {
+    /// The agent started this trace: the SERVER span is the root.
+    root: bool,
+    ctx: TraceContext,
+    server_id: SpanId,
+    client_id: SpanId,
+}
+
+/// Decides whether a request is traced and rewrites its trace header (DESIGN §3.3):
+/// - no context: forwarded untouched and not traced, unless `start_root` (the pod opted
+///   into starting traces for a share of its context-less inbound requests);
+/// - not sampled: ids rewritten so the next hop's parent is new, no span;
+/// - sampled: the forwarded header carries the CLIENT span as parent.
+fn decide(headers: &mut HeaderMap, start_root: bool) -> Option<Traced> {
+    let (root, ctx) = match context::extract(headers) {
+        None if start_root => (true, context::new_root(true)),
+        None => return None,
+        Some(ctx) if !ctx.sampled => {
+            context::inject(headers, &ctx, SpanId::random());
+            return None;
+        }
+        Some(ctx) => (false, ctx),
+    };
+    let t = Traced {
+        root,
+        ctx,
+        server_id: SpanId::random(),
+        client_id: SpanId::random(),
+    };
+    context::inject(headers, &t.ctx, t.client_id);
+    Some(t)
+}
+
+/// Makes the trace decision for a request whose head just arrived (rewriting its trace
+/// header) and, when it is traced and spans are exported, starts its spans. The
+/// attributes are gathered here, before the proxy changes the request.
+pub fn begin<B>(
+    leg: Option<&Arc<LegSpans>>,
+    req: &mut Request<B>,
+    start_root: bool,
+) -> Option<RequestSpans> {
+    let server_start = SystemTime::now();
+    let traced = decide(req.headers_mut(), start_root)?;
+    let leg = leg?.clone();
+    let attrs = RequestAttrs::new(&leg, req);
+    Some(RequestSpans {
+        leg,
+        traced,
+        attrs,
+        server_start,
+        client_start: server_start,
+        status: None,
+        grpc_status: None,
+    })
+}
+
+/// Attributes fixed at request time, each value capped at
+/// [`MAX_ATTRIBUTE_LEN`](super::span::MAX_ATTRIBUTE_LEN).
+struct RequestAttrs {
+    method: String,
+    path: String,
+    version: &'static str,
+    host: String,
+    user_agent: Option<String>,
+    grpc: Option<(String, String)>,
+    /// Attributes whose values were cut.
+    truncated: Vec<&'static str>,
+}
+
+impl RequestAttrs {
+    fn new<B>(leg: &LegSpans, req: &Request<B>) -> Self {
+        let mut truncated = Vec::new();
+        let host = req
+            .uri()
+            .host()
+            .map(str::to_string)
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|h| strip_port(h).to_string())
+            })
+            .unwrap_or_else(|| leg.dst.ip().to_string());
+        let is_grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let path = capped(req.uri().path(), "url.path", &mut truncated);
+        let grpc = is_grpc
+            .then(|| {
+                let mut parts = path.trim_start_matches('/').splitn(2, '/');
+                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+            })
+            .flatten();
+        let attrs = Self {
+            method: capped(req.method().as_str(), "http.request.method", &mut truncated),
+            version: match req.version() {
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                _ => "1.1",
+            },
+            host: capped(&host, "server.address", &mut truncated),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| capped(ua, "user_agent.original", &mut truncated)),
+            path,
+            grpc,
+            truncated,
+        };
+        leg.truncated.inc_by(attrs.truncated.len() as u64);
+        attrs
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split(']')
+            .next()
+            .map(|h| h.trim_start_matches('['))
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// The grpc-status of a trailers-only response (status in the headers) or of trailers.
+pub fn grpc_status(h: &HeaderMap) -> Option<i64> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One traced request's spans, until they are emitted.
+pub struct RequestSpans {
+    leg: Arc<LegSpans>,
+    traced: Traced,
+    attrs: RequestAttrs,
+    server_start: SystemTime,
+    client_start: SystemTime,
+    status: Option<StatusCode>,
+    grpc_status: Option<i64>,
+}
+
+/// A response body as the proxy sends it downstream.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+impl RequestSpans {
+    /// The proxy starts sending the request on (the CLIENT span starts).
+    pub fn client_started(&mut self) {
+        self.client_start = SystemTime::now();
+    }
+
+    /// No response came: the proxy answers `status` itself; `error` says why.
+    pub fn failed(mut self, status: StatusCode, error: String) {
+        self.status = Some(status);
+        self.emit(Some(error));
+    }
+
+    /// The response head is here: returns its body, which emits the spans once its
+    /// last frame is handed downstream (or it is dropped early, as an error). At `101`
+    /// the HTTP exchange is over (the upgraded bytes are relayed without spans).
+    pub fn wrap<B>(mut self, status: StatusCode, headers: &HeaderMap, body: B) -> ProxyBody
+    where
+        B: Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+    {
+        self.status = Some(status);
+        self.grpc_status = grpc_status(headers);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.emit(None);
+            return body.boxed();
+        }
+        SpanBody {
+            inner: body,
+            done: Some(self),
+        }
+        .boxed()
+    }
+
+    /// The attributes both spans carry.
+    fn attributes(&self) -> Arc<[KeyValue]> {
+        let (leg, a) = (&self.leg, &self.attrs);
+        let mut attrs = vec![
+            attr::string("http.request.method", a.method.as_str()),
+            attr::string("url.path", a.path.as_str()),
+            attr::string("url.scheme", "http"),
+            attr::string("server.address", a.host.as_str()),
+            attr::int("server.port", i64::from(leg.dst.port())),
+            attr::string("client.address", leg.client_ip.to_string()),
+            attr::string("network.protocol.version", a.version),
+            attr::string("hoptrace.direction", leg.direction),
+        ];
+        if let Some(ua) = &a.user_agent {
+            attrs.push(attr::string("user_agent.original", ua.as_str()));
+        }
+        if let Some(s) = self.status {
+            attrs.push(attr::int(
+                "http.response.status_code",
+                i64::from(s.as_u16()),
+            ));
+        }
+        if let Some((svc, method)) = &a.grpc {
+            attrs.push(attr::string("rpc.system", "grpc"));
+            attrs.push(attr::string("rpc.service", svc.as_str()));
+            attrs.push(attr::string("rpc.method", method.as_str()));
+        }
+        if let Some(g) = self.grpc_status {
+            attrs.push(attr::int("rpc.grpc.status_code", g));
+        }
+        if !a.truncated.is_empty() {
+            attrs.push(attr::strings(
+                TRUNCATED_ATTRIBUTES,
+                a.truncated.iter().copied(),
+            ));
+        }
+        attrs.into()
+    }
+
+    /// A span's status (DESIGN §3.4): ERROR for a connection/stream error, a gRPC
+    /// status other than OK, and HTTP 5xx (SERVER spans) or 4xx and 5xx (CLIENT spans).
+    fn status(&self, kind: Kind, error: &Option<String>) -> Status {
+        if let Some(e) = error {
+            return Status::Error(e.clone());
+        }
+        let code = self.status.map_or(0, |s| s.as_u16());
+        let http_error_from = match kind {
+            Kind::Server => 500,
+            Kind::Client => 400,
+        };
+        if code >= http_error_from {
+            return Status::Error(format!("HTTP {code}"));
+        }
+        match self.grpc_status {
+            Some(g) if g != 0 => Status::Error(format!("gRPC status {g}")),
+            _ => Status::Unset,
+        }
+    }
+
+    /// Emits the SERVER and CLIENT spans; `error` is a connection/stream error.
+    fn emit(self, error: Option<String>) {
+        let end = SystemTime::now();
+        let attributes = self.attributes();
+        let name = match &self.attrs.grpc {
+            Some((svc, method)) => format!("{svc}/{method}"),
+            None => self.attrs.method.clone(),
+        };
+        let t = &self.traced;
+        let span = |kind, span_id, parent_span_id, start, name| ProxySpan {
+            pod: self.leg.identity.clone(),
+            trace_id: t.ctx.trace_id,
+            span_id,
+            parent_span_id,
+            flags: t.ctx.flags,
+            kind,
+            name,
+            start,
+            end,
+            attributes: attributes.clone(),
+            status: self.status(kind, &error),
+        };
+        let parent = (!t.root).then_some(t.ctx.span_id);
+        self.leg.sink.submit(span(
+            Kind::Client,
+            t.client_id,
+            Some(t.server_id),
+            self.client_start,
+            name.clone(),
+        ));
+        self.leg.sink.submit(span(
+            Kind::Server,
+            t.server_id,
+            parent,
+            self.server_start,
+            name,
+        ));
+    }
+}
+
+/// What a [`SpanBody`] reports to (the span emitter; a recorder in tests).
+trait Finish {
+    /// A `grpc-status` found in the trailers.
+    fn grpc_status(&mut self, status: i64);
+    /// The response is over; `error` says why it did not complete.
+    fn finish(self, error: Option<String>);
+}
+
+impl Finish for RequestSpans {
+    fn grpc_status(&mut self, status: i64) {
+        self.grpc_status = Some(status);
+    }
+
+    fn finish(self, error: Option<String>) {
+        self.emit(error);
+    }
+}
+
+/// A response body that emits the spans when its last frame has been handed to the
+/// downstream connection (or when it is dropped early, as an error).
+struct SpanBody<B: Body, F: Finish> {
+    inner: B,
+    done: Option<F>,
+}
+
+impl<B, F> Body for SpanBody<B, F>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    F: Finish + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = frame.trailers_ref() {
+                    if let (Some(g), Some(done)) = (grpc_status(t), self.done.as_mut()) {
+                        done.grpc_status(g);
+                    }
+                }
+                // Trailers are always the last frame; hyper's HTTP/1 encoder drops the
+                // body right after writing them, without polling for the end.
+                if frame.is_trailers() || self.inner.is_end_stream() {
+                    if let Some(done) = self.done.take() {
+                        done.finish(None);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("response body: {e}");
+                if let Some(done) = self.done.take() {
+                    done.finish(Some(msg));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    done.finish(None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body, F: Finish> Drop for SpanBody<B, F> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            // hyper never polls a body that is at its end from the start: it sends the
+            // head (HTTP/2: a HEADERS frame with END_STREAM) and drops the body. That is
+            // a complete response — a gRPC trailers-only response (grpc-status in the
+            // headers, as servers answer an error without messages), an HTTP 204, a
+            // `Content-Length: 0` body — not an abandoned one.
+            let error = (!self.inner.is_end_stream())
+                .then(|| "response aborted before completion".to_string());
+            done.finish(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::convert::Infallible;
+
+    /// What a [`SpanBody`] reported: the grpc-status, and each end (its error).
+    type Seen = (Option<i64>, Vec<Option<String>>);
+
+    /// Records what a [`SpanBody`] reports.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<Seen>>);
+
+    impl Finish for Recorder {
+        fn grpc_status(&mut self, status: i64) {
+            self.0.lock().expect("lock").0 = Some(status);
+        }
+        fn finish(self, error: Option<String>) {
+            self.0.lock().expect("lock").1.push(error);
+        }
+    }
+
+    impl Recorder {
+        fn seen(&self) -> Seen {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    /// A body made of the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn body(frames: Vec<Frame<Bytes>>, rec: &Recorder) -> SpanBody<Frames, Recorder> {
+        SpanBody {
+            inner: Frames(frames.into()),
+            done: Some(rec.clone()),
+        }
+    }
+
+    fn grpc_trailers(status: &'static str) -> Frame<Bytes> {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static(status));
+        Frame::trailers(t)
+    }
+
+    #[tokio::test]
+    async fn span_body_reports_the_end_of_the_response() {
+        // Messages, then grpc-status in the trailers: complete once the trailers are read.
+        let rec = Recorder::default();
+        let mut b = body(
+            vec![
+                Frame::data(Bytes::from_static(b"m1")),
+                Frame::data(Bytes::from_static(b"m2")),
+                grpc_trailers("10"),
+            ],
+            &rec,
+        );
+        let first = b.frame().await.expect("frame").expect("ok");
+        assert!(first.is_data());
+        assert!(rec.seen().1.is_empty(), "not over after the first message");
+        while b.frame().await.is_some() {}
+        assert_eq!(rec.seen(), (Some(10), vec![None]));
+        drop(b);
+        assert_eq!(rec.seen().1.len(), 1, "reported once");
+
+        // A trailers-only gRPC response (or any empty body): hyper drops the body
+        // without polling it. Complete, not aborted.
+        let rec = Recorder::default();
+        drop(body(Vec::new(), &rec));
+        assert_eq!(rec.seen(), (None, vec![None]));
+
+        // The client went away mid-stream: aborted.
+        let rec = Recorder::default();
+        let mut b = body(
+            vec![Frame::data(Bytes::from_static(b"m1")), grpc_trailers("0")],
+            &rec,
+        );
+        b.frame().await.expect("frame").expect("ok");
+        drop(b);
+        let (_, ends) = rec.seen();
+        assert_eq!(ends.len(), 1);
+        assert!(
+            ends[0].as_deref().is_some_and(|e| e.contains("aborted")),
+            "{ends:?}"
+        );
+    }
+
+    #[test]
+    fn host_port_is_stripped() {
+        assert_eq!(strip_port("web:8080"), "web");
+        assert_eq!(strip_port("web"), "web");
+        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
+    }
+}
