@@ -7,6 +7,7 @@ pub mod agent;
 pub mod check;
 pub mod config;
 pub mod ebpf;
+pub mod enrollment;
 pub mod export;
 pub mod inpod;
 pub mod k8s;

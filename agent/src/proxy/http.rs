@@ -12,23 +12,22 @@
 use std::{
     convert::Infallible,
     net::IpAddr,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    task::{Context, Poll},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, sync::watch};
+use tokio::net::TcpStream;
 
-use super::{pool::PoolKey, ConnError, PodContext, Target};
+use super::{
+    idle::{watchdog, Activity, Tracked},
+    pool::PoolKey,
+    ConnError, PodContext, Target,
+};
 use crate::{
     metrics::Direction,
     trace::{
@@ -146,110 +145,6 @@ pub async fn serve(
             Ok(())
         }
         r => r.map_err(|e| ConnError::Relay(std::io::Error::other(e))),
-    }
-}
-
-/// Resolves when the connection has had no request in flight for `idle`, or when the
-/// agent shuts down.
-async fn watchdog(activity: &Activity, idle: Duration, mut shutdown: watch::Receiver<bool>) {
-    let wait_idle = async {
-        loop {
-            match activity.idle_since() {
-                Some(since) if since.elapsed() >= idle => return,
-                Some(since) => tokio::time::sleep_until((since + idle).into()).await,
-                None => tokio::time::sleep(idle).await,
-            }
-        }
-    };
-    let stopping = async {
-        if shutdown.wait_for(|stop| *stop).await.is_err() {
-            // The agent is gone without a shutdown: nothing to wait for.
-            std::future::pending::<()>().await;
-        }
-        // A request in flight ends with `Connection: close` (HTTP/2: GOAWAY); an idle
-        // connection is closed once it has stayed idle a moment, so a request that
-        // was steered just before the release is read and served first.
-        loop {
-            match activity.idle_since() {
-                None => return,
-                Some(since) if since.elapsed() >= SHUTDOWN_IDLE => return,
-                Some(_) => tokio::time::sleep(SHUTDOWN_IDLE / 10).await,
-            }
-        }
-    };
-    tokio::select! {
-        () = wait_idle => {}
-        () = stopping => {}
-    }
-}
-
-/// At shutdown, how long a client connection must have been idle to be closed.
-const SHUTDOWN_IDLE: Duration = Duration::from_millis(250);
-
-/// Requests in flight on one client connection, and since when it has had none.
-#[derive(Debug)]
-struct Activity {
-    inflight: AtomicUsize,
-    idle_since: Mutex<Option<Instant>>,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            inflight: AtomicUsize::new(0),
-            idle_since: Mutex::new(Some(Instant::now())),
-        }
-    }
-
-    /// `None` while a request is in flight.
-    fn idle_since(&self) -> Option<Instant> {
-        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        if self.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
-            *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        InFlight(self.clone())
-    }
-}
-
-/// One request in flight, until its response body is done or dropped.
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let a = &self.0;
-        let mut since = a.idle_since.lock().unwrap_or_else(|e| e.into_inner());
-        if a.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *since = Some(Instant::now());
-        }
-    }
-}
-
-/// A response body that holds its request's [`InFlight`] until it is dropped.
-struct Tracked {
-    inner: ProxyBody,
-    _inflight: InFlight,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -12,8 +12,12 @@
 
 pub mod detect;
 pub mod http;
+mod idle;
+mod limits;
 pub mod pool;
 mod tcp;
+
+pub use limits::{InFlightCount, Limits};
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -34,40 +38,6 @@ use crate::{
 
 /// How long an upstream connect may take before the client connection is reset.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What one pod's connections may cost the node (docs/SECURITY.md lists every limit,
-/// its default and what happens when it is hit). Set once from the command line.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Connections proxied at once per pod and direction; beyond, new ones are
-    /// reset at once (`hoptrace_connections_refused_total{reason="pod_limit"}`), so one
-    /// pod's flood costs only that pod.
-    pub max_connections_per_pod: usize,
-    /// An HTTP/1 request head must arrive within this time of its first byte being
-    /// awaited (slowloris); else the connection is closed.
-    pub header_read_timeout: Duration,
-    /// A client connection with no request in flight (HTTP keep-alive, or an HTTP/2
-    /// connection without streams) is closed after this long.
-    pub http_idle_timeout: Duration,
-    /// An opaque TCP connection with no byte in either direction is closed after this long.
-    pub tcp_idle_timeout: Duration,
-    /// A pooled upstream HTTP connection is not reused after this age, so connections
-    /// opened while a peer's agent was down (direct, untraced) are replaced by steered
-    /// ones within this time once it is back.
-    pub pool_max_lifetime: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections_per_pod: 4096,
-            header_read_timeout: Duration::from_secs(10),
-            http_idle_timeout: Duration::from_secs(300),
-            tcp_idle_timeout: Duration::from_secs(3600),
-            pool_max_lifetime: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Everything a connection task needs to know about the pod it serves.
 #[derive(Debug)]
@@ -105,32 +75,6 @@ pub struct PodContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Connections being proxied on the whole node (shutdown waits for them).
     pub node_inflight: Arc<InFlightCount>,
-}
-
-/// Connections being proxied on the node; each holds an [`InFlightGuard`].
-#[derive(Debug, Default)]
-pub struct InFlightCount(std::sync::atomic::AtomicUsize);
-
-impl InFlightCount {
-    /// Connections being proxied now.
-    pub fn get(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        InFlightGuard(self.clone())
-    }
-}
-
-/// One proxied connection, counted until dropped.
-#[derive(Debug)]
-struct InFlightGuard(Arc<InFlightCount>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 impl PodContext {

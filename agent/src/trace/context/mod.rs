@@ -1,0 +1,410 @@
+//! Trace-context propagation formats: W3C Trace Context (`traceparent`) and
+//! Zipkin B3 (multi-header `x-b3-*` and single-header `b3`).
+//!
+//! The proxy calls [`extract`] on every HTTP request it forwards, creates its
+//! own span as a child of the caller's span, and calls [`inject`] so that the
+//! next hop sees the proxy's span as its parent, in the format the request came
+//! with. Everything that is not understood is treated as absent and forwarded
+//! untouched.
+//!
+//! # Header rules (the user docs list these)
+//!
+//! **Selection.** [`extract`] tries, in order: a valid W3C `traceparent`, then a
+//! valid B3 single header `b3`, then valid B3 multi headers. The first valid one
+//! wins; an invalid one is skipped as if absent (so an invalid `traceparent`
+//! next to valid B3 headers gives the B3 context).
+//!
+//! **All formats.**
+//! - Header names are case-insensitive (`TraceParent`, `X-B3-TraceId`, ...).
+//! - A header that is present more than once, or whose value is not visible
+//!   ASCII (e.g. obs-text bytes), makes that format invalid.
+//! - Leading and trailing optional whitespace (space, horizontal tab: the OWS
+//!   that RFC 9110 §5.5 says is not part of a field value, and which HTTP/1
+//!   parsers already strip) is ignored. No other whitespace is tolerated,
+//!   anywhere inside a value.
+//! - Hex is lowercase only (`HEXDIGLC` in W3C, "lower-hex" in B3); an uppercase
+//!   digit makes the value invalid.
+//! - An all-zero trace id or span id is invalid (for a 64-bit B3 trace id: all
+//!   16 hex digits zero).
+//!
+//! **W3C `traceparent`** (`version-traceid-parentid-flags`; W3C Trace Context,
+//! "Traceparent Header" and "Versioning of traceparent").
+//! - `version` is 2 lowercase hex digits followed by `-`; version `ff` is invalid.
+//! - Version `00`: exactly 55 characters: `00-<32 hex>-<16 hex>-<2 hex>`.
+//!   Anything after the flags (even `-something`) is invalid.
+//! - Higher versions (`01`..`fe`): at least 55 characters; the first 55 must have
+//!   the version-00 layout, and character 56, if any, must be `-`. What follows
+//!   is not parsed. Of the flags, only the bits version 00 defines are kept
+//!   (`0x01` sampled, `0x02` random trace id), because the spec says to parse
+//!   only the flags the implementation knows and to re-emit version `00`.
+//! - Version `00` flags are kept verbatim, all 8 bits (e.g. `03`, `09`); only
+//!   bit 0 decides sampling.
+//! - `tracestate` is never parsed or modified: it is forwarded as it came.
+//!
+//! **B3 single `b3`** (`{TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]`;
+//! openzipkin/b3-propagation, "Single Header").
+//! - TraceId: 32 or 16 lowercase hex digits; SpanId and ParentSpanId: 16.
+//! - SamplingState: `1` (accept), `0` (deny), `d` (debug, implies accept);
+//!   absent means defer. Nothing else (not `true`, not `D`).
+//! - A ParentSpanId can only follow a SamplingState (`trace-span-parent` is
+//!   invalid). The parent is validated but not kept: the proxy replaces it.
+//! - The sampling-only forms `0`, `1`, `d` carry no ids: no context.
+//! - Empty fields, extra fields or a trailing `-` are invalid.
+//!
+//! **B3 multi** (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`,
+//! `x-b3-sampled`, `x-b3-flags`; openzipkin/b3-propagation, "Multiple Headers").
+//! - `x-b3-traceid` (32 or 16 hex) and `x-b3-spanid` (16 hex) are required.
+//! - `x-b3-parentspanid` is optional; when present it must be a valid span id.
+//! - `x-b3-sampled`: `1` or `true` accept, `0` or `false` deny (the lenient
+//!   forms the spec allows), absent defers; any other value is invalid.
+//! - `x-b3-flags`: `1` is debug (implies accept, whatever `x-b3-sampled` says),
+//!   `0` or absent is not debug; any other value is invalid.
+//! - Sampling-only headers (e.g. just `x-b3-sampled: 0`) carry no ids: no context.
+//!
+//! **Re-emission** ([`inject`]): only the headers of the format the context was
+//! read from are written; `tracestate`, the headers of the other formats and all
+//! other headers are left exactly as they came.
+//! - W3C: `traceparent: 00-<trace>-<new span>-<flags as received>`.
+//! - B3 multi: `x-b3-traceid` (same id, same width: 16 hex digits if it came
+//!   as 16), `x-b3-spanid: <new span>`, `x-b3-parentspanid: <caller's span>`;
+//!   `x-b3-sampled` and `x-b3-flags` are kept as they came.
+//! - B3 single: `b3: <trace>-<new span>-<sampling>-<caller's span>`, with the
+//!   sampling token as it came (`0`, `1` or `d`). When the sampling state was
+//!   absent (defer) the value is `<trace>-<new span>`: the grammar has no way to
+//!   carry a parent without a sampling state, and the state must stay absent.
+
+use std::fmt;
+
+use http::header::{HeaderMap, HeaderValue};
+
+mod b3;
+mod w3c;
+
+pub use b3::parse_b3_single;
+use b3::{b3_trace_hex, extract_b3_multi, extract_b3_single, format_b3_single};
+use w3c::extract_w3c;
+pub use w3c::{format_traceparent, parse_traceparent};
+
+/// `traceparent` header name (W3C Trace Context).
+pub const TRACEPARENT: &str = "traceparent";
+/// `tracestate` header name (W3C Trace Context); never modified by this module.
+pub const TRACESTATE: &str = "tracestate";
+/// B3 single header name.
+pub const B3: &str = "b3";
+/// B3 multi: trace id (32 or 16 lowercase hex digits).
+pub const X_B3_TRACEID: &str = "x-b3-traceid";
+/// B3 multi: span id (16 lowercase hex digits).
+pub const X_B3_SPANID: &str = "x-b3-spanid";
+/// B3 multi: parent span id (16 lowercase hex digits, optional).
+pub const X_B3_PARENTSPANID: &str = "x-b3-parentspanid";
+/// B3 multi: sampling decision (`1`/`0`, leniently `true`/`false`; absent = defer).
+pub const X_B3_SAMPLED: &str = "x-b3-sampled";
+/// B3 multi: debug flag (`1`).
+pub const X_B3_FLAGS: &str = "x-b3-flags";
+
+/// W3C trace-flags bit 0: the caller may have recorded trace data.
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// W3C trace-flags bit 1 (Trace Context Level 2): at least the right-most 7
+/// bytes of the trace id are random.
+pub const FLAG_RANDOM_TRACE_ID: u8 = 0x02;
+/// The trace-flags bits that version `00` defines; the only ones kept from a
+/// higher `traceparent` version.
+const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM_TRACE_ID;
+
+/// Length of a version-00 `traceparent` value, and the minimum length of any
+/// version's value.
+const TRACEPARENT_LEN: usize = 55;
+
+/// 16-byte trace id, never all-zero when valid.
+///
+/// A 64-bit B3 trace id is stored right-aligned (the first 8 bytes are zero),
+/// as OpenTelemetry does; [`TraceContext::short_trace_id`] remembers the width.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TraceId(pub [u8; 16]);
+
+/// 8-byte span id, never all-zero when valid.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SpanId(pub [u8; 8]);
+
+impl TraceId {
+    /// 32 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        encode_hex(&self.0)
+    }
+
+    /// Parses exactly 32 lowercase hex digits (W3C `HEXDIGLC`; uppercase is
+    /// rejected). Returns `None` for any other input, including the all-zero id.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        decode_hex::<16>(s.as_bytes())
+            .map(TraceId)
+            .filter(TraceId::is_valid)
+    }
+
+    /// A random, non-zero trace id (all 16 bytes random, so the W3C
+    /// random-trace-id flag may be set for it).
+    pub fn random() -> Self {
+        loop {
+            let id = TraceId(rand::random::<[u8; 16]>());
+            if id.is_valid() {
+                return id;
+            }
+        }
+    }
+
+    /// `false` for the all-zero id, which every format forbids.
+    pub fn is_valid(&self) -> bool {
+        self.0.iter().any(|&b| b != 0)
+    }
+
+    /// The 16-hex-digit (64-bit) form: the low 8 bytes.
+    fn to_short_hex(self) -> String {
+        encode_hex(&self.0[8..])
+    }
+
+    /// A B3 trace id: 32 or 16 lowercase hex digits, not all zero. Returns the id
+    /// and whether it was the 16-digit (64-bit) form.
+    fn from_b3_hex(s: &str) -> Option<(Self, bool)> {
+        let id = match s.len() {
+            32 => (TraceId(decode_hex::<16>(s.as_bytes())?), false),
+            16 => {
+                let low = decode_hex::<8>(s.as_bytes())?;
+                let mut bytes = [0u8; 16];
+                bytes[8..].copy_from_slice(&low);
+                (TraceId(bytes), true)
+            }
+            _ => return None,
+        };
+        id.0.is_valid().then_some(id)
+    }
+}
+
+impl SpanId {
+    /// 16 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        encode_hex(&self.0)
+    }
+
+    /// Parses exactly 16 lowercase hex digits (uppercase is rejected). Returns
+    /// `None` for any other input, including the all-zero id.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        decode_hex::<8>(s.as_bytes())
+            .map(SpanId)
+            .filter(SpanId::is_valid)
+    }
+
+    /// A random span id; never zero.
+    pub fn random() -> Self {
+        loop {
+            let id = SpanId(rand::random::<[u8; 8]>());
+            if id.is_valid() {
+                return id;
+            }
+        }
+    }
+
+    /// `false` for the all-zero id, which every format forbids.
+    pub fn is_valid(&self) -> bool {
+        self.0.iter().any(|&b| b != 0)
+    }
+}
+
+impl fmt::Display for TraceId {
+    /// 32 lowercase hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for SpanId {
+    /// 16 lowercase hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The propagation format a context was read from (and is re-emitted in).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    /// W3C Trace Context `traceparent` (+ `tracestate`, forwarded untouched).
+    W3c,
+    /// B3 multi-header `x-b3-*`.
+    B3Multi,
+    /// B3 single header `b3`.
+    B3Single,
+}
+
+/// What arrived on a request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TraceContext {
+    /// The format the context was read from; [`inject`] writes the same one.
+    pub format: Format,
+    /// The trace id; for a 64-bit B3 id the first 8 bytes are zero.
+    pub trace_id: TraceId,
+    /// The caller's span id (the parent of the span the proxy creates).
+    pub span_id: SpanId,
+    /// Sampling decision: W3C flags bit 0; B3 sampled=1/true or debug.
+    pub sampled: bool,
+    /// W3C trace-flags byte exactly as received (all bits kept, e.g. 0x03); for
+    /// B3 the equivalent 0x01/0x00. For a `traceparent` of a higher version than
+    /// 00, only the bits version 00 defines (0x01, 0x02) are kept.
+    pub flags: u8,
+    /// B3 only: the id was 64-bit (16 hex chars) on the wire; re-emit it that way.
+    pub short_trace_id: bool,
+    /// B3 only: debug flag (x-b3-flags: 1, or `d` in the single header).
+    pub debug: bool,
+    /// B3 only: sampling state was absent (defer) — keep it absent when re-emitting.
+    pub sampling_deferred: bool,
+}
+
+/// Reads the context from request headers.
+///
+/// W3C `traceparent` wins when valid; otherwise B3 single (`b3`), then B3 multi.
+/// Invalid context (bad length, non-hex, uppercase hex, all-zero ids, version
+/// `ff`, bad separators, a header repeated, a value that is not visible ASCII)
+/// counts as absent for that format. A future W3C version (`01`..`fe`) is parsed
+/// as the spec says (first 55 characters, extra fields after a `-` allowed).
+/// See the module docs for every rule.
+pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
+    extract_w3c(headers)
+        .or_else(|| extract_b3_single(headers))
+        .or_else(|| extract_b3_multi(headers))
+}
+
+/// Rewrites the headers of a forwarded request so that `new_span` (the proxy's
+/// span, child of `ctx.span_id`) is the parent seen by the next hop, in the
+/// format the request came with.
+///
+/// Only the headers of `ctx.format` are written; `tracestate` and every other
+/// header stay untouched.
+/// - W3C: `traceparent` = version `00`, same trace id, `new_span`, same flags byte.
+/// - B3 multi: `x-b3-traceid` = same id in the same width, `x-b3-spanid` =
+///   `new_span`, `x-b3-parentspanid` = `ctx.span_id`; `x-b3-sampled` and
+///   `x-b3-flags` are kept as they were. (Only when both are missing, which
+///   cannot happen for a context [`extract`]ed from these headers unless it
+///   was deferred, is the state written from `ctx`: `x-b3-flags: 1` for debug,
+///   else `x-b3-sampled: 1`/`0`, nothing when deferred.)
+/// - B3 single: `b3` = `{trace}-{new_span}-{sampling}-{ctx.span_id}` with the
+///   sampling token as it came (`1`, `0` or `d`); `{trace}-{new_span}` when the
+///   sampling state was absent (defer).
+pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, new_span: SpanId) {
+    match ctx.format {
+        Format::W3c => set_header(
+            headers,
+            TRACEPARENT,
+            format_traceparent(&ctx.trace_id, &new_span, ctx.flags),
+        ),
+        Format::B3Single => set_header(headers, B3, format_b3_single(ctx, new_span)),
+        Format::B3Multi => {
+            set_header(headers, X_B3_TRACEID, b3_trace_hex(ctx));
+            set_header(headers, X_B3_SPANID, new_span.to_hex());
+            set_header(headers, X_B3_PARENTSPANID, ctx.span_id.to_hex());
+            if !headers.contains_key(X_B3_SAMPLED) && !headers.contains_key(X_B3_FLAGS) {
+                if ctx.debug {
+                    set_header(headers, X_B3_FLAGS, "1".to_owned());
+                } else if !ctx.sampling_deferred {
+                    let token = if ctx.sampled { "1" } else { "0" };
+                    set_header(headers, X_B3_SAMPLED, token.to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// A new root context (W3C format) for requests that arrive without context
+/// when a workload opts into starting traces.
+///
+/// The trace id is random and non-zero, so the flags carry the random-trace-id
+/// bit (`0x02`) plus the sampled bit when `sampled`. `span_id` is a fresh random
+/// id that stands for the (unrecorded) originator of the trace: no span with
+/// that id is ever reported, so the caller decides whether its first span
+/// records it as parent or is recorded as the root.
+pub fn new_root(sampled: bool) -> TraceContext {
+    TraceContext {
+        format: Format::W3c,
+        trace_id: TraceId::random(),
+        span_id: SpanId::random(),
+        sampled,
+        flags: FLAG_RANDOM_TRACE_ID | if sampled { FLAG_SAMPLED } else { 0 },
+        short_trace_id: false,
+        debug: false,
+        sampling_deferred: false,
+    }
+}
+
+/// One header's value as this module reads it.
+enum Header<'a> {
+    Absent,
+    /// Present exactly once, visible ASCII, surrounding OWS removed.
+    One(&'a str),
+    /// Present more than once, or not visible ASCII.
+    Invalid,
+}
+
+impl<'a> Header<'a> {
+    fn present(self) -> Option<&'a str> {
+        match self {
+            Header::One(v) => Some(v),
+            Header::Absent | Header::Invalid => None,
+        }
+    }
+}
+
+fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Header<'a> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Header::Absent,
+        (Some(v), None) => v
+            .to_str()
+            .map(|s| Header::One(trim_ows(s)))
+            .unwrap_or(Header::Invalid),
+        (Some(_), Some(_)) => Header::Invalid,
+    }
+}
+
+/// Replaces every value of `name` with `value`. The values written here are
+/// lowercase hex, `-` and digits, so they are always valid header values; the
+/// map refuses a new name only past its 32 768-entry limit, in which case the
+/// header is left as it was rather than panicking.
+fn set_header(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(value) = HeaderValue::try_from(value) {
+        let _ = headers.try_insert(name, value);
+    }
+}
+
+/// Strips the optional whitespace (SP, HTAB) around a field value.
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes exactly `2 * N` lowercase hex digits.
+fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;
