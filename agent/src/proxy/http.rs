@@ -373,12 +373,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             })
         })
     });
+    // Tokens are read from the raw bytes: a value with obs-text elsewhere in it (e.g.
+    // `Connection: \x80, x-a`) still names `x-a`, which must not be forwarded.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         // `Host` is never hop-by-hop: a request must not lose it because a client
         // named it in `Connection`.
         .filter(|n| n != header::HOST)
@@ -462,6 +463,20 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("deflate;q=0.5"));
         strip_hop_by_hop(&mut h, false);
         assert!(h.get(header::TE).is_none());
+    }
+
+    #[test]
+    fn fields_named_next_to_obs_text_are_removed() {
+        // Found by the `http_head` fuzz target (agent/fuzz/regressions/http_head).
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"\x80, x-a").expect("obs-text is a valid value"),
+        );
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-a").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
     }
 
     #[test]
