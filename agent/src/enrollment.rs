@@ -20,8 +20,9 @@ use tokio::sync::{watch, Semaphore};
 use crate::{
     ebpf::{AttachedPod, Datapath, DatapathError, SteeringGuard},
     inpod, listeners,
-    metrics::{Direction, Metrics, StateLabels},
+    metrics::{Metrics, StateLabels},
     netns::{Netns, NetnsError},
+    pod::Direction,
     proxy::{pool::Pool, InFlightCount, Limits, PodContext, PodListeners},
     socket::{self, SocketError},
     trace::span::{PodIdentity, SpanSink},
@@ -292,7 +293,9 @@ impl PodTable {
             outbound: self.metrics.conn(&w.key(), Direction::Outbound),
             inbound: self.metrics.conn(&w.key(), Direction::Inbound),
             identity: Arc::new(PodIdentity::new(
-                w,
+                w.key(),
+                w.uid.as_deref(),
+                w.service_name(),
                 self.node.as_deref(),
                 &self.service_name,
             )),

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod attr;
 pub mod check;
 pub mod config;
 pub mod ebpf;
@@ -16,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod pod;
 pub mod proxy;
 pub mod socket;
 pub mod source;

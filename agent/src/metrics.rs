@@ -17,26 +17,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{ebpf::Datapath, export::ExportMetrics, workloads::PodKey};
-
-/// Direction of a proxied connection, from the enrolled pod's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// The pod is the client (steered by connect4/6).
-    Outbound,
-    /// The pod is the server (steered by sk_lookup).
-    Inbound,
-}
-
-impl Direction {
-    /// Label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        }
-    }
-}
+use crate::{
+    ebpf::Datapath,
+    export::ExportMetrics,
+    pod::{Direction, PodKey},
+};
 
 /// Labels of the per-pod connection series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

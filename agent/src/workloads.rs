@@ -3,9 +3,9 @@
 //! The static source is a YAML file, re-read when it changes. A malformed file is
 //! rejected with the line and reason and the last good set stays in force.
 
+pub use crate::pod::PodKey;
 use std::{
     collections::{BTreeMap, HashSet},
-    fmt,
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -129,21 +129,6 @@ impl Workload {
     /// Service name (`service`, else the pod name).
     pub fn service_name(&self) -> &str {
         self.service.as_deref().unwrap_or(&self.name)
-    }
-}
-
-/// `namespace/name` of a pod.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodKey {
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-}
-
-impl fmt::Display for PodKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

@@ -1,8 +1,9 @@
 use super::*;
+use crate::attr;
 use crate::{
     trace::{
         context::{SpanId, TraceId},
-        span::{attr, PodIdentity},
+        span::PodIdentity,
     },
     workloads::PodKey,
 };

@@ -29,7 +29,7 @@ use super::{
     ConnError, PodContext, Target,
 };
 use crate::{
-    metrics::Direction,
+    pod::Direction,
     trace::{
         self,
         http::{LegSpans, ProxyBody},

@@ -29,8 +29,9 @@ use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::{
     ebpf::Datapath,
-    metrics::{ConnMetrics, Direction},
+    metrics::ConnMetrics,
     netns::Netns,
+    pod::Direction,
     socket,
     trace::span::{PodIdentity, SpanSink},
     workloads::PodKey,

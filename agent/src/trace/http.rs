@@ -21,9 +21,11 @@ use hyper::body::{Body, Frame};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::attr;
+
 use super::{
     context::{self, SpanId, TraceContext},
-    span::{attr, capped, Kind, PodIdentity, ProxySpan, SpanSink, Status, TRUNCATED_ATTRIBUTES},
+    span::{capped, Kind, PodIdentity, ProxySpan, SpanSink, Status, TRUNCATED_ATTRIBUTES},
 };
 
 /// What the span layer knows about a request leg's connection (one per client
@@ -517,6 +519,86 @@ mod tests {
             ends[0].as_deref().is_some_and(|e| e.contains("aborted")),
             "{ends:?}"
         );
+    }
+
+    /// A traced gRPC request with every optional attribute, and its emitted spans.
+    fn traced_grpc_request() -> (Vec<String>, Vec<ProxySpan>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let leg = Arc::new(LegSpans {
+            sink: SpanSink::new(tx, Counter::default()),
+            identity: Arc::new(PodIdentity::new(
+                crate::pod::PodKey {
+                    namespace: "ns".into(),
+                    name: "web-1".into(),
+                },
+                Some("uid-1"),
+                "web",
+                Some("node-1"),
+                "hoptrace-proxy",
+            )),
+            direction: "inbound",
+            dst: "10.0.0.2:8080".parse().expect("addr"),
+            client_ip: "10.0.0.1".parse().expect("ip"),
+            truncated: Counter::default(),
+        });
+        let mut req = Request::builder()
+            .uri(format!("/pkg.Svc/{}", "m".repeat(3000)))
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("content-type", "application/grpc")
+            .header("user-agent", "grpc-python")
+            .body(())
+            .expect("request");
+        let mut spans = begin(Some(&leg), &mut req, false).expect("traced");
+        spans.client_started();
+        spans.status = Some(StatusCode::OK);
+        spans.grpc_status = Some(5);
+        let keys = spans.attributes().iter().map(|kv| kv.key.clone()).collect();
+        spans.emit(None);
+        let emitted = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        (keys, emitted)
+    }
+
+    #[test]
+    fn every_attribute_is_documented() {
+        let doc = include_str!("../../../docs/TRACING.md");
+        let (keys, spans) = traced_grpc_request();
+        assert!(keys.len() >= 14, "{keys:?}");
+        for key in &keys {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "span attribute {key} is not in docs/TRACING.md"
+            );
+        }
+        for kv in &spans[0].pod.resource.attributes {
+            assert!(
+                doc.contains(&format!("`{}`", kv.key)),
+                "resource attribute {} is not in docs/TRACING.md",
+                kv.key
+            );
+        }
+    }
+
+    #[test]
+    fn the_two_spans_chain_and_share_attributes() {
+        let (_, spans) = traced_grpc_request();
+        let [client, server] = &spans[..] else {
+            panic!("{spans:?}")
+        };
+        assert_eq!(client.kind, Kind::Client);
+        assert_eq!(server.kind, Kind::Server);
+        assert_eq!(client.parent_span_id, Some(server.span_id));
+        assert_eq!(
+            server.parent_span_id.map(|p| p.to_hex()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert!(Arc::ptr_eq(&client.attributes, &server.attributes));
+        assert_eq!(client.name, format!("pkg.Svc/{}", "m".repeat(2048 - 9)));
+        // gRPC NOT_FOUND: ERROR on both.
+        assert!(matches!(server.status, Status::Error(_)));
+        assert!(matches!(client.status, Status::Error(_)));
     }
 
     #[test]

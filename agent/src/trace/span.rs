@@ -6,85 +6,15 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::context::{SpanId, TraceId};
-use crate::workloads::{PodKey, Workload};
+pub use crate::pod::PodIdentity;
 
 /// Resource attribute value of `service.name` unless configured otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "hoptrace-proxy";
-
-/// Identity of the pod a span serves: the client pod for outbound spans, the server
-/// pod for inbound spans. Exported as the span's OTLP resource.
-#[derive(Debug)]
-pub struct PodIdentity {
-    /// `namespace/name`.
-    pub key: PodKey,
-    /// The OTLP resource, built once at enrollment.
-    pub resource: Resource,
-}
-
-impl PodIdentity {
-    /// Builds the resource attributes of a pod.
-    pub fn new(w: &Workload, node: Option<&str>, service_name: &str) -> Self {
-        let mut attributes = vec![
-            attr::string("service.name", service_name),
-            attr::string("k8s.pod.name", w.name.as_str()),
-            attr::string("k8s.namespace.name", w.namespace.as_str()),
-            attr::string("hoptrace.workload.name", w.service_name()),
-        ];
-        if let Some(uid) = &w.uid {
-            attributes.push(attr::string("k8s.pod.uid", uid.as_str()));
-        }
-        if let Some(node) = node {
-            attributes.push(attr::string("k8s.node.name", node));
-        }
-        Self {
-            key: w.key(),
-            resource: Resource {
-                attributes,
-                ..Default::default()
-            },
-        }
-    }
-}
-
-/// OTLP attribute constructors.
-pub mod attr {
-    use opentelemetry_proto::tonic::common::v1::{
-        any_value::Value, AnyValue, ArrayValue, KeyValue,
-    };
-
-    fn kv(key: &str, value: Value) -> KeyValue {
-        KeyValue {
-            key: key.to_string(),
-            value: Some(AnyValue { value: Some(value) }),
-        }
-    }
-
-    /// A string attribute.
-    pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
-        kv(key, Value::StringValue(value.into()))
-    }
-
-    /// An integer attribute.
-    pub fn int(key: &str, value: i64) -> KeyValue {
-        kv(key, Value::IntValue(value))
-    }
-
-    /// A string-array attribute.
-    pub fn strings<'a>(key: &str, values: impl IntoIterator<Item = &'a str>) -> KeyValue {
-        let values = values
-            .into_iter()
-            .map(|v| AnyValue {
-                value: Some(Value::StringValue(v.to_string())),
-            })
-            .collect();
-        kv(key, Value::ArrayValue(ArrayValue { values }))
-    }
-}
 
 /// SERVER (the proxy receiving the request) or CLIENT (the proxy sending it on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
