@@ -1,9 +1,7 @@
 //! `sk_lookup`, attached to each enrolled pod's netns: hand new TCP connections for
 //! the pod's addresses to the agent's inbound listener in that netns.
 
-use agent_common::{
-    Counter, InboundKey, ListenKey, Tuple, FAMILY_V4, FAMILY_V6, INBOUND_PORT, OUTBOUND_PORT,
-};
+use agent_common::{Counter, InboundKey, ListenKey, Tuple, FAMILY_V4, FAMILY_V6};
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 
 use crate::maps::{count, APP_LISTENERS, INBOUND_BYPASS, INBOUND_LISTENERS, POD_NETNS};
@@ -36,10 +34,9 @@ fn steer(ctx: &SkLookupContext) {
     if field!(ctx, protocol) != IPPROTO_TCP {
         return;
     }
+    // The agent's own listener ports need no check: they are not in APP_LISTENERS
+    // (the agent is not in the pod's cgroup), so they are never steered.
     let local_port = field!(ctx, local_port);
-    if local_port == u32::from(INBOUND_PORT) || local_port == u32::from(OUTBOUND_PORT) {
-        return;
-    }
     let mut key = InboundKey::default();
     let mut tuple = Tuple {
         remote_port: u16::from_be(field!(ctx, remote_port)),

@@ -7,71 +7,8 @@
 //! with. Everything that is not understood is treated as absent and forwarded
 //! untouched.
 //!
-//! # Header rules (the user docs list these)
-//!
-//! **Selection.** [`extract`] tries, in order: a valid W3C `traceparent`, then a
-//! valid B3 single header `b3`, then valid B3 multi headers. The first valid one
-//! wins; an invalid one is skipped as if absent (so an invalid `traceparent`
-//! next to valid B3 headers gives the B3 context).
-//!
-//! **All formats.**
-//! - Header names are case-insensitive (`TraceParent`, `X-B3-TraceId`, ...).
-//! - A header that is present more than once, or whose value is not visible
-//!   ASCII (e.g. obs-text bytes), makes that format invalid.
-//! - Leading and trailing optional whitespace (space, horizontal tab: the OWS
-//!   that RFC 9110 §5.5 says is not part of a field value, and which HTTP/1
-//!   parsers already strip) is ignored. No other whitespace is tolerated,
-//!   anywhere inside a value.
-//! - Hex is lowercase only (`HEXDIGLC` in W3C, "lower-hex" in B3); an uppercase
-//!   digit makes the value invalid.
-//! - An all-zero trace id or span id is invalid (for a 64-bit B3 trace id: all
-//!   16 hex digits zero).
-//!
-//! **W3C `traceparent`** (`version-traceid-parentid-flags`; W3C Trace Context,
-//! "Traceparent Header" and "Versioning of traceparent").
-//! - `version` is 2 lowercase hex digits followed by `-`; version `ff` is invalid.
-//! - Version `00`: exactly 55 characters: `00-<32 hex>-<16 hex>-<2 hex>`.
-//!   Anything after the flags (even `-something`) is invalid.
-//! - Higher versions (`01`..`fe`): at least 55 characters; the first 55 must have
-//!   the version-00 layout, and character 56, if any, must be `-`. What follows
-//!   is not parsed. Of the flags, only the bits version 00 defines are kept
-//!   (`0x01` sampled, `0x02` random trace id), because the spec says to parse
-//!   only the flags the implementation knows and to re-emit version `00`.
-//! - Version `00` flags are kept verbatim, all 8 bits (e.g. `03`, `09`); only
-//!   bit 0 decides sampling.
-//! - `tracestate` is never parsed or modified: it is forwarded as it came.
-//!
-//! **B3 single `b3`** (`{TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]`;
-//! openzipkin/b3-propagation, "Single Header").
-//! - TraceId: 32 or 16 lowercase hex digits; SpanId and ParentSpanId: 16.
-//! - SamplingState: `1` (accept), `0` (deny), `d` (debug, implies accept);
-//!   absent means defer. Nothing else (not `true`, not `D`).
-//! - A ParentSpanId can only follow a SamplingState (`trace-span-parent` is
-//!   invalid). The parent is validated but not kept: the proxy replaces it.
-//! - The sampling-only forms `0`, `1`, `d` carry no ids: no context.
-//! - Empty fields, extra fields or a trailing `-` are invalid.
-//!
-//! **B3 multi** (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`,
-//! `x-b3-sampled`, `x-b3-flags`; openzipkin/b3-propagation, "Multiple Headers").
-//! - `x-b3-traceid` (32 or 16 hex) and `x-b3-spanid` (16 hex) are required.
-//! - `x-b3-parentspanid` is optional; when present it must be a valid span id.
-//! - `x-b3-sampled`: `1` or `true` accept, `0` or `false` deny (the lenient
-//!   forms the spec allows), absent defers; any other value is invalid.
-//! - `x-b3-flags`: `1` is debug (implies accept, whatever `x-b3-sampled` says),
-//!   `0` or absent is not debug; any other value is invalid.
-//! - Sampling-only headers (e.g. just `x-b3-sampled: 0`) carry no ids: no context.
-//!
-//! **Re-emission** ([`inject`]): only the headers of the format the context was
-//! read from are written; `tracestate`, the headers of the other formats and all
-//! other headers are left exactly as they came.
-//! - W3C: `traceparent: 00-<trace>-<new span>-<flags as received>`.
-//! - B3 multi: `x-b3-traceid` (same id, same width: 16 hex digits if it came
-//!   as 16), `x-b3-spanid: <new span>`, `x-b3-parentspanid: <caller's span>`;
-//!   `x-b3-sampled` and `x-b3-flags` are kept as they came.
-//! - B3 single: `b3: <trace>-<new span>-<sampling>-<caller's span>`, with the
-//!   sampling token as it came (`0`, `1` or `d`). When the sampling state was
-//!   absent (defer) the value is `<trace>-<new span>`: the grammar has no way to
-//!   carry a parent without a sampling state, and the state must stay absent.
+//! The rules, every one of them, are in docs/TRACING.md ("Header rules"); the tests
+//! (`tests.rs`) pin each to the specifications' examples.
 
 use std::fmt;
 
