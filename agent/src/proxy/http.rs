@@ -108,34 +108,34 @@ pub async fn serve(
     let watchdog = watchdog(&activity, limits.http_idle_timeout, shutdown);
     // On an idle timeout or agent shutdown the connection is closed gracefully: requests
     // in flight finish (HTTP/2: GOAWAY), then it closes.
-    let result = if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = watchdog => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+    // The two connection types share no trait for `graceful_shutdown`.
+    macro_rules! serve_until_watchdog {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = watchdog => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
             }
-        }
+        }};
+    }
+    let result = if h2 {
+        serve_until_watchdog!(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc)
+        )
     } else {
-        let conn = hyper::server::conn::http1::Builder::new()
+        serve_until_watchdog!(hyper::server::conn::http1::Builder::new()
             .preserve_header_case(true)
             .timer(TokioTimer::new())
             // Also the keep-alive idle time: hyper arms it whenever it waits for a head.
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = watchdog => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+            .with_upgrades())
     };
     match result {
         // The header-read timeout (a slow head, or a keep-alive connection left idle):
