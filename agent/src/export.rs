@@ -12,19 +12,24 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+    collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
     common::v1::InstrumentationScope,
-    trace::v1::{
-        span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status as ProtoStatus,
-    },
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
 use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tonic::{codec::CompressionEncoding, metadata::MetadataMap, transport::Channel, Code};
+use tonic::{
+    client::Grpc,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    metadata::MetadataMap,
+    transport::Channel,
+    Code,
+};
 
-use crate::trace::span::{Kind, PodIdentity, ProxySpan, SpanSink, Status};
+use crate::trace::span::{PodIdentity, ProxySpan, SpanSink};
 
 /// Errors setting up the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -165,8 +170,7 @@ fn metadata(headers: &[(String, String)]) -> Result<MetadataMap, ExportError> {
 
 /// Builds the exporter and starts the export task. Must run inside the runtime.
 pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, ExportError> {
-    let mut client =
-        TraceServiceClient::new(channel(&config)?).max_encoding_message_size(usize::MAX);
+    let mut client = Grpc::new(channel(&config)?);
     if config.gzip {
         client = client.send_compressed(CompressionEncoding::Gzip);
     }
@@ -189,7 +193,7 @@ pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, E
 
 /// The export task's state.
 struct Exporter {
-    client: TraceServiceClient<Channel>,
+    client: Grpc<Channel>,
     metadata: MetadataMap,
     config: ExportConfig,
     metrics: ExportMetrics,
@@ -199,9 +203,8 @@ struct Exporter {
 
 impl Exporter {
     async fn run(mut self, mut rx: mpsc::Receiver<ProxySpan>) {
-        let mut batch = Vec::with_capacity(self.config.batch_size);
         loop {
-            batch.clear();
+            let mut batch = Vec::with_capacity(self.config.batch_size);
             // Wait for the first span, then gather more until the batch is full or the
             // flush interval passes.
             match rx.recv().await {
@@ -215,7 +218,7 @@ impl Exporter {
                     Ok(None) | Err(_) => break,
                 }
             }
-            for request in encode(&batch, &self.scope, MAX_REQUEST_BYTES) {
+            for request in encode(batch, &self.scope, MAX_REQUEST_BYTES) {
                 self.export_with_retry(request).await;
             }
         }
@@ -233,9 +236,10 @@ impl Exporter {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let mut req = tonic::Request::new(request.message.clone());
+            // Encoded once: a retry sends the same bytes again (a refcount, no copy).
+            let mut req = tonic::Request::new(request.bytes.clone());
             *req.metadata_mut() = self.metadata.clone();
-            match self.client.export(req).await {
+            match self.send(req).await {
                 Ok(resp) => {
                     let rejected = resp
                         .into_inner()
@@ -264,6 +268,21 @@ impl Exporter {
         }
     }
 
+    /// One `TraceService/Export` call with a pre-encoded request.
+    async fn send(
+        &mut self,
+        req: tonic::Request<Bytes>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.client
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("collector connection: {e}")))?;
+        let path = http::uri::PathAndQuery::from_static(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        );
+        self.client.unary(req, path, PreEncoded).await
+    }
+
     /// Rate-limited: a collector that is down must not flood the log.
     fn log_failure(&mut self, n: u64, retry: bool, status: &tonic::Status) {
         if self
@@ -289,26 +308,25 @@ impl Exporter {
 /// batch split at this size always fits.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// One export request and the number of spans in it.
+/// One export request, encoded, and the number of spans in it.
 struct Encoded {
-    message: ExportTraceServiceRequest,
+    bytes: Bytes,
     spans: usize,
 }
 
 /// The batch as export requests of at most `max` encoded bytes each (a single span
 /// larger than that goes alone): one `ResourceSpans` per pod, in order of first
-/// appearance, spans in batch order.
-fn encode(batch: &[ProxySpan], scope: &InstrumentationScope, max: usize) -> Vec<Encoded> {
+/// appearance, spans in batch order. The spans are moved, not copied.
+fn encode(batch: Vec<ProxySpan>, scope: &InstrumentationScope, max: usize) -> Vec<Encoded> {
     let mut out = Vec::new();
     let mut current = Builder::default();
-    for span in batch {
-        let encoded = to_proto(span);
+    for ProxySpan { pod, span } in batch {
         // Per span: its bytes plus the repeated-field tag and length prefix (≤ 6).
-        let size = encoded.encoded_len() + 6;
+        let size = span.encoded_len() + 6;
         if current.spans > 0 && current.size + size > max {
             out.push(std::mem::take(&mut current).finish(scope));
         }
-        current.push(&span.pod, encoded, size);
+        current.push(pod, span, size);
     }
     if current.spans > 0 {
         out.push(current.finish(scope));
@@ -325,13 +343,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn push(&mut self, pod: &Arc<PodIdentity>, span: Span, size: usize) {
-        match self.pods.iter_mut().find(|(p, _)| Arc::ptr_eq(p, pod)) {
+    fn push(&mut self, pod: Arc<PodIdentity>, span: Span, size: usize) {
+        match self.pods.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &pod)) {
             Some((_, spans)) => spans.push(span),
             None => {
                 // A pod's resource and scope wrappers count once per request.
                 self.size += pod.resource.encoded_len() + 64;
-                self.pods.push((pod.clone(), vec![span]));
+                self.pods.push((pod, vec![span]));
             }
         }
         self.spans += 1;
@@ -352,50 +370,62 @@ impl Builder {
                 schema_url: String::new(),
             })
             .collect();
+        let message = ExportTraceServiceRequest { resource_spans };
         Encoded {
-            message: ExportTraceServiceRequest { resource_spans },
+            bytes: message.encode_to_vec().into(),
             spans: self.spans,
         }
     }
 }
 
-/// OTLP `Span.flags`: the W3C trace flags, and whether the parent is remote (a SERVER
-/// span's parent came over the network; a CLIENT span's is the SERVER span here).
-const HAS_IS_REMOTE: u32 = 0x100;
-const IS_REMOTE: u32 = 0x200;
+/// The gRPC codec of a request encoded beforehand (sent as is) and a protobuf answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct PreEncoded;
 
-fn nanos(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = BytesEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
 }
 
-fn to_proto(s: &ProxySpan) -> Span {
-    let remote = matches!(s.kind, Kind::Server) && s.parent_span_id.is_some();
-    Span {
-        trace_id: s.trace_id.0.to_vec(),
-        span_id: s.span_id.0.to_vec(),
-        trace_state: String::new(),
-        parent_span_id: s.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
-        flags: u32::from(s.flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 },
-        name: s.name.clone(),
-        kind: match s.kind {
-            Kind::Server => SpanKind::Server,
-            Kind::Client => SpanKind::Client,
-        } as i32,
-        start_time_unix_nano: nanos(s.start),
-        end_time_unix_nano: nanos(s.end),
-        attributes: s.attributes.to_vec(),
-        status: Some(match &s.status {
-            Status::Unset => ProtoStatus {
-                message: String::new(),
-                code: StatusCode::Unset as i32,
-            },
-            Status::Error(m) => ProtoStatus {
-                message: m.clone(),
-                code: StatusCode::Error as i32,
-            },
-        }),
-        ..Default::default()
+/// Writes pre-encoded request bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// Decodes the collector's answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct ResponseDecoder;
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("decoding the export answer: {e}")))
     }
 }
 

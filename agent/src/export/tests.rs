@@ -3,10 +3,11 @@ use crate::attr;
 use crate::{
     trace::{
         context::{SpanId, TraceId},
-        span::PodIdentity,
+        span::{Kind, PodIdentity, SpanParts, Status, HAS_IS_REMOTE, IS_REMOTE},
     },
     workloads::PodKey,
 };
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tonic::Code;
 
 fn pod(name: &str) -> Arc<PodIdentity> {
@@ -19,20 +20,30 @@ fn pod(name: &str) -> Arc<PodIdentity> {
     })
 }
 
-fn span(pod: &Arc<PodIdentity>, attr_len: usize, parent: Option<SpanId>) -> ProxySpan {
-    ProxySpan {
-        pod: pod.clone(),
+fn parts(attr_len: usize, parent: Option<SpanId>) -> SpanParts {
+    SpanParts {
         trace_id: TraceId([1; 16]),
         span_id: SpanId([2; 8]),
-        parent_span_id: parent,
+        parent,
         flags: 1,
         kind: Kind::Server,
         name: "GET".into(),
         start: std::time::SystemTime::UNIX_EPOCH,
         end: std::time::SystemTime::UNIX_EPOCH,
-        attributes: vec![attr::string("user_agent.original", "u".repeat(attr_len))].into(),
+        attributes: vec![attr::string("user_agent.original", "u".repeat(attr_len))],
         status: Status::Unset,
     }
+}
+
+fn span(pod: &Arc<PodIdentity>, attr_len: usize, parent: Option<SpanId>) -> ProxySpan {
+    ProxySpan {
+        pod: pod.clone(),
+        span: parts(attr_len, parent).into_otlp(),
+    }
+}
+
+fn decode(e: &Encoded) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest::decode(e.bytes.clone()).expect("a valid request")
 }
 
 fn scope() -> InstrumentationScope {
@@ -83,31 +94,29 @@ fn classification_follows_the_otlp_retry_rules() {
 fn requests_stay_below_the_size_limit() {
     let p = pod("a");
     let spans: Vec<ProxySpan> = (0..1000).map(|_| span(&p, 2048, None)).collect();
-    let requests = encode(&spans, &scope(), MAX_REQUEST_BYTES);
+    let requests = encode(spans, &scope(), MAX_REQUEST_BYTES);
     assert!(requests.len() > 1);
     assert_eq!(requests.iter().map(|r| r.spans).sum::<usize>(), 1000);
     for r in &requests {
-        assert!(
-            r.message.encoded_len() <= MAX_REQUEST_BYTES,
-            "{}",
-            r.message.encoded_len()
-        );
+        assert!(r.bytes.len() <= MAX_REQUEST_BYTES, "{}", r.bytes.len());
+        let spans: usize = decode(r).resource_spans[0].scope_spans[0].spans.len();
+        assert_eq!(spans, r.spans);
     }
     // Small spans: one request.
     let small: Vec<ProxySpan> = (0..512).map(|_| span(&p, 10, None)).collect();
-    assert_eq!(encode(&small, &scope(), MAX_REQUEST_BYTES).len(), 1);
+    assert_eq!(encode(small, &scope(), MAX_REQUEST_BYTES).len(), 1);
     // A span over the limit on its own still goes (alone).
     let huge = vec![
         span(&p, 10, None),
         span(&p, MAX_REQUEST_BYTES, None),
         span(&p, 10, None),
     ];
-    let counts: Vec<usize> = encode(&huge, &scope(), MAX_REQUEST_BYTES)
+    let counts: Vec<usize> = encode(huge, &scope(), MAX_REQUEST_BYTES)
         .iter()
         .map(|r| r.spans)
         .collect();
     assert_eq!(counts, [1, 1, 1]);
-    assert!(encode(&[], &scope(), MAX_REQUEST_BYTES).is_empty());
+    assert!(encode(Vec::new(), &scope(), MAX_REQUEST_BYTES).is_empty());
 }
 
 #[test]
@@ -120,9 +129,10 @@ fn one_resource_per_pod_in_one_request() {
         span(&b, 1, None),
         span(&a, 1, None),
     ];
-    let requests = encode(&batch, &scope(), MAX_REQUEST_BYTES);
+    let requests = encode(batch, &scope(), MAX_REQUEST_BYTES);
     assert_eq!(requests.len(), 1);
-    let rs = &requests[0].message.resource_spans;
+    let message = decode(&requests[0]);
+    let rs = &message.resource_spans;
     assert_eq!(rs.len(), 2);
     let counts: Vec<usize> = rs.iter().map(|r| r.scope_spans[0].spans.len()).collect();
     assert_eq!(counts, [3, 2]);
@@ -134,11 +144,10 @@ fn one_resource_per_pod_in_one_request() {
 
 #[test]
 fn span_fields() {
-    let p = pod("a");
-    let root = to_proto(&span(&p, 1, None));
+    let root = parts(1, None).into_otlp();
     assert!(root.parent_span_id.is_empty(), "a root span has no parent");
     assert_eq!(root.flags, 1 | HAS_IS_REMOTE);
-    let child = to_proto(&span(&p, 1, Some(SpanId([9; 8]))));
+    let child = parts(1, Some(SpanId([9; 8]))).into_otlp();
     assert_eq!(child.parent_span_id, vec![9; 8]);
     assert_eq!(
         child.flags,

@@ -25,7 +25,9 @@ use crate::attr;
 
 use super::{
     context::{self, SpanId, TraceContext},
-    span::{capped, Kind, PodIdentity, ProxySpan, SpanSink, Status, TRUNCATED_ATTRIBUTES},
+    span::{
+        capped, Kind, PodIdentity, ProxySpan, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES,
+    },
 };
 
 /// What the span layer knows about a request leg's connection (one per client
@@ -229,7 +231,7 @@ impl RequestSpans {
     }
 
     /// The attributes both spans carry.
-    fn attributes(&self) -> Arc<[KeyValue]> {
+    fn attributes(&self) -> Vec<KeyValue> {
         let (leg, a) = (&self.leg, &self.attrs);
         let mut attrs = vec![
             attr::string("http.request.method", a.method.as_str()),
@@ -264,7 +266,7 @@ impl RequestSpans {
                 a.truncated.iter().copied(),
             ));
         }
-        attrs.into()
+        attrs
     }
 
     /// A span's status (DESIGN §3.4): ERROR for a connection/stream error, a gRPC
@@ -287,7 +289,9 @@ impl RequestSpans {
         }
     }
 
-    /// Emits the SERVER and CLIENT spans; `error` is a connection/stream error.
+    /// Emits the SERVER and CLIENT spans; `error` is a connection/stream error. Both
+    /// are built in their OTLP form here, once; the attributes are cloned once, for
+    /// the second span.
     fn emit(self, error: Option<String>) {
         let end = SystemTime::now();
         let attributes = self.attributes();
@@ -296,34 +300,36 @@ impl RequestSpans {
             None => self.attrs.method.clone(),
         };
         let t = &self.traced;
-        let span = |kind, span_id, parent_span_id, start, name| ProxySpan {
-            pod: self.leg.identity.clone(),
+        let server = SpanParts {
             trace_id: t.ctx.trace_id,
-            span_id,
-            parent_span_id,
+            span_id: t.server_id,
+            parent: (!t.root).then_some(t.ctx.span_id),
             flags: t.ctx.flags,
-            kind,
-            name,
-            start,
+            kind: Kind::Server,
+            name: name.clone(),
+            start: self.server_start,
             end,
             attributes: attributes.clone(),
-            status: self.status(kind, &error),
+            status: self.status(Kind::Server, &error),
         };
-        let parent = (!t.root).then_some(t.ctx.span_id);
-        self.leg.sink.submit(span(
-            Kind::Client,
-            t.client_id,
-            Some(t.server_id),
-            self.client_start,
-            name.clone(),
-        ));
-        self.leg.sink.submit(span(
-            Kind::Server,
-            t.server_id,
-            parent,
-            self.server_start,
+        let client = SpanParts {
+            trace_id: t.ctx.trace_id,
+            span_id: t.client_id,
+            parent: Some(t.server_id),
+            flags: t.ctx.flags,
+            kind: Kind::Client,
             name,
-        ));
+            start: self.client_start,
+            end,
+            attributes,
+            status: self.status(Kind::Client, &error),
+        };
+        for parts in [client, server] {
+            self.leg.sink.submit(ProxySpan {
+                pod: self.leg.identity.clone(),
+                span: parts.into_otlp(),
+            });
+        }
     }
 }
 
@@ -555,7 +561,7 @@ mod tests {
         spans.client_started();
         spans.status = Some(StatusCode::OK);
         spans.grpc_status = Some(5);
-        let keys = spans.attributes().iter().map(|kv| kv.key.clone()).collect();
+        let keys = spans.attributes().into_iter().map(|kv| kv.key).collect();
         spans.emit(None);
         let emitted = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         (keys, emitted)
@@ -584,21 +590,31 @@ mod tests {
     #[test]
     fn the_two_spans_chain_and_share_attributes() {
         let (_, spans) = traced_grpc_request();
+        use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
         let [client, server] = &spans[..] else {
             panic!("{spans:?}")
         };
-        assert_eq!(client.kind, Kind::Client);
-        assert_eq!(server.kind, Kind::Server);
-        assert_eq!(client.parent_span_id, Some(server.span_id));
+        let (client, server) = (&client.span, &server.span);
+        assert_eq!(client.kind, SpanKind::Client as i32);
+        assert_eq!(server.kind, SpanKind::Server as i32);
+        assert_eq!(client.parent_span_id, server.span_id);
         assert_eq!(
-            server.parent_span_id.map(|p| p.to_hex()).as_deref(),
-            Some("00f067aa0ba902b7")
+            server.parent_span_id,
+            SpanId::from_hex("00f067aa0ba902b7").expect("id").0.to_vec()
         );
-        assert!(Arc::ptr_eq(&client.attributes, &server.attributes));
+        assert_eq!(client.attributes, server.attributes);
         assert_eq!(client.name, format!("pkg.Svc/{}", "m".repeat(2048 - 9)));
+        // W3C flags 01; the SERVER span's parent is remote, the CLIENT span's is not.
+        use crate::trace::span::{HAS_IS_REMOTE, IS_REMOTE};
+        assert_eq!(server.flags, 1 | HAS_IS_REMOTE | IS_REMOTE);
+        assert_eq!(client.flags, 1 | HAS_IS_REMOTE);
         // gRPC NOT_FOUND: ERROR on both.
-        assert!(matches!(server.status, Status::Error(_)));
-        assert!(matches!(client.status, Status::Error(_)));
+        for s in [client, server] {
+            assert_eq!(
+                s.status.as_ref().map(|s| s.code),
+                Some(StatusCode::Error as i32)
+            );
+        }
     }
 
     #[test]

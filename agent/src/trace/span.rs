@@ -6,7 +6,10 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::{
+    common::v1::KeyValue,
+    trace::v1::{span::SpanKind, status::StatusCode, Span, Status as ProtoStatus},
+};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
@@ -34,18 +37,24 @@ pub enum Status {
     Error(String),
 }
 
-/// One finished proxy span.
-#[derive(Debug, Clone)]
-pub struct ProxySpan {
-    /// The pod it serves (its resource).
-    pub pod: Arc<PodIdentity>,
-    /// Trace id (from the incoming context).
+/// OTLP `Span.flags` bits besides the W3C trace flags: the parent's remoteness is
+/// known, and the parent is remote (a SERVER span's parent came over the network; a
+/// CLIENT span's is the SERVER span in this process).
+pub const HAS_IS_REMOTE: u32 = 0x100;
+/// See [`HAS_IS_REMOTE`].
+pub const IS_REMOTE: u32 = 0x200;
+
+/// The parts of one span, turned into its OTLP form once ([`SpanParts::into_otlp`]):
+/// the span travels to the exporter in the form it is encoded in.
+#[derive(Debug)]
+pub struct SpanParts {
+    /// Trace id.
     pub trace_id: TraceId,
     /// This span's id.
     pub span_id: SpanId,
     /// Parent span id; `None` for a root span (a trace the agent started).
-    pub parent_span_id: Option<SpanId>,
-    /// W3C trace flags to export with the span context.
+    pub parent: Option<SpanId>,
+    /// W3C trace flags as received.
     pub flags: u8,
     /// SERVER or CLIENT.
     pub kind: Kind,
@@ -55,10 +64,56 @@ pub struct ProxySpan {
     pub start: SystemTime,
     /// End time (≥ start).
     pub end: SystemTime,
-    /// Semantic-convention attributes, shared by the two spans of a request leg.
-    pub attributes: Arc<[KeyValue]>,
+    /// Semantic-convention attributes.
+    pub attributes: Vec<KeyValue>,
     /// Status.
     pub status: Status,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl SpanParts {
+    /// The OTLP span.
+    pub fn into_otlp(self) -> Span {
+        let remote = self.kind == Kind::Server && self.parent.is_some();
+        Span {
+            trace_id: self.trace_id.0.to_vec(),
+            span_id: self.span_id.0.to_vec(),
+            parent_span_id: self.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+            flags: u32::from(self.flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 },
+            name: self.name,
+            kind: match self.kind {
+                Kind::Server => SpanKind::Server,
+                Kind::Client => SpanKind::Client,
+            } as i32,
+            start_time_unix_nano: nanos(self.start),
+            end_time_unix_nano: nanos(self.end),
+            attributes: self.attributes,
+            status: Some(match self.status {
+                Status::Unset => ProtoStatus {
+                    message: String::new(),
+                    code: StatusCode::Unset as i32,
+                },
+                Status::Error(message) => ProtoStatus {
+                    message,
+                    code: StatusCode::Error as i32,
+                },
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// One finished proxy span, in its OTLP form, with the pod it belongs to.
+#[derive(Debug, Clone)]
+pub struct ProxySpan {
+    /// The pod it serves (its resource).
+    pub pod: Arc<PodIdentity>,
+    /// The span, ready to encode.
+    pub span: Span,
 }
 
 /// Where the data path submits finished spans. Cheap to clone; never waits.

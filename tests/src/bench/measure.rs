@@ -147,6 +147,12 @@ fn check(phase: &str, requests: u64, uncertain: u64, a: Spans, b: Spans) -> Span
 }
 
 /// The saturation run of `s`: wrk for HTTP, the closed-loop load generator for TCP.
+/// One saturation run of `s` (as in [`measure`], without measuring): the load a
+/// profile is taken under. Returns the requests answered.
+pub fn saturate_only(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<u64> {
+    Ok(saturate(bl, opts, s)?.requests)
+}
+
 fn saturate(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<Saturation> {
     let (pod, addr) = bl.route(s);
     match s.workload() {

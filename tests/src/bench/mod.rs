@@ -28,6 +28,7 @@ pub mod loadgen;
 pub mod measure;
 pub mod memory;
 pub mod procstat;
+pub mod profile;
 pub mod report;
 pub mod run;
 pub mod stats;

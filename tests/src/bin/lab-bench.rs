@@ -5,6 +5,7 @@
 //! ```text
 //! lab-bench [--rounds N] [--duration SECS] [--quick] [--same-node] [--connections N]
 //!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
+//!           [--profile]
 //! ```
 //! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
 
@@ -28,18 +29,20 @@ fn main() {
 }
 
 /// Parses the command line into options and the output dir.
-fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf)> {
+fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf, bool)> {
     let mut opts = if args.iter().any(|a| a == "--quick") {
         BenchOptions::quick()
     } else {
         BenchOptions::full()
     };
     let mut out = PathBuf::from("target/bench");
+    let mut profile = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--quick" => {}
+            "--profile" => profile = true,
             "--same-node" => opts.same_node = true,
             "--rounds" => opts.rounds = value()?.parse().context("--rounds")?,
             "--duration" => opts.duration_secs = value()?.parse().context("--duration")?,
@@ -62,12 +65,12 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf)> {
     if opts.rounds == 0 || opts.duration_secs == 0 || opts.connections == 0 || opts.rate == 0 {
         bail!("--rounds, --duration, --connections and --rate must be positive");
     }
-    Ok((opts, out))
+    Ok((opts, out, profile))
 }
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (opts, out_dir) = parse_args(&args)?;
+    let (opts, out_dir, profile) = parse_args(&args)?;
     if !hoptrace_tests::require_root() {
         bail!("the bench needs root (network namespaces, cgroups, eBPF)");
     }
@@ -145,6 +148,17 @@ fn run() -> Result<bool> {
     result.host.bench_pct = 100.0 * ((lab1 - lab0) + (self1 - self0)).as_secs_f64() / total;
     result.host.loadavg_after = loadavg();
 
+    if profile {
+        println!("bench: profiling both agents under one hoptrace-http saturation run");
+        let p = hoptrace_tests::bench::profile::run(&bl, &opts, &out_dir)?;
+        println!(
+            "bench: flame graph {} and top functions {} ({} requests)",
+            p.svg.display(),
+            p.top.display(),
+            p.requests
+        );
+        print!("{}", std::fs::read_to_string(&p.top).unwrap_or_default());
+    }
     let mut mem = memory::MemoryResult::default();
     for (agent, pods) in &bl.agents {
         mem.loaded.push(memory::loaded(agent, *pods)?);
@@ -250,10 +264,12 @@ mod tests {
     #[test]
     fn flags_parse() {
         let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let (o, out) = parse_args(&a(
-            "--quick --rounds 3 --scenarios direct,hoptrace-tcp --nice -5 --out /x",
+        let (o, out, profile) = parse_args(&a(
+            "--quick --rounds 3 --scenarios direct,hoptrace-tcp --nice -5 --out /x --profile",
         ))
         .expect("parse");
+        assert!(profile);
+        assert!(!parse_args(&a("--quick")).expect("parse").2);
         assert_eq!((o.rounds, o.duration_secs, o.mem_pods), (3, 1, 10));
         assert_eq!(o.scenarios, [Scenario::Direct, Scenario::HoptraceTcp]);
         assert_eq!(o.nice, Some(-5));
