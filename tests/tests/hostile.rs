@@ -434,3 +434,45 @@ fn sigterm_lets_requests_in_flight_finish() {
         "the agent took {took:?} to exit"
     );
 }
+
+/// Container runtimes often start processes with a soft descriptor limit of 1024 under
+/// a hard limit of a million: the agent raises its soft limit to the hard one at start.
+#[test]
+fn the_agent_raises_its_descriptor_limit() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = hoptrace_tests::Lab::new().expect("lab");
+    lab.add_node("node-1").expect("node-1");
+    lab.add_pod("node-1", "client").expect("pod");
+    let file = lab.write_workloads("node-1").expect("workloads");
+    let hard = {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit with a valid pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        l.rlim_max
+    };
+    assert!(hard > 512, "hard limit {hard} too low for this test");
+    let limit = format!("--nofile=512:{hard}");
+    let mut agent = hoptrace_tests::Agent::start_wrapped(
+        &lab,
+        "node-1",
+        &file,
+        &["prlimit", &limit, "--"],
+        &[],
+    )
+    .expect("agent under prlimit");
+    agent.wait_ready(READY).expect("ready");
+    let pid = agent.pid().expect("pid");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(soft, hard.to_string(), "soft limit not raised:\n{limits}");
+}
