@@ -11,6 +11,8 @@
 //! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
 //!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
 
+mod fuzz;
+
 // The four-spans-per-hop check shared with the lab tests. Compiled from the tests
 // crate's source rather than depending on that crate, which would put the lab's
 // dependencies (tonic, tokio, ...) in front of `cargo xtask setup` on a fresh machine.
@@ -74,6 +76,17 @@ enum Cmd {
     /// L4 relay (haproxy), interleaved in one lab run; writes target/bench/report.{md,json}
     /// (root). See docs/BENCH.md.
     Bench(BenchArgs),
+    /// Run every fuzz target of agent/fuzz for N seconds each, one after another
+    /// (installs cargo-fuzz; needs the nightly toolchain); fails with the path of the
+    /// input that crashed. See docs/FUZZING.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        seconds: u32,
+        /// Run only this target (trace_context, detect, workload_file, http_head).
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+    },
 }
 
 /// `cargo xtask bench` flags (passed on to the `lab-bench` program).
@@ -88,6 +101,10 @@ struct BenchArgs {
     /// A short smoke run of every scenario (the numbers mean little).
     #[arg(long)]
     quick: bool,
+    /// Also profile both agents (perf) under one hoptrace-http saturation run: writes
+    /// target/bench/flamegraph-hoptrace-http.svg and profile-top.txt.
+    #[arg(long)]
+    profile: bool,
     /// Put the server pods on the client's node (one agent serves both legs).
     #[arg(long)]
     same_node: bool,
@@ -118,6 +135,9 @@ impl BenchArgs {
         }
         if self.same_node {
             v.push("--same-node".to_string());
+        }
+        if self.profile {
+            v.push("--profile".to_string());
         }
         let opt = [
             ("--rounds", self.rounds.map(|x| x.to_string())),
@@ -184,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Kind { keep } => kind::run_kind(&root, keep),
         Cmd::Bench(args) => bench(&root, &args),
+        Cmd::Fuzz { seconds, target } => fuzz::run_fuzz(&root, seconds, target.as_deref()),
     }
 }
 
