@@ -203,10 +203,12 @@ pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload
             ));
         }
         for ip in &w.ips {
-            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+            // `::ffff:10.0.0.1` is `10.0.0.1`: checked, and counted, as the address it is.
+            let canonical = ip.to_canonical();
+            if canonical.is_loopback() || canonical.is_unspecified() || canonical.is_multicast() {
                 return Err(invalid(format!("{ip} is not a pod address")));
             }
-            if !ips.insert(*ip) {
+            if !ips.insert(canonical) {
                 return Err(invalid(format!(
                     "{ip} is listed for two pods; an address belongs to one pod"
                 )));
@@ -351,6 +353,29 @@ workloads:
         assert_eq!(w[0].ips.len(), 2);
         assert_eq!(w[0].labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(w[1].key().to_string(), "emojivoto/db");
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_their_v4_address() {
+        let entry = |name: &str, ip: &str| {
+            format!(
+                "  - name: {name}\n    namespace: ns\n    ips: [\"{ip}\"]\n    cgroup: /c/{name}\n    netns: /n/{name}\n"
+            )
+        };
+        let lo = format!("workloads:\n{}", entry("a", "::ffff:127.0.0.1"));
+        assert!(parse(p(), &lo, None)
+            .expect_err("loopback")
+            .to_string()
+            .contains("not a pod address"));
+        let dup = format!(
+            "workloads:\n{}{}",
+            entry("a", "10.0.0.1"),
+            entry("b", "::ffff:10.0.0.1")
+        );
+        assert!(parse(p(), &dup, None)
+            .expect_err("same address")
+            .to_string()
+            .contains("two pods"));
     }
 
     #[test]

@@ -292,7 +292,11 @@ fn pods_follow_the_kubernetes_api() {
     assert!(api.watches(Resource::Pods) > watches, "no new watch");
 
     // DELETED: released, its connections go direct, no listener left in its netns.
-    assert!(agent_listens_in(&client.pod));
+    assert_eventually!(
+        agent_listens_in(&client.pod),
+        Duration::from_secs(3),
+        "the agent does not listen in the client pod before its deletion"
+    );
     api.delete(Resource::Pods, "lab/client").expect("delete");
     assert_eventually!(
         workloads(&agent, "steered") == 3.0 && !agent_listens_in(&client.pod),

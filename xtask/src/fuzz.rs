@@ -159,6 +159,22 @@ fn fuzz_cmd(dir: &Path, sub: &str) -> Command {
         .arg("--target-dir")
         .arg(dir.join("target"))
         .stdin(Stdio::null());
+    // Drop what `cargo run` set for xtask itself: build scripts (ring's, through the cc
+    // crate) ask to rerun when CARGO_MANIFEST_DIR, CARGO_PKG_* or OUT_DIR change, so
+    // each switch between `cargo xtask fuzz` and a `cargo fuzz` typed in a shell
+    // would rebuild a third of the tree.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
     cmd
 }
 

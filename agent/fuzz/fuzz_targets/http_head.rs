@@ -17,7 +17,7 @@
 //! - every other field, and `Host`, is left exactly as it was (same values, order).
 #![no_main]
 
-use std::{collections::HashSet, sync::OnceLock};
+use std::collections::HashSet;
 
 use hoptrace::proxy::http::strip_hop_by_hop;
 use http::header::{HeaderMap, HeaderName};
@@ -32,22 +32,11 @@ fn values(h: &HeaderMap, name: &HeaderName) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Known finding 1 (docs/FUZZING.md, `regressions/http_head/`): a `Connection`
-/// value that is not visible ASCII (an obs-text byte, which hyper accepts) is skipped
-/// whole by `strip_hop_by_hop`, so the fields it names are forwarded. Until that is
-/// fixed the check leaves such values out, so that CI stays green; set
-/// `HOPTRACE_FUZZ_STRICT=1` to check them too (the regression input then fails).
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("HOPTRACE_FUZZ_STRICT").is_some_and(|v| v == "1"))
-}
-
 /// The field names a `Connection` value lists: its comma-separated elements,
 /// surrounding spaces/tabs removed, that are valid field names.
 fn connection_names(h: &HeaderMap) -> HashSet<HeaderName> {
     h.get_all("connection")
         .iter()
-        .filter(|v| strict() || v.to_str().is_ok())
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect()
