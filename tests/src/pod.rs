@@ -256,16 +256,33 @@ fn join(handle: Option<JoinHandle<String>>) -> String {
     handle.and_then(|h| h.join().ok()).unwrap_or_default()
 }
 
+/// Whether the process `pid` itself has a socket listening on `port` (another
+/// process, or another listener of the pod on the same port for another address,
+/// does not count: a v6 server started beside a v4 one on the same port must wait
+/// for its own socket).
 fn listening(pid: u32, port: u16) -> bool {
+    let own: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let want = format!(":{port:04X}");
     ["tcp", "tcp6"].iter().any(|f| {
         std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
             .map(|t| {
                 t.lines().skip(1).any(|l| {
-                    let mut cols = l.split_whitespace();
-                    let local = cols.nth(1).unwrap_or_default();
-                    let state = cols.nth(1).unwrap_or_default();
-                    local.ends_with(&want) && state == "0A"
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    let (local, state, inode) = (
+                        cols.get(1).copied().unwrap_or_default(),
+                        cols.get(3).copied().unwrap_or_default(),
+                        cols.get(9).copied().unwrap_or_default(),
+                    );
+                    local.ends_with(&want) && state == "0A" && own.contains(inode)
                 })
             })
             .unwrap_or(false)
