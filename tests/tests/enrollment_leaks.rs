@@ -142,14 +142,7 @@ fn failed_enrollments_leave_nothing_behind() {
     assert_eq!(accepted(&agent, "outbound", "squatted"), before);
     // Once the port is free the next retry enrolls it.
     squatter.kill().expect("kill squatter");
-    assert_eventually!(
-        scrape_failed(&agent) == 0.0,
-        Duration::from_secs(5),
-        "the pod is not enrolled once its port is free"
-    );
-    let before = accepted(&agent, "outbound", "squatted");
-    app.whoami(&squatted, target).expect("connects");
-    assert_counted(&agent, "outbound", "squatted", before, 1);
+    assert_enrolled_again(&app, &agent, &squatted, target, "its port is free");
 
     // 2. Out of descriptors part-way: the agent's limit leaves it `free` new
     //    descriptors, so enrolling `starved` fails at a different step each time —
@@ -172,17 +165,6 @@ fn failed_enrollments_leave_nothing_behind() {
         );
     }
     set_nofile(pid, original.expect("limit"));
-    let failed_line = |agent: &Agent| {
-        agent
-            .log_tail(400)
-            .lines()
-            .any(|l| l.contains("lab/starved") && l.contains("not steered"))
-    };
-    assert!(
-        failed_line(&agent),
-        "the starved pod's failure is not logged:\n{}",
-        agent.log_tail(20)
-    );
     // Each level failed at its own step (the agent logs a reason when it changes).
     let reasons: Vec<String> = agent
         .log_tail(400)
@@ -190,6 +172,11 @@ fn failed_enrollments_leave_nothing_behind() {
         .filter(|l| l.contains("lab/starved") && l.contains("not steered"))
         .map(str::to_string)
         .collect();
+    assert!(
+        !reasons.is_empty(),
+        "the starved pod's failure is not logged:\n{}",
+        agent.log_tail(20)
+    );
     for step in ["socket", "bpf_link_create", "sock_diag"] {
         assert!(
             reasons.iter().any(|r| r.contains(step)),
@@ -197,14 +184,27 @@ fn failed_enrollments_leave_nothing_behind() {
             reasons.join("\n")
         );
     }
+    assert_enrolled_again(&app, &agent, &starved, target, "descriptors are available");
+}
+
+/// Once the cause of its failures is gone, `pod` is enrolled at the next retry and its
+/// next connection is steered.
+fn assert_enrolled_again(
+    app: &hoptrace_tests::LabApp,
+    agent: &Agent,
+    pod: &hoptrace_tests::Pod,
+    target: std::net::SocketAddr,
+    when: &str,
+) {
     assert_eventually!(
-        scrape_failed(&agent) == 0.0,
+        scrape_failed(agent) == 0.0,
         Duration::from_secs(5),
-        "the starved pod is not enrolled once descriptors are available"
+        "{} is not enrolled once {when}",
+        pod.name
     );
-    let before = accepted(&agent, "outbound", "starved");
-    app.whoami(&starved, target).expect("connects");
-    assert_counted(&agent, "outbound", "starved", before, 1);
+    let before = accepted(agent, "outbound", &pod.name);
+    app.whoami(pod, target).expect("connects");
+    assert_counted(agent, "outbound", &pod.name, before, 1);
 }
 
 fn scrape_failed(agent: &Agent) -> f64 {
