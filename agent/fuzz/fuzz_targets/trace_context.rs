@@ -5,17 +5,17 @@
 //! The new span id is derived from the input. Asserted:
 //!
 //! - `extract` never panics and is deterministic;
-//! - a context it returns has non-zero ids, a 64-bit B3 trace id only for B3 (high
-//!   8 bytes zero), `sampled` consistent with `flags` / `debug` / `sampling_deferred`
-//!   as `TraceContext` documents, and agrees with the format's own parser;
+//! - a context it returns has non-zero ids, a 64-bit B3 trace id only with its high
+//!   8 bytes zero, `flags()` as `TraceContext` documents for its format, and agrees
+//!   with the format's own parser;
 //! - after `inject` with a new span id, `extract` gives back the same context with
 //!   the new span id (same format, trace id, sampled flag, flags and B3 state), the
 //!   format's headers are present exactly once, and every other header is unchanged.
 #![no_main]
 
 use hoptrace::trace::context::{
-    extract, inject, parse_b3_single, parse_traceparent, Format, SpanId, TraceContext, B3,
-    TRACEPARENT, X_B3_PARENTSPANID, X_B3_SPANID, X_B3_TRACEID,
+    extract, inject, parse_b3_single, parse_traceparent, B3Sampling, Format, Propagation,
+    SpanId, TraceContext, B3, TRACEPARENT, X_B3_PARENTSPANID, X_B3_SPANID, X_B3_TRACEID,
 };
 use http::header::HeaderMap;
 use libfuzzer_sys::fuzz_target;
@@ -40,26 +40,20 @@ fn one_value<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 fn check_context(h: &HeaderMap, ctx: &TraceContext) {
     assert!(ctx.trace_id.is_valid(), "zero trace id: {ctx:?}");
     assert!(ctx.span_id.is_valid(), "zero span id: {ctx:?}");
-    if ctx.short_trace_id {
-        assert_ne!(ctx.format, Format::W3c, "{ctx:?}");
-        assert_eq!(ctx.trace_id.0[..8], [0u8; 8], "{ctx:?}");
-    }
-    match ctx.format {
-        Format::W3c => {
-            assert_eq!(ctx.sampled, ctx.flags & 1 != 0, "{ctx:?}");
-            assert!(!ctx.debug && !ctx.sampling_deferred && !ctx.short_trace_id);
+    match ctx.propagation {
+        Propagation::W3c { flags } => {
+            assert_eq!(ctx.sampled(), flags & 1 != 0, "{ctx:?}");
             let parsed = parse_traceparent(one_value(h, TRACEPARENT)).expect("parses");
-            assert_eq!(parsed, (ctx.trace_id, ctx.span_id, ctx.flags));
+            assert_eq!(parsed, (ctx.trace_id, ctx.span_id, flags));
         }
-        Format::B3Single | Format::B3Multi => {
-            assert_eq!(ctx.flags, u8::from(ctx.sampled), "{ctx:?}");
-            if ctx.debug {
-                assert!(ctx.sampled && !ctx.sampling_deferred, "{ctx:?}");
+        Propagation::B3Single(b3) | Propagation::B3Multi(b3) => {
+            if b3.short_trace_id {
+                assert_eq!(ctx.trace_id.0[..8], [0u8; 8], "{ctx:?}");
             }
-            if ctx.sampling_deferred {
-                assert!(!ctx.sampled && !ctx.debug, "{ctx:?}");
-            }
-            if ctx.format == Format::B3Single {
+            let sampled = matches!(b3.sampling, B3Sampling::Accept | B3Sampling::Debug);
+            assert_eq!(ctx.flags(), u8::from(sampled), "{ctx:?}");
+            assert_eq!(ctx.sampled(), sampled, "{ctx:?}");
+            if ctx.format() == Format::B3Single {
                 assert_eq!(parse_b3_single(one_value(h, B3)).as_ref(), Some(ctx));
             }
         }
@@ -84,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         SpanId([0, 0, 0, 0, 0, 0, 0, 1])
     };
-    let touched: &[&str] = match ctx.format {
+    let touched: &[&str] = match ctx.format() {
         Format::W3c => &[TRACEPARENT],
         Format::B3Single => &[B3],
         // x-b3-sampled / x-b3-flags are written only when both are missing, which a
@@ -104,9 +98,9 @@ fuzz_target!(|data: &[u8]| {
 
     let back = extract(&h).expect("the injected context is extracted again");
     check_context(&h, &back);
-    assert_eq!(back.format, ctx.format);
+    assert_eq!(back.format(), ctx.format());
     assert_eq!(back.trace_id, ctx.trace_id);
-    assert_eq!(back.sampled, ctx.sampled);
+    assert_eq!(back.sampled(), ctx.sampled());
     assert_eq!(back.span_id, new_span);
     assert_eq!(
         back,

@@ -66,7 +66,7 @@ fn decide(headers: &mut HeaderMap, start_root: bool) -> Option<Traced> {
     let (root, ctx) = match context::extract(headers) {
         None if start_root => (true, context::new_root(true)),
         None => return None,
-        Some(ctx) if !ctx.sampled => {
+        Some(ctx) if !ctx.sampled() => {
             context::inject(headers, &ctx, SpanId::random());
             return None;
         }
@@ -304,7 +304,7 @@ impl RequestSpans {
             trace_id: t.ctx.trace_id,
             span_id: t.server_id,
             parent: (!t.root).then_some(t.ctx.span_id),
-            flags: t.ctx.flags,
+            flags: t.ctx.flags(),
             kind: Kind::Server,
             name: name.clone(),
             start: self.server_start,
@@ -316,7 +316,7 @@ impl RequestSpans {
             trace_id: t.ctx.trace_id,
             span_id: t.client_id,
             parent: Some(t.server_id),
-            flags: t.ctx.flags,
+            flags: t.ctx.flags(),
             kind: Kind::Client,
             name,
             start: self.client_start,

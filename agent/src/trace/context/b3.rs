@@ -25,49 +25,21 @@ pub fn parse_b3_single(value: &str) -> Option<TraceContext> {
     if let Some(parent) = parent {
         SpanId::from_hex(parent)?;
     }
-    let state = match sampling {
-        None => Sampling::Defer,
-        Some("0") => Sampling::Deny,
-        Some("1") => Sampling::Accept,
-        Some("d") => Sampling::Debug,
+    let sampling = match sampling {
+        None => B3Sampling::Defer,
+        Some("0") => B3Sampling::Deny,
+        Some("1") => B3Sampling::Accept,
+        Some("d") => B3Sampling::Debug,
         Some(_) => return None,
     };
-    Some(b3_context(
-        Format::B3Single,
+    Some(TraceContext {
         trace_id,
         span_id,
-        short_trace_id,
-        state,
-    ))
-}
-
-/// B3 sampling state (openzipkin/b3-propagation, "Sampling State").
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Sampling {
-    Defer,
-    Deny,
-    Accept,
-    Debug,
-}
-
-pub(super) fn b3_context(
-    format: Format,
-    trace_id: TraceId,
-    span_id: SpanId,
-    short_trace_id: bool,
-    state: Sampling,
-) -> TraceContext {
-    let sampled = matches!(state, Sampling::Accept | Sampling::Debug);
-    TraceContext {
-        format,
-        trace_id,
-        span_id,
-        sampled,
-        flags: if sampled { FLAG_SAMPLED } else { 0 },
-        short_trace_id,
-        debug: state == Sampling::Debug,
-        sampling_deferred: state == Sampling::Defer,
-    }
+        propagation: Propagation::B3Single(B3State {
+            short_trace_id,
+            sampling,
+        }),
+    })
 }
 
 pub(super) fn extract_b3_single(headers: &HeaderMap) -> Option<TraceContext> {
@@ -96,39 +68,37 @@ pub(super) fn extract_b3_multi(headers: &HeaderMap) -> Option<TraceContext> {
         Header::One("1") => true,
         Header::One(_) | Header::Invalid => return None,
     };
-    let state = match (debug, sampled) {
-        (true, _) => Sampling::Debug,
-        (false, None) => Sampling::Defer,
-        (false, Some(true)) => Sampling::Accept,
-        (false, Some(false)) => Sampling::Deny,
+    let sampling = match (debug, sampled) {
+        (true, _) => B3Sampling::Debug,
+        (false, None) => B3Sampling::Defer,
+        (false, Some(true)) => B3Sampling::Accept,
+        (false, Some(false)) => B3Sampling::Deny,
     };
-    Some(b3_context(
-        Format::B3Multi,
+    Some(TraceContext {
         trace_id,
         span_id,
-        short_trace_id,
-        state,
-    ))
+        propagation: Propagation::B3Multi(B3State {
+            short_trace_id,
+            sampling,
+        }),
+    })
 }
 
-pub(super) fn b3_trace_hex(ctx: &TraceContext) -> String {
-    if ctx.short_trace_id {
-        ctx.trace_id.to_short_hex()
+pub(super) fn b3_trace_hex(trace_id: TraceId, b3: B3State) -> String {
+    if b3.short_trace_id {
+        trace_id.to_short_hex()
     } else {
-        ctx.trace_id.to_hex()
+        trace_id.to_hex()
     }
 }
 
-pub(super) fn format_b3_single(ctx: &TraceContext, new_span: SpanId) -> String {
-    let trace = b3_trace_hex(ctx);
-    let token = if ctx.debug {
-        "d"
-    } else if ctx.sampling_deferred {
-        return format!("{trace}-{new_span}");
-    } else if ctx.sampled {
-        "1"
-    } else {
-        "0"
+pub(super) fn format_b3_single(ctx: &TraceContext, b3: B3State, new_span: SpanId) -> String {
+    let trace = b3_trace_hex(ctx.trace_id, b3);
+    let token = match b3.sampling {
+        B3Sampling::Debug => "d",
+        B3Sampling::Defer => return format!("{trace}-{new_span}"),
+        B3Sampling::Accept => "1",
+        B3Sampling::Deny => "0",
     };
     format!("{trace}-{new_span}-{token}-{}", ctx.span_id)
 }

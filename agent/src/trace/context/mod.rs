@@ -55,7 +55,7 @@ const TRACEPARENT_LEN: usize = 55;
 /// 16-byte trace id, never all-zero when valid.
 ///
 /// A 64-bit B3 trace id is stored right-aligned (the first 8 bytes are zero),
-/// as OpenTelemetry does; [`TraceContext::short_trace_id`] remembers the width.
+/// as OpenTelemetry does; [`B3State::short_trace_id`] remembers the width.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct TraceId(pub [u8; 16]);
 
@@ -170,27 +170,93 @@ pub enum Format {
     B3Single,
 }
 
-/// What arrived on a request.
+/// What arrived on a request: the ids every format has, and what only its format
+/// carries ([`Propagation`]), so a B3-only state cannot be set on a W3C context.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct TraceContext {
-    /// The format the context was read from; [`inject`] writes the same one.
-    pub format: Format,
     /// The trace id; for a 64-bit B3 id the first 8 bytes are zero.
     pub trace_id: TraceId,
     /// The caller's span id (the parent of the span the proxy creates).
     pub span_id: SpanId,
-    /// Sampling decision: W3C flags bit 0; B3 sampled=1/true or debug.
-    pub sampled: bool,
-    /// W3C trace-flags byte exactly as received (all bits kept, e.g. 0x03); for
-    /// B3 the equivalent 0x01/0x00. For a `traceparent` of a higher version than
-    /// 00, only the bits version 00 defines (0x01, 0x02) are kept.
-    pub flags: u8,
-    /// B3 only: the id was 64-bit (16 hex chars) on the wire; re-emit it that way.
+    /// The format and its own state; [`inject`] writes the same format.
+    pub propagation: Propagation,
+}
+
+/// A context's format with the state that only that format carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Propagation {
+    /// W3C `traceparent`: the trace-flags byte exactly as received (all bits kept,
+    /// e.g. 0x03). For a `traceparent` of a higher version than 00, only the bits
+    /// version 00 defines (0x01, 0x02) are kept.
+    W3c {
+        /// Trace flags; bit 0 is the sampling decision.
+        flags: u8,
+    },
+    /// B3 single header `b3`.
+    B3Single(B3State),
+    /// B3 multi headers `x-b3-*`.
+    B3Multi(B3State),
+}
+
+/// What a B3 context carries besides its ids.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct B3State {
+    /// The trace id was 64-bit (16 hex chars) on the wire; re-emit it that way.
     pub short_trace_id: bool,
-    /// B3 only: debug flag (x-b3-flags: 1, or `d` in the single header).
-    pub debug: bool,
-    /// B3 only: sampling state was absent (defer) — keep it absent when re-emitting.
-    pub sampling_deferred: bool,
+    /// The sampling state, re-emitted as it came.
+    pub sampling: B3Sampling,
+}
+
+/// B3 sampling state (openzipkin/b3-propagation, "Sampling State").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum B3Sampling {
+    /// Absent: the next hop decides; kept absent when re-emitted.
+    Defer,
+    /// `0`.
+    Deny,
+    /// `1` (or `true` in the multi headers).
+    Accept,
+    /// `d` in the single header, `x-b3-flags: 1` in the multi headers; implies accept.
+    Debug,
+}
+
+impl TraceContext {
+    /// The format the context was read from.
+    pub fn format(&self) -> Format {
+        match self.propagation {
+            Propagation::W3c { .. } => Format::W3c,
+            Propagation::B3Single(_) => Format::B3Single,
+            Propagation::B3Multi(_) => Format::B3Multi,
+        }
+    }
+
+    /// The caller's sampling decision: W3C flags bit 0; B3 accept or debug.
+    pub fn sampled(&self) -> bool {
+        self.flags() & FLAG_SAMPLED != 0
+    }
+
+    /// The W3C trace-flags equivalent (recorded in the OTLP spans): for W3C the
+    /// byte as received; for B3 0x01 when sampled, else 0x00.
+    pub fn flags(&self) -> u8 {
+        match self.propagation {
+            Propagation::W3c { flags } => flags,
+            Propagation::B3Single(b3) | Propagation::B3Multi(b3) => {
+                if matches!(b3.sampling, B3Sampling::Accept | B3Sampling::Debug) {
+                    FLAG_SAMPLED
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// The B3 state, `None` for a W3C context.
+    pub fn b3(&self) -> Option<B3State> {
+        match self.propagation {
+            Propagation::W3c { .. } => None,
+            Propagation::B3Single(b3) | Propagation::B3Multi(b3) => Some(b3),
+        }
+    }
 }
 
 /// Reads the context from request headers.
@@ -211,7 +277,7 @@ pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
 /// span, child of `ctx.span_id`) is the parent seen by the next hop, in the
 /// format the request came with.
 ///
-/// Only the headers of `ctx.format` are written; `tracestate` and every other
+/// Only the headers of the context's format are written; `tracestate` and every other
 /// header stay untouched.
 /// - W3C: `traceparent` = version `00`, same trace id, `new_span`, same flags byte.
 /// - B3 multi: `x-b3-traceid` = same id in the same width, `x-b3-spanid` =
@@ -224,23 +290,23 @@ pub fn extract(headers: &HeaderMap) -> Option<TraceContext> {
 ///   sampling token as it came (`1`, `0` or `d`); `{trace}-{new_span}` when the
 ///   sampling state was absent (defer).
 pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, new_span: SpanId) {
-    match ctx.format {
-        Format::W3c => set_header(
+    match ctx.propagation {
+        Propagation::W3c { flags } => set_header(
             headers,
             TRACEPARENT,
-            format_traceparent(&ctx.trace_id, &new_span, ctx.flags),
+            format_traceparent(&ctx.trace_id, &new_span, flags),
         ),
-        Format::B3Single => set_header(headers, B3, format_b3_single(ctx, new_span)),
-        Format::B3Multi => {
-            set_header(headers, X_B3_TRACEID, b3_trace_hex(ctx));
+        Propagation::B3Single(b3) => set_header(headers, B3, format_b3_single(ctx, b3, new_span)),
+        Propagation::B3Multi(b3) => {
+            set_header(headers, X_B3_TRACEID, b3_trace_hex(ctx.trace_id, b3));
             set_header(headers, X_B3_SPANID, new_span.to_hex());
             set_header(headers, X_B3_PARENTSPANID, ctx.span_id.to_hex());
             if !headers.contains_key(X_B3_SAMPLED) && !headers.contains_key(X_B3_FLAGS) {
-                if ctx.debug {
-                    set_header(headers, X_B3_FLAGS, "1".to_owned());
-                } else if !ctx.sampling_deferred {
-                    let token = if ctx.sampled { "1" } else { "0" };
-                    set_header(headers, X_B3_SAMPLED, token.to_owned());
+                match b3.sampling {
+                    B3Sampling::Debug => set_header(headers, X_B3_FLAGS, "1".to_owned()),
+                    B3Sampling::Accept => set_header(headers, X_B3_SAMPLED, "1".to_owned()),
+                    B3Sampling::Deny => set_header(headers, X_B3_SAMPLED, "0".to_owned()),
+                    B3Sampling::Defer => {}
                 }
             }
         }
@@ -257,14 +323,11 @@ pub fn inject(headers: &mut HeaderMap, ctx: &TraceContext, new_span: SpanId) {
 /// records it as parent or is recorded as the root.
 pub fn new_root(sampled: bool) -> TraceContext {
     TraceContext {
-        format: Format::W3c,
         trace_id: TraceId::random(),
         span_id: SpanId::random(),
-        sampled,
-        flags: FLAG_RANDOM_TRACE_ID | if sampled { FLAG_SAMPLED } else { 0 },
-        short_trace_id: false,
-        debug: false,
-        sampling_deferred: false,
+        propagation: Propagation::W3c {
+            flags: FLAG_RANDOM_TRACE_ID | if sampled { FLAG_SAMPLED } else { 0 },
+        },
     }
 }
 

@@ -137,10 +137,9 @@ fn w3c_flags_are_kept_verbatim() {
             Some((tid(TRACE), sid(SPAN), flags))
         );
         let ctx = extract(&headers(&[("traceparent", &value)])).expect("ctx");
-        assert_eq!(ctx.flags, flags);
-        assert_eq!(ctx.sampled, sampled, "{value}");
-        assert_eq!(ctx.format, Format::W3c);
-        assert!(!ctx.debug && !ctx.sampling_deferred && !ctx.short_trace_id);
+        assert_eq!(ctx.flags(), flags);
+        assert_eq!(ctx.sampled(), sampled, "{value}");
+        assert_eq!(ctx.propagation, Propagation::W3c { flags });
     }
 }
 
@@ -379,22 +378,25 @@ fn b3_expect(
     short: bool,
     state: &str,
 ) -> TraceContext {
-    let (sampled, debug, deferred) = match state {
-        "defer" => (false, false, true),
-        "0" => (false, false, false),
-        "1" => (true, false, false),
-        "d" => (true, true, false),
+    let sampling = match state {
+        "defer" => B3Sampling::Defer,
+        "0" => B3Sampling::Deny,
+        "1" => B3Sampling::Accept,
+        "d" => B3Sampling::Debug,
         other => panic!("bad state {other}"),
     };
+    let b3 = B3State {
+        short_trace_id: short,
+        sampling,
+    };
     TraceContext {
-        format,
         trace_id,
         span_id,
-        sampled,
-        flags: u8::from(sampled),
-        short_trace_id: short,
-        debug,
-        sampling_deferred: deferred,
+        propagation: match format {
+            Format::B3Single => Propagation::B3Single(b3),
+            Format::B3Multi => Propagation::B3Multi(b3),
+            Format::W3c => panic!("not a B3 format"),
+        },
     }
 }
 
@@ -427,12 +429,12 @@ fn b3_single_spec_examples() {
 fn b3_single_64_bit_trace_id() {
     let value = "64fe8b2a57d3eff7-05e3ac9a4f6e3b90-1";
     let ctx = parse_b3_single(value).expect("ctx");
-    assert!(ctx.short_trace_id);
+    assert!(ctx.b3().expect("b3").short_trace_id);
     assert_eq!(ctx.trace_id, short_tid("64fe8b2a57d3eff7"));
     assert_eq!(ctx.trace_id.to_hex(), "000000000000000064fe8b2a57d3eff7");
     // A 128-bit id whose high half is zero stays 128-bit.
     let ctx = parse_b3_single("000000000000000064fe8b2a57d3eff7-05e3ac9a4f6e3b90-1").expect("ctx");
-    assert!(!ctx.short_trace_id);
+    assert!(!ctx.b3().expect("b3").short_trace_id);
     assert_eq!(ctx.trace_id, short_tid("64fe8b2a57d3eff7"));
 }
 
@@ -571,7 +573,7 @@ fn b3_multi_64_bit_trace_id() {
         ("x-b3-sampled", "1"),
     ]);
     let ctx = extract(&h).expect("ctx");
-    assert!(ctx.short_trace_id);
+    assert!(ctx.b3().expect("b3").short_trace_id);
     assert_eq!(ctx.trace_id, short_tid("48485a3953bb6124"));
 }
 
@@ -649,7 +651,7 @@ fn w3c_wins_over_b3() {
         ("traceparent", &tp),
     ]);
     let ctx = extract(&h).expect("ctx");
-    assert_eq!(ctx.format, Format::W3c);
+    assert_eq!(ctx.format(), Format::W3c);
     assert_eq!(ctx.trace_id, tid(TRACE));
 }
 
@@ -659,7 +661,7 @@ fn invalid_w3c_falls_back_to_b3() {
     let b3 = format!("{B3_TRACE}-{B3_SPAN}-1");
     let h = headers(&[("traceparent", &bad_tp), ("b3", &b3)]);
     let ctx = extract(&h).expect("ctx");
-    assert_eq!(ctx.format, Format::B3Single);
+    assert_eq!(ctx.format(), Format::B3Single);
     assert_eq!(ctx.trace_id, tid(B3_TRACE));
 
     let h = headers(&[
@@ -668,13 +670,13 @@ fn invalid_w3c_falls_back_to_b3() {
         ("x-b3-spanid", M_SPAN),
     ]);
     let ctx = extract(&h).expect("ctx");
-    assert_eq!(ctx.format, Format::B3Multi);
+    assert_eq!(ctx.format(), Format::B3Multi);
     assert_eq!(ctx.trace_id, tid(M_TRACE));
 
     // A repeated traceparent is invalid too.
     let tp = format!("00-{TRACE}-{SPAN}-01");
     let h = headers(&[("traceparent", &tp), ("traceparent", &tp), ("b3", &b3)]);
-    assert_eq!(extract(&h).map(|c| c.format), Some(Format::B3Single));
+    assert_eq!(extract(&h).map(|c| c.format()), Some(Format::B3Single));
 }
 
 #[test]
@@ -684,7 +686,7 @@ fn b3_single_wins_over_multi_unless_sampling_only_or_invalid() {
     let mut pairs = multi.to_vec();
     pairs.push(("b3", &b3));
     assert_eq!(
-        extract(&headers(&pairs)).map(|c| c.format),
+        extract(&headers(&pairs)).map(|c| c.format()),
         Some(Format::B3Single)
     );
 
@@ -692,7 +694,7 @@ fn b3_single_wins_over_multi_unless_sampling_only_or_invalid() {
         let mut pairs = multi.to_vec();
         pairs.push(("b3", single));
         let ctx = extract(&headers(&pairs)).expect("ctx");
-        assert_eq!(ctx.format, Format::B3Multi, "{single}");
+        assert_eq!(ctx.format(), Format::B3Multi, "{single}");
         assert_eq!(ctx.trace_id, tid(M_TRACE));
     }
 }
@@ -741,11 +743,11 @@ fn inject_w3c() {
             Some(format!("00-{TRACE}-{new_span}-{flags:02x}").as_str())
         );
         let back = extract(&h).expect("ctx");
-        assert_eq!(back.format, Format::W3c);
+        assert_eq!(back.format(), Format::W3c);
         assert_eq!(back.trace_id, ctx.trace_id);
         assert_eq!(back.span_id, new_span);
-        assert_eq!(back.flags, flags);
-        assert_eq!(back.sampled, ctx.sampled);
+        assert_eq!(back.flags(), flags);
+        assert_eq!(back.sampled(), ctx.sampled());
     }
 }
 
@@ -791,7 +793,7 @@ fn inject_b3_multi() {
                 let touched = [X_B3_TRACEID, X_B3_SPANID, X_B3_PARENTSPANID];
                 let before = snapshot_except(&h, &touched);
                 let ctx = extract(&h).expect("ctx");
-                assert_eq!(ctx.format, Format::B3Multi);
+                assert_eq!(ctx.format(), Format::B3Multi);
                 let new_span = SpanId::random();
                 inject(&mut h, &ctx, new_span);
 
@@ -817,46 +819,20 @@ fn inject_b3_multi() {
 fn inject_b3_multi_writes_missing_sampling_state_from_ctx() {
     // A context that did not come from these headers (e.g. built by the
     // proxy): the sampling state is written when neither header is there.
-    let base = TraceContext {
-        format: Format::B3Multi,
+    let with = |sampling| TraceContext {
         trace_id: tid(M_TRACE),
         span_id: sid(M_SPAN),
-        sampled: true,
-        flags: 1,
-        short_trace_id: false,
-        debug: false,
-        sampling_deferred: false,
+        propagation: Propagation::B3Multi(B3State {
+            short_trace_id: false,
+            sampling,
+        }),
     };
     let new_span = sid(M_PARENT);
     let cases = [
-        (base.clone(), Some("1"), None),
-        (
-            TraceContext {
-                sampled: false,
-                flags: 0,
-                ..base.clone()
-            },
-            Some("0"),
-            None,
-        ),
-        (
-            TraceContext {
-                debug: true,
-                ..base.clone()
-            },
-            None,
-            Some("1"),
-        ),
-        (
-            TraceContext {
-                sampled: false,
-                flags: 0,
-                sampling_deferred: true,
-                ..base.clone()
-            },
-            None,
-            None,
-        ),
+        (with(B3Sampling::Accept), Some("1"), None),
+        (with(B3Sampling::Deny), Some("0"), None),
+        (with(B3Sampling::Debug), None, Some("1")),
+        (with(B3Sampling::Defer), None, None),
     ];
     for (ctx, sampled, flags) in cases {
         let mut h = HeaderMap::new();
@@ -914,7 +890,7 @@ fn inject_b3_single() {
         let mut h = headers(&pairs);
         let before = snapshot_except(&h, &[B3]);
         let ctx = extract(&h).expect("ctx");
-        assert_eq!(ctx.format, Format::B3Single);
+        assert_eq!(ctx.format(), Format::B3Single);
         inject(&mut h, &ctx, new_span);
         assert_eq!(snapshot_except(&h, &[B3]), before);
         assert_eq!(get(&h, B3), Some(expected.as_str()));
@@ -933,19 +909,22 @@ fn inject_b3_single() {
 fn new_root_is_w3c_with_random_flag() {
     for sampled in [true, false] {
         let ctx = new_root(sampled);
-        assert_eq!(ctx.format, Format::W3c);
-        assert_eq!(ctx.sampled, sampled);
-        assert_eq!(ctx.flags, 0x02 | u8::from(sampled));
+        assert_eq!(ctx.sampled(), sampled);
+        assert_eq!(
+            ctx.propagation,
+            Propagation::W3c {
+                flags: 0x02 | u8::from(sampled)
+            }
+        );
         assert!(ctx.trace_id.is_valid() && ctx.span_id.is_valid());
-        assert!(!ctx.debug && !ctx.short_trace_id && !ctx.sampling_deferred);
         let mut h = HeaderMap::new();
         let span = SpanId::random();
         inject(&mut h, &ctx, span);
         let back = extract(&h).expect("ctx");
         assert_eq!(back.trace_id, ctx.trace_id);
         assert_eq!(back.span_id, span);
-        assert_eq!(back.flags, ctx.flags);
-        assert_eq!(back.sampled, sampled);
+        assert_eq!(back.flags(), ctx.flags());
+        assert_eq!(back.sampled(), sampled);
     }
     assert_ne!(new_root(true).trace_id, new_root(true).trace_id);
 }

@@ -59,13 +59,8 @@ pub(super) fn extract_w3c(headers: &HeaderMap) -> Option<TraceContext> {
     let value = single_header(headers, TRACEPARENT).present()?;
     let (trace_id, span_id, flags) = parse_traceparent(value)?;
     Some(TraceContext {
-        format: Format::W3c,
         trace_id,
         span_id,
-        sampled: flags & FLAG_SAMPLED != 0,
-        flags,
-        short_trace_id: false,
-        debug: false,
-        sampling_deferred: false,
+        propagation: Propagation::W3c { flags },
     })
 }
