@@ -158,7 +158,7 @@ pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload
                     .into(),
         });
     }
-    let file: WorkloadFile = serde_yaml::from_str(text).map_err(|e| WorkloadError::Parse {
+    let file: WorkloadFile = serde_norway::from_str(text).map_err(|e| WorkloadError::Parse {
         path: path.to_owned(),
         location: e
             .location()

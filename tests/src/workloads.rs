@@ -91,15 +91,15 @@ mod tests {
     #[test]
     fn parses_as_yaml() {
         let (a, b) = (pod("client", true), pod("server", false));
-        let doc: serde_yaml::Value =
-            serde_yaml::from_str(&render("node-2", &[&a, &b])).expect("valid yaml");
+        let doc: serde_norway::Value =
+            serde_norway::from_str(&render("node-2", &[&a, &b])).expect("valid yaml");
         assert_eq!(doc["node"], "node-2");
         let w = &doc["workloads"];
         assert_eq!(w[0]["ips"][1], "fd00:61:1::2");
         assert_eq!(w[1]["name"], "server");
         assert_eq!(w[1]["ips"].as_sequence().map(Vec::len), Some(1));
-        let empty: serde_yaml::Value =
-            serde_yaml::from_str(&render("node-1", &[])).expect("valid yaml");
+        let empty: serde_norway::Value =
+            serde_norway::from_str(&render("node-1", &[])).expect("valid yaml");
         assert_eq!(empty["workloads"].as_sequence().map(Vec::len), Some(0));
     }
 }

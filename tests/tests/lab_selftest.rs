@@ -120,8 +120,8 @@ fn workload_file_lists_pods() {
     lab.add_pod("node-2", "other").expect("other");
 
     let path = lab.write_workloads("node-1").expect("write");
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
+    let doc: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
     assert_eq!(doc["node"], "node-1");
     let names: Vec<&str> = doc["workloads"]
         .as_sequence()
@@ -145,8 +145,8 @@ fn workload_file_lists_pods() {
     let path = lab
         .write_workloads_only("node-1", &["server"])
         .expect("subset");
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
+    let doc: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
     assert_eq!(doc["workloads"].as_sequence().map(Vec::len), Some(1));
     assert_eq!(doc["workloads"][0]["name"], "server");
     assert!(

@@ -194,8 +194,8 @@ pub fn load() -> Result<Vec<Doc>> {
 /// Parses a multi-document YAML text; empty documents are skipped.
 pub fn parse_docs(text: &str) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).with_context(|| format!("document {i}"))?;
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = serde_norway::Value::deserialize(doc).with_context(|| format!("document {i}"))?;
         if value.is_null() {
             continue;
         }
@@ -205,7 +205,7 @@ pub fn parse_docs(text: &str) -> Result<Vec<Manifest>> {
 }
 
 /// Dispatches one document on `apiVersion` and `kind`; unknown kinds are errors.
-pub fn parse_value(value: &serde_yaml::Value) -> Result<Manifest> {
+pub fn parse_value(value: &serde_norway::Value) -> Result<Manifest> {
     let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     Ok(match (api_version, kind) {
@@ -230,8 +230,8 @@ pub fn parse_value(value: &serde_yaml::Value) -> Result<Manifest> {
 /// Deserializes `value` into `T`, then checks that serializing it again gives
 /// back exactly `value`: k8s-openapi ignores unknown fields, so a typo such as
 /// `contianers` would otherwise vanish silently.
-pub fn strict<T: DeserializeOwned + Serialize>(value: &serde_yaml::Value) -> Result<Box<T>> {
-    let typed: T = serde_yaml::from_value(value.clone()).context("does not parse")?;
+pub fn strict<T: DeserializeOwned + Serialize>(value: &serde_norway::Value) -> Result<Box<T>> {
+    let typed: T = serde_norway::from_value(value.clone()).context("does not parse")?;
     let back = serde_json::to_value(&typed)?;
     let orig = serde_json::to_value(value).context("not representable as JSON")?;
     let mut diffs = Vec::new();
