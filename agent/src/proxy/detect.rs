@@ -1,7 +1,8 @@
 //! Protocol detection on an accepted connection, by peeking (nothing is consumed).
 //!
 //! - `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` → HTTP/2 with prior knowledge (gRPC);
-//! - an HTTP/1.x request line (`METHOD SP target SP HTTP/1.x`) → HTTP/1;
+//! - an HTTP/1.x request line (`METHOD SP target SP HTTP/1.x`, any method token, as
+//!   `httparse` — the parser hyper uses — reads it) → HTTP/1;
 //! - anything else, including TLS (first byte 0x16) → opaque TCP.
 //!
 //! Server-first protocols (MySQL, SMTP, …) send nothing until the server speaks: after
@@ -18,11 +19,6 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Methods recognised as the start of an HTTP/1 request line.
-const METHODS: &[&[u8]] = &[
-    b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
-];
 
 /// The detected application protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,41 +55,36 @@ pub fn classify(buf: &[u8]) -> Verdict {
             Verdict::NeedMore
         };
     }
-    // HTTP/1: a known method followed by a space, then the line ends in HTTP/1.x.
-    let mut method_prefix = false;
-    for m in METHODS {
-        let k = buf.len().min(m.len());
-        if buf[..k] == m[..k] {
-            method_prefix = true;
-            if buf.len() > m.len() && buf[m.len()] == b' ' {
-                return match buf.iter().position(|&b| b == b'\n') {
-                    Some(eol) => {
-                        let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
-                        if line.len() >= 8 && line[line.len() - 8..].starts_with(b"HTTP/1.") {
-                            Verdict::Is(Protocol::Http1)
-                        } else {
-                            Verdict::Is(Protocol::Opaque)
-                        }
-                    }
-                    // Request line not complete yet (or longer than what we peeked).
-                    None if buf.len() >= MAX_PEEK => Verdict::Is(Protocol::Opaque),
-                    None => Verdict::NeedMore,
-                };
-            }
+    // HTTP/1: the request line as hyper's parser reads it (empty lines before it are
+    // skipped, as hyper does). Only the first line decides, so the verdict does not
+    // depend on how TCP split the stream.
+    let start = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let eol = buf[start..].iter().position(|&b| b == b'\n');
+    let line = eol.map_or(buf, |eol| &buf[..=start + eol]);
+    // With no header slots the parser stops at the end of the line (`Partial`, as it
+    // would read on) or at the first header (`TooManyHeaders`).
+    match httparse::Request::new(&mut []).parse(line) {
+        Ok(httparse::Status::Partial) if eol.is_some() => Verdict::Is(Protocol::Http1),
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            Verdict::Is(Protocol::Http1)
         }
-    }
-    if method_prefix && buf.len() < 8 {
-        Verdict::NeedMore
-    } else {
-        Verdict::Is(Protocol::Opaque)
+        // Request line not complete yet.
+        Ok(httparse::Status::Partial) if buf.len() < MAX_PEEK => Verdict::NeedMore,
+        // A request line longer than can be peeked, or not a request line.
+        Ok(httparse::Status::Partial) | Err(_) => Verdict::Is(Protocol::Opaque),
     }
 }
 
-/// Whether `buf` starts with a known method and a space (an HTTP/1 request line).
+/// Whether `buf` starts like a request line: a method token and a space.
 fn is_method_start(buf: &[u8]) -> bool {
-    METHODS
+    let token = buf
         .iter()
-        .any(|m| buf.len() > m.len() && buf.starts_with(m) && buf[m.len()] == b' ')
+        .take_while(|&&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        .count();
+    token > 0 && buf.get(token) == Some(&b' ')
 }
 
 /// Bytes peeked at most: a request line longer than this is proxied opaquely.
@@ -111,7 +102,7 @@ pub async fn detect(
     let mut buf = vec![0u8; MAX_PEEK];
     let mut last = 0;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        let n = match tokio::time::timeout_at(deadline, peek_more(stream, &mut buf, last)).await {
             Ok(Ok(n)) => n,
             // Error or timeout: let the opaque path deal with the connection.
             Ok(Err(_)) | Err(_) => return Protocol::Opaque,
@@ -125,14 +116,32 @@ pub async fn detect(
             }
             return p;
         }
-        if n == last {
-            // No new bytes since the last peek: wait a little instead of spinning.
-            if tokio::time::Instant::now() >= deadline {
-                return Protocol::Opaque;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
         last = n;
+    }
+}
+
+/// Peeks at the stream until more than `seen` bytes are queued (or EOF: 0), without
+/// polling: a peek that finds nothing new clears the socket's readiness, so the task
+/// sleeps until the kernel reports new data.
+async fn peek_more(stream: &TcpStream, buf: &mut [u8], seen: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    let fd = stream.as_raw_fd();
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let flags =
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+            match nix::sys::socket::recv(fd, buf, flags) {
+                Ok(n) if n == seen && n != 0 => Err(std::io::ErrorKind::WouldBlock.into()),
+                Ok(n) => Ok(n),
+                Err(e) => Err(std::io::Error::from(e)),
+            }
+        });
+        match peeked {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -190,14 +199,15 @@ pub fn classify_server(buf: &[u8]) -> Option<ServerFirst> {
 /// Waits until the server sends its first bytes (peeked, not consumed) and classifies them.
 pub async fn server_first(upstream: &TcpStream) -> ServerFirst {
     let mut buf = [0u8; SETTINGS_HEADER.len()];
+    let mut last = 0;
     loop {
-        match upstream.peek(&mut buf).await {
+        match peek_more(upstream, &mut buf, last).await {
             Ok(0) => return ServerFirst::Other,
             Err(_) => return ServerFirst::Reset,
             Ok(n) => match classify_server(&buf[..n]) {
                 Some(verdict) => return verdict,
-                // A partial frame header: wait a little instead of spinning.
-                None => tokio::time::sleep(Duration::from_millis(1)).await,
+                // A partial frame header: wait for more.
+                None => last = n,
             },
         }
     }
@@ -233,10 +243,37 @@ mod tests {
             classify(b"SSH-2.0-OpenSSH\r\n"),
             Verdict::Is(Protocol::Opaque)
         );
+        // Any method token (extension methods too), as hyper accepts.
         assert_eq!(
-            classify(b"GETX / HTTP/1.1\r\n"),
+            classify(b"PROPFIND /d HTTP/1.1\r\nHost: x\r\n"),
+            Verdict::Is(Protocol::Http1)
+        );
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\n"),
+            Verdict::Is(Protocol::Http1)
+        );
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\n\r\n"),
+            Verdict::Is(Protocol::Http1)
+        );
+        assert_eq!(classify(b"GET / HTTP/1.1"), Verdict::NeedMore);
+        assert_eq!(
+            classify(b"GET / HTTP/2.0\r\n"),
             Verdict::Is(Protocol::Opaque)
         );
+        assert_eq!(classify(b"PING\r\n"), Verdict::Is(Protocol::Opaque));
+        assert_eq!(classify(b"\r\n"), Verdict::NeedMore);
+        assert_eq!(
+            classify(b"\r\nGET / HTTP/1.1\n"),
+            Verdict::Is(Protocol::Http1)
+        );
+        assert_eq!(
+            classify(b"*1\r\n$4\r\nPING\r\n"),
+            Verdict::Is(Protocol::Opaque)
+        );
+        let long = [b"GET /".as_slice(), &[b'a'; MAX_PEEK]].concat();
+        assert_eq!(classify(&long), Verdict::Is(Protocol::Opaque));
+        assert!(is_method_start(&long) && !is_method_start(b"\x16\x03 "));
         assert_eq!(classify(b"\x00\x00\x00"), Verdict::Is(Protocol::Opaque));
         assert_eq!(classify(b""), Verdict::NeedMore);
     }

@@ -195,7 +195,8 @@ pub fn load() -> Result<Vec<Doc>> {
 pub fn parse_docs(text: &str) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = serde_norway::Value::deserialize(doc).with_context(|| format!("document {i}"))?;
+        let value =
+            serde_norway::Value::deserialize(doc).with_context(|| format!("document {i}"))?;
         if value.is_null() {
             continue;
         }
