@@ -1,8 +1,13 @@
-//! A minimal HTTP/1.0 GET client for the agent's admin endpoints.
+//! A blocking HTTP GET client for the agent's admin endpoints, on hyper's
+//! HTTP/1 client (one connection per request, closed after the response).
 
-use anyhow::{bail, Context, Result};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use anyhow::{anyhow, Context, Result};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONNECTION, HOST};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Status and body of an HTTP response.
@@ -14,89 +19,108 @@ pub struct Response {
     pub body: String,
 }
 
-/// `GET <path>` from `addr` over HTTP/1.0 (the server closes after the
-/// response). `timeout` bounds the connect and each read/write.
+/// `GET <path>` from `addr` (HTTP/1.1, `Connection: close`). `timeout` bounds
+/// the connect, the wait for the response head and each read of the body.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading GET {path} response from {addr}"))?;
-    parse(&raw).with_context(|| format!("GET http://{addr}{path}"))
+    // A runtime per request: callers are plain threads, and this one is gone
+    // (with the connection) when the request is.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the HTTP client's runtime")?;
+    runtime
+        .block_on(fetch(addr, path, timeout))
+        .with_context(|| format!("GET http://{addr}{path}"))
 }
 
-fn parse(raw: &[u8]) -> Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status_line = lines.next().context("empty response")?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-        if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
-            body = dechunk(&body)?;
-        } else if name == "content-length" {
-            let len: usize = value.parse().context("bad content-length")?;
-            body.truncate(len);
+async fn within<T>(timeout: Duration, what: &str, f: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| anyhow!("{what}: timed out after {timeout:?}"))
+}
+
+async fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    let stream = within(timeout, "connecting", tokio::net::TcpStream::connect(addr))
+        .await?
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    // Its errors also reach the request or the body, where they are reported.
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(HOST, addr.to_string())
+        .header(ACCEPT, "*/*")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .context("building the request")?;
+    let response = within(
+        timeout,
+        "waiting for the response",
+        sender.send_request(request),
+    )
+    .await?
+    .context("reading the response head")?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = within(timeout, "reading the body", body.frame()).await? {
+        if let Ok(chunk) = frame.context("reading the body")?.into_data() {
+            data.extend_from_slice(&chunk);
         }
     }
     Ok(Response {
         status,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: String::from_utf8_lossy(&data).into_owned(),
     })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("truncated chunk size")?;
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size_hex = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16).context("bad chunk size")?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::get;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    /// Answers one connection with `raw` after reading its request head, then
+    /// closes it (or, with `None`, reads the request and never answers).
+    fn serve_once(raw: Option<&'static [u8]>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            match raw {
+                Some(raw) => conn.write_all(raw).expect("answer"),
+                None => std::thread::sleep(Duration::from_secs(3)),
+            }
+        });
+        addr
+    }
 
     #[test]
     fn plain_and_chunked() {
-        let r = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").expect("parse");
+        let t = Duration::from_secs(5);
+        let addr = serve_once(Some(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"));
+        let r = get(addr, "/live", t).expect("get");
         assert_eq!((r.status, r.body.as_str()), (200, "ok"));
-        let r = parse(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n6\r\n ready\r\n0\r\n\r\n")
-            .expect("parse");
+        let addr = serve_once(Some(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n6\r\n ready\r\n0\r\n\r\n"));
+        let r = get(addr, "/ready", t).expect("get");
         assert_eq!((r.status, r.body.as_str()), (503, "not ready"));
-        assert!(parse(b"HTTP/1.0 200 OK\r\n").is_err());
+        let addr = serve_once(Some(b"HTTP/1.0 200 OK\r\n"));
+        assert!(get(addr, "/live", t).is_err());
+    }
+
+    #[test]
+    fn a_silent_server_times_out() {
+        let addr = serve_once(None);
+        let start = Instant::now();
+        let err = get(addr, "/live", Duration::from_millis(300)).expect_err("no answer");
+        assert!(start.elapsed() < Duration::from_secs(2), "{err:#}");
+        assert!(format!("{err:#}").contains("timed out"), "{err:#}");
     }
 }

@@ -1,8 +1,8 @@
 //! A stand-in Kubernetes API server that serves hand-written objects the way the
 //! real one does, for testing the agent's pod discovery without a cluster.
 //!
-//! [`KubeApi`] listens on `127.0.0.1:<free port>` (plain HTTP/1.1, keep-alive) and
-//! writes a kubeconfig pointing at itself (`KUBECONFIG` for the agent). It holds a
+//! [`KubeApi`] listens on `127.0.0.1:<free port>` (plain HTTP/1.1, keep-alive; a
+//! hyper server on its own tokio runtime) and writes a kubeconfig pointing at itself (`KUBECONFIG` for the agent). It holds a
 //! set of `Pod` and `Namespace` objects (JSON, as `kubectl get -o json` shows them)
 //! and an event log, and answers:
 //!
@@ -33,12 +33,11 @@ use wire::{key_of, serve};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// A collection the server serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,22 +92,27 @@ struct State {
     objects: BTreeMap<(Resource, String), Value>,
     log: Vec<Event>,
     compacted: u64,
+    /// Bumped by [`KubeApi::break_watches`]: watches opened before it end.
     generation: u64,
     unavailable: bool,
     requests: Vec<Request>,
-    open_watches: Vec<TcpStream>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
-    stop: AtomicBool,
+    /// Bumped (after the state changed) by every mutation, bookmark and break:
+    /// watch streams and connections look at the state again.
+    changed: watch::Sender<u64>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panicking connection thread must not take the server down with it.
+        // A panicking connection task must not take the server down with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -117,13 +121,14 @@ pub struct KubeApi {
     addr: SocketAddr,
     kubeconfig: PathBuf,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl KubeApi {
     /// Starts the server and writes `<dir>/kubeconfig` for it.
     pub fn start(dir: &Path) -> Result<KubeApi> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the API server")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
@@ -137,27 +142,35 @@ impl KubeApi {
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-            stop: AtomicBool::new(false),
+            changed: watch::Sender::new(0),
         });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kubeapi")
+            .enable_all()
+            .build()
+            .context("building the API server's runtime")?;
+        let listener = {
+            let _runtime = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
         let s = shared.clone();
-        let acceptor = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::SeqCst) {
-                    return;
+        runtime.spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((conn, _)) => {
+                        tokio::spawn(serve(s.clone(), conn));
+                    }
+                    // Out of descriptors, say: try again shortly.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(&s, conn);
-                });
             }
         });
         Ok(KubeApi {
             addr,
             kubeconfig,
             shared,
-            acceptor: Some(acceptor),
+            runtime: Some(runtime),
         })
     }
 
@@ -194,7 +207,8 @@ impl KubeApi {
                 object,
             });
         }
-        self.shared.changed.notify_all();
+        drop(st);
+        self.shared.notify();
     }
 
     /// Adds `object` (a `Pod` or `Namespace`, by its `kind`), or replaces it when
@@ -244,7 +258,8 @@ impl KubeApi {
                 object,
             });
         }
-        self.shared.changed.notify_all();
+        drop(st);
+        self.shared.notify();
     }
 
     /// Forgets the event log up to now: watches from an older version get `410 Gone`.
@@ -256,12 +271,8 @@ impl KubeApi {
 
     /// Closes every open watch connection abruptly (no final chunk).
     pub fn break_watches(&self) {
-        let mut st = self.shared.lock();
-        st.generation += 1;
-        for conn in st.open_watches.drain(..) {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-        self.shared.changed.notify_all();
+        self.shared.lock().generation += 1;
+        self.shared.notify();
     }
 
     /// While `true`, every request is answered `503 Service Unavailable`.
@@ -293,12 +304,10 @@ impl KubeApi {
 
 impl Drop for KubeApi {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
         self.break_watches();
-        // Wake the acceptor so it sees the stop flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
+        // Dropping the runtime's tasks closes the listener and every connection.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
         }
     }
 }
