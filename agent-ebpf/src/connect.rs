@@ -9,8 +9,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
+use aya_log_ebpf::debug;
 
-use crate::maps::{count, ORIG_BY_COOKIE, OUTBOUND_READY};
+use crate::{
+    log::shown,
+    maps::{count, ORIG_BY_COOKIE, OUTBOUND_READY},
+};
 
 /// Allow the syscall (cgroup sock_addr programs must return 1 to let it proceed).
 const ALLOW: i32 = 1;
@@ -38,6 +42,10 @@ fn ready_port(ctx: &SockAddrContext, flag: u16) -> Option<u16> {
         Some(steer) if steer.flags & flag != 0 => Some(steer.outbound_port),
         _ => {
             count(Counter::OutboundNotReady);
+            debug!(
+                ctx,
+                "connect: not steered: netns {} not ready (family flag {})", netns, flag
+            );
             None
         }
     }
@@ -49,7 +57,16 @@ fn ready_port(ctx: &SockAddrContext, flag: u16) -> Option<u16> {
 fn record(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
     // SAFETY: helper valid for cgroup sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    ORIG_BY_COOKIE.insert(&cookie, orig, 0).is_ok()
+    let ok = ORIG_BY_COOKIE.insert(&cookie, orig, 0).is_ok();
+    if !ok {
+        debug!(
+            ctx,
+            "connect: not steered: no room to record {:i} port {}",
+            shown(&orig.addr, u32::from(orig.family)),
+            orig.port
+        );
+    }
+    ok
 }
 
 fn steer_v4(ctx: &SockAddrContext) {
@@ -80,6 +97,10 @@ fn steer_v4(ctx: &SockAddrContext) {
     sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
     sa.user_port = u32::from(port.to_be());
     count(Counter::OutboundSteered);
+    debug!(
+        ctx,
+        "connect4: steered {:i}:{} -> 127.0.0.1:{}", ip, orig.port, port
+    );
 }
 
 fn steer_v6(ctx: &SockAddrContext) {
@@ -120,6 +141,10 @@ fn steer_v6(ctx: &SockAddrContext) {
         sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
         sa.user_port = u32::from(port.to_be());
         count(Counter::OutboundSteered);
+        debug!(
+            ctx,
+            "connect6: steered {:i}:{} -> ::ffff:127.0.0.1:{}", b3, orig.port, port
+        );
         return;
     }
     let is_unspecified = w == [0, 0, 0, 0];
@@ -150,4 +175,8 @@ fn steer_v6(ctx: &SockAddrContext) {
     sa.user_ip6[3] = u32::from_ne_bytes([0, 0, 0, 1]);
     sa.user_port = u32::from(port.to_be());
     count(Counter::OutboundSteered);
+    debug!(
+        ctx,
+        "connect6: steered [{:i}]:{} -> [::1]:{}", orig.addr, orig.port, port
+    );
 }

@@ -3,8 +3,12 @@
 
 use agent_common::{Counter, InboundKey, ListenKey, Tuple, FAMILY_V4, FAMILY_V6};
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
+use aya_log_ebpf::debug;
 
-use crate::maps::{count, APP_LISTENERS, INBOUND_BYPASS, INBOUND_LISTENERS, POD_NETNS};
+use crate::{
+    log::shown,
+    maps::{count, APP_LISTENERS, INBOUND_BYPASS, INBOUND_LISTENERS, POD_NETNS},
+};
 
 const SK_PASS: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
@@ -86,6 +90,14 @@ fn steer(ctx: &SkLookupContext) {
     // before connecting. Steering it would loop.
     // SAFETY: plain-data value.
     if unsafe { INBOUND_BYPASS.get(&tuple) }.is_some() {
+        debug!(
+            ctx,
+            "sk_lookup: bypass (agent's inbound leg) {:i}:{} -> {:i}:{}",
+            shown(&tuple.remote_addr, tuple.family),
+            tuple.remote_port,
+            shown(&tuple.local_addr, tuple.family),
+            tuple.local_port
+        );
         return;
     }
     // Only ports an app listens on: a connection to a closed port is left to the
@@ -93,7 +105,13 @@ fn steer(ctx: &SkLookupContext) {
     // it would be accepted first and reset after).
     // SAFETY: plain-data value copied out immediately.
     let Some(netns_cookie) = (unsafe { POD_NETNS.get(&key) }).copied() else {
-        return; // not enrolled (or not ready yet)
+        // Not enrolled (or not ready yet).
+        debug!(
+            ctx,
+            "sk_lookup: not steered: no record for {:i}",
+            shown(&key.addr, key.family)
+        );
+        return;
     };
     let listen = ListenKey {
         netns_cookie,
@@ -103,12 +121,35 @@ fn steer(ctx: &SkLookupContext) {
     // SAFETY: as above.
     if unsafe { APP_LISTENERS.get(&listen) }.is_none() {
         count(Counter::InboundNoListener);
+        debug!(
+            ctx,
+            "sk_lookup: not steered: no app listening on {:i}:{}",
+            shown(&key.addr, key.family),
+            tuple.local_port
+        );
         return;
     }
     match INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0) {
-        Ok(()) => count(Counter::InboundSteered),
+        Ok(()) => {
+            count(Counter::InboundSteered);
+            debug!(
+                ctx,
+                "sk_lookup: steered {:i}:{} -> {:i}:{}",
+                shown(&tuple.remote_addr, tuple.family),
+                tuple.remote_port,
+                shown(&tuple.local_addr, tuple.family),
+                tuple.local_port
+            );
+        }
         // No listener for this address: not enrolled or not ready yet.
-        Err(ENOENT) => {}
-        Err(_) => count(Counter::InboundAssignFailed),
+        Err(ENOENT) => debug!(
+            ctx,
+            "sk_lookup: not steered: no inbound listener for {:i}",
+            shown(&key.addr, key.family)
+        ),
+        Err(e) => {
+            count(Counter::InboundAssignFailed);
+            debug!(ctx, "sk_lookup: not steered: assign failed ({})", e);
+        }
     }
 }

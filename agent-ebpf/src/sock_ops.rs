@@ -12,8 +12,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
+use aya_log_ebpf::debug;
 
-use crate::maps::{count, APP_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PEER};
+use crate::{
+    log::shown,
+    maps::{count, APP_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_PEER},
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -75,7 +79,21 @@ fn on_established(ctx: &SockOpsContext) {
     };
     if ORIG_BY_PEER.insert(&key, &orig, 0).is_ok() {
         count(Counter::OrigDstRecorded);
+        debug!(
+            ctx,
+            "sock_ops: record moved: client port {} -> {:i}:{}",
+            key.port,
+            shown(&orig.addr, u32::from(orig.family)),
+            orig.port
+        );
     } else {
         count(Counter::OrigDstMissing);
+        debug!(
+            ctx,
+            "sock_ops: record missing: no room for client port {} -> {:i}:{}",
+            key.port,
+            shown(&orig.addr, u32::from(orig.family)),
+            orig.port
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::{
     admin::{self, AdminState},
     config::RunArgs,
-    ebpf::Datapath,
+    ebpf::{Datapath, DatapathConfig},
     enrollment::{PodTable, TableConfig, DRAIN, RETRY},
     export::{self, ExportConfig},
     metrics::Metrics,
@@ -120,7 +120,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let (mut source, initial) = Source::open(&args).await?;
 
-    let datapath = Arc::new(Datapath::load()?);
+    let ebpf_log = args.ebpf_log_enabled();
+    let datapath = Arc::new(Datapath::load(DatapathConfig { log: ebpf_log })?);
+    if ebpf_log {
+        tracing::info!(
+            "eBPF decision log on: steering decisions are logged at debug, target {}",
+            crate::ebpf::LOG_TARGET
+        );
+    }
     let metrics = Arc::new(Metrics::new(datapath.clone()));
     let state = Arc::new(AdminState {
         ready: false.into(),

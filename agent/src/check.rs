@@ -190,9 +190,14 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
     let bpffs = mounts().iter().any(|(fs, _)| fs == "bpf");
     r.line(true, "bpffs", if bpffs { "mounted (not required: hoptrace pins nothing, so its programs go away with the process)" } else { "not mounted (not required: hoptrace pins nothing)" });
 
-    match crate::ebpf::load_programs() {
+    match crate::ebpf::load_programs(false) {
         Ok(_) => r.line(true, "eBPF programs", "cgroup/connect4, cgroup/connect6, sockops, sk_lookup loaded and verified (helpers: get_netns_cookie, get_socket_cookie, sk_assign)"),
         Err(e) => r.line(false, "eBPF programs", &e.to_string()),
+    }
+    // The diagnostic variant: not needed to run, so a failure is a warning only.
+    match crate::ebpf::load_programs(true) {
+        Ok(_) => println!("[ok  ] eBPF decision log (--ebpf-log): programs with logging on verified (ring buffer)"),
+        Err(e) => println!("[warn] eBPF decision log (--ebpf-log) unavailable, the agent runs without it: {e}"),
     }
 
     if r.failures == 0 {

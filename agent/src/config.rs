@@ -109,9 +109,18 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
 
-    /// Log filter (tracing-subscriber syntax, e.g. `info,hoptrace=debug`).
+    /// Log filter (tracing-subscriber syntax, e.g. `info,hoptrace=debug`). Naming the
+    /// target `hoptrace::ebpf` at debug or trace (`info,hoptrace::ebpf=debug`) also
+    /// turns on `--ebpf-log`; a blanket `debug` or `hoptrace=debug` does not.
     #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log the eBPF programs' steering decisions (connect4/6 steered or not ready,
+    /// sk_lookup steered, bypass, no app listener, no record; sock_ops record moved
+    /// or missing) at debug level under the target `hoptrace::ebpf`, for diagnosis.
+    /// Off by default: when off the programs skip logging entirely (docs/BENCH.md).
+    #[arg(long, env = "HOPTRACE_EBPF_LOG")]
+    pub ebpf_log: bool,
 
     /// Start even when capabilities the agent needs are missing (diagnosis only: the
     /// operations that need them then fail per pod, which stays unsteered and is reported).
@@ -154,6 +163,26 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether the eBPF programs log their decisions: `--ebpf-log`, or a `--log`
+    /// directive that names [`crate::ebpf::LOG_TARGET`] at debug or trace.
+    pub fn ebpf_log_enabled(&self) -> bool {
+        self.ebpf_log || names_ebpf_target(&self.log)
+    }
+
+    /// The log filter to install: `--log`, plus `hoptrace::ebpf=debug` with
+    /// `--ebpf-log`, so the decisions are shown whatever the rest of the filter says.
+    pub fn log_filter(&self) -> String {
+        if !self.ebpf_log || names_ebpf_target(&self.log) {
+            return self.log.clone();
+        }
+        let directive = format!("{}=debug", crate::ebpf::LOG_TARGET);
+        if self.log.trim().is_empty() {
+            directive
+        } else {
+            format!("{},{directive}", self.log)
+        }
+    }
+
     /// The collector endpoint: flag / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`, then the OTLP default.
     pub fn otlp_endpoint(&self) -> String {
@@ -162,6 +191,21 @@ impl RunArgs {
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
             .unwrap_or_else(|| "http://localhost:4317".to_string())
     }
+}
+
+/// True when one directive of the filter `filter` is `hoptrace::ebpf` (optionally
+/// with a span filter) at `debug`, `trace` or no level (which means trace).
+fn names_ebpf_target(filter: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let (target, level) = match directive.trim().split_once('=') {
+            Some((t, l)) => (t, Some(l.trim())),
+            None => (directive.trim(), None),
+        };
+        let target = target.split('[').next().unwrap_or("").trim();
+        target == crate::ebpf::LOG_TARGET
+            && level
+                .is_none_or(|l| l.eq_ignore_ascii_case("debug") || l.eq_ignore_ascii_case("trace"))
+    })
 }
 
 /// `250ms`, `30s`, `5m`, `1h` (a bare number is seconds).
@@ -277,6 +321,44 @@ mod tests {
         assert_eq!(args.header_read_timeout, Duration::from_secs(30));
         assert_eq!(args.shutdown_grace, Duration::from_secs(10));
         assert_eq!(args.max_connections_per_pod, 4096);
+    }
+
+    #[test]
+    fn ebpf_log_is_off_by_default_and_on_by_flag_or_target() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["hoptrace", "run"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).expect("parse").command {
+                Command::Run(a) => *a,
+                Command::Check(_) => panic!("expected run"),
+            }
+        };
+        let off = run(&["--log", "debug"]);
+        assert!(
+            !off.ebpf_log_enabled(),
+            "a blanket debug must not turn it on"
+        );
+        assert_eq!(off.log_filter(), "debug");
+        assert!(!run(&["--log", "info,hoptrace=debug"]).ebpf_log_enabled());
+        assert!(!run(&["--log", "info,hoptrace::ebpf=info"]).ebpf_log_enabled());
+        assert!(!run(&["--log", "hoptrace::ebpfx=debug"]).ebpf_log_enabled());
+        let flag = run(&["--ebpf-log"]);
+        assert!(flag.ebpf_log_enabled());
+        assert_eq!(flag.log_filter(), "info,hoptrace::ebpf=debug");
+        assert_eq!(
+            run(&["--ebpf-log", "--log", ""]).log_filter(),
+            "hoptrace::ebpf=debug"
+        );
+        for filter in [
+            "info,hoptrace::ebpf=debug",
+            "warn,hoptrace::ebpf=TRACE",
+            "hoptrace::ebpf",
+            "info,hoptrace::ebpf[x]=debug",
+        ] {
+            let a = run(&["--log", filter]);
+            assert!(a.ebpf_log_enabled(), "{filter}");
+            assert_eq!(a.log_filter(), filter, "left as given");
+        }
     }
 
     #[test]

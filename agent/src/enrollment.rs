@@ -199,7 +199,8 @@ impl PodTable {
         let key = w.key();
         match self.enroll(&w) {
             Ok(e) => {
-                tracing::info!(pod = %key, netns = %w.netns.display(), cgroup = %w.cgroup.display(), ips = ?w.ips, "steering");
+                // The netns cookie names the pod in the eBPF decision log (`--ebpf-log`).
+                tracing::info!(pod = %key, netns = %w.netns.display(), netns_cookie = e.ctx.netns_cookie, cgroup = %w.cgroup.display(), ips = ?w.ips, "steering");
                 self.failed.remove(&key);
                 self.enrolled.insert(key, e);
             }

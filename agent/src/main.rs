@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Check(args) => hoptrace::check::run(&args),
         Command::Run(args) => {
-            if let Err(err) = hoptrace::logging::init(&args.log) {
+            if let Err(err) = hoptrace::logging::init(&args.log_filter()) {
                 eprintln!("hoptrace: invalid --log filter: {err}");
                 return std::process::ExitCode::from(2);
             }

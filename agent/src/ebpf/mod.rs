@@ -4,6 +4,10 @@
 //! with other programs on the cgroup, e.g. a CNI's). Links are never pinned: they
 //! live as long as this process, so when the agent
 //! dies the kernel detaches everything and new connections go direct (fail-open).
+//!
+//! The programs log their steering decisions through aya-log when asked
+//! (`--ebpf-log`, see [`log`]); otherwise the level global is 0 and the verifier
+//! removes the logging code.
 
 use std::{
     fs::File,
@@ -22,10 +26,13 @@ use aya::{
         cgroup_sock_addr::CgroupSockAddrLinkId, sk_lookup::SkLookupLinkId, sock_ops::SockOpsLinkId,
         CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps,
     },
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 
+mod log;
 mod pod;
+
+pub use log::LOG_TARGET;
 
 pub use pod::{AttachedPod, SteeringGuard};
 
@@ -57,6 +64,9 @@ pub enum DatapathError {
     /// The object is missing a program or map: agent and eBPF object out of sync.
     #[error("eBPF object has no {0}: rebuild with `cargo xtask build`")]
     Missing(&'static str),
+    /// The eBPF log (`--ebpf-log`) could not be started.
+    #[error("eBPF log (--ebpf-log): {0}")]
+    Log(String),
 }
 
 /// `error: cause: cause` — aya keeps the errno in the source chain.
@@ -111,10 +121,25 @@ impl std::fmt::Debug for Datapath {
     }
 }
 
+/// What the datapath takes from the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DatapathConfig {
+    /// The programs log their steering decisions (`--ebpf-log`).
+    pub log: bool,
+}
+
 /// Loads the object and every program into the kernel (verifier included), without
-/// attaching anything. Used by `run` and by `check`.
-pub fn load_programs() -> Result<Ebpf, DatapathError> {
-    let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+/// attaching anything. Used by `run` and by `check`. With `log` false the programs'
+/// log level is 0: every log statement is dead code the verifier removes.
+pub fn load_programs(log: bool) -> Result<Ebpf, DatapathError> {
+    let level = log::level(log);
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &level, true);
+    if !log {
+        // Nothing is ever written to it: the smallest ring buffer the kernel takes.
+        loader.map_max_entries(log::RING_BUFFER, log::page_size());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     for name in [programs::CONNECT4, programs::CONNECT6] {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -139,9 +164,13 @@ pub fn load_programs() -> Result<Ebpf, DatapathError> {
 }
 
 impl Datapath {
-    /// Loads programs and takes ownership of the maps.
-    pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = load_programs()?;
+    /// Loads programs and takes ownership of the maps; with `config.log`, starts the
+    /// thread that forwards the programs' log records (target [`LOG_TARGET`]).
+    pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
+        let mut ebpf = load_programs(config.log)?;
+        if config.log {
+            log::start(&mut ebpf)?;
+        }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
         let ready = HashMap::try_from(take(maps::OUTBOUND_READY)?)
             .map_err(map_err(maps::OUTBOUND_READY))?;
