@@ -2,6 +2,9 @@
 
 use std::{path::Path, process::ExitCode};
 
+use caps::{CapSet, Capability as Cap, CapsHashSet};
+use procfs::{KernelVersion, MountEntry};
+
 use crate::config::CheckArgs;
 
 struct Report {
@@ -21,19 +24,11 @@ impl Report {
 /// A Linux capability the agent uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capability {
-    /// Capability number (`CAP_*` in `<linux/capability.h>`).
-    pub bit: u32,
-    /// `CAP_*` name.
-    pub name: &'static str,
+    /// The capability (its `Display` is the `CAP_*` name, `index()` its number).
+    pub cap: Cap,
     /// What the agent does with it.
     pub why: &'static str,
 }
-
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 /// The minimal set `hoptrace run` needs (verified in the lab by
 /// `tests/tests/capabilities.rs`, which runs the agent with exactly the DaemonSet's
@@ -41,58 +36,48 @@ const CAP_BPF: u32 = 39;
 /// CAP_SYS_ADMIN in their place, and setns needs CAP_SYS_ADMIN anyway.
 pub const REQUIRED: &[Capability] = &[
     Capability {
-        bit: CAP_SYS_ADMIN,
-        name: "CAP_SYS_ADMIN",
+        cap: Cap::CAP_SYS_ADMIN,
         why: "enter pod network namespaces (setns), and load the eBPF programs and maps in place of CAP_BPF and CAP_PERFMON",
     },
     Capability {
-        bit: CAP_NET_ADMIN,
-        name: "CAP_NET_ADMIN",
+        cap: Cap::CAP_NET_ADMIN,
         why: "set IP_TRANSPARENT and SO_MARK on inbound-leg sockets and install the fwmark rule and route in each pod netns",
     },
     Capability {
-        bit: CAP_SYS_PTRACE,
-        name: "CAP_SYS_PTRACE",
+        cap: Cap::CAP_SYS_PTRACE,
         why: "open /proc/PID/ns/net of pod processes running as another user, such as the pause container (uid 65535)",
     },
 ];
 
 /// Capabilities that `hoptrace check` reports too, and the capability that covers
 /// each when it is absent.
-const COVERED: &[(Capability, u32)] = &[
+const COVERED: &[(Capability, Cap)] = &[
     (
         Capability {
-            bit: CAP_BPF,
-            name: "CAP_BPF",
+            cap: Cap::CAP_BPF,
             why: "load eBPF programs and create maps",
         },
-        CAP_SYS_ADMIN,
+        Cap::CAP_SYS_ADMIN,
     ),
     (
         Capability {
-            bit: CAP_PERFMON,
-            name: "CAP_PERFMON",
+            cap: Cap::CAP_PERFMON,
             why: "let the verifier accept pointer arithmetic in the eBPF programs",
         },
-        CAP_SYS_ADMIN,
+        Cap::CAP_SYS_ADMIN,
     ),
 ];
 
-/// The calling thread's effective capability set (`CapEff` in /proc/thread-self/status).
-pub fn effective_capabilities() -> std::io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/thread-self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or_else(|| std::io::Error::other("no CapEff line in /proc/thread-self/status"))
+/// The calling thread's effective capability set.
+pub fn effective_capabilities() -> Result<CapsHashSet, caps::errors::CapsError> {
+    caps::read(None, CapSet::Effective)
 }
 
-/// The [`REQUIRED`] capabilities missing from `cap_eff`.
-pub fn missing_capabilities(cap_eff: u64) -> Vec<Capability> {
+/// The [`REQUIRED`] capabilities missing from `effective`.
+pub fn missing_capabilities(effective: &CapsHashSet) -> Vec<Capability> {
     REQUIRED
         .iter()
-        .filter(|c| cap_eff & (1u64 << c.bit) == 0)
+        .filter(|c| !effective.contains(&c.cap))
         .copied()
         .collect()
 }
@@ -101,19 +86,19 @@ pub fn missing_capabilities(cap_eff: u64) -> Vec<Capability> {
 /// it is needed, so a misconfigured DaemonSet fails at once with the reason instead
 /// of leaving every pod unsteered.
 pub fn require_capabilities() -> anyhow::Result<()> {
-    let cap_eff = effective_capabilities()
+    let effective = effective_capabilities()
         .map_err(|e| anyhow::anyhow!("reading the agent's capabilities: {e}"))?;
-    let missing = missing_capabilities(cap_eff);
+    let missing = missing_capabilities(&effective);
     if missing.is_empty() {
         return Ok(());
     }
     let list: Vec<String> = missing
         .iter()
-        .map(|c| format!("{} (needed to {})", c.name, c.why))
+        .map(|c| format!("{} (needed to {})", c.cap, c.why))
         .collect();
-    let names: Vec<&str> = REQUIRED
+    let names: Vec<String> = REQUIRED
         .iter()
-        .map(|c| c.name.trim_start_matches("CAP_"))
+        .map(|c| c.cap.to_string().trim_start_matches("CAP_").to_string())
         .collect();
     anyhow::bail!(
         "missing capabilities: {}. Run as root, or grant all of [{}] (Kubernetes: securityContext.capabilities.add, see deploy/README.md); `hoptrace check` shows the whole report",
@@ -150,21 +135,21 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
         },
     );
 
-    let cap_eff = effective_capabilities().unwrap_or(0);
-    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
+    let effective = effective_capabilities().unwrap_or_default();
+    let has = |cap: Cap| effective.contains(&cap);
     for c in REQUIRED {
-        let detail = if has(c.bit) {
+        let detail = if has(c.cap) {
             format!("present (needed to {})", c.why)
         } else {
             format!(
                 "missing: needed to {}; run the agent as root or grant {}",
-                c.why, c.name
+                c.why, c.cap
             )
         };
-        r.line(has(c.bit), c.name, &detail);
+        r.line(has(c.cap), &c.cap.to_string(), &detail);
     }
     for (c, by) in COVERED {
-        let (ok, detail) = if has(c.bit) {
+        let (ok, detail) = if has(c.cap) {
             (true, format!("present (needed to {})", c.why))
         } else if has(*by) {
             (
@@ -176,18 +161,18 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
                 false,
                 format!(
                     "missing: needed to {}; grant {} or CAP_SYS_ADMIN",
-                    c.why, c.name
+                    c.why, c.cap
                 ),
             )
         };
-        r.line(ok, c.name, &detail);
+        r.line(ok, &c.cap.to_string(), &detail);
     }
 
     match cgroup2_mount() {
         Some(m) => r.line(true, "cgroup v2", &format!("mounted at {m}")),
         None => r.line(false, "cgroup v2", "no cgroup2 mount in /proc/mounts: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or boot with systemd.unified_cgroup_hierarchy=1"),
     }
-    let bpffs = mounts().iter().any(|(fs, _)| fs == "bpf");
+    let bpffs = mounts().iter().any(|m| m.fs_vfstype == "bpf");
     r.line(true, "bpffs", if bpffs { "mounted (not required: hoptrace pins nothing, so its programs go away with the process)" } else { "not mounted (not required: hoptrace pins nothing)" });
 
     match crate::ebpf::load_programs(false) {
@@ -209,55 +194,44 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
     }
 }
 
-fn mounts() -> Vec<(String, String)> {
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let _dev = f.next()?;
-            let mnt = f.next()?;
-            let fs = f.next()?;
-            Some((fs.to_string(), mnt.to_string()))
-        })
-        .collect()
+fn mounts() -> Vec<MountEntry> {
+    procfs::mounts().unwrap_or_default()
 }
 
 /// The first cgroup2 mount point, if any.
 pub fn cgroup2_mount() -> Option<String> {
     mounts()
         .into_iter()
-        .find(|(fs, _)| fs == "cgroup2")
-        .map(|(_, m)| m)
+        .find(|m| m.fs_vfstype == "cgroup2")
+        .map(|m| m.fs_file)
 }
 
-fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let ma = parts
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-        .unwrap_or(0);
-    let mi = parts
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-        .unwrap_or(0);
-    (ma, mi) >= (major, minor)
+/// Whether `release` (`uname -r`) is at least `major.minor`.
+fn kernel_at_least(release: &str, major: u8, minor: u8) -> bool {
+    KernelVersion::from_str(release).is_ok_and(|v| v >= KernelVersion::new(major, minor, 0))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn missing_capabilities_are_named() {
-        let all: u64 = super::REQUIRED.iter().map(|c| 1u64 << c.bit).sum();
-        assert!(super::missing_capabilities(all).is_empty());
-        assert!(super::missing_capabilities(u64::MAX).is_empty());
-        let no_net_admin = all & !(1u64 << 12);
-        let missing = super::missing_capabilities(no_net_admin);
+        let all: caps::CapsHashSet = super::REQUIRED.iter().map(|c| c.cap).collect();
+        assert!(super::missing_capabilities(&all).is_empty());
+        assert!(super::missing_capabilities(&caps::all()).is_empty());
+        let mut no_net_admin = all.clone();
+        no_net_admin.remove(&caps::Capability::CAP_NET_ADMIN);
+        let missing = super::missing_capabilities(&no_net_admin);
         assert_eq!(
-            missing.iter().map(|c| c.name).collect::<Vec<_>>(),
+            missing
+                .iter()
+                .map(|c| c.cap.to_string())
+                .collect::<Vec<_>>(),
             ["CAP_NET_ADMIN"]
         );
-        assert_eq!(super::missing_capabilities(0).len(), super::REQUIRED.len());
+        assert_eq!(
+            super::missing_capabilities(&Default::default()).len(),
+            super::REQUIRED.len()
+        );
     }
 
     #[test]

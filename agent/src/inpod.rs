@@ -23,8 +23,16 @@
 
 use std::io;
 
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::{
+    route::{RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+use procfs::MountEntry;
+
 use crate::{
-    netlink::{message, Netlink},
+    netlink::Netlink,
     netns::{Netns, NetnsError},
 };
 
@@ -75,18 +83,21 @@ pub fn install(netns: &Netns) -> Result<(), InpodError> {
             }
             _ => {}
         }
-        let nl = Netlink::open(libc::NETLINK_ROUTE).map_err(|source| InpodError::Netlink {
-            what: "netlink socket",
-            source,
+        let nl = Netlink::open(netlink_sys::protocols::NETLINK_ROUTE).map_err(|source| {
+            InpodError::Netlink {
+                what: "netlink socket",
+                source,
+            }
         })?;
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            nl.request(&rule_msg(libc::RTM_NEWRULE, family))
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // Create-only: an existing entry answers EEXIST, which is what we want.
+            nl.request(NLM_F_CREATE | NLM_F_EXCL, rule(family))
                 .or_else(exists_ok)
                 .map_err(|source| InpodError::Netlink {
                     what: "ip rule add fwmark",
                     source,
                 })?;
-            nl.request(&route_msg(libc::RTM_NEWROUTE, family))
+            nl.request(NLM_F_CREATE | NLM_F_EXCL, route(family))
                 .or_else(exists_ok)
                 .map_err(|source| InpodError::Netlink {
                     what: "ip route add local default dev lo",
@@ -107,7 +118,7 @@ fn write_net_sysctl(name: &str, value: &[u8]) -> io::Result<()> {
     let first = std::fs::write(format!("/proc/sys/net/{name}"), value);
     match first {
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
-            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            let mounts = procfs::mounts().unwrap_or_default();
             for root in writable_proc_mounts(&mounts) {
                 if std::fs::write(format!("{root}/sys/net/{name}"), value).is_ok() {
                     return Ok(());
@@ -122,18 +133,16 @@ fn write_net_sysctl(name: &str, value: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Mount points of read-write procfs mounts other than `/proc` (and its submounts),
-/// from `/proc/self/mounts` text.
-fn writable_proc_mounts(mounts: &str) -> Vec<String> {
+/// Mount points of read-write procfs mounts other than `/proc` (and its submounts).
+fn writable_proc_mounts(mounts: &[MountEntry]) -> Vec<String> {
     mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, mnt, fs, opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
-            let rw = opts.split(',').any(|o| o == "rw");
-            let own = mnt == "/proc" || mnt.starts_with("/proc/");
-            (fs == "proc" && rw && !own).then(|| mnt.replace("\\040", " "))
+        .iter()
+        .filter(|m| {
+            let own = m.fs_file == "/proc" || m.fs_file.starts_with("/proc/");
+            m.fs_vfstype == "proc" && m.fs_mntops.contains_key("rw") && !own
         })
+        // procfs unescapes tabs, newlines, backslashes and `#`, not spaces.
+        .map(|m| m.fs_file.replace("\\040", " "))
         .collect()
 }
 
@@ -145,52 +154,39 @@ fn exists_ok(e: io::Error) -> io::Result<()> {
     }
 }
 
-fn create_flags() -> u16 {
-    (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16
-}
-
 /// `ip rule add fwmark MARK/MARK_MASK lookup TABLE priority RULE_PRIORITY`.
-fn rule_msg(ty: u16, family: u8) -> Vec<u8> {
-    const FR_ACT_TO_TBL: u8 = 1;
-    const FRA_PRIORITY: u16 = 6;
-    const FRA_FWMARK: u16 = 10;
-    const FRA_TABLE: u16 = 15;
-    const FRA_FWMASK: u16 = 16;
-    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags(u32)
-    let mut body = vec![family, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL];
-    body.extend_from_slice(&0u32.to_ne_bytes());
-    debug_assert_eq!(body.len(), 12);
-    message(
-        ty,
-        create_flags(),
-        &body,
-        &[
-            (FRA_PRIORITY, RULE_PRIORITY),
-            (FRA_FWMARK, MARK),
-            (FRA_FWMASK, MARK_MASK),
-            (FRA_TABLE, TABLE),
-        ],
-    )
+fn rule(family: AddressFamily) -> RouteNetlinkMessage {
+    let mut msg = RuleMessage::default();
+    msg.header = RuleHeader {
+        family,
+        action: RuleAction::ToTable,
+        ..Default::default()
+    };
+    msg.attributes = vec![
+        RuleAttribute::Priority(RULE_PRIORITY),
+        RuleAttribute::FwMark(MARK),
+        RuleAttribute::FwMask(MARK_MASK),
+        RuleAttribute::Table(TABLE),
+    ];
+    RouteNetlinkMessage::NewRule(msg)
 }
 
 /// `ip route add local default dev lo table TABLE`.
-fn route_msg(ty: u16, family: u8) -> Vec<u8> {
-    const RTPROT_BOOT: u8 = 3;
-    const RT_SCOPE_HOST: u8 = 254;
-    const RTN_LOCAL: u8 = 2;
-    const RTA_OIF: u16 = 4;
-    const RTA_TABLE: u16 = 15;
+fn route(family: AddressFamily) -> RouteNetlinkMessage {
     const LOOPBACK_IFINDEX: u32 = 1;
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
-    let mut body = vec![family, 0, 0, 0, 0, RTPROT_BOOT, RT_SCOPE_HOST, RTN_LOCAL];
-    body.extend_from_slice(&0u32.to_ne_bytes());
-    debug_assert_eq!(body.len(), 12);
-    message(
-        ty,
-        create_flags(),
-        &body,
-        &[(RTA_TABLE, TABLE), (RTA_OIF, LOOPBACK_IFINDEX)],
-    )
+    let mut msg = RouteMessage::default();
+    msg.header = RouteHeader {
+        address_family: family,
+        protocol: RouteProtocol::Boot,
+        scope: RouteScope::Host,
+        kind: RouteType::Local,
+        ..Default::default()
+    };
+    msg.attributes = vec![
+        RouteAttribute::Table(TABLE),
+        RouteAttribute::Oif(LOOPBACK_IFINDEX),
+    ];
+    RouteNetlinkMessage::NewRoute(msg)
 }
 
 #[cfg(test)]
@@ -203,25 +199,33 @@ mod tests {
                       proc /proc/sys proc ro,nosuid,nodev,noexec,relatime 0 0\n\
                       tmpfs /dev tmpfs rw,nosuid 0 0\n\
                       proc /host/proc proc rw,relatime 0 0\n\
+                      proc /host\\040x/proc proc rw,relatime 0 0\n\
                       proc /ro/proc proc ro,relatime 0 0\n";
-        assert_eq!(super::writable_proc_mounts(mounts), ["/host/proc"]);
-        assert!(super::writable_proc_mounts("").is_empty());
+        let mounts: Vec<MountEntry> =
+            procfs::FromBufRead::from_buf_read(mounts.as_bytes()).expect("mounts");
+        assert_eq!(
+            writable_proc_mounts(&mounts),
+            ["/host/proc", "/host x/proc"]
+        );
+        assert!(writable_proc_mounts(&[]).is_empty());
     }
 
     #[test]
-    fn messages_are_well_formed() {
-        let m = rule_msg(libc::RTM_NEWRULE, libc::AF_INET as u8);
-        assert_eq!(m.len(), 16 + 12 + 4 * 8);
-        assert_eq!(
-            u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
-            m.len()
-        );
-        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWRULE);
-        let r = route_msg(libc::RTM_NEWROUTE, libc::AF_INET6 as u8);
-        assert_eq!(r.len(), 16 + 12 + 2 * 8);
-        assert_eq!(r[16], libc::AF_INET6 as u8);
-        // create-only: an existing entry answers EEXIST, which install() accepts
-        let flags = u16::from_ne_bytes([r[6], r[7]]);
-        assert_ne!(flags & libc::NLM_F_EXCL as u16, 0);
+    fn messages_are_what_ip_would_send() {
+        use netlink_packet_core::Emitable as _;
+        let RouteNetlinkMessage::NewRule(r) = rule(AddressFamily::Inet6) else {
+            panic!("not a rule")
+        };
+        assert_eq!(r.header.family, AddressFamily::Inet6);
+        assert_eq!(r.header.action, RuleAction::ToTable);
+        // fib_rule_hdr (12) + 4 u32 attributes (8 each)
+        assert_eq!(r.buffer_len(), 12 + 4 * 8);
+        let RouteNetlinkMessage::NewRoute(r) = route(AddressFamily::Inet) else {
+            panic!("not a route")
+        };
+        assert_eq!(r.header.kind, RouteType::Local);
+        assert_eq!(r.header.scope, RouteScope::Host);
+        assert_eq!(r.header.destination_prefix_length, 0);
+        assert_eq!(r.buffer_len(), 12 + 2 * 8);
     }
 }

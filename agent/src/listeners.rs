@@ -15,63 +15,55 @@
 
 use std::{collections::BTreeSet, io, net::IpAddr};
 
-use crate::netlink::{message, Netlink};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const TCP_LISTEN: u32 = 10;
+use crate::netlink::Netlink;
 
-/// `inet_diag_req_v2` asking for every listening TCP socket of `family`.
-fn dump_request(family: u8) -> Vec<u8> {
-    // family, protocol, ext, pad, states (u32), then inet_diag_sockid (48 bytes, zero).
-    let mut body = vec![family, libc::IPPROTO_TCP as u8, 0, 0];
-    body.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    body.extend_from_slice(&[0u8; 48]);
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    message(SOCK_DIAG_BY_FAMILY, flags, &body, &[])
+/// A request for every listening TCP socket of `family` (`AF_INET`, `AF_INET6`).
+fn dump_request(family: u8) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::LISTEN,
+        socket_id: if family == AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        },
+    })
 }
 
-/// The listening port of one `inet_diag_msg`, unless it is bound to loopback only
+/// The listening port of one socket, unless it is bound to loopback only
 /// (unreachable from other pods).
-fn parse_listener(msg: &[u8]) -> Option<u16> {
-    // family(1) state(1) timer(1) retrans(1), then inet_diag_sockid: sport(be16)
-    // dport(be16) src[16] dst[16] if(4) cookie(8).
-    if msg.len() < 4 + 4 + 16 {
-        return None;
-    }
-    let family = msg[0];
-    let sport = u16::from_be_bytes([msg[4], msg[5]]);
-    let src = &msg[8..24];
-    let ip: IpAddr = match family as i32 {
-        libc::AF_INET => IpAddr::from([src[0], src[1], src[2], src[3]]),
-        libc::AF_INET6 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(src);
-            IpAddr::from(a)
-        }
-        _ => return None,
-    };
-    let loopback = match ip {
+fn reachable_port(socket: &InetResponseHeader) -> Option<u16> {
+    let loopback = match socket.socket_id.source_address {
         IpAddr::V6(v6) => {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
         v4 => v4.is_loopback(),
     };
-    (!loopback).then_some(sport)
+    (!loopback).then_some(socket.socket_id.source_port)
 }
 
 /// The TCP ports listened on (not only on loopback) in the calling thread's netns.
 /// Call inside `Netns::run`.
 pub fn listening_ports() -> io::Result<BTreeSet<u16>> {
-    let nl = Netlink::open(libc::NETLINK_SOCK_DIAG)?;
+    let nl = Netlink::open(NETLINK_SOCK_DIAG)?;
     let mut ports = BTreeSet::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        match nl.dump(&dump_request(family), |m| {
-            if let Some(p) = parse_listener(m) {
-                ports.insert(p);
+    for family in [AF_INET, AF_INET6] {
+        match nl.dump(dump_request(family), |m| {
+            if let SockDiagMessage::InetResponse(r) = m {
+                ports.extend(reachable_port(&r.header));
             }
         }) {
             // IPv6 disabled in the pod: no v6 listeners.
-            Err(e) if family == libc::AF_INET6 as u8 && e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if family == AF_INET6 && e.raw_os_error() == Some(libc::ENOENT) => {}
             r => r?,
         }
     }
@@ -100,39 +92,36 @@ pub fn monotonic_ns() -> u64 {
 mod tests {
     use super::*;
 
-    fn diag_msg(family: i32, port: u16, src: &[u8]) -> Vec<u8> {
-        let mut m = vec![family as u8, TCP_LISTEN as u8, 0, 0];
-        m.extend_from_slice(&port.to_be_bytes());
-        m.extend_from_slice(&[0, 0]);
-        let mut a = [0u8; 16];
-        a[..src.len()].copy_from_slice(src);
-        m.extend_from_slice(&a);
-        m.extend_from_slice(&[0u8; 16 + 4 + 8 + 20]);
-        m
+    fn listener(addr: &str, port: u16) -> InetResponseHeader {
+        let source_address: IpAddr = addr.parse().expect("address");
+        let v6 = source_address.is_ipv6();
+        let mut socket_id = if v6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        };
+        socket_id.source_address = source_address;
+        socket_id.source_port = port;
+        InetResponseHeader {
+            family: if v6 { AF_INET6 } else { AF_INET },
+            state: netlink_packet_sock_diag::constants::TCP_LISTEN,
+            timer: None,
+            socket_id,
+            recv_queue: 0,
+            send_queue: 0,
+            uid: 0,
+            inode: 0,
+        }
     }
 
     #[test]
     fn loopback_listeners_are_not_reachable_ports() {
-        assert_eq!(
-            parse_listener(&diag_msg(libc::AF_INET, 8080, &[0, 0, 0, 0])),
-            Some(8080)
-        );
-        assert_eq!(
-            parse_listener(&diag_msg(libc::AF_INET, 8080, &[10, 1, 2, 3])),
-            Some(8080)
-        );
-        assert_eq!(
-            parse_listener(&diag_msg(libc::AF_INET, 8080, &[127, 0, 0, 1])),
-            None
-        );
-        let mut v6_lo = [0u8; 16];
-        v6_lo[15] = 1;
-        assert_eq!(parse_listener(&diag_msg(libc::AF_INET6, 9, &v6_lo)), None);
-        assert_eq!(
-            parse_listener(&diag_msg(libc::AF_INET6, 9, &[0u8; 16])),
-            Some(9)
-        );
-        assert_eq!(parse_listener(&[0u8; 8]), None);
+        assert_eq!(reachable_port(&listener("0.0.0.0", 8080)), Some(8080));
+        assert_eq!(reachable_port(&listener("10.1.2.3", 8080)), Some(8080));
+        assert_eq!(reachable_port(&listener("127.0.0.1", 8080)), None);
+        assert_eq!(reachable_port(&listener("::1", 9)), None);
+        assert_eq!(reachable_port(&listener("::ffff:127.0.0.1", 9)), None);
+        assert_eq!(reachable_port(&listener("::", 9)), Some(9));
     }
 
     #[test]

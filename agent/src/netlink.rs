@@ -1,144 +1,128 @@
-//! A minimal netlink client: one request with an acknowledgement (rtnetlink, used by
-//! `inpod`), or one dump (sock_diag, used by `listeners`). The socket belongs to the
-//! network namespace current when it is opened (open it inside `Netns::run`).
+//! A synchronous netlink client over `netlink-sys`: one request with an
+//! acknowledgement (rtnetlink, used by `inpod`), or one dump (sock_diag, used by
+//! `listeners`). Messages are built and parsed by the `netlink-packet-*` crates. The
+//! socket belongs to the network namespace current when it is opened (open it inside
+//! `Netns::run`).
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+use std::io;
+
+use netlink_packet_core::{
+    ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
-
-/// Netlink header length.
-const HDR: usize = 16;
+use netlink_sys::{Socket, SocketAddr};
 
 /// A netlink socket.
 pub struct Netlink {
-    fd: OwnedFd,
+    socket: Socket,
 }
 
 impl Netlink {
-    /// Opens a socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_SOCK_DIAG`) in the
-    /// calling thread's netns.
-    pub fn open(protocol: libc::c_int) -> io::Result<Self> {
-        // SAFETY: plain socket(2) call; the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+    /// Opens a socket of `protocol` (`netlink_sys::protocols::NETLINK_ROUTE`,
+    /// `NETLINK_SOCK_DIAG`) in the calling thread's netns.
+    pub fn open(protocol: isize) -> io::Result<Self> {
+        let socket = Socket::new(protocol)?;
+        // Talk to the kernel only (port 0): nothing else can answer on this socket.
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket })
     }
 
-    fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    fn send<M: NetlinkSerializable>(&self, flags: u16, message: M) -> io::Result<()> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = 1;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
         Ok(())
     }
 
-    fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(&buf[..n as usize])
-    }
-
-    /// Sends one request with NLM_F_ACK and returns the kernel's verdict.
-    pub fn request(&self, msg: &[u8]) -> io::Result<()> {
-        self.send(msg)?;
-        let mut buf = [0u8; 4096];
-        let reply = self.recv(&mut buf)?;
-        // nlmsghdr (16 bytes), then for NLMSG_ERROR an i32 error code.
-        if reply.len() < HDR + 4 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "short netlink reply",
-            ));
-        }
-        let ty = u16::from_ne_bytes([reply[4], reply[5]]);
-        if ty != libc::NLMSG_ERROR as u16 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "unexpected netlink reply",
-            ));
-        }
-        match i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]) {
-            0 => Ok(()),
-            code => Err(io::Error::from_raw_os_error(-code)),
-        }
-    }
-
-    /// Sends a dump request and calls `each` with the payload of every message of the
-    /// answer, until `NLMSG_DONE`.
-    pub fn dump(&self, msg: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
-        self.send(msg)?;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let reply = self.recv(&mut buf)?;
-            if reply.is_empty() {
-                return Err(io::Error::new(
+    /// Receives one datagram and calls `each` with every message in it, until `each`
+    /// returns a verdict, which is returned.
+    fn recv<M: NetlinkDeserializable>(
+        &self,
+        buf: &mut Vec<u8>,
+        mut each: impl FnMut(NetlinkPayload<M>) -> Option<io::Result<()>>,
+    ) -> Option<io::Result<()>> {
+        buf.clear();
+        match self.socket.recv(buf, 0) {
+            Err(e) => return Some(Err(e)),
+            Ok(0) => {
+                return Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "netlink dump ended early",
-                ));
+                    "netlink socket closed",
+                )))
             }
-            let mut off = 0;
-            while off + HDR <= reply.len() {
-                let len = u32::from_ne_bytes([
-                    reply[off],
-                    reply[off + 1],
-                    reply[off + 2],
-                    reply[off + 3],
-                ]) as usize;
-                let ty = u16::from_ne_bytes([reply[off + 4], reply[off + 5]]);
-                if len < HDR || off + len > reply.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed netlink message",
-                    ));
+            Ok(_) => {}
+        }
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let msg = match NetlinkMessage::<M>::deserialize(rest) {
+                Ok(msg) => msg,
+                Err(e) => return Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            };
+            rest = rest
+                .get((msg.header.length as usize + 3) & !3..)
+                .unwrap_or_default();
+            if let Some(verdict) = each(msg.payload) {
+                return Some(verdict);
+            }
+        }
+        None
+    }
+
+    /// Sends one request with `NLM_F_ACK` (plus `flags`) and returns the kernel's
+    /// verdict: `Ok` for the acknowledgement, its errno otherwise.
+    pub fn request<M: NetlinkSerializable + NetlinkDeserializable>(
+        &self,
+        flags: u16,
+        message: M,
+    ) -> io::Result<()> {
+        self.send(NLM_F_REQUEST | NLM_F_ACK | flags, message)?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let verdict = self.recv::<M>(&mut buf, |payload| match payload {
+                NetlinkPayload::Error(e) => Some(ack(e)),
+                _ => None,
+            });
+            if let Some(verdict) = verdict {
+                return verdict;
+            }
+        }
+    }
+
+    /// Sends a dump request and calls `each` with every message of the answer, until
+    /// `NLMSG_DONE`.
+    pub fn dump<M: NetlinkSerializable + NetlinkDeserializable>(
+        &self,
+        message: M,
+        mut each: impl FnMut(M),
+    ) -> io::Result<()> {
+        self.send(NLM_F_REQUEST | NLM_F_DUMP, message)?;
+        let mut buf = Vec::with_capacity(32 * 1024);
+        loop {
+            let verdict = self.recv::<M>(&mut buf, |payload| match payload {
+                NetlinkPayload::InnerMessage(m) => {
+                    each(m);
+                    None
                 }
-                let payload = &reply[off + HDR..off + len];
-                match ty {
-                    t if t == libc::NLMSG_DONE as u16 => return Ok(()),
-                    t if t == libc::NLMSG_ERROR as u16 => {
-                        let code = payload
-                            .get(..4)
-                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                    _ => each(payload),
-                }
-                off += (len + 3) & !3;
+                NetlinkPayload::Done(_) => Some(Ok(())),
+                NetlinkPayload::Error(e) => Some(ack(e)),
+                _ => None,
+            });
+            if let Some(verdict) = verdict {
+                return verdict;
             }
         }
     }
 }
 
-/// Builds a netlink message: header, fixed body, then u32 attributes.
-pub fn message(ty: u16, flags: u16, body: &[u8], attrs: &[(u16, u32)]) -> Vec<u8> {
-    let attrs_len = attrs.len() * 8; // rtattr (4) + u32 (4), already 4-aligned
-    let len = HDR + body.len() + attrs_len;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel assigns
-    m.extend_from_slice(body);
-    for (kind, value) in attrs {
-        m.extend_from_slice(&8u16.to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&value.to_ne_bytes());
+/// An `NLMSG_ERROR` message: an acknowledgement (no code) or the errno of a failure.
+fn ack(e: ErrorMessage) -> io::Result<()> {
+    match e.code {
+        None => Ok(()),
+        Some(_) => Err(e.to_io()),
     }
-    m
 }

@@ -56,8 +56,8 @@ fn deployed_capabilities() -> Vec<String> {
 fn cap_bit(name: &str) -> u32 {
     hoptrace::check::REQUIRED
         .iter()
-        .find(|c| c.name.trim_start_matches("CAP_") == name)
-        .map(|c| c.bit)
+        .find(|c| c.cap.to_string().trim_start_matches("CAP_") == name)
+        .map(|c| u32::from(c.cap.index()))
         .unwrap_or_else(|| panic!("{name} is not one of the agent's capabilities"))
 }
 

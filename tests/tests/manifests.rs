@@ -337,7 +337,7 @@ fn daemonset_runs_everywhere_with_the_minimal_privileges() {
     let added: BTreeSet<String> = added_capabilities(ds).expect("caps").into_iter().collect();
     let required: BTreeSet<String> = hoptrace::check::REQUIRED
         .iter()
-        .map(|c| c.name.trim_start_matches("CAP_").to_string())
+        .map(|c| c.cap.to_string().trim_start_matches("CAP_").to_string())
         .collect();
     assert_eq!(
         added, required,
