@@ -118,7 +118,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
-    let (mut source, initial) = Source::open(&args).await?;
+    let (mut source, initial) = Source::open(&args.source()).await?;
 
     let ebpf_log = args.ebpf_log_enabled();
     let datapath = Arc::new(Datapath::load(DatapathConfig { log: ebpf_log })?);
@@ -128,7 +128,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             crate::ebpf::LOG_TARGET
         );
     }
-    let metrics = Arc::new(Metrics::new(datapath.clone()));
+    let export_metrics = export::ExportMetrics::default();
+    let metrics = Arc::new(Metrics::new(&[
+        &crate::ebpf::KernelCounters(datapath.clone()),
+        &export_metrics,
+    ]));
     let state = Arc::new(AdminState {
         ready: false.into(),
         metrics: metrics.clone(),
@@ -155,7 +159,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             flush_interval: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
         },
-        metrics.export.clone(),
+        export_metrics,
     )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut table = PodTable::new(

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-pub use crate::k8s::policy::Inject;
+use crate::k8s::policy::Inject;
 
 /// hoptrace: per-node eBPF-assisted tracing proxy for Kubernetes.
 #[derive(Debug, Parser)]
@@ -163,6 +163,20 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The workload source's settings.
+    pub fn source(&self) -> crate::source::SourceConfig {
+        crate::source::SourceConfig {
+            workloads_file: self.workloads_file.clone(),
+            discovery: crate::k8s::DiscoveryConfig {
+                node_name: self.node_name.clone(),
+                own_pod: (self.pod_namespace.clone(), self.pod_name.clone()),
+                cgroup_root: self.cgroup_root.clone(),
+                proc_root: self.proc_root.clone(),
+                inject_default: self.inject_default,
+            },
+        }
+    }
+
     /// Whether the eBPF programs log their decisions: `--ebpf-log`, or a `--log`
     /// directive that names [`crate::ebpf::LOG_TARGET`] at debug or trace.
     pub fn ebpf_log_enabled(&self) -> bool {

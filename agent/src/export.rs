@@ -98,6 +98,32 @@ pub struct ExportMetrics {
     pub errors: Counter,
 }
 
+impl crate::metrics::Source for ExportMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let counters = [
+            (
+                "spans_exported",
+                "Spans accepted by the collector",
+                &self.exported,
+            ),
+            (
+                "spans_dropped",
+                "Spans dropped because the export queue was full",
+                &self.dropped,
+            ),
+            (
+                "spans_export_failed",
+                "Spans lost in failed export requests",
+                &self.failed,
+            ),
+            ("span_export_errors", "Failed export requests", &self.errors),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+}
+
 fn read(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, ExportError> {
     std::fs::read(path).map_err(|source| ExportError::File {
         what,
@@ -232,7 +258,7 @@ impl Exporter {
     /// so one poison request cannot stall export.
     async fn export_with_retry(&mut self, request: Encoded) {
         let n = request.spans as u64;
-        let mut backoff = RETRY_FIRST;
+        let mut delays = retry_delays();
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -261,8 +287,7 @@ impl Exporter {
                         self.metrics.failed.inc_by(n);
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX)).await;
                 }
             }
         }
@@ -431,8 +456,22 @@ impl Decoder for ResponseDecoder {
 
 /// First wait before a retryable export failure is retried; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(250);
-/// Longest wait between retries of one batch.
+/// Longest wait between retries of one batch, before jitter (which at most doubles it).
 const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The waits between retries of one request: `d` doubling from [`RETRY_FIRST`] to
+/// [`RETRY_MAX`], each wait `d` plus a random jitter in `[0, d)`, so that the agents
+/// of a cluster do not all hit a collector that comes back at the same instant.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 /// Attempts of a request whose failure is [`Retry::Few`].
 const FEW_ATTEMPTS: u32 = 3;
 

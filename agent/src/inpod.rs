@@ -36,8 +36,7 @@ use crate::{
     netns::{Netns, NetnsError},
 };
 
-/// Socket mark of inbound-leg upstream sockets (and their replies).
-pub const MARK: u32 = 0x4854_0000;
+pub use crate::socket::MARK;
 /// Mask of [`MARK`] in the rule.
 pub const MARK_MASK: u32 = 0xffff_0000;
 /// Routing table holding the `local default dev lo` route.

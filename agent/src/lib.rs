@@ -23,3 +23,6 @@ pub mod socket;
 pub mod source;
 pub mod trace;
 pub mod workloads;
+
+#[cfg(test)]
+mod architecture;

@@ -3,25 +3,21 @@
 //! Per-pod handles are created once at enrollment and cloned into connection tasks,
 //! so the data path only touches atomics. A released pod's series are removed.
 
-use std::sync::Arc;
-
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
-    metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
-        gauge::Gauge,
-        MetricType,
-    },
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::{
-    ebpf::Datapath,
-    export::ExportMetrics,
-    pod::{Direction, PodKey},
-};
+use crate::pod::{Direction, PodKey};
+
+/// A part of the agent with metrics of its own (the kernel datapath, the span
+/// exporter), registered once when the registry is built. The parts depend on this
+/// module, never the other way.
+pub trait Source {
+    /// Registers this part's metrics (the registry adds the `hoptrace_` prefix).
+    fn register(&self, registry: &mut Registry);
+}
 
 /// Labels of the per-pod connection series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,8 +91,6 @@ pub struct Metrics {
     /// Rejected workload file reads (the last good set stays in force).
     pub workload_file_errors: Counter,
     kube_watch_errors: Family<ResourceLabels, Counter>,
-    /// Span export counters.
-    pub export: ExportMetrics,
 }
 
 /// Metric handles for one pod and direction, cheap to clone into tasks.
@@ -124,8 +118,8 @@ pub struct ConnMetrics {
 }
 
 impl Metrics {
-    /// Creates the registry; `datapath` supplies the kernel-side counters at scrape time.
-    pub fn new(datapath: Arc<Datapath>) -> Self {
+    /// Creates the registry with the agent's own metrics and those of `sources`.
+    pub fn new(sources: &[&dyn Source]) -> Self {
         let mut registry = Registry::with_prefix("hoptrace");
         let accepted = Family::<ConnLabels, Counter>::default();
         let active = Family::<ConnLabels, Gauge>::default();
@@ -208,28 +202,9 @@ impl Metrics {
             "Kubernetes API list/watch errors (retried with backoff; the last known pods stay steered)",
             kube_watch_errors.clone(),
         );
-        let export = ExportMetrics::default();
-        registry.register(
-            "spans_exported",
-            "Spans accepted by the collector",
-            export.exported.clone(),
-        );
-        registry.register(
-            "spans_dropped",
-            "Spans dropped because the export queue was full",
-            export.dropped.clone(),
-        );
-        registry.register(
-            "spans_export_failed",
-            "Spans lost in failed export requests",
-            export.failed.clone(),
-        );
-        registry.register(
-            "span_export_errors",
-            "Failed export requests",
-            export.errors.clone(),
-        );
-        registry.register_collector(Box::new(KernelCounters { datapath }));
+        for source in sources {
+            source.register(&mut registry);
+        }
         Self {
             registry,
             accepted,
@@ -243,7 +218,6 @@ impl Metrics {
             workloads,
             workload_file_errors,
             kube_watch_errors,
-            export,
         }
     }
 
@@ -317,28 +291,5 @@ impl Metrics {
             tracing::warn!("encoding metrics: {err}");
         }
         out
-    }
-}
-
-/// Exposes the eBPF per-CPU counters as `hoptrace_ebpf_<name>_total`.
-#[derive(Debug)]
-struct KernelCounters {
-    datapath: Arc<Datapath>,
-}
-
-impl Collector for KernelCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (counter, value) in self.datapath.counters() {
-            let name = format!("ebpf_{}", counter.name());
-            let metric = ConstCounter::new(value);
-            let m = encoder.encode_descriptor(
-                &name,
-                "Kernel-side steering events (summed over CPUs)",
-                None,
-                MetricType::Counter,
-            )?;
-            metric.encode(m)?;
-        }
-        Ok(())
     }
 }

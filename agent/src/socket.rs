@@ -11,6 +11,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::netns::{Netns, NetnsError};
 
+/// Socket mark of inbound-leg upstream sockets (and their replies); `inpod` routes
+/// packets carrying it back to the agent.
+pub const MARK: u32 = 0x4854_0000;
+
 /// Errors creating sockets.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -84,7 +88,7 @@ pub enum Source {
     /// The kernel's choice (the pod's address towards the destination).
     Default,
     /// The given address, which need not be local (IP_TRANSPARENT), with the socket
-    /// marked [`crate::inpod::MARK`] so the replies route back to it.
+    /// marked [`MARK`] so the replies route back to it (`inpod`'s rule).
     Transparent(IpAddr),
 }
 
@@ -119,9 +123,7 @@ pub fn connect_socket_in(
                 set_ipv6_transparent(&socket).map_err(|e| err("IPV6_TRANSPARENT", e))?
             }
         }
-        socket
-            .set_mark(crate::inpod::MARK)
-            .map_err(|e| err("SO_MARK", e))?;
+        socket.set_mark(MARK).map_err(|e| err("SO_MARK", e))?;
         // The port is chosen here, at bind (not deferred to connect), because the
         // caller registers the exact 4-tuple with sk_lookup before connecting.
         socket

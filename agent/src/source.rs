@@ -1,12 +1,11 @@
 //! Where the desired workload set comes from: the workload file (DESIGN §3.2) or,
 //! without one and with `KUBERNETES_SERVICE_HOST` set, the Kubernetes API
-//! ([`crate::k8s`]). Both feed the same reconcile loop in [`crate::agent`].
+//! ([`crate::k8s`]). Both feed the same reconcile loop (`agent.rs`).
 
 use std::path::PathBuf;
 
 use crate::{
-    config::RunArgs,
-    k8s::{Discovery, DiscoveryError},
+    k8s::{Discovery, DiscoveryConfig, DiscoveryError},
     metrics::Metrics,
     workloads::{self, FileWatch, Workload, WorkloadError},
 };
@@ -23,6 +22,15 @@ pub enum SourceError {
     /// Kubernetes discovery could not start.
     #[error(transparent)]
     Kubernetes(#[from] DiscoveryError),
+}
+
+/// What the workload source takes from the command line (built by `config`).
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// `--workloads-file`: when set, the file is the source.
+    pub workloads_file: Option<PathBuf>,
+    /// Without a file: Kubernetes discovery (when `KUBERNETES_SERVICE_HOST` is set).
+    pub discovery: DiscoveryConfig,
 }
 
 /// The static workload file, re-read when it changes.
@@ -46,9 +54,9 @@ impl Source {
     /// Opens the source `args` select. A file is read and validated now (its set is
     /// returned, and a bad file fails startup); the Kubernetes client is configured
     /// but nothing is watched before [`Source::start`].
-    pub async fn open(args: &RunArgs) -> Result<(Source, Option<Vec<Workload>>), SourceError> {
+    pub async fn open(args: &SourceConfig) -> Result<(Source, Option<Vec<Workload>>), SourceError> {
         if let Some(path) = args.workloads_file.clone() {
-            let node = args.node_name.clone();
+            let node = args.discovery.node_name.clone();
             let mut watch = FileWatch::new(path.clone());
             let first = watch.poll()?.unwrap_or_default();
             let desired = workloads::parse(&path, &first, node.as_deref())?;
@@ -63,7 +71,7 @@ impl Source {
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
             return Err(SourceError::None);
         }
-        let discovery = Discovery::connect(args).await?;
+        let discovery = Discovery::connect(&args.discovery).await?;
         Ok((Source::Kubernetes(Box::new(discovery)), None))
     }
 

@@ -29,9 +29,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
+mod counters;
 mod log;
 mod pod;
 
+pub use counters::KernelCounters;
 pub use log::LOG_TARGET;
 
 pub use pod::{AttachedPod, SteeringGuard};

@@ -157,3 +157,21 @@ fn span_fields() {
     assert_eq!(child.kind, SpanKind::Server as i32);
     assert_eq!(child.trace_id, vec![1; 16]);
 }
+
+#[test]
+fn retry_waits_grow_with_jitter_up_to_the_cap() {
+    let waits: Vec<Duration> = retry_delays().take(12).collect();
+    assert_eq!(waits.len(), 12, "retries never run out");
+    assert!(
+        waits[0] >= RETRY_FIRST && waits[0] < RETRY_FIRST * 2,
+        "{waits:?}"
+    );
+    assert!(waits[2] >= RETRY_FIRST * 4, "doubles: {waits:?}");
+    for w in &waits {
+        assert!(*w < RETRY_MAX * 2, "capped: {waits:?}");
+    }
+    assert!(waits[11] >= RETRY_MAX, "reaches the cap: {waits:?}");
+    // Jitter: two agents retrying do not wait the same.
+    let other: Vec<Duration> = retry_delays().take(12).collect();
+    assert_ne!(waits, other);
+}

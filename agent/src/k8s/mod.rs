@@ -34,10 +34,24 @@ use self::{
     watch::{Update, WatchErrors},
 };
 use crate::{
-    config::RunArgs,
     metrics::{Metrics, StateLabels},
     workloads::Workload,
 };
+
+/// What discovery takes from the command line (built by `config`).
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// This node's name (`--node-name` / `NODE_NAME`); required.
+    pub node_name: Option<String>,
+    /// The agent's own pod, never enrolled (`POD_NAMESPACE`, `POD_NAME`; both or neither).
+    pub own_pod: (Option<String>, Option<String>),
+    /// The cgroup v2 mount (`--cgroup-root`).
+    pub cgroup_root: std::path::PathBuf,
+    /// The host's /proc (`--proc-root`).
+    pub proc_root: std::path::PathBuf,
+    /// Whether pods without an annotation are traced (`--inject-default`).
+    pub inject_default: policy::Inject,
+}
 
 /// How many watch updates may queue before the watchers wait for the agent.
 const QUEUE: usize = 1024;
@@ -76,9 +90,9 @@ impl Discovery {
     /// Validates the settings and builds the API client (from `KUBECONFIG` /
     /// `~/.kube/config`, else the in-cluster service account). Nothing is watched
     /// before [`Discovery::start`].
-    pub async fn connect(args: &RunArgs) -> Result<Self, DiscoveryError> {
+    pub async fn connect(args: &DiscoveryConfig) -> Result<Self, DiscoveryError> {
         let node = args.node_name.clone().ok_or(DiscoveryError::NoNodeName)?;
-        let own_pod = match (&args.pod_namespace, &args.pod_name) {
+        let own_pod = match &args.own_pod {
             (Some(ns), Some(name)) => Some((ns.clone(), name.clone())),
             (None, None) => None,
             _ => return Err(DiscoveryError::HalfOwnPod),

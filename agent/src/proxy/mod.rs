@@ -32,9 +32,9 @@ use crate::{
     metrics::ConnMetrics,
     netns::Netns,
     pod::Direction,
+    pod::PodKey,
     socket,
     trace::span::{PodIdentity, SpanSink},
-    workloads::PodKey,
 };
 
 /// How long an upstream connect may take before the client connection is reset.
