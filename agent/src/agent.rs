@@ -16,6 +16,7 @@ use crate::{
     ebpf::{Datapath, DatapathConfig},
     enrollment::{PodTable, TableConfig, DRAIN, RETRY},
     export::{self, ExportConfig},
+    golden::Golden,
     metrics::Metrics,
     netns,
     proxy::Limits,
@@ -129,9 +130,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let export_metrics = export::ExportMetrics::default();
+    let golden = Arc::new(Golden::default());
     let metrics = Arc::new(Metrics::new(&[
         &crate::ebpf::KernelCounters(datapath.clone()),
         &export_metrics,
+        &golden,
     ]));
     let state = Arc::new(AdminState {
         ready: false.into(),
@@ -168,12 +171,18 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         table_config(&args),
         Some(spans),
         shutdown_rx,
+        golden.clone(),
     );
     source.start(&metrics);
     // Ready once the first complete desired set (the file, or the first full lists
     // from the API server) has been reconciled: every pod in it steered or reported.
     let mut ready = false;
     let mut reconcile = |table: &mut PodTable, desired: &[Workload]| {
+        golden.peers.replace(desired.iter().flat_map(|w| {
+            w.ips
+                .iter()
+                .map(move |ip| (*ip, w.namespace.as_str(), w.service_name()))
+        }));
         table.reconcile(desired);
         if !ready {
             ready = true;

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::{
     ebpf::{AttachedPod, Datapath, DatapathError, SteeringGuard},
+    golden::{Golden, Peer},
     inpod, listeners,
     metrics::{Metrics, StateLabels},
     netns::{Netns, NetnsError},
@@ -117,6 +118,7 @@ pub struct PodTable {
     limits: Arc<Limits>,
     shutdown: watch::Receiver<bool>,
     inflight: Arc<InFlightCount>,
+    golden: Arc<Golden>,
 }
 
 impl PodTable {
@@ -127,8 +129,10 @@ impl PodTable {
         config: TableConfig,
         spans: Option<SpanSink>,
         shutdown: watch::Receiver<bool>,
+        golden: Arc<Golden>,
     ) -> Self {
         Self {
+            golden,
             datapath,
             metrics,
             outbound_port: config.outbound_port,
@@ -309,6 +313,8 @@ impl PodTable {
             slots: [slots(), slots()],
             shutdown: self.shutdown.clone(),
             node_inflight: self.inflight.clone(),
+            golden: self.golden.clone(),
+            workload: Peer::new(&w.namespace, w.service_name()),
         });
         // The accept loops own the listeners; the raw fds above stay valid while they run.
         let listeners = PodListeners::start(

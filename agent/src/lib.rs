@@ -10,6 +10,7 @@ pub mod config;
 pub mod ebpf;
 pub mod enrollment;
 pub mod export;
+pub mod golden;
 pub mod inpod;
 pub mod k8s;
 pub mod listeners;

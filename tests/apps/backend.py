@@ -7,7 +7,7 @@ Every request gets a SERVER span (parent: the trace context in the request) and
 a JSON answer: app, method, path, the headers exactly as received (names in the
 received case, in order), the peer address, the trace/span ids of the SERVER
 span and the parent span id it was given. ``/status/<code>`` anywhere in the
-path answers with that status (5xx also marks the span ERROR).
+path answers with that status (5xx also marks the span ERROR); ``/delay/<ms>`` anywhere delays the answer by that long.
 """
 
 import argparse
@@ -19,6 +19,7 @@ class BackendHandler(otelapp.TracedHandler):
     app_name = "backend"
 
     def answer(self, span):
+        otelapp.delay_from_path(self.path)
         return otelapp.status_from_path(self.path), {}
 
 

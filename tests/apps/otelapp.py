@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import socket
 
@@ -217,6 +218,14 @@ def status_from_path(path):
         if part == "status" and parts[i + 1].isdigit():
             return int(parts[i + 1])
     return 200
+
+
+def delay_from_path(path):
+    """``/delay/250`` (anywhere in the path) -> sleep 0.25 s before answering."""
+    parts = path.split("?")[0].split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part == "delay" and parts[i + 1].isdigit():
+            time.sleep(int(parts[i + 1]) / 1000.0)
 
 
 def serve(listen, handler):

@@ -29,6 +29,7 @@ use super::{
     ConnError, PodContext, Target,
 };
 use crate::{
+    golden::{Edge, RequestObservation},
     pod::Direction,
     trace::{
         self,
@@ -36,11 +37,26 @@ use crate::{
     },
 };
 
+/// What the accept side knows of a connection it hands to [`serve`].
+pub struct Conn {
+    /// The leg.
+    pub dir: Direction,
+    /// Where its requests go.
+    pub target: Target,
+    /// The calling pod's address (`client.address` of the spans).
+    pub client_ip: IpAddr,
+    /// Prior-knowledge HTTP/2.
+    pub h2: bool,
+    /// Its edge in the golden metrics.
+    pub edge: Edge,
+}
+
 /// One proxied connection's shared state.
 struct Leg {
     pod: Arc<PodContext>,
     dir: Direction,
     target: Target,
+    edge: Edge,
     /// The span layer of this connection (`None`: tracing off).
     spans: Option<Arc<LegSpans>>,
     /// The connection opened during detection (if any), used for the first request.
@@ -61,13 +77,17 @@ impl Leg {
 /// `None` when requests should go out on pooled connections from the start.
 pub async fn serve(
     pod: Arc<PodContext>,
-    dir: Direction,
+    conn: Conn,
     client: TcpStream,
-    target: Target,
-    client_ip: IpAddr,
-    h2: bool,
     upstream: Option<TcpStream>,
 ) -> Result<(), ConnError> {
+    let Conn {
+        dir,
+        target,
+        client_ip,
+        h2,
+        edge,
+    } = conn;
     let pod_limits = pod.limits.clone();
     let pod_metrics = pod.metrics(dir).clone();
     let shutdown = pod.shutdown.clone();
@@ -86,6 +106,7 @@ pub async fn serve(
         pod,
         dir,
         target,
+        edge,
         spans,
         first: Mutex::new(upstream),
         h2,
@@ -151,25 +172,31 @@ pub async fn serve(
 /// Serves one request; the response body holds the connection's in-flight mark.
 async fn handle(leg: Arc<Leg>, req: Request<Incoming>) -> Result<Response<Tracked>, Infallible> {
     let inflight = leg.activity.begin();
-    let resp = match proxy_request(leg, req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    Ok(resp.map(|inner| Tracked {
-        inner,
-        _inflight: inflight,
-    }))
+    let (resp, observed) = proxy_request(leg, req).await;
+    Ok(resp.map(|inner| Tracked::new(inner, inflight, observed)))
 }
 
+/// Proxies one request; the golden-metrics observation travels with the response body.
 async fn proxy_request(
     leg: Arc<Leg>,
     mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> (Response<ProxyBody>, RequestObservation) {
     // A pod may opt into starting traces for a share of its context-less inbound requests.
     let start_root = leg.dir == Direction::Inbound
         && leg.pod.trace_sampling > 0.0
         && rand::random::<f64>() < leg.pod.trace_sampling;
-    let mut spans = trace::http::begin(leg.spans.as_ref(), &mut req, start_root);
+    let grpc = is_grpc(req.headers());
+    let mut observed = leg.edge.request(req.method(), req.uri().path(), grpc);
+    let mut spans = trace::http::begin(
+        leg.spans.as_ref(),
+        &mut req,
+        start_root,
+        observed.route(),
+        grpc,
+    );
+    if spans.is_some() {
+        observed.traced();
+    }
     let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), down_upgrade.is_some());
 
@@ -194,9 +221,10 @@ async fn proxy_request(
             if let Some(s) = spans {
                 s.failed(status, msg);
             }
+            observed.response(status, None);
             let mut r = Response::new(full(text));
             *r.status_mut() = status;
-            return Ok(r);
+            return (r, observed);
         }
     };
     let status = resp.status();
@@ -216,6 +244,7 @@ async fn proxy_request(
         }
     }
     let (mut parts, body) = resp.into_parts();
+    observed.response(status, trace::http::grpc_status(&parts.headers));
     let body = match spans {
         Some(s) => s.wrap(status, &parts.headers, body),
         None => body.boxed(),
@@ -224,7 +253,15 @@ async fn proxy_request(
         &mut parts.headers,
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    Ok(Response::from_parts(parts, body))
+    (Response::from_parts(parts, body), observed)
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc*`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 fn full(s: &'static str) -> ProxyBody {

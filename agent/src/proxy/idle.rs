@@ -16,7 +16,10 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use tokio::sync::watch;
 
-use crate::trace::http::ProxyBody;
+use crate::{
+    golden::RequestObservation,
+    trace::http::{grpc_status, ProxyBody},
+};
 
 /// Resolves when the connection has had no request in flight for `idle`, or when the
 /// agent shuts down.
@@ -100,10 +103,31 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until it is dropped.
+/// A response body that holds its request's [`InFlight`] until it is dropped, and
+/// shows its frames to the request's golden-metrics observation (recorded on drop).
 pub(super) struct Tracked {
-    pub(super) inner: ProxyBody,
-    pub(super) _inflight: InFlight,
+    inner: ProxyBody,
+    _inflight: InFlight,
+    observed: RequestObservation,
+}
+
+impl Tracked {
+    pub(super) fn new(
+        inner: ProxyBody,
+        inflight: InFlight,
+        mut observed: RequestObservation,
+    ) -> Self {
+        // A body with nothing to stream (204, `Content-Length: 0`, a gRPC trailers-only
+        // response, HEAD) may never be polled: it is complete with its head.
+        if inner.is_end_stream() {
+            observed.complete();
+        }
+        Self {
+            inner,
+            _inflight: inflight,
+            observed,
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -114,7 +138,22 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.observed.response_data(data.len());
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.observed.trailers(grpc_status(trailers));
+                }
+                if self.inner.is_end_stream() {
+                    self.observed.complete();
+                }
+            }
+            Poll::Ready(None) => self.observed.complete(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

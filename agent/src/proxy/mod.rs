@@ -29,6 +29,7 @@ use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::{
     ebpf::Datapath,
+    golden::{Edge, Golden, Peer},
     metrics::ConnMetrics,
     netns::Netns,
     pod::Direction,
@@ -76,6 +77,10 @@ pub struct PodContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Connections being proxied on the whole node (shutdown waits for them).
     pub node_inflight: Arc<InFlightCount>,
+    /// The node's golden metrics (edges, routes, peers).
+    pub golden: Arc<Golden>,
+    /// This pod's workload, as a metric label pair.
+    pub workload: Peer,
 }
 
 impl PodContext {
@@ -314,6 +319,19 @@ async fn proxy(
     client_ip: IpAddr,
 ) -> Result<(), ConnError> {
     let m = pod.metrics(dir);
+    let peer_ip = match target {
+        Target::Outbound { dst } => dst.ip(),
+        Target::Inbound { client, .. } => client.ip(),
+    };
+    let edge = pod.golden.edge(dir, &pod.workload, peer_ip);
+    let _connection = edge.connection();
+    let conn = |edge: &Edge| http::Conn {
+        dir,
+        target,
+        client_ip,
+        h2: false,
+        edge: edge.clone(),
+    };
     // A destination this pod recently spoke HTTP to is expected to be HTTP again:
     // detect first, so the request can go out on a pooled connection without a new
     // connect. Should the client send something else (or nothing within the
@@ -322,7 +340,7 @@ async fn proxy(
         let protocol =
             detect::detect(&client, detect::DETECT_TIMEOUT, &m.limits.head_too_large).await;
         if protocol != detect::Protocol::Opaque {
-            return serve_http(pod, dir, client, target, client_ip, protocol, None).await;
+            return serve_http(pod, client, conn(&edge), protocol, None).await;
         }
         let upstream = match target.connect(pod).await {
             Ok(u) => u,
@@ -331,7 +349,7 @@ async fn proxy(
                 return Err(err);
             }
         };
-        return tcp::relay(client, upstream, m, pod.limits.tcp_idle_timeout).await;
+        return tcp::relay(client, upstream, m, &edge, pod.limits.tcp_idle_timeout).await;
     }
     // Otherwise connect first, as a plain proxy would, then watch both sides: the
     // client's first bytes decide the protocol; if the server speaks first (SMTP,
@@ -367,24 +385,22 @@ async fn proxy(
     };
     match protocol {
         detect::Protocol::Opaque => {
-            tcp::relay(client, upstream, m, pod.limits.tcp_idle_timeout).await
+            tcp::relay(client, upstream, m, &edge, pod.limits.tcp_idle_timeout).await
         }
-        p => serve_http(pod, dir, client, target, client_ip, p, Some(upstream)).await,
+        p => serve_http(pod, client, conn(&edge), p, Some(upstream)).await,
     }
 }
 
 async fn serve_http(
     pod: &Arc<PodContext>,
-    dir: Direction,
     client: TcpStream,
-    target: Target,
-    client_ip: IpAddr,
+    mut conn: http::Conn,
     protocol: detect::Protocol,
     upstream: Option<TcpStream>,
 ) -> Result<(), ConnError> {
     let _ = client.set_nodelay(true);
-    let h2 = protocol == detect::Protocol::Http2;
-    http::serve(pod.clone(), dir, client, target, client_ip, h2, upstream).await
+    conn.h2 = protocol == detect::Protocol::Http2;
+    http::serve(pod.clone(), conn, client, upstream).await
 }
 
 async fn connect(

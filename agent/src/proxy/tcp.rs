@@ -17,7 +17,7 @@ use tokio::{
 use super::ConnError;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::metrics::ConnMetrics;
+use crate::{golden::Edge, metrics::ConnMetrics};
 
 /// Per-direction buffer. Bounded: a slow reader stops us reading from the writer
 /// (backpressure through TCP windows), never an unbounded queue in the agent. It is
@@ -33,8 +33,10 @@ pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     m: &ConnMetrics,
+    edge: &Edge,
     idle: Duration,
 ) -> Result<(), ConnError> {
+    let (edge_from_client, edge_from_server) = edge.tcp_byte_counters();
     let _ = client.set_nodelay(true);
     let start = Instant::now();
     // Milliseconds after `start` of the last byte relayed in either direction.
@@ -43,8 +45,20 @@ pub async fn relay(
     let (mut ur, mut uw) = upstream.into_split();
     let both = async {
         tokio::try_join!(
-            copy_half(&mut cr, &mut uw, &m.bytes_from_client, &last, start),
-            copy_half(&mut ur, &mut cw, &m.bytes_from_server, &last, start),
+            copy_half(
+                &mut cr,
+                &mut uw,
+                [&m.bytes_from_client, &edge_from_client],
+                &last,
+                start
+            ),
+            copy_half(
+                &mut ur,
+                &mut cw,
+                [&m.bytes_from_server, &edge_from_server],
+                &last,
+                start
+            ),
         )
     };
     let watchdog = async {
@@ -77,7 +91,7 @@ pub async fn relay(
 async fn copy_half(
     r: &mut OwnedReadHalf,
     w: &mut OwnedWriteHalf,
-    bytes: &Counter,
+    bytes: [&Counter; 2],
     last: &AtomicU64,
     start: Instant,
 ) -> std::io::Result<()> {
@@ -101,6 +115,8 @@ async fn copy_half(
         }
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         w.write_all(&buf[..n]).await?;
-        bytes.inc_by(n as u64);
+        for counter in bytes {
+            counter.inc_by(n as u64);
+        }
     }
 }

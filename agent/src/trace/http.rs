@@ -85,15 +85,20 @@ fn decide(headers: &mut HeaderMap, start_root: bool) -> Option<Traced> {
 /// Makes the trace decision for a request whose head just arrived (rewriting its trace
 /// header) and, when it is traced and spans are exported, starts its spans. The
 /// attributes are gathered here, before the proxy changes the request.
+///
+/// `route` is the request's bounded path template (`http.route`, and the span name
+/// `METHOD route`); `grpc` whether it is a gRPC call (span name `service/method`).
 pub fn begin<B>(
     leg: Option<&Arc<LegSpans>>,
     req: &mut Request<B>,
     start_root: bool,
+    route: &Arc<str>,
+    grpc: bool,
 ) -> Option<RequestSpans> {
     let server_start = SystemTime::now();
     let traced = decide(req.headers_mut(), start_root)?;
     let leg = leg?.clone();
-    let attrs = RequestAttrs::new(&leg, req);
+    let attrs = RequestAttrs::new(&leg, req, route.clone(), grpc);
     Some(RequestSpans {
         leg,
         traced,
@@ -113,13 +118,15 @@ struct RequestAttrs {
     version: &'static str,
     host: String,
     user_agent: Option<String>,
+    /// The path template (docs/METRICS.md).
+    route: Arc<str>,
     grpc: Option<(String, String)>,
     /// Attributes whose values were cut.
     truncated: Vec<&'static str>,
 }
 
 impl RequestAttrs {
-    fn new<B>(leg: &LegSpans, req: &Request<B>) -> Self {
+    fn new<B>(leg: &LegSpans, req: &Request<B>, route: Arc<str>, is_grpc: bool) -> Self {
         let mut truncated = Vec::new();
         let host = req
             .uri()
@@ -132,11 +139,6 @@ impl RequestAttrs {
                     .map(|h| strip_port(h).to_string())
             })
             .unwrap_or_else(|| leg.dst.ip().to_string());
-        let is_grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
         let path = capped(req.uri().path(), "url.path", &mut truncated);
         let grpc = is_grpc
             .then(|| {
@@ -158,6 +160,7 @@ impl RequestAttrs {
                 .and_then(|v| v.to_str().ok())
                 .map(|ua| capped(ua, "user_agent.original", &mut truncated)),
             path,
+            route,
             grpc,
             truncated,
         };
@@ -236,6 +239,7 @@ impl RequestSpans {
         let mut attrs = vec![
             attr::string("http.request.method", a.method.as_str()),
             attr::string("url.path", a.path.as_str()),
+            attr::string("http.route", &*a.route),
             attr::string("url.scheme", "http"),
             attr::string("server.address", a.host.as_str()),
             attr::int("server.port", i64::from(leg.dst.port())),
@@ -297,7 +301,7 @@ impl RequestSpans {
         let attributes = self.attributes();
         let name = match &self.attrs.grpc {
             Some((svc, method)) => format!("{svc}/{method}"),
-            None => self.attrs.method.clone(),
+            None => format!("{} {}", self.attrs.method, self.attrs.route),
         };
         let t = &self.traced;
         let server = SpanParts {
@@ -557,7 +561,8 @@ mod tests {
             .header("user-agent", "grpc-python")
             .body(())
             .expect("request");
-        let mut spans = begin(Some(&leg), &mut req, false).expect("traced");
+        let route: Arc<str> = Arc::from("/pkg.Svc/m");
+        let mut spans = begin(Some(&leg), &mut req, false, &route, true).expect("traced");
         spans.client_started();
         spans.status = Some(StatusCode::OK);
         spans.grpc_status = Some(5);

@@ -1,0 +1,392 @@
+//! Golden metrics for every request and connection of every enrolled pod, traced or
+//! not: success rate, rate, latency, per direction, per edge (client workload →
+//! server workload) and per route. docs/METRICS.md lists every series and its bound.
+//!
+//! The data path asks for an [`Edge`] once per connection ([`Golden::edge`]), then
+//! records each request with a [`RequestObservation`] that the response body carries
+//! until it is done; nothing here blocks or allocates per request beyond the label
+//! lookup of the families.
+
+pub mod peers;
+pub mod route;
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{Method, StatusCode};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::pod::Direction;
+pub use peers::{Peer, PeerIndex};
+pub use route::RouteTable;
+
+/// Latency buckets (seconds): 1 ms to 10 s, as Linkerd's and OpenTelemetry's defaults
+/// roughly do, so `histogram_quantile` is within a bucket of the truth.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Connection duration buckets (seconds).
+const CONNECTION_BUCKETS: [f64; 8] = [0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0];
+
+/// A shared label value (a workload, namespace or route name): cloning is a refcount.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for Name {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The two ends of a connection, seen from one leg.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    /// The leg that observed it: `outbound` (the client pod's) or `inbound` (the server pod's).
+    pub direction: &'static str,
+    /// Client workload's namespace.
+    pub client_namespace: Name,
+    /// Client workload.
+    pub client: Name,
+    /// Server workload's namespace.
+    pub server_namespace: Name,
+    /// Server workload.
+    pub server: Name,
+}
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    route: Name,
+    method: &'static str,
+    status_code: u16,
+    outcome: &'static str,
+    // Flattened fields must come last (prometheus-client 0.22's derive).
+    #[prometheus(flatten)]
+    edge: EdgeLabels,
+}
+
+/// Labels of the latency histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    route: Name,
+    outcome: &'static str,
+    #[prometheus(flatten)]
+    edge: EdgeLabels,
+}
+
+/// The golden metric families, the route table and the peer index of the node.
+#[derive(Debug)]
+pub struct Golden {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    traced: Family<EdgeLabels, Counter>,
+    request_bytes: Family<EdgeLabels, Counter>,
+    response_bytes: Family<EdgeLabels, Counter>,
+    tcp_opened: Family<EdgeLabels, Counter>,
+    tcp_active: Family<EdgeLabels, Gauge>,
+    tcp_duration: Family<EdgeLabels, Histogram>,
+    tcp_bytes_from_client: Family<EdgeLabels, Counter>,
+    tcp_bytes_from_server: Family<EdgeLabels, Counter>,
+    /// Routes per server workload, capped.
+    pub routes: RouteTable,
+    /// Address → workload.
+    pub peers: PeerIndex,
+}
+
+impl Default for Golden {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.into_iter())),
+            traced: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_active: Family::default(),
+            tcp_duration: Family::new_with_constructor(|| {
+                Histogram::new(CONNECTION_BUCKETS.into_iter())
+            }),
+            tcp_bytes_from_client: Family::default(),
+            tcp_bytes_from_server: Family::default(),
+            routes: RouteTable::default(),
+            peers: PeerIndex::default(),
+        }
+    }
+}
+
+/// `Arc<Golden>` is what the metrics registry and the data path share.
+impl crate::metrics::Source for Arc<Golden> {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "http_requests",
+            "HTTP/gRPC requests by edge, route, method, status code and outcome (failure: 5xx, a gRPC status other than OK, or no response)",
+            self.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Time from the request head to the end of the response, by edge, route and outcome",
+            self.latency.clone(),
+        );
+        r.register(
+            "http_traced_requests",
+            "Requests that carried (or started) trace context, by edge",
+            self.traced.clone(),
+        );
+        r.register(
+            "http_request_body_bytes",
+            "Request body bytes by edge",
+            self.request_bytes.clone(),
+        );
+        r.register(
+            "http_response_body_bytes",
+            "Response body bytes by edge",
+            self.response_bytes.clone(),
+        );
+        r.register(
+            "tcp_connections_opened",
+            "Connections by edge (HTTP and opaque)",
+            self.tcp_opened.clone(),
+        );
+        r.register(
+            "tcp_connections_active",
+            "Connections open now, by edge",
+            self.tcp_active.clone(),
+        );
+        r.register(
+            "tcp_connection_duration_seconds",
+            "Connection lifetimes by edge (observed when they close)",
+            self.tcp_duration.clone(),
+        );
+        r.register(
+            "tcp_read_bytes_from_client",
+            "Bytes the client sent, by edge",
+            self.tcp_bytes_from_client.clone(),
+        );
+        r.register(
+            "tcp_read_bytes_from_server",
+            "Bytes the server sent, by edge",
+            self.tcp_bytes_from_server.clone(),
+        );
+    }
+}
+
+/// One connection's edge, with its metric handles resolved once.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    golden: Arc<Golden>,
+    labels: EdgeLabels,
+}
+
+impl Golden {
+    /// The edge of a connection of `own` (the enrolled pod's workload) in `dir` with
+    /// the remote end at `peer_ip`.
+    pub fn edge(self: &Arc<Self>, dir: Direction, own: &Peer, peer_ip: IpAddr) -> Edge {
+        let peer = self.peers.lookup(peer_ip);
+        let (client, server) = match dir {
+            Direction::Outbound => (own.clone(), peer),
+            Direction::Inbound => (peer, own.clone()),
+        };
+        Edge {
+            golden: self.clone(),
+            labels: EdgeLabels {
+                direction: dir.as_str(),
+                client_namespace: Name(client.namespace),
+                client: Name(client.workload),
+                server_namespace: Name(server.namespace),
+                server: Name(server.workload),
+            },
+        }
+    }
+}
+
+impl Edge {
+    /// A connection on this edge opened; the guard counts it until dropped.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.golden.tcp_opened.get_or_create(&self.labels).inc();
+        self.golden.tcp_active.get_or_create(&self.labels).inc();
+        ConnectionGuard {
+            edge: self.clone(),
+            start: Instant::now(),
+        }
+    }
+
+    /// The byte counters of an opaque connection on this edge (from the client, from
+    /// the server), resolved once per connection.
+    pub fn tcp_byte_counters(&self) -> (Counter, Counter) {
+        let g = &self.golden;
+        (
+            g.tcp_bytes_from_client.get_or_create(&self.labels).clone(),
+            g.tcp_bytes_from_server.get_or_create(&self.labels).clone(),
+        )
+    }
+
+    /// A request on this edge begins: its route is resolved (and capped) now.
+    pub fn request(&self, method: &Method, path: &str, grpc: bool) -> RequestObservation {
+        let route = self.golden.routes.route(&self.labels.server.0, path, grpc);
+        RequestObservation {
+            edge: self.clone(),
+            route,
+            method: method_label(method),
+            grpc,
+            start: Instant::now(),
+            status: None,
+            grpc_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            complete: false,
+        }
+    }
+}
+
+/// Counts a connection as active until dropped, then observes its duration.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    edge: Edge,
+    start: Instant,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let g = &self.edge.golden;
+        g.tcp_active.get_or_create(&self.edge.labels).dec();
+        g.tcp_duration
+            .get_or_create(&self.edge.labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// One request, recorded exactly once: when it is dropped (the response body done,
+/// or the exchange abandoned, which counts as a failure unless the response had
+/// completed).
+#[derive(Debug)]
+pub struct RequestObservation {
+    edge: Edge,
+    route: Arc<str>,
+    method: &'static str,
+    grpc: bool,
+    start: Instant,
+    status: Option<StatusCode>,
+    grpc_status: Option<i64>,
+    request_bytes: u64,
+    response_bytes: u64,
+    complete: bool,
+}
+
+impl RequestObservation {
+    /// The route (shared with the span layer: `http.route`).
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    /// The request carries trace context the agent records spans for.
+    pub fn traced(&self) {
+        self.edge
+            .golden
+            .traced
+            .get_or_create(&self.edge.labels)
+            .inc();
+    }
+
+    /// The response head arrived (or the proxy answered itself) with `status`;
+    /// `grpc_status` from a trailers-only response.
+    pub fn response(&mut self, status: StatusCode, grpc_status: Option<i64>) {
+        self.status = Some(status);
+        self.grpc_status = grpc_status;
+        // A `101` ends the HTTP exchange (the upgraded bytes are relayed opaquely); a
+        // proxy-made answer has no upstream body to wait for.
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.complete = true;
+        }
+    }
+
+    /// `grpc-status` from the trailers.
+    pub fn trailers(&mut self, grpc_status: Option<i64>) {
+        if grpc_status.is_some() {
+            self.grpc_status = grpc_status;
+        }
+    }
+
+    /// Response body bytes handed downstream.
+    pub fn response_data(&mut self, n: usize) {
+        self.response_bytes += n as u64;
+    }
+
+    /// The response body ended normally.
+    pub fn complete(&mut self) {
+        self.complete = true;
+    }
+
+    fn outcome(&self) -> &'static str {
+        let status = self.status.map_or(0, |s| s.as_u16());
+        let grpc_failed = self.grpc && self.grpc_status.is_some_and(|g| g != 0);
+        let no_grpc_status = self.grpc && self.grpc_status.is_none() && self.complete;
+        if status == 0 || status >= 500 || grpc_failed || no_grpc_status || !self.complete {
+            "failure"
+        } else {
+            "success"
+        }
+    }
+}
+
+impl Drop for RequestObservation {
+    fn drop(&mut self) {
+        let g = &self.edge.golden;
+        let outcome = self.outcome();
+        let elapsed: Duration = self.start.elapsed();
+        g.requests
+            .get_or_create(&RequestLabels {
+                edge: self.edge.labels.clone(),
+                route: Name(self.route.clone()),
+                method: self.method,
+                status_code: self.status.map_or(0, |s| s.as_u16()),
+                outcome,
+            })
+            .inc();
+        g.latency
+            .get_or_create(&LatencyLabels {
+                edge: self.edge.labels.clone(),
+                route: Name(self.route.clone()),
+                outcome,
+            })
+            .observe(elapsed.as_secs_f64());
+        if self.request_bytes > 0 {
+            g.request_bytes
+                .get_or_create(&self.edge.labels)
+                .inc_by(self.request_bytes);
+        }
+        if self.response_bytes > 0 {
+            g.response_bytes
+                .get_or_create(&self.edge.labels)
+                .inc_by(self.response_bytes);
+        }
+    }
+}
+
+/// The method as a bounded label: the RFC 9110 methods and PATCH, else `_OTHER`
+/// (the OpenTelemetry HTTP conventions' value).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}

@@ -1,0 +1,160 @@
+//! The `route` of a request: a path template with bounded cardinality, shared by the
+//! golden metrics (`route` label) and the spans (`http.route`, span name).
+//!
+//! - gRPC: `/package.Service/Method` as it is (the method set is the service's own).
+//! - HTTP: the path without its query; each segment that looks like an identifier
+//!   (all digits, a UUID, hex of 8+ characters with a digit, or 24+ characters mixing
+//!   letters and digits) becomes `{id}`.
+//! - Each server workload has at most [`MAX_ROUTES`] routes; a new template beyond
+//!   that is reported as [`OVERFLOW`], so 100,000 distinct raw paths cannot create
+//!   100,000 series.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+/// Distinct routes remembered per server workload.
+pub const MAX_ROUTES: usize = 100;
+/// The route of every request beyond [`MAX_ROUTES`].
+pub const OVERFLOW: &str = "other";
+/// A path longer than this is not templated segment by segment: it is [`OVERFLOW`].
+const MAX_PATH: usize = 1024;
+/// Segments kept in a template; deeper paths end in `/…`.
+const MAX_SEGMENTS: usize = 8;
+
+/// The template of `path` (the request target's path, query allowed), `grpc` when the
+/// request is gRPC. Pure: the same path always gives the same template.
+pub fn template(path: &str, grpc: bool) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    if path.len() > MAX_PATH || !path.starts_with('/') {
+        return OVERFLOW.to_owned();
+    }
+    if grpc {
+        return path.to_owned();
+    }
+    let mut out = String::with_capacity(path.len().min(64));
+    for (i, segment) in path.split('/').skip(1).enumerate() {
+        if i == MAX_SEGMENTS {
+            out.push_str("/…");
+            break;
+        }
+        out.push('/');
+        out.push_str(if is_identifier(segment) {
+            "{id}"
+        } else {
+            segment
+        });
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Whether a path segment looks like an identifier rather than a name.
+fn is_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let hex = b.iter().all(u8::is_ascii_hexdigit);
+    let alnum = b
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
+    digits == b.len()
+        || is_uuid(b)
+        || (hex && b.len() >= 8 && digits > 0)
+        || (alnum && b.len() >= 24 && digits > 0)
+}
+
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The routes seen per server workload, each capped at [`MAX_ROUTES`]. Routes are
+/// shared (`Arc<str>`), so a label or attribute holding one costs a refcount.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_server: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+}
+
+impl RouteTable {
+    /// The route for `path` at `server`: its template, or [`OVERFLOW`] once the
+    /// server has [`MAX_ROUTES`] others.
+    pub fn route(&self, server: &Arc<str>, path: &str, grpc: bool) -> Arc<str> {
+        let t = template(path, grpc);
+        let mut all = self.by_server.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = all.entry(server.clone()).or_default();
+        if let Some(r) = routes.get(t.as_str()) {
+            return r.clone();
+        }
+        if routes.len() >= MAX_ROUTES {
+            return Arc::from(OVERFLOW);
+        }
+        let r: Arc<str> = Arc::from(t);
+        routes.insert(r.clone());
+        r
+    }
+
+    /// Forgets the routes of servers that are no longer known (bounded by the number
+    /// of workloads the agent has seen since).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut all = self.by_server.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|server, _| keep(server));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_collapse() {
+        let cases = [
+            ("/", "/"),
+            ("", OVERFLOW),
+            ("/users/42", "/users/{id}"),
+            ("/users/42/orders/7?x=1", "/users/{id}/orders/{id}"),
+            ("/items/123e4567-e89b-12d3-a456-426614174000", "/items/{id}"),
+            ("/blob/9f86d081884c7d65", "/blob/{id}"),
+            ("/blob/deadbeef", "/blob/deadbeef"),
+            ("/s/aB3dE5fG7hJ9kL1mN3pQ5rS7", "/s/{id}"),
+            ("/api/v1/health", "/api/v1/health"),
+            ("/a/b/c/d/e/f/g/h/i/j", "/a/b/c/d/e/f/g/h/…"),
+            ("*", OVERFLOW),
+        ];
+        for (path, want) in cases {
+            assert_eq!(template(path, false), want, "{path}");
+        }
+        assert_eq!(
+            template("/helloworld.Greeter/SayHello", true),
+            "/helloworld.Greeter/SayHello"
+        );
+    }
+
+    #[test]
+    fn routes_per_server_are_capped() {
+        let table = RouteTable::default();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let mut distinct = HashSet::new();
+        for i in 0..100_000 {
+            // 100,000 raw paths: ids collapse; the word segments are all distinct.
+            let r = table.route(&a, &format!("/p{}x/{i}", i % 1000), false);
+            distinct.insert(r.to_string());
+        }
+        assert_eq!(distinct.len(), MAX_ROUTES + 1, "{} routes", distinct.len());
+        assert!(distinct.contains(OVERFLOW));
+        // Another server has its own budget; a known route stays itself.
+        assert_eq!(&*table.route(&b, "/p1x/9", false), "/p1x/{id}");
+        assert_eq!(&*table.route(&a, "/p0x/5", false), "/p0x/{id}");
+        table.retain(|s| s == "b");
+        assert_eq!(&*table.route(&a, "/new/1", false), "/new/{id}");
+    }
+}
