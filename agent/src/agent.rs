@@ -183,7 +183,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(move |ip| (*ip, w.namespace.as_str(), w.service_name()))
         }));
-        table.reconcile(desired);
+        // Entries for other nodes' pods only name addresses (docs/METRICS.md).
+        if desired.iter().all(|w| w.is_local()) {
+            table.reconcile(desired);
+        } else {
+            let local: Vec<Workload> = desired.iter().filter(|w| w.is_local()).cloned().collect();
+            table.reconcile(&local);
+        }
         if !ready {
             ready = true;
             state.ready.store(true, Ordering::Release);

@@ -78,9 +78,18 @@ pub struct Workload {
     pub service: Option<String>,
     /// The pod's addresses (v4 and/or v6). Inbound connections to these are steered.
     pub ips: Vec<IpAddr>,
-    /// The pod's cgroup v2 directory. Outbound connections of processes in it are steered.
+    /// The node the pod runs on, when it is not this agent's: such an entry only names
+    /// the pod's addresses in the golden metrics (docs/METRICS.md) and is not enrolled.
+    /// [`parse`] clears it for this node's pods, so `None` means "enroll".
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The pod's cgroup v2 directory. Outbound connections of processes in it are
+    /// steered. Required for this node's pods.
+    #[serde(default)]
     pub cgroup: PathBuf,
     /// The pod's network namespace (a bind-mounted nsfs file or `/proc/PID/ns/net`).
+    /// Required for this node's pods.
+    #[serde(default)]
     pub netns: PathBuf,
     /// Pod labels.
     #[serde(default)]
@@ -124,6 +133,11 @@ impl Workload {
             }
             _ => false,
         }
+    }
+
+    /// Whether the pod runs on this agent's node (and is enrolled).
+    pub fn is_local(&self) -> bool {
+        self.node.is_none()
     }
 
     /// Service name (`service`, else the pod name).
@@ -178,7 +192,16 @@ pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload
     let entry_lines = entry_lines(text);
     let mut names = HashSet::new();
     let mut ips = HashSet::new();
-    for (index, w) in file.workloads.iter().enumerate() {
+    let mut workloads = file.workloads;
+    // An entry's own `node` that is this node's (the agent's, else the file's) is
+    // the same as none: the pod is enrolled.
+    let this_node = node.or(file.node.as_deref());
+    for w in &mut workloads {
+        if w.node.is_some() && w.node.as_deref() == this_node {
+            w.node = None;
+        }
+    }
+    for (index, w) in workloads.iter().enumerate() {
         let invalid = |message: String| WorkloadError::Invalid {
             path: path.to_owned(),
             index,
@@ -221,13 +244,13 @@ pub fn parse(path: &Path, text: &str, node: Option<&str>) -> Result<Vec<Workload
                 )));
             }
         }
-        if !w.cgroup.is_absolute() || !w.netns.is_absolute() {
+        if w.is_local() && (!w.cgroup.is_absolute() || !w.netns.is_absolute()) {
             return Err(invalid(
-                "`cgroup` and `netns` must be absolute paths".into(),
+                "`cgroup` and `netns` must be absolute paths (an entry for a pod on another node says so with `node:`)".into(),
             ));
         }
     }
-    Ok(file.workloads)
+    Ok(workloads)
 }
 
 /// 1-based line numbers of the `- ` items directly under `workloads:`. Best effort,
@@ -342,6 +365,35 @@ workloads:
 
     fn p() -> &'static Path {
         Path::new("/etc/w.yaml")
+    }
+
+    #[test]
+    fn entries_of_other_nodes_only_name_peers() {
+        let text = r#"
+node: node-1
+workloads:
+  - name: a
+    namespace: shop
+    node: node-1
+    ips: [10.0.0.1]
+    cgroup: /sys/fs/cgroup/a
+    netns: /run/netns/a
+  - name: b
+    namespace: shop
+    service: backend
+    node: node-2
+    ips: [10.0.1.1]
+"#;
+        let w = parse(Path::new("w.yaml"), text, Some("node-1")).expect("valid");
+        assert!(w[0].is_local() && !w[1].is_local(), "{w:?}");
+        assert_eq!(w[1].node.as_deref(), Some("node-2"));
+        // Without --node-name the file's node decides.
+        let w = parse(Path::new("w.yaml"), text, None).expect("valid");
+        assert!(w[0].is_local() && !w[1].is_local());
+        // A local entry still needs its cgroup and netns.
+        let bad = text.replace("    node: node-2\n", "");
+        let err = parse(Path::new("w.yaml"), &bad, Some("node-1")).expect_err("invalid");
+        assert!(err.to_string().contains("another node"), "{err}");
     }
 
     #[test]

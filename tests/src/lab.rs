@@ -340,10 +340,12 @@ impl Lab {
         self.tmp.join(format!("workloads-{node}.yaml"))
     }
 
-    /// (Re)writes `node`'s workload file listing all its pods; returns its path.
+    /// (Re)writes `node`'s workload file listing all its pods, and the other nodes'
+    /// pods as peers (named in the golden metrics, not enrolled); returns its path.
     pub fn write_workloads(&self, node: &str) -> Result<PathBuf> {
         let pods = self.pods_on(node);
-        self.write_file(node, &pods)
+        let peers: Vec<&Pod> = self.pods.iter().filter(|p| p.node != node).collect();
+        self.write_file(node, &pods, &peers)
     }
 
     /// (Re)writes `node`'s workload file listing only the named pods (all must
@@ -356,15 +358,15 @@ impl Lab {
                 _ => bail!("no pod {name:?} on node {node:?}"),
             }
         }
-        self.write_file(node, &pods)
+        self.write_file(node, &pods, &[])
     }
 
-    fn write_file(&self, node: &str, pods: &[&Pod]) -> Result<PathBuf> {
+    fn write_file(&self, node: &str, pods: &[&Pod], peers: &[&Pod]) -> Result<PathBuf> {
         if self.node(node).is_none() {
             bail!("no node {node:?} in the lab");
         }
         let path = self.workloads_path(node);
-        workloads::write_atomic(&path, &workloads::render(node, pods))?;
+        workloads::write_atomic(&path, &workloads::render(node, pods, peers))?;
         Ok(path)
     }
 

@@ -18,35 +18,50 @@ use std::path::Path;
 ///     netns: /var/run/netns/ht<id>-client
 /// ```
 ///
-/// An empty list renders as `workloads: []`. Names are DNS labels (validated
-/// by the lab), so only IPv6 addresses need quoting.
-pub fn render(node: &str, pods: &[&Pod]) -> String {
+/// `peers` (pods of other nodes) follow as entries with their own `node:` and
+/// addresses only: the agent does not enroll them, it names their addresses in its
+/// golden metrics. An empty list renders as `workloads: []`. Names are DNS labels
+/// (validated by the lab), so only IPv6 addresses need quoting.
+pub fn render(node: &str, pods: &[&Pod], peers: &[&Pod]) -> String {
     let mut out = format!("node: {node}\n");
-    if pods.is_empty() {
+    if pods.is_empty() && peers.is_empty() {
         out.push_str("workloads: []\n");
         return out;
     }
     out.push_str("workloads:\n");
+    // Writing into a String cannot fail.
     for pod in pods {
-        let ips: Vec<String> = pod
-            .ips()
-            .iter()
-            .map(|ip| match ip {
-                IpAddr::V4(v4) => v4.to_string(),
-                IpAddr::V6(v6) => format!("\"{v6}\""),
-            })
-            .collect();
-        // Writing into a String cannot fail.
         let _ = write!(
             out,
             "  - name: {}\n    namespace: {LAB_NAMESPACE}\n    ips: [{}]\n    cgroup: {}\n    netns: {}\n",
             pod.name,
-            ips.join(", "),
+            ips(pod),
             pod.cgroup.display(),
             pod.netns_path.display(),
         );
     }
+    for pod in peers {
+        let _ = write!(
+            out,
+            "  - name: {}\n    namespace: {LAB_NAMESPACE}\n    node: {}\n    ips: [{}]\n",
+            pod.name,
+            pod.node,
+            ips(pod),
+        );
+    }
     out
+}
+
+fn ips(pod: &Pod) -> String {
+    let ips: Vec<String> = pod
+        .ips()
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"{v6}\""),
+        })
+        .collect();
+    ips.join(", ")
 }
 
 /// Writes `contents` to `path` atomically (temp file in the same directory,
@@ -80,7 +95,7 @@ mod tests {
     fn exact_format() {
         let client = pod("client", true);
         assert_eq!(
-            render("node-1", &[&client]),
+            render("node-1", &[&client], &[]),
             "node: node-1\nworkloads:\n  - name: client\n    namespace: lab\n    \
              ips: [10.61.1.2, \"fd00:61:1::2\"]\n    \
              cgroup: /sys/fs/cgroup/unified/hoptrace-lab/abc123/node-1/client\n    \
@@ -92,14 +107,14 @@ mod tests {
     fn parses_as_yaml() {
         let (a, b) = (pod("client", true), pod("server", false));
         let doc: serde_norway::Value =
-            serde_norway::from_str(&render("node-2", &[&a, &b])).expect("valid yaml");
+            serde_norway::from_str(&render("node-2", &[&a, &b], &[])).expect("valid yaml");
         assert_eq!(doc["node"], "node-2");
         let w = &doc["workloads"];
         assert_eq!(w[0]["ips"][1], "fd00:61:1::2");
         assert_eq!(w[1]["name"], "server");
         assert_eq!(w[1]["ips"].as_sequence().map(Vec::len), Some(1));
         let empty: serde_norway::Value =
-            serde_norway::from_str(&render("node-1", &[])).expect("valid yaml");
+            serde_norway::from_str(&render("node-1", &[], &[])).expect("valid yaml");
         assert_eq!(empty["workloads"].as_sequence().map(Vec::len), Some(0));
     }
 }

@@ -122,3 +122,47 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
         + metrics.value(REQUESTS, &[("server", "unknown")]);
     assert_eq!(unknown, 0.0);
 }
+
+/// Across nodes each agent sees one leg, and names the other node's pod from the
+/// workload file's peer entries (`node:`): the edge is the same on both agents.
+#[test]
+fn edges_across_nodes_name_both_workloads() {
+    if !require_root() {
+        return;
+    }
+    let (lab, client, server) = client_server_lab(true);
+    let apps = PyApps::new(&lab).expect("python test apps (run `cargo xtask setup`)");
+    let backend = apps.backend(&server, APP_PORT).expect("backend.py");
+    let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("receiver");
+    let agent1 = agent_with_otlp(&lab, "node-1", &otlp, &[]);
+    let agent2 = agent_with_otlp(&lab, "node-2", &otlp, &[]);
+
+    // One request in four fails: 12 to /items/<n>, 4 of them to the failing path.
+    for (path, count) in [("/items/1", 9), ("/items/2/status/500", 3)] {
+        let r = apps
+            .client(
+                &client,
+                &backend.url(path),
+                &ClientOptions {
+                    count,
+                    context: ClientContext::None,
+                    ..ClientOptions::default()
+                },
+            )
+            .expect("client.py");
+        assert_eq!(r.requests.len(), count, "{path}");
+    }
+    for (agent, direction) in [(&agent1, "outbound"), (&agent2, "inbound")] {
+        let total = |outcome| value(agent, REQUESTS, &edge(direction, &[("outcome", outcome)]));
+        assert_eventually!(
+            total("success") == 9.0 && total("failure") == 3.0,
+            Duration::from_secs(10),
+            "{direction}: {} ok, {} failed",
+            total("success"),
+            total("failure")
+        );
+        let metrics = agent.metrics().expect("metrics");
+        assert_eq!(metrics.value(REQUESTS, &[("client", "unknown")]), 0.0);
+        assert_eq!(metrics.value(REQUESTS, &[("server", "unknown")]), 0.0);
+    }
+}

@@ -123,13 +123,20 @@ fn workload_file_lists_pods() {
     let doc: serde_norway::Value =
         serde_norway::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
     assert_eq!(doc["node"], "node-1");
-    let names: Vec<&str> = doc["workloads"]
-        .as_sequence()
-        .expect("list")
-        .iter()
-        .filter_map(|w| w["name"].as_str())
-        .collect();
-    assert_eq!(names, ["client", "server"]);
+    let names = |local: bool| -> Vec<&str> {
+        doc["workloads"]
+            .as_sequence()
+            .expect("list")
+            .iter()
+            .filter(|w| w.get("node").is_none() == local)
+            .filter_map(|w| w["name"].as_str())
+            .collect()
+    };
+    assert_eq!(names(true), ["client", "server"]);
+    // Other nodes' pods are listed as peers: named by their own node, not enrolled.
+    assert_eq!(names(false), ["other"]);
+    assert_eq!(doc["workloads"][2]["node"], "node-2");
+    assert!(doc["workloads"][2].get("cgroup").is_none());
     let w = &doc["workloads"][0];
     assert_eq!(w["namespace"], "lab");
     assert_eq!(w["ips"][0].as_str(), Some(client.ipv4.to_string().as_str()));

@@ -223,6 +223,7 @@ impl DesiredSet {
                 uid: Some(pod.uid.clone()),
                 service: Some(policy::service_name(pod)),
                 ips: pod.ips.clone(),
+                node: None,
                 cgroup: dir.clone(),
                 netns: ns.path,
                 labels: pod.labels.clone(),
