@@ -274,6 +274,26 @@ fn probes_hit_the_admin_port() {
             "{what} probe port vs HOPTRACE_ADMIN_ADDR"
         );
     }
+    // Prometheus scrapes the same port (the golden metrics; deploy/README.md).
+    let annotations = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .expect("pod template annotations");
+    assert_eq!(
+        annotations.get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/port").map(String::as_str),
+        Some(admin.port().to_string().as_str()),
+        "scrape port vs HOPTRACE_ADMIN_ADDR"
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/path").map(String::as_str),
+        Some("/metrics")
+    );
 }
 
 #[test]
