@@ -277,8 +277,9 @@ fn probes_hit_the_admin_port() {
     // Prometheus scrapes the same port (the golden metrics; deploy/README.md).
     let annotations = ds
         .spec
+        .template
+        .metadata
         .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.annotations.as_ref())
         .expect("pod template annotations");
     assert_eq!(
