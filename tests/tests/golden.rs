@@ -18,6 +18,7 @@ use std::time::Duration;
 
 const REQUESTS: &str = "hoptrace_http_requests_total";
 const LATENCY: &str = "hoptrace_http_request_duration_seconds_bucket";
+const HEADERS: &str = "hoptrace_http_response_headers_duration_seconds_bucket";
 const TRACED: &str = "hoptrace_http_traced_requests_total";
 const OPENED: &str = "hoptrace_tcp_connections_opened_total";
 
@@ -105,6 +106,11 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
             value(&agent, LATENCY, &slow("0.5"))
         );
         assert_eq!(value(&agent, LATENCY, &slow("0.25")), 0.0, "{direction}");
+        // The delay is before the response head: time to headers is as long.
+        let headers = edge(direction, &[("route", "/slow/delay/{id}"), ("le", "0.25")]);
+        assert_eq!(value(&agent, HEADERS, &headers), 0.0, "{direction}");
+        let headers = edge(direction, &[("route", "/slow/delay/{id}"), ("le", "0.5")]);
+        assert_eq!(value(&agent, HEADERS, &headers), 3.0, "{direction}");
         // Only the sampled requests were traced; the untraced ones are counted anyway.
         assert_eq!(
             value(&agent, TRACED, &edge(direction, &[])),

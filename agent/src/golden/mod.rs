@@ -91,8 +91,8 @@ pub struct LatencyLabels {
 pub struct Golden {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    headers_latency: Family<LatencyLabels, Histogram>,
     traced: Family<EdgeLabels, Counter>,
-    request_bytes: Family<EdgeLabels, Counter>,
     response_bytes: Family<EdgeLabels, Counter>,
     tcp_opened: Family<EdgeLabels, Counter>,
     tcp_active: Family<EdgeLabels, Gauge>,
@@ -110,8 +110,10 @@ impl Default for Golden {
         Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.into_iter())),
+            headers_latency: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.into_iter())
+            }),
             traced: Family::default(),
-            request_bytes: Family::default(),
             response_bytes: Family::default(),
             tcp_opened: Family::default(),
             tcp_active: Family::default(),
@@ -140,14 +142,14 @@ impl crate::metrics::Source for Arc<Golden> {
             self.latency.clone(),
         );
         r.register(
+            "http_response_headers_duration_seconds",
+            "Time from the request head to the response head, by edge, route and outcome",
+            self.headers_latency.clone(),
+        );
+        r.register(
             "http_traced_requests",
             "Requests that carried (or started) trace context, by edge",
             self.traced.clone(),
-        );
-        r.register(
-            "http_request_body_bytes",
-            "Request body bytes by edge",
-            self.request_bytes.clone(),
         );
         r.register(
             "http_response_body_bytes",
@@ -242,8 +244,8 @@ impl Edge {
             grpc,
             start: Instant::now(),
             status: None,
+            headers_after: None,
             grpc_status: None,
-            request_bytes: 0,
             response_bytes: 0,
             complete: false,
         }
@@ -278,8 +280,9 @@ pub struct RequestObservation {
     grpc: bool,
     start: Instant,
     status: Option<StatusCode>,
+    /// When the response head arrived, after `start`.
+    headers_after: Option<Duration>,
     grpc_status: Option<i64>,
-    request_bytes: u64,
     response_bytes: u64,
     complete: bool,
 }
@@ -303,6 +306,7 @@ impl RequestObservation {
     /// `grpc_status` from a trailers-only response.
     pub fn response(&mut self, status: StatusCode, grpc_status: Option<i64>) {
         self.status = Some(status);
+        self.headers_after = Some(self.start.elapsed());
         self.grpc_status = grpc_status;
         // A `101` ends the HTTP exchange (the upgraded bytes are relayed opaquely); a
         // proxy-made answer has no upstream body to wait for.
@@ -354,18 +358,19 @@ impl Drop for RequestObservation {
                 outcome,
             })
             .inc();
-        g.latency
-            .get_or_create(&LatencyLabels {
-                edge: self.edge.labels.clone(),
-                route: Name(self.route.clone()),
-                outcome,
-            })
-            .observe(elapsed.as_secs_f64());
-        if self.request_bytes > 0 {
-            g.request_bytes
-                .get_or_create(&self.edge.labels)
-                .inc_by(self.request_bytes);
+        let latency = LatencyLabels {
+            edge: self.edge.labels.clone(),
+            route: Name(self.route.clone()),
+            outcome,
+        };
+        if let Some(headers) = self.headers_after {
+            g.headers_latency
+                .get_or_create(&latency)
+                .observe(headers.as_secs_f64());
         }
+        g.latency
+            .get_or_create(&latency)
+            .observe(elapsed.as_secs_f64());
         if self.response_bytes > 0 {
             g.response_bytes
                 .get_or_create(&self.edge.labels)
