@@ -11,13 +11,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
 use hyper::{
     body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::metrics::Metrics;
+use crate::{
+    golden::{tap::TapFilter, Golden},
+    metrics::Metrics,
+};
 
 /// Errors starting the admin server.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Live requests (`GET /tap`).
+    pub golden: Arc<Golden>,
 }
 
 /// Admin connections open at once, and per peer address, at most; a request head
@@ -157,11 +162,15 @@ pub async fn serve(
     Ok(local)
 }
 
+/// A response body: a whole text, or the tap's stream.
+type AdminBody = BoxBody<Bytes, Infallible>;
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<AdminBody>, Infallible> {
     let (status, ctype, body) = match req.uri().path() {
+        "/tap" => return Ok(tap(&state.golden, req.uri().query().unwrap_or(""))),
         "/live" => (StatusCode::OK, "text/plain", "live\n".to_string()),
         "/ready" => {
             if state.ready.load(Ordering::Acquire) {
@@ -182,13 +191,57 @@ async fn handle(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /live or /ready\n".to_string(),
+            "not found: try /metrics, /live, /ready or /tap\n".to_string(),
         ),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    Ok(text(status, ctype, body))
+}
+
+fn text(status: StatusCode, ctype: &str, body: String) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
-    Ok(resp)
+    resp
+}
+
+/// `GET /tap?namespace=N&to=W&path=PREFIX`: finished requests as JSON lines, until
+/// the reader goes away. A reader that falls behind gets `{"dropped":N}` lines for
+/// what it lost; the data path never waits for it.
+fn tap(golden: &Golden, query: &str) -> Response<AdminBody> {
+    let filter = match TapFilter::parse(query) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    let Some(rx) = golden.tap.subscribe() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "tap is off: start the agent with --tap (HOPTRACE_TAP=true) to stream live requests\n"
+                .to_string(),
+        );
+    };
+    let lines = futures_util::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            let line = match rx.recv().await {
+                Ok(e) if filter.matches(&e) => serde_json::to_vec(&*e).ok(),
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    Some(format!("{{\"dropped\":{n}}}").into_bytes())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            if let Some(mut line) = line {
+                line.push(b'\n');
+                let frame = hyper::body::Frame::data(Bytes::from(line));
+                return Some((Ok::<_, Infallible>(frame), (rx, filter)));
+            }
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(lines).boxed());
+    if let Ok(v) = hyper::header::HeaderValue::from_str("application/x-ndjson") {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
 }

@@ -130,7 +130,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let export_metrics = export::ExportMetrics::default();
-    let golden = Arc::new(Golden::default());
+    let golden = Arc::new(Golden::new(args.tap));
     let metrics = Arc::new(Metrics::new(&[
         &crate::ebpf::KernelCounters(datapath.clone()),
         &export_metrics,
@@ -139,6 +139,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let state = Arc::new(AdminState {
         ready: false.into(),
         metrics: metrics.clone(),
+        golden: golden.clone(),
     });
     let admin_addr = admin::serve(
         args.admin_addr,

@@ -160,6 +160,12 @@ pub struct RunArgs {
     /// Admin connections open at once, in all (each peer address gets at most an eighth).
     #[arg(long, env = "HOPTRACE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..))]
     pub admin_max_connections: u32,
+
+    /// Serve live requests (method, raw path, status, latency, trace id) as JSON lines
+    /// at `GET /tap` on the admin port (`hoptrace tap`). Off by default: raw paths can
+    /// carry personal data. Readers that fall behind lose events; requests never wait.
+    #[arg(long, env = "HOPTRACE_TAP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub tap: bool,
 }
 
 impl RunArgs {

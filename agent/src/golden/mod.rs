@@ -9,6 +9,7 @@
 
 pub mod peers;
 pub mod route;
+pub mod tap;
 
 use std::{
     net::IpAddr,
@@ -26,6 +27,7 @@ use prometheus_client::{
 use crate::pod::Direction;
 pub use peers::{Peer, PeerIndex};
 pub use route::RouteTable;
+pub use tap::{Tap, TapEvent};
 
 /// Latency buckets (seconds): 1 ms to 10 s, as Linkerd's and OpenTelemetry's defaults
 /// roughly do, so `histogram_quantile` is within a bucket of the truth.
@@ -103,11 +105,21 @@ pub struct Golden {
     pub routes: RouteTable,
     /// Address → workload.
     pub peers: PeerIndex,
+    /// Live requests for `GET /tap`.
+    pub tap: Tap,
 }
 
 impl Default for Golden {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl Golden {
+    /// The node's golden metrics; `tap` serves live requests (`--tap`).
+    pub fn new(tap: bool) -> Self {
         Self {
+            tap: Tap::new(tap),
             requests: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.into_iter())),
             headers_latency: Family::new_with_constructor(|| {
@@ -235,9 +247,23 @@ impl Edge {
     }
 
     /// A request on this edge begins: its route is resolved (and capped) now.
-    pub fn request(&self, method: &Method, path: &str, grpc: bool) -> RequestObservation {
-        let route = self.golden.routes.route(&self.labels.server.0, path, grpc);
+    pub fn request(&self, method: &Method, uri: &http::Uri, grpc: bool) -> RequestObservation {
+        let route = self
+            .golden
+            .routes
+            .route(&self.labels.server.0, uri.path(), grpc);
+        // The raw path only while someone taps.
+        let tap_path = self.golden.tap.watched().then(|| {
+            let p = uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut end = p.len().min(tap::MAX_PATH);
+            while !p.is_char_boundary(end) {
+                end -= 1;
+            }
+            p[..end].to_owned()
+        });
         RequestObservation {
+            tap_path,
+            trace_id: None,
             edge: self.clone(),
             route,
             method: method_label(method),
@@ -275,6 +301,10 @@ impl Drop for ConnectionGuard {
 #[derive(Debug)]
 pub struct RequestObservation {
     edge: Edge,
+    /// The raw path, when the request started while someone tapped.
+    tap_path: Option<String>,
+    /// The trace id, when traced and tapped.
+    trace_id: Option<String>,
     route: Arc<str>,
     method: &'static str,
     grpc: bool,
@@ -293,13 +323,17 @@ impl RequestObservation {
         &self.route
     }
 
-    /// The request carries trace context the agent records spans for.
-    pub fn traced(&self) {
+    /// The request carries trace context the agent records spans for; `trace_id`
+    /// (its hex form) is asked for only while someone taps.
+    pub fn traced(&mut self, trace_id: impl FnOnce() -> String) {
         self.edge
             .golden
             .traced
             .get_or_create(&self.edge.labels)
             .inc();
+        if self.tap_path.is_some() {
+            self.trace_id = Some(trace_id());
+        }
     }
 
     /// The response head arrived (or the proxy answered itself) with `status`;
@@ -371,6 +405,27 @@ impl Drop for RequestObservation {
         g.latency
             .get_or_create(&latency)
             .observe(elapsed.as_secs_f64());
+        if let Some(path) = self.tap_path.take() {
+            let l = &self.edge.labels;
+            g.tap.publish(TapEvent {
+                ts_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                direction: l.direction,
+                client_namespace: l.client_namespace.0.clone(),
+                client: l.client.0.clone(),
+                server_namespace: l.server_namespace.0.clone(),
+                server: l.server.0.clone(),
+                method: self.method,
+                path,
+                route: self.route.clone(),
+                status: self.status.map_or(0, |s| s.as_u16()),
+                grpc_status: self.grpc_status.filter(|_| self.grpc),
+                outcome,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+                trace_id: self.trace_id.take(),
+            });
+        }
         if self.response_bytes > 0 {
             g.response_bytes
                 .get_or_create(&self.edge.labels)

@@ -186,7 +186,7 @@ async fn proxy_request(
         && leg.pod.trace_sampling > 0.0
         && rand::random::<f64>() < leg.pod.trace_sampling;
     let grpc = is_grpc(req.headers());
-    let mut observed = leg.edge.request(req.method(), req.uri().path(), grpc);
+    let mut observed = leg.edge.request(req.method(), req.uri(), grpc);
     let mut spans = trace::http::begin(
         leg.spans.as_ref(),
         &mut req,
@@ -194,8 +194,8 @@ async fn proxy_request(
         observed.route(),
         grpc,
     );
-    if spans.is_some() {
-        observed.traced();
+    if let Some(s) = &spans {
+        observed.traced(|| s.trace_id().to_hex());
     }
     let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), down_upgrade.is_some());

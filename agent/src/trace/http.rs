@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::attr;
 
 use super::{
-    context::{self, SpanId, TraceContext},
+    context::{self, SpanId, TraceContext, TraceId},
     span::{
         capped, Kind, PodIdentity, ProxySpan, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES,
     },
@@ -202,6 +202,11 @@ pub struct RequestSpans {
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 impl RequestSpans {
+    /// The request's trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.traced.ctx.trace_id
+    }
+
     /// The proxy starts sending the request on (the CLIENT span starts).
     pub fn client_started(&mut self) {
         self.client_start = SystemTime::now();
