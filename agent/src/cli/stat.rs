@@ -265,8 +265,8 @@ pub fn fill(view: View, rows: &mut Rows, field: Field, answer: &[super::query::E
         match field {
             Field::Rps => row.rps = value,
             Field::SuccessRps => row.success_rps = value,
-            Field::Quantile(q) if q == 0.5 => row.p50 = finite,
-            Field::Quantile(q) if q == 0.95 => row.p95 = finite,
+            Field::Quantile(0.5) => row.p50 = finite,
+            Field::Quantile(0.95) => row.p95 = finite,
             Field::Quantile(_) => row.p99 = finite,
             Field::Tcp => row.tcp = Some(value),
             Field::Traced => row.traced = Some(value > 0.0),
