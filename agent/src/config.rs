@@ -24,6 +24,12 @@ pub enum Command {
     /// Print a preflight report of what the agent needs from this host; exits non-zero
     /// when something is missing.
     Check(CheckArgs),
+    /// Success rate, requests per second, latency quantiles and TCP connections per
+    /// server workload or route, from the agents or a Prometheus server.
+    Stat(crate::cli::StatArgs),
+    /// Who calls whom: requests per second, success rate, p99 latency and whether
+    /// traced requests were seen, per (source, destination) workload.
+    Edges(crate::cli::EdgesArgs),
 }
 
 /// `hoptrace run` settings.
@@ -290,7 +296,7 @@ mod tests {
             Cli::try_parse_from(["hoptrace", "run", "--inject-default", v]).map(|c| {
                 match c.command {
                     Command::Run(a) => a.inject_default,
-                    Command::Check(_) => panic!("expected run"),
+                    _ => panic!("expected run"),
                 }
             })
         };
@@ -350,7 +356,7 @@ mod tests {
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).expect("parse").command {
                 Command::Run(a) => *a,
-                Command::Check(_) => panic!("expected run"),
+                _ => panic!("expected run"),
             }
         };
         let off = run(&["--log", "debug"]);

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod attr;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod ebpf;
 pub mod enrollment;

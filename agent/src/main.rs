@@ -14,6 +14,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => hoptrace::check::run(&args),
+        Command::Stat(args) => hoptrace::cli::stat(args),
+        Command::Edges(args) => hoptrace::cli::edges(args),
         Command::Run(args) => {
             if let Err(err) = hoptrace::logging::init(&args.log_filter()) {
                 eprintln!("hoptrace: invalid --log filter: {err}");

@@ -1,8 +1,9 @@
-//! A small parser for the Prometheus text exposition format (and the
-//! OpenMetrics text the `prometheus-client` crate emits).
+//! Parsed `/metrics` scrapes, with the agent's own parser (`hoptrace::cli::prom`, the
+//! one `hoptrace stat --agent` uses) for the Prometheus text exposition format and the
+//! OpenMetrics text the `prometheus-client` crate emits.
 
 use crate::LAB_NAMESPACE;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 
 /// Connections accepted by the agent's listeners.
@@ -32,16 +33,15 @@ pub struct Metrics {
 impl Metrics {
     /// Parses exposition text; `#` lines (HELP, TYPE, EOF) are skipped.
     pub fn parse(text: &str) -> Result<Metrics> {
-        let mut samples = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            samples.push(
-                parse_line(line).with_context(|| format!("metrics line {}: {line:?}", n + 1))?,
-            );
-        }
+        let samples = hoptrace::cli::prom::parse(text)
+            .map_err(|e| anyhow::anyhow!("metrics {e}"))?
+            .into_iter()
+            .map(|s| Sample {
+                name: s.name,
+                labels: s.labels,
+                value: s.value,
+            })
+            .collect();
         Ok(Metrics { samples })
     }
 
@@ -94,63 +94,6 @@ impl Metrics {
     /// `hoptrace_connections_failed_total{direction,namespace="lab",pod}`.
     pub fn failed(&self, direction: &str, pod: &str) -> f64 {
         self.conn(FAILED, direction, pod)
-    }
-}
-
-fn parse_line(line: &str) -> Result<Sample> {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .context("no value")?;
-    let name = line[..name_end].to_owned();
-    if name.is_empty() {
-        bail!("empty metric name");
-    }
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(after) = rest.strip_prefix('{') {
-        rest = parse_labels(after, &mut labels)?;
-    }
-    let value_text = rest.split_whitespace().next().context("no value")?;
-    let value = value_text
-        .parse::<f64>()
-        .with_context(|| format!("bad value {value_text:?}"))?;
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-/// Parses `k="v",...}` and returns what follows the `}`.
-fn parse_labels<'a>(mut s: &'a str, labels: &mut BTreeMap<String, String>) -> Result<&'a str> {
-    loop {
-        s = s.trim_start();
-        if let Some(after) = s.strip_prefix('}') {
-            return Ok(after);
-        }
-        let eq = s.find('=').context("label without '='")?;
-        let key = s[..eq].trim().to_owned();
-        s = s[eq + 1..]
-            .trim_start()
-            .strip_prefix('"')
-            .context("label value not quoted")?;
-        let mut value = String::new();
-        let mut chars = s.char_indices();
-        let end = loop {
-            match chars.next() {
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, c)) => value.push(c),
-                    None => bail!("unterminated escape"),
-                },
-                Some((_, c)) => value.push(c),
-                None => bail!("unterminated label value"),
-            }
-        };
-        labels.insert(key, value);
-        s = s[end + 1..].trim_start();
-        s = s.strip_prefix(',').unwrap_or(s);
     }
 }
 

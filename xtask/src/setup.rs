@@ -15,7 +15,8 @@ const NIGHTLY: &str = "nightly";
 /// Debian packages the lab, tests and `cargo xtask bench` use: (binary to probe, package).
 /// util-linux: `setpriv` and `unshare` run the agent as its container would
 /// (tests/tests/capabilities.rs). The bench runs its own nginx and haproxy instances
-/// with its own config files; the packages' system services are never started (see
+/// with its own config files, tests/tests/stat.rs its own Prometheus; the packages'
+/// system services are never started (see
 /// [`debian_packages`]).
 const DEBIAN: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -24,6 +25,9 @@ const DEBIAN: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nginx", "nginx"),
     ("haproxy", "haproxy"),
+    // `hoptrace stat --prometheus` is tested against a real Prometheus
+    // (tests/tests/stat.rs runs the binary with its own config, never the service).
+    ("prometheus", "prometheus"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".

@@ -1,0 +1,240 @@
+//! `hoptrace stat` and `hoptrace edges`: the golden metrics for a person at a terminal
+//! (like `linkerd viz stat/edges`), from the agents' `/metrics` (`--agent`, scraped twice
+//! a window apart) or from a Prometheus server (`--prometheus`, PromQL). Uses nothing
+//! of the agent's runtime: only the metric contract (names and labels, `stat.rs`).
+
+pub mod prom;
+pub mod query;
+pub mod render;
+pub mod stat;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+use stat::{Rows, View};
+
+/// Where the numbers come from, and how to show them.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// An agent's admin address (`http://127.0.0.1:9990`), scraped twice a window
+    /// apart; repeat for several agents (their numbers are summed).
+    #[arg(
+        long = "agent",
+        value_name = "URL",
+        required_unless_present = "prometheus"
+    )]
+    pub agents: Vec<String>,
+
+    /// A Prometheus server that scrapes the agents (`http://prometheus:9090`).
+    #[arg(long, value_name = "URL", conflicts_with = "agents")]
+    pub prometheus: Option<String>,
+
+    /// The window rates and quantiles are computed over (`500ms`, `10s`, `1m`, `1h`);
+    /// default 10s with `--agent`, 1m with `--prometheus`.
+    #[arg(long, value_parser = parse_window)]
+    pub window: Option<Duration>,
+
+    /// Only this namespace (the server's; for edges, either end's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// An aligned table.
+    Table,
+    /// A JSON array of rows.
+    Json,
+}
+
+/// What `hoptrace stat` shows a row per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Resource {
+    /// Server workload.
+    Deploy,
+    /// Pod (not available: the golden metrics are labelled per workload).
+    Pod,
+    /// Server workload and route.
+    Route,
+}
+
+/// `hoptrace stat` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatArgs {
+    /// Rows per server workload (`deploy`), per route (`route`) or per pod (`pod`).
+    #[arg(value_enum, default_value_t = Resource::Deploy)]
+    pub resource: Resource,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `hoptrace edges` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct EdgesArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Parses `500ms`, `10s`, `1m`, `2h`.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h)"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if ms == 0 {
+        return Err("the window must be longer than 0".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// `hoptrace stat`.
+pub fn stat(args: StatArgs) -> ExitCode {
+    let view = match args.resource {
+        Resource::Deploy => View::Deploy,
+        Resource::Route => View::Route,
+        Resource::Pod => {
+            eprintln!(
+                "hoptrace: stat pod is not available: the golden metrics are labelled per \
+                 workload (server_namespace, server), not per pod; use `stat deploy`"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    main(view, &args.source)
+}
+
+/// `hoptrace edges`.
+pub fn edges(args: EdgesArgs) -> ExitCode {
+    main(View::Edges, &args.source)
+}
+
+fn main(view: View, source: &SourceArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hoptrace: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(view, source)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hoptrace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The rendered output of a view.
+pub async fn run(view: View, source: &SourceArgs) -> Result<String> {
+    let (mut rows, window, from) = match &source.prometheus {
+        Some(url) => {
+            let window = source.window.unwrap_or(Duration::from_secs(60));
+            (
+                from_prometheus(view, url, window).await?,
+                window,
+                url.clone(),
+            )
+        }
+        None => {
+            let window = source.window.unwrap_or(Duration::from_secs(10));
+            let from = source.agents.join(", ");
+            (
+                from_agents(view, &source.agents, window).await?,
+                window,
+                from,
+            )
+        }
+    };
+    if let Some(ns) = &source.namespace {
+        rows.retain(|k, _| view.in_namespace(k, ns));
+    }
+    if rows.is_empty() {
+        let scope = source
+            .namespace
+            .as_ref()
+            .map(|n| format!(" in namespace {n:?}"))
+            .unwrap_or_default();
+        bail!(
+            "no data: {from} reported no inbound HTTP requests or TCP connections{scope} \
+             in the last {window:?}; no traffic to enrolled pods was seen in that window \
+             (is traffic flowing? try a longer --window)"
+        );
+    }
+    Ok(match source.output {
+        Output::Table => render::table(view, &rows),
+        Output::Json => format!("{:#}\n", render::json(view, &rows)),
+    })
+}
+
+/// Two scrapes of every agent, `window` apart; the rows from their deltas.
+async fn from_agents(view: View, agents: &[String], window: Duration) -> Result<Rows> {
+    let http = query::Http::default();
+    let scrape_all = || async {
+        let mut all = Vec::with_capacity(agents.len());
+        for result in
+            futures_util::future::join_all(agents.iter().map(|a| query::scrape(&http, a))).await
+        {
+            all.push(result?);
+        }
+        Ok::<_, anyhow::Error>(stat::sum_agents(&all))
+    };
+    let start = Instant::now();
+    let before = scrape_all().await?;
+    tokio::time::sleep_until((start + window).into()).await;
+    let secs = start.elapsed().as_secs_f64();
+    let after = scrape_all().await?;
+    Ok(stat::from_scrapes(view, &before, &after, secs))
+}
+
+/// The view's PromQL queries over `window`.
+async fn from_prometheus(view: View, url: &str, window: Duration) -> Result<Rows> {
+    let http = query::Http::default();
+    let range = format!("{}ms", window.as_millis());
+    let mut rows = Rows::new();
+    for (field, promql) in stat::promql(view, &range) {
+        let answer = query::instant(&http, url, &promql).await?;
+        stat::fill(view, &mut rows, field, &answer);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows() {
+        assert_eq!(parse_window("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_window("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_window("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_window("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_window("0s").is_err());
+        assert!(parse_window("10").is_err());
+        assert!(parse_window("1.5m").is_err());
+        assert!(parse_window("m").is_err());
+    }
+}
