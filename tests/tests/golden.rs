@@ -249,10 +249,24 @@ fn tap_stat_and_edges_from_a_real_agent() {
                 .output()
                 .expect("hoptrace edges")
         });
+        // The table a person sees (printed for the README and for debugging).
+        let table = s.spawn(|| {
+            std::process::Command::new(&bin)
+                .args(["stat", "route", "--agent", &url, "--window", "4s"])
+                .output()
+                .expect("hoptrace stat route")
+        });
         for _ in 0..6 {
             send("/ok/1", 2, ClientContext::Sampled);
             send("/bad/status/500", 1, ClientContext::None);
         }
+        let table = table.join().expect("stat route");
+        eprintln!(
+            "$ hoptrace stat route --agent {url} --window 4s\n{}{}",
+            String::from_utf8_lossy(&table.stdout),
+            String::from_utf8_lossy(&table.stderr)
+        );
+        assert!(table.status.success(), "{table:?}");
         (stat.join().expect("stat"), edges.join().expect("edges"))
     });
     let (stat, edges) = window;
