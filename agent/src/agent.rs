@@ -215,6 +215,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         if let Some(desired) = source.poll(&metrics) {
             reconcile(&mut table, &desired);
         }
+        source.poll_peers(&golden.peers);
         if last_retry.elapsed() >= RETRY {
             last_retry = Instant::now();
             table.retry_failed();

@@ -170,6 +170,13 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..))]
     pub admin_max_connections: u32,
 
+    /// In Kubernetes, watch every pod of the cluster (not only this node's) to name the
+    /// other end of connections in the golden metrics (`client`/`server` labels). Each
+    /// agent then lists and watches all pods; turn it off in very large clusters to
+    /// spare the API server (peers on other nodes are then `unknown`).
+    #[arg(long, env = "HOPTRACE_PEER_WATCH", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_watch: bool,
+
     /// Serve live requests (method, raw path, status, latency, trace id) as JSON lines
     /// at `GET /tap` on the admin port (`hoptrace tap`). Off by default: raw paths can
     /// carry personal data. Readers that fall behind lose events; requests never wait.
@@ -188,6 +195,7 @@ impl RunArgs {
                 cgroup_root: self.cgroup_root.clone(),
                 proc_root: self.proc_root.clone(),
                 inject_default: self.inject_default,
+                peers: self.peer_watch,
             },
         }
     }

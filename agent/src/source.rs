@@ -90,6 +90,14 @@ impl Source {
         }
     }
 
+    /// Updates the other pods' layer of `index` (Kubernetes: the cluster-wide pod
+    /// watch; the file's other-node entries come with the desired set).
+    pub fn poll_peers(&mut self, index: &crate::golden::PeerIndex) {
+        if let Source::Kubernetes(d) = self {
+            d.poll_peers(index);
+        }
+    }
+
     /// The new desired set when it changed since the last call. Errors are logged
     /// and counted here; the last good set stays in force.
     pub fn poll(&mut self, metrics: &Metrics) -> Option<Vec<Workload>> {

@@ -459,3 +459,110 @@ fn startup_errors_say_what_to_set() {
     drop(api);
     std::fs::remove_dir_all(&dir).expect("rm");
 }
+
+/// In Kubernetes the agent names the other end of a connection from a watch of every
+/// pod of the cluster: a caller on another node is labelled with its workload (the
+/// Deployment behind its ReplicaSet), and 30,000 pods on other nodes cost the agent
+/// less than 1 KB each (docs/METRICS.md; 30,000 so that the growth, ~10 MiB at the
+/// budget, stands well above the few MiB the agent's RSS moves by itself).
+#[test]
+fn peers_on_other_nodes_are_named_within_the_memory_budget() {
+    if !require_root() {
+        return;
+    }
+    let app = labapp!();
+    let mut lab = Lab::new().expect("create lab");
+    lab.add_node(NODE).expect("node");
+    lab.add_node("node-2").expect("node-2");
+    let root = lab.cgroup_dir().join("k8s-root");
+    let server = KubePod::add(&mut lab, &root, "server", 1, Layout::Cgroupfs("BestEffort"));
+    let caller = lab.add_pod("node-2", "caller").expect("caller pod");
+    let _pause = server.pause();
+    let target = server.pod.addr(WHOAMI_PORT);
+    let _whoami = app
+        .whoami_server(&server.pod, target)
+        .expect("whoami server");
+
+    let api = KubeApi::start(lab.tmp_dir()).expect("API server");
+    api.apply(namespace(LAB_NAMESPACE, &[])).expect("ns");
+    api.apply(server.annotated()).expect("server");
+    // The caller runs on node-2 (no agent there), owned by a Deployment's ReplicaSet.
+    let mut c = PodSpec::new("frontend-5d8f7-x2x9q", LAB_NAMESPACE, "ca11e5", "node-2");
+    c.ips = caller.ips();
+    c.labels = vec![("pod-template-hash", "5d8f7")];
+    c.owner = Some(("ReplicaSet", "frontend-5d8f7"));
+    api.apply(pod(&c)).expect("caller");
+
+    let agent = start_agent(&lab, &api, &root);
+    let opened = |client: &str| {
+        metric(
+            &agent,
+            "hoptrace_tcp_connections_opened_total",
+            &[
+                ("direction", "inbound"),
+                ("client_namespace", LAB_NAMESPACE),
+                ("client", client),
+                ("server", "server"),
+            ],
+        )
+    };
+    assert_eventually!(
+        metric(&agent, "hoptrace_peer_addresses", &[]) >= 2.0,
+        FOLLOW,
+        "the cluster's pods were not indexed"
+    );
+    connect(&app, &caller, target);
+    assert_eventually!(
+        opened("frontend") == 1.0,
+        FOLLOW,
+        "caller not named: frontend {} unknown {}",
+        opened("frontend"),
+        opened("unknown")
+    );
+
+    // 30,000 pods on other nodes: indexed, and under 1 KB each.
+    let pid = agent.pid().expect("agent pid");
+    // The median of a few samples once the allocator has handed freed memory back.
+    let settle = || {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut samples: Vec<f64> = (0..5)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(400));
+                common::hostile::rss_mib(pid)
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        samples[2]
+    };
+    const N: u32 = 30_000;
+    let before = settle();
+    let uids: Vec<String> = (0..N)
+        .map(|i| format!("{i:08x}-0000-4000-8000-000000000000"))
+        .collect();
+    let names: Vec<String> = (0..N)
+        .map(|i| format!("w{}-abc12-{i:05}", i % 400))
+        .collect();
+    let owners: Vec<String> = (0..N).map(|i| format!("w{}-abc12", i % 400)).collect();
+    for i in 0..N as usize {
+        let mut p = PodSpec::new(&names[i], "remote", &uids[i], "node-3");
+        p.ips = vec![std::net::IpAddr::from([
+            10,
+            200,
+            (i / 250) as u8,
+            (i % 250) as u8 + 1,
+        ])];
+        p.labels = vec![("pod-template-hash", "abc12")];
+        p.owner = Some(("ReplicaSet", &owners[i]));
+        api.apply(pod(&p)).expect("remote pod");
+    }
+    assert_eventually!(
+        metric(&agent, "hoptrace_peer_addresses", &[]) >= f64::from(N) + 2.0,
+        Duration::from_secs(60),
+        "indexed: {}",
+        metric(&agent, "hoptrace_peer_addresses", &[])
+    );
+    let after = settle();
+    let per_pod_kb = (after - before) * 1024.0 / f64::from(N);
+    eprintln!("agent RSS {before:.1} MiB → {after:.1} MiB with {N} remote pods: {per_pod_kb:.2} KiB per pod");
+    assert!(per_pod_kb < 1.0, "{per_pod_kb:.2} KiB per remote pod");
+}

@@ -189,6 +189,11 @@ impl crate::metrics::Source for Arc<Golden> {
             self.tcp_bytes_from_client.clone(),
         );
         r.register(
+            "peer_addresses",
+            "Pod addresses the agent can name (this node's and, from the workload file or the cluster-wide pod watch, the others')",
+            self.peers.size.clone(),
+        );
+        r.register(
             "tcp_read_bytes_from_server",
             "Bytes the server sent, by edge",
             self.tcp_bytes_from_server.clone(),

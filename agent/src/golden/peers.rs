@@ -38,10 +38,15 @@ impl Peer {
 /// The label value of an address that matches no known pod.
 pub const UNKNOWN: &str = "unknown";
 
-/// Address → workload, replaced as a whole when the set of known pods changes.
+/// Address → workload, in two layers each replaced as a whole: this node's pods
+/// (from the desired set) and the other pods the source knows (the workload file's
+/// other-node entries, or the cluster-wide pod watch). This node's win.
 #[derive(Debug, Default)]
 pub struct PeerIndex {
     by_ip: RwLock<Arc<HashMap<IpAddr, Peer>>>,
+    remote: RwLock<Arc<HashMap<IpAddr, Peer>>>,
+    /// Addresses in both layers (`hoptrace_peer_addresses`).
+    pub size: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl PeerIndex {
@@ -49,40 +54,54 @@ impl PeerIndex {
     /// up as their v4 address.
     pub fn lookup(&self, ip: IpAddr) -> Peer {
         let ip = ip.to_canonical();
-        let map = self.by_ip.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match map.get(&ip) {
-            Some(p) => p.clone(),
-            None => {
-                tracing::trace!(%ip, "no known pod at this address");
-                Peer::unknown()
+        for layer in [&self.by_ip, &self.remote] {
+            let map = layer.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = map.get(&ip) {
+                return p.clone();
             }
         }
+        tracing::trace!(%ip, "no known pod at this address");
+        Peer::unknown()
     }
 
-    /// Replaces the index with `pods` (address, namespace, workload). Names are
-    /// shared between a workload's addresses and pods.
+    /// Replaces this node's layer with `pods` (address, namespace, workload).
     pub fn replace<'a>(&self, pods: impl IntoIterator<Item = (IpAddr, &'a str, &'a str)>) {
-        let mut names: HashMap<(&str, &str), Peer> = HashMap::new();
-        let mut map = HashMap::new();
-        for (ip, ns, workload) in pods {
-            let peer = names
-                .entry((ns, workload))
-                .or_insert_with(|| Peer::new(ns, workload))
-                .clone();
-            map.insert(ip.to_canonical(), peer);
-        }
-        *self.by_ip.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        *self.by_ip.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(build(pods));
+        self.size.set(self.len() as i64);
     }
 
-    /// Addresses indexed.
+    /// Replaces the other pods' layer.
+    pub fn replace_remote<'a>(&self, pods: impl IntoIterator<Item = (IpAddr, &'a str, &'a str)>) {
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(build(pods));
+        self.size.set(self.len() as i64);
+    }
+
+    /// Addresses indexed (both layers).
     pub fn len(&self) -> usize {
-        self.by_ip.read().unwrap_or_else(|e| e.into_inner()).len()
+        [&self.by_ip, &self.remote]
+            .iter()
+            .map(|l| l.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Whether no address is indexed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The map of `pods`; names are shared between a workload's addresses and pods.
+fn build<'a>(pods: impl IntoIterator<Item = (IpAddr, &'a str, &'a str)>) -> HashMap<IpAddr, Peer> {
+    let mut names: HashMap<(&str, &str), Peer> = HashMap::new();
+    let mut map = HashMap::new();
+    for (ip, ns, workload) in pods {
+        let peer = names
+            .entry((ns, workload))
+            .or_insert_with(|| Peer::new(ns, workload))
+            .clone();
+        map.insert(ip.to_canonical(), peer);
+    }
+    map
 }
 
 #[cfg(test)]
@@ -105,7 +124,14 @@ mod tests {
             index.lookup("10.9.9.9".parse().expect("ip")),
             Peer::unknown()
         );
+        // Another node's pods: named, but this node's entry wins for an address.
+        let c: IpAddr = "10.0.2.3".parse().expect("ip");
+        index.replace_remote([(c, "shop", "cache"), (a, "old", "gone")]);
+        assert_eq!(index.lookup(c), Peer::new("shop", "cache"));
+        assert_eq!(index.lookup(a), Peer::new("shop", "web"));
         index.replace([]);
+        assert_eq!(index.lookup(a), Peer::new("old", "gone"));
+        index.replace_remote([]);
         assert_eq!(index.lookup(a), Peer::unknown());
     }
 }

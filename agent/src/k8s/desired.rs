@@ -24,24 +24,30 @@ use crate::workloads::Workload;
 /// buffered and swapped in whole at `InitDone`, so the last good set stays in force
 /// while it runs.
 #[derive(Debug)]
-struct Store<T> {
-    items: HashMap<String, T>,
-    relist: Option<HashMap<String, T>>,
-    synced: bool,
-    key: fn(&T) -> String,
+pub(super) struct Store<T, K = String> {
+    pub(super) items: HashMap<K, T>,
+    relist: Option<HashMap<K, T>>,
+    pub(super) synced: bool,
+    /// Bumped by every change of `items`.
+    pub(super) generation: u64,
+    key: fn(&T) -> K,
 }
 
-impl<T> Store<T> {
-    fn new(key: fn(&T) -> String) -> Self {
+impl<T, K: std::hash::Hash + Eq> Store<T, K> {
+    pub(super) fn new(key: fn(&T) -> K) -> Self {
         Self {
             items: HashMap::new(),
             relist: None,
             synced: false,
+            generation: 0,
             key,
         }
     }
 
-    fn apply(&mut self, change: Change<T>) {
+    pub(super) fn apply(&mut self, change: Change<T>) {
+        if !matches!(change, Change::Init | Change::InitApply(_)) {
+            self.generation += 1;
+        }
         match change {
             Change::Init => self.relist = Some(HashMap::new()),
             Change::InitApply(o) => {
@@ -117,6 +123,8 @@ impl DesiredSet {
         match update {
             Update::Pod(c) => self.pods.apply(*c),
             Update::Namespace(c) => self.namespaces.apply(c),
+            // Discovery keeps the peers itself (`Discovery::poll`).
+            Update::Peer(_) => {}
         }
     }
 

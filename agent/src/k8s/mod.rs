@@ -34,9 +34,11 @@ use self::{
     watch::{Update, WatchErrors},
 };
 use crate::{
+    golden::PeerIndex,
     metrics::{Metrics, StateLabels},
     workloads::Workload,
 };
+use records::PeerRecord;
 
 /// What discovery takes from the command line (built by `config`).
 #[derive(Debug, Clone)]
@@ -51,6 +53,9 @@ pub struct DiscoveryConfig {
     pub proc_root: std::path::PathBuf,
     /// Whether pods without an annotation are traced (`--inject-default`).
     pub inject_default: policy::Inject,
+    /// Watch every pod of the cluster to name the other end of connections in the
+    /// golden metrics (`--peer-watch`).
+    pub peers: bool,
 }
 
 /// How many watch updates may queue before the watchers wait for the agent.
@@ -84,6 +89,11 @@ pub struct Discovery {
     tx: Option<mpsc::Sender<Update>>,
     tasks: Vec<JoinHandle<()>>,
     set: DesiredSet,
+    /// Every pod of the cluster, when `peer_watch`.
+    peers: desired::Store<PeerRecord, u128>,
+    /// `peers.generation` when the index was last rebuilt.
+    peers_indexed: u64,
+    peer_watch: bool,
 }
 
 impl Discovery {
@@ -129,6 +139,9 @@ impl Discovery {
             tx: Some(tx),
             tasks: Vec::new(),
             set,
+            peers: desired::Store::new(|p: &PeerRecord| p.uid),
+            peers_indexed: 0,
+            peer_watch: args.peers,
         })
     }
 
@@ -155,17 +168,41 @@ impl Discovery {
         let errors = WatchErrors {
             pods: metrics.kube_watch_errors("pods"),
             namespaces: metrics.kube_watch_errors("namespaces"),
+            peers: metrics.kube_watch_errors("peers"),
         };
-        self.tasks = watch::spawn(self.client.clone(), &self.set.policy().node, tx, errors);
+        self.tasks = watch::spawn(
+            self.client.clone(),
+            &self.set.policy().node,
+            self.peer_watch,
+            tx,
+            errors,
+        );
     }
 
     /// Applies queued watch updates and returns the desired set when it differs from
     /// the last one returned (the first time: once both initial lists are complete).
     pub fn poll(&mut self) -> Option<Vec<Workload>> {
         while let Ok(update) = self.rx.try_recv() {
-            self.set.apply(update);
+            match update {
+                Update::Peer(change) => self.peers.apply(change),
+                update => self.set.apply(update),
+            }
         }
         self.set.poll(Instant::now())
+    }
+
+    /// Rebuilds the other pods' part of `index` when the cluster's pods changed since
+    /// the last call (and their first list is complete).
+    pub fn poll_peers(&mut self, index: &PeerIndex) {
+        if !self.peers.synced || self.peers.generation == self.peers_indexed {
+            return;
+        }
+        self.peers_indexed = self.peers.generation;
+        index.replace_remote(self.peers.items.values().flat_map(|p| {
+            p.ips
+                .iter()
+                .map(move |ip| (*ip, &*p.namespace, &*p.workload))
+        }));
     }
 }
 

@@ -95,6 +95,54 @@ impl PodRecord {
     }
 }
 
+/// A pod as the golden metrics name it (any node): its addresses and workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRecord {
+    /// `metadata.uid` as a number (its hex digits; other uids hashed), so the key
+    /// costs no allocation: thousands of these are kept (≤ 1 KB each with the index).
+    pub uid: u128,
+    /// `metadata.namespace`.
+    pub namespace: Box<str>,
+    /// The workload name (`policy::service_name`: the owner, a Deployment's name for
+    /// its ReplicaSets' pods).
+    pub workload: Box<str>,
+    /// The pod's addresses (none once it has stopped).
+    pub ips: Box<[IpAddr]>,
+}
+
+impl PeerRecord {
+    /// Extracts a record; `None` for malformed objects and for host-network pods,
+    /// whose address is their node's and names no single workload.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let r = PodRecord::from_pod(pod)?;
+        if r.host_network {
+            return None;
+        }
+        Some(Self {
+            workload: super::policy::service_name(&r).into_boxed_str(),
+            uid: uid_key(&r.uid),
+            namespace: r.namespace.into_boxed_str(),
+            ips: r.ips.into_boxed_slice(),
+        })
+    }
+}
+
+/// A pod uid as a number: a UUID's 32 hex digits, else a hash of the string.
+fn uid_key(uid: &str) -> u128 {
+    let hex: String = uid.chars().filter(|c| *c != '-').collect();
+    match u128::from_str_radix(&hex, 16) {
+        Ok(n) if hex.len() == 32 => n,
+        _ => {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            uid.hash(&mut h);
+            // A collision with another uid would only let one pod's record replace
+            // the other's name until the next change.
+            u128::from(h.finish()) | (1 << 127)
+        }
+    }
+}
+
 /// The parts of a namespace that discovery uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceRecord {
@@ -123,6 +171,16 @@ impl NamespaceRecord {
 mod tests {
     use super::*;
     use crate::k8s::policy::service_name;
+
+    #[test]
+    fn uid_keys() {
+        assert_eq!(
+            uid_key("0000002a-7e57-4d15-8c0e-00000000002a"),
+            0x0000002a_7e57_4d15_8c0e_00000000002a
+        );
+        assert_eq!(uid_key("not-a-uuid"), uid_key("not-a-uuid"));
+        assert_ne!(uid_key("not-a-uuid") >> 127, 0);
+    }
 
     #[test]
     fn records_from_api_objects() {

@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::records::{NamespaceRecord, PodRecord};
+use super::records::{NamespaceRecord, PeerRecord, PodRecord};
 
 /// One change of a watched collection, mirroring `kube::runtime::watcher::Event`.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,8 @@ pub enum Update {
     Pod(Box<Change<PodRecord>>),
     /// Namespaces.
     Namespace(Change<NamespaceRecord>),
+    /// Every pod of the cluster, to name peers (golden metrics).
+    Peer(Change<PeerRecord>),
 }
 
 /// Error counters, one per watched resource.
@@ -54,20 +56,36 @@ pub struct WatchErrors {
     pub pods: Counter,
     /// Errors of the namespace watch.
     pub namespaces: Counter,
+    /// Errors of the cluster-wide pod watch that names peers.
+    pub peers: Counter,
 }
 
-/// Starts both watches; their changes arrive on `tx`. The tasks end when the
-/// receiver is dropped.
+/// Starts the watches (this node's pods, namespaces, and with `peers` every pod of
+/// the cluster); their changes arrive on `tx`. The tasks end when the receiver is
+/// dropped.
 pub fn spawn(
     client: Client,
     node: &str,
+    peers: bool,
     tx: mpsc::Sender<Update>,
     errors: WatchErrors,
 ) -> Vec<JoinHandle<()>> {
     let pods: Api<Pod> = Api::all(client.clone());
     let pod_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let namespaces: Api<Namespace> = Api::all(client);
-    vec![
+    let mut tasks = Vec::new();
+    if peers {
+        tasks.push(tokio::spawn(run(
+            pods.clone(),
+            watcher::Config::default(),
+            "pods (all nodes, to name peers)",
+            |p: &Pod| PeerRecord::from_pod(p),
+            Update::Peer,
+            tx.clone(),
+            errors.peers,
+        )));
+    }
+    tasks.extend([
         tokio::spawn(run(
             pods,
             pod_cfg,
@@ -86,7 +104,8 @@ pub fn spawn(
             tx,
             errors.namespaces,
         )),
-    ]
+    ]);
+    tasks
 }
 
 async fn run<K, T>(
