@@ -33,6 +33,9 @@ pub enum Command {
     /// Live requests (method, path, status, latency, trace id) from agents started with
     /// `--tap`, as they finish.
     Tap(crate::cli::tap::TapArgs),
+    /// Live requests aggregated by route (count, success, best/worst/last latency),
+    /// redrawn every second; from agents started with `--tap`.
+    Top(crate::cli::top::TopArgs),
 }
 
 /// `hoptrace run` settings.

@@ -249,6 +249,12 @@ fn tap_stat_and_edges_from_a_real_agent() {
                 .output()
                 .expect("hoptrace edges")
         });
+        let top = s.spawn(|| {
+            std::process::Command::new(&bin)
+                .args(["top", "--agent", &url, "--to", "server", "--duration", "4s"])
+                .output()
+                .expect("hoptrace top")
+        });
         // The table a person sees (printed for the README and for debugging).
         let table = s.spawn(|| {
             std::process::Command::new(&bin)
@@ -261,6 +267,20 @@ fn tap_stat_and_edges_from_a_real_agent() {
             send("/bad/status/500", 1, ClientContext::None);
         }
         let table = table.join().expect("stat route");
+        let top = top.join().expect("top");
+        let top_text = String::from_utf8_lossy(&top.stdout).into_owned();
+        eprintln!("$ hoptrace top --agent {url} --to server --duration 4s\n{top_text}");
+        assert!(top.status.success(), "{top:?}");
+        // Both routes of the window (this one agent sees each request on both legs).
+        let row = |route: &str| {
+            top_text
+                .lines()
+                .find(|l| l.contains(route))
+                .unwrap_or_else(|| panic!("no {route} row:\n{top_text}"))
+                .to_owned()
+        };
+        assert!(row("/ok/{id}").contains("100.00%"), "{top_text}");
+        assert!(row("/bad/status/{id}").contains(" 0.00%"), "{top_text}");
         eprintln!(
             "$ hoptrace stat route --agent {url} --window 4s\n{}{}",
             String::from_utf8_lossy(&table.stdout),

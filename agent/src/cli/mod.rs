@@ -8,6 +8,7 @@ pub mod query;
 pub mod render;
 pub mod stat;
 pub mod tap;
+pub mod top;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

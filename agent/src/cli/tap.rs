@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use super::{query, Output};
 
-/// `hoptrace tap` arguments.
+/// Which agents and which of their requests (`hoptrace tap` and `top`).
 #[derive(Debug, Clone, Args)]
-pub struct TapArgs {
+pub struct TapSource {
     /// An agent's admin address (`http://127.0.0.1:9990`); repeat for several.
     #[arg(long = "agent", value_name = "URL", required = true)]
     pub agents: Vec<String>,
@@ -30,6 +30,13 @@ pub struct TapArgs {
     /// Only paths starting with this.
     #[arg(long)]
     pub path: Option<String>,
+}
+
+/// `hoptrace tap` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct TapArgs {
+    #[command(flatten)]
+    pub source: TapSource,
 
     /// Stop after this many requests.
     #[arg(long)]
@@ -61,9 +68,10 @@ pub fn tap(args: TapArgs) -> ExitCode {
     }
 }
 
-/// Streams the agents' requests to `out` (all agents at once, lines as they come).
-pub async fn run(args: &TapArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String>>(256);
+/// The agents' JSON lines (all agents at once, as they come); an agent's failure
+/// arrives as an error.
+pub fn subscribe(args: &TapSource) -> tokio::sync::mpsc::Receiver<Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String>>(256);
     for agent in &args.agents {
         let url = tap_url(agent, args);
         let tx = tx.clone();
@@ -73,7 +81,12 @@ pub async fn run(args: &TapArgs, out: &mut impl std::io::Write) -> Result<()> {
             }
         });
     }
-    drop(tx);
+    rx
+}
+
+/// Streams the agents' requests to `out`.
+pub async fn run(args: &TapArgs, out: &mut impl std::io::Write) -> Result<()> {
+    let mut rx = subscribe(&args.source);
     if args.output == Output::Table {
         writeln!(
             out,
@@ -98,7 +111,7 @@ pub async fn run(args: &TapArgs, out: &mut impl std::io::Write) -> Result<()> {
 }
 
 /// `<agent>/tap?<filters>`.
-fn tap_url(agent: &str, args: &TapArgs) -> String {
+fn tap_url(agent: &str, args: &TapSource) -> String {
     let mut query = Vec::new();
     for (k, v) in [
         ("namespace", &args.namespace),
@@ -204,13 +217,11 @@ mod tests {
 
     #[test]
     fn urls() {
-        let args = TapArgs {
+        let args = TapSource {
             agents: vec![],
             namespace: Some("lab".into()),
             to: None,
             path: Some("/a b".into()),
-            count: None,
-            output: Output::Table,
         };
         assert_eq!(
             tap_url("http://h:9990/", &args),
