@@ -130,7 +130,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let export_metrics = export::ExportMetrics::default();
-    let golden = Arc::new(Golden::new(args.tap));
+    let golden = Arc::new(Golden::new(args.golden_metrics, args.tap));
     let metrics = Arc::new(Metrics::new(&[
         &crate::ebpf::KernelCounters(datapath.clone()),
         &export_metrics,

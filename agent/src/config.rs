@@ -173,6 +173,12 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..))]
     pub admin_max_connections: u32,
 
+    /// Count every request and connection of the enrolled pods (the golden metrics:
+    /// docs/METRICS.md). `false` only to measure what counting costs (the bench's
+    /// `hoptrace-http-nometrics`).
+    #[arg(long, env = "HOPTRACE_GOLDEN_METRICS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub golden_metrics: bool,
+
     /// In Kubernetes, watch every pod of the cluster (not only this node's) to name the
     /// other end of connections in the golden metrics (`client`/`server` labels). Each
     /// agent then lists and watches all pods; turn it off in very large clusters to

@@ -107,18 +107,23 @@ pub struct Golden {
     pub peers: PeerIndex,
     /// Live requests for `GET /tap`.
     pub tap: Tap,
+    /// `--golden-metrics`: when off, requests and connections are not counted (routes
+    /// are still templated for the spans; the bench measures what counting costs).
+    enabled: bool,
 }
 
 impl Default for Golden {
     fn default() -> Self {
-        Self::new(false)
+        Self::new(true, false)
     }
 }
 
 impl Golden {
-    /// The node's golden metrics; `tap` serves live requests (`--tap`).
-    pub fn new(tap: bool) -> Self {
+    /// The node's golden metrics (`enabled`: counted; `--golden-metrics`); `tap`
+    /// serves live requests (`--tap`).
+    pub fn new(enabled: bool, tap: bool) -> Self {
         Self {
+            enabled,
             tap: Tap::new(tap),
             requests: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.into_iter())),
@@ -233,10 +238,16 @@ impl Golden {
 impl Edge {
     /// A connection on this edge opened; the guard counts it until dropped.
     pub fn connection(&self) -> ConnectionGuard {
+        if !self.golden.enabled {
+            return ConnectionGuard {
+                edge: None,
+                start: Instant::now(),
+            };
+        }
         self.golden.tcp_opened.get_or_create(&self.labels).inc();
         self.golden.tcp_active.get_or_create(&self.labels).inc();
         ConnectionGuard {
-            edge: self.clone(),
+            edge: Some(self.clone()),
             start: Instant::now(),
         }
     }
@@ -245,6 +256,9 @@ impl Edge {
     /// the server), resolved once per connection.
     pub fn tcp_byte_counters(&self) -> (Counter, Counter) {
         let g = &self.golden;
+        if !g.enabled {
+            return (Counter::default(), Counter::default());
+        }
         (
             g.tcp_bytes_from_client.get_or_create(&self.labels).clone(),
             g.tcp_bytes_from_server.get_or_create(&self.labels).clone(),
@@ -286,16 +300,18 @@ impl Edge {
 /// Counts a connection as active until dropped, then observes its duration.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    edge: Edge,
+    /// `None` when the metrics are off.
+    edge: Option<Edge>,
     start: Instant,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let g = &self.edge.golden;
-        g.tcp_active.get_or_create(&self.edge.labels).dec();
+        let Some(edge) = &self.edge else { return };
+        let g = &edge.golden;
+        g.tcp_active.get_or_create(&edge.labels).dec();
         g.tcp_duration
-            .get_or_create(&self.edge.labels)
+            .get_or_create(&edge.labels)
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
@@ -386,30 +402,35 @@ impl RequestObservation {
 impl Drop for RequestObservation {
     fn drop(&mut self) {
         let g = &self.edge.golden;
+        if !g.enabled && self.tap_path.is_none() {
+            return;
+        }
         let outcome = self.outcome();
         let elapsed: Duration = self.start.elapsed();
-        g.requests
-            .get_or_create(&RequestLabels {
+        if g.enabled {
+            g.requests
+                .get_or_create(&RequestLabels {
+                    edge: self.edge.labels.clone(),
+                    route: Name(self.route.clone()),
+                    method: self.method,
+                    status_code: self.status.map_or(0, |s| s.as_u16()),
+                    outcome,
+                })
+                .inc();
+            let latency = LatencyLabels {
                 edge: self.edge.labels.clone(),
                 route: Name(self.route.clone()),
-                method: self.method,
-                status_code: self.status.map_or(0, |s| s.as_u16()),
                 outcome,
-            })
-            .inc();
-        let latency = LatencyLabels {
-            edge: self.edge.labels.clone(),
-            route: Name(self.route.clone()),
-            outcome,
-        };
-        if let Some(headers) = self.headers_after {
-            g.headers_latency
+            };
+            if let Some(headers) = self.headers_after {
+                g.headers_latency
+                    .get_or_create(&latency)
+                    .observe(headers.as_secs_f64());
+            }
+            g.latency
                 .get_or_create(&latency)
-                .observe(headers.as_secs_f64());
+                .observe(elapsed.as_secs_f64());
         }
-        g.latency
-            .get_or_create(&latency)
-            .observe(elapsed.as_secs_f64());
         if let Some(path) = self.tap_path.take() {
             let l = &self.edge.labels;
             g.tap.publish(TapEvent {
