@@ -370,6 +370,15 @@ impl Agent {
         Ok(())
     }
 
+    /// Stops the agent gracefully and starts it again with `extra_args` in place of
+    /// its flags (same workload source, fresh admin port).
+    pub fn restart_with_args(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.stop()?;
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.admin = free_port()?;
+        self.spawn()
+    }
+
     /// Starts the agent again (stopping it first with SIGKILL if it is still
     /// running) with the same workload source, on a fresh admin port.
     pub fn restart(&mut self) -> Result<()> {

@@ -57,7 +57,7 @@ pub fn warm_up(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<()> {
     if sat.requests == 0 {
         bail!("warm-up of {}: no request answered", s.name());
     }
-    if s == Scenario::HoptraceHttp {
+    if s.is_traced() {
         wait_received(bl, None);
     }
     Ok(())
@@ -88,7 +88,7 @@ fn cpu(bl: &BenchLab, cgroups: &[PathBuf]) -> Result<Cpu> {
 pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> Result<Sample> {
     let pids = procstat::trees(&bl.proxy_roots(s));
     let cgroups = bl.proxy_cgroups(s);
-    let traced = s == Scenario::HoptraceHttp;
+    let traced = s.is_traced();
 
     let (span0, cpu0) = (spans(bl, traced)?, cpu(bl, &cgroups)?);
     let sat = saturate(bl, opts, s)?;

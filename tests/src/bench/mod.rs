@@ -78,6 +78,10 @@ pub enum Scenario {
     /// HTTP through both agents, traced.
     #[serde(rename = "hoptrace-http")]
     HoptraceHttp,
+    /// The same with the agents' golden metrics off (`--golden-metrics=false`): what
+    /// counting every request costs.
+    #[serde(rename = "hoptrace-http-nometrics")]
+    HoptraceHttpNoMetrics,
     /// TCP ping-pong, no proxy.
     #[serde(rename = "direct-tcp")]
     DirectTcp,
@@ -91,11 +95,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
         Scenario::HoptraceHttp,
+        Scenario::HoptraceHttpNoMetrics,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
@@ -108,6 +113,7 @@ impl Scenario {
             Scenario::Sidecar => "sidecar",
             Scenario::L4 => "l4",
             Scenario::HoptraceHttp => "hoptrace-http",
+            Scenario::HoptraceHttpNoMetrics => "hoptrace-http-nometrics",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
@@ -122,16 +128,34 @@ impl Scenario {
     /// What it carries.
     pub fn workload(self) -> Workload {
         match self {
-            Scenario::Direct | Scenario::Sidecar | Scenario::L4 | Scenario::HoptraceHttp => {
-                Workload::Http
-            }
+            Scenario::Direct
+            | Scenario::Sidecar
+            | Scenario::L4
+            | Scenario::HoptraceHttp
+            | Scenario::HoptraceHttpNoMetrics => Workload::Http,
             Scenario::DirectTcp | Scenario::L4Tcp | Scenario::HoptraceTcp => Workload::Tcp,
         }
     }
 
     /// True for the scenarios served by the agents (enrolled pods).
     pub fn is_hoptrace(self) -> bool {
-        matches!(self, Scenario::HoptraceHttp | Scenario::HoptraceTcp)
+        matches!(
+            self,
+            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp
+        )
+    }
+
+    /// True for the traced HTTP scenarios (spans are accounted).
+    pub fn is_traced(self) -> bool {
+        matches!(
+            self,
+            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics
+        )
+    }
+
+    /// Whether the agents count golden metrics in this scenario.
+    pub fn golden_metrics(self) -> bool {
+        self != Scenario::HoptraceHttpNoMetrics
     }
 }
 

@@ -322,7 +322,7 @@ mod tests {
             ..Default::default()
         });
         r.evaluate();
-        assert_eq!(r.summaries.len(), 7);
+        assert_eq!(r.summaries.len(), Scenario::ALL.len());
         let md = markdown(&r);
         assert!(
             md.contains("| hoptrace-http | 1000 | 1.00 | 1.00 | 100 |"),

@@ -41,6 +41,8 @@ pub struct BenchLab {
     pub hserver: Pod,
     /// Agents, one per node that has enrolled pods, with the pods they enrolled.
     pub agents: Vec<(Agent, u32)>,
+    /// The agents count golden metrics (see [`BenchLab::set_golden_metrics`]).
+    pub golden_metrics: bool,
     /// Client-pod nginx (sidecar model, outbound).
     pub sidecar_out: Proxy,
     /// Server-pod nginx (sidecar model, inbound).
@@ -150,6 +152,7 @@ impl BenchLab {
             agents.push((agent, pods.len() as u32));
         }
         Ok(BenchLab {
+            golden_metrics: true,
             otlp,
             client,
             server,
@@ -163,6 +166,23 @@ impl BenchLab {
             labapp,
             lab,
         })
+    }
+
+    /// Restarts the agents with their golden metrics on or off, when they are not
+    /// already so; returns whether it did (the caller warms the path up again).
+    pub fn set_golden_metrics(&mut self, on: bool) -> Result<bool> {
+        if self.golden_metrics == on {
+            return Ok(false);
+        }
+        let mut args = self.agent_args();
+        args.push(format!("--golden-metrics={on}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for (agent, _) in &mut self.agents {
+            agent.restart_with_args(&args)?;
+            agent.wait_ready(READY_TIMEOUT)?;
+        }
+        self.golden_metrics = on;
+        Ok(true)
     }
 
     /// The `hoptrace run` flags of the memory phase's agent.
@@ -183,7 +203,7 @@ impl BenchLab {
             Scenario::Sidecar => (&self.client, loopback(SIDECAR_OUT_PORT)),
             Scenario::L4 => (&self.client, loopback(L4_HTTP_PORT)),
             Scenario::L4Tcp => (&self.client, loopback(L4_TCP_PORT)),
-            Scenario::HoptraceHttp | Scenario::HoptraceTcp => {
+            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp => {
                 (&self.hclient, self.hserver.addr(port))
             }
         }
@@ -198,11 +218,12 @@ impl BenchLab {
                 self.sidecar_in.cgroup.clone(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.cgroup.clone()],
-            Scenario::HoptraceHttp | Scenario::HoptraceTcp => self
-                .agents
-                .iter()
-                .map(|(a, _)| self.lab.agent_cgroup(a.node()))
-                .collect(),
+            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp => {
+                self.agents
+                    .iter()
+                    .map(|(a, _)| self.lab.agent_cgroup(a.node()))
+                    .collect()
+            }
         }
     }
 
@@ -216,7 +237,7 @@ impl BenchLab {
                 self.sidecar_in.process.pid(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.process.pid()],
-            Scenario::HoptraceHttp | Scenario::HoptraceTcp => {
+            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp => {
                 self.agents.iter().filter_map(|(a, _)| a.pid()).collect()
             }
         }

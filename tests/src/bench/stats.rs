@@ -269,6 +269,10 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
     let cpu_fixed = per_round(samples, h, sc, |a, b| a.fixed_cpu_us / b.fixed_cpu_us);
     let cpu_sat = per_round(samples, h, sc, |a, b| a.sat_cpu_us / b.sat_cpu_us);
     let capacity = per_round(samples, h, sc, |a, b| b.sat_lab_cpu_us / a.sat_lab_cpu_us);
+    // Requests per lab CPU-second with the golden metrics on, over the same with them off.
+    let metrics = per_round(samples, h, Scenario::HoptraceHttpNoMetrics, |a, b| {
+        b.sat_lab_cpu_us / a.sat_lab_cpu_us
+    });
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -336,6 +340,12 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
                 (false, true, true) => Verdict::Met,
                 (false, true, false) => Verdict::NotMeasured,
             },
+        },
+        Goal {
+            goal: "requests per lab CPU-second with golden metrics on vs off (hoptrace-http vs hoptrace-http-nometrics)".into(),
+            target: ">= 0.95x (counting costs at most 5%)".into(),
+            measured: format!("{metrics:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(metrics, metrics >= 0.95),
         },
     ]
 }
