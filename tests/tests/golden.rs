@@ -66,6 +66,21 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
     run("/users/17", 10, ClientContext::Sampled);
     run("/orders/5/status/503", 5, ClientContext::None);
     run("/slow/delay/300", 3, ClientContext::None);
+    // Two uploads of 1000 bytes.
+    let upload = apps
+        .client(
+            &client,
+            &backend.url("/upload"),
+            &ClientOptions {
+                count: 2,
+                context: ClientContext::None,
+                method: Some("POST".into()),
+                data: Some("x".repeat(1000)),
+                ..ClientOptions::default()
+            },
+        )
+        .expect("client.py");
+    assert_eq!(upload.requests.len(), 2);
 
     for direction in ["outbound", "inbound"] {
         let ok = edge(
@@ -111,6 +126,16 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
         assert_eq!(value(&agent, HEADERS, &headers), 0.0, "{direction}");
         let headers = edge(direction, &[("route", "/slow/delay/{id}"), ("le", "0.5")]);
         assert_eq!(value(&agent, HEADERS, &headers), 3.0, "{direction}");
+        // Request bodies are counted as they pass (only the uploads have one).
+        assert_eq!(
+            value(
+                &agent,
+                "hoptrace_http_request_body_bytes_total",
+                &edge(direction, &[])
+            ),
+            2000.0,
+            "{direction}"
+        );
         // Only the sampled requests were traced; the untraced ones are counted anyway.
         assert_eq!(
             value(&agent, TRACED, &edge(direction, &[])),

@@ -95,6 +95,7 @@ pub struct Golden {
     latency: Family<LatencyLabels, Histogram>,
     headers_latency: Family<LatencyLabels, Histogram>,
     traced: Family<EdgeLabels, Counter>,
+    request_bytes: Family<EdgeLabels, Counter>,
     response_bytes: Family<EdgeLabels, Counter>,
     tcp_opened: Family<EdgeLabels, Counter>,
     tcp_active: Family<EdgeLabels, Gauge>,
@@ -131,6 +132,7 @@ impl Golden {
                 Histogram::new(LATENCY_BUCKETS.into_iter())
             }),
             traced: Family::default(),
+            request_bytes: Family::default(),
             response_bytes: Family::default(),
             tcp_opened: Family::default(),
             tcp_active: Family::default(),
@@ -167,6 +169,11 @@ impl crate::metrics::Source for Arc<Golden> {
             "http_traced_requests",
             "Requests that carried (or started) trace context, by edge",
             self.traced.clone(),
+        );
+        r.register(
+            "http_request_body_bytes",
+            "Request body bytes by edge",
+            self.request_bytes.clone(),
         );
         r.register(
             "http_response_body_bytes",
@@ -250,6 +257,18 @@ impl Edge {
             edge: Some(self.clone()),
             start: Instant::now(),
         }
+    }
+
+    /// The counter of request body bytes on this edge (a detached one when the
+    /// metrics are off).
+    pub fn request_body_counter(&self) -> Counter {
+        if !self.golden.enabled {
+            return Counter::default();
+        }
+        self.golden
+            .request_bytes
+            .get_or_create(&self.labels)
+            .clone()
     }
 
     /// The byte counters of an opaque connection on this edge (from the client, from

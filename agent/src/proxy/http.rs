@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{
+    body::UpstreamBody,
     idle::{watchdog, Activity, Tracked},
     pool::PoolKey,
     ConnError, PodContext, Target,
@@ -57,6 +58,8 @@ struct Leg {
     dir: Direction,
     target: Target,
     edge: Edge,
+    /// The edge's request-body byte counter, resolved once per connection.
+    request_bytes: prometheus_client::metrics::counter::Counter,
     /// The span layer of this connection (`None`: tracing off).
     spans: Option<Arc<LegSpans>>,
     /// The connection opened during detection (if any), used for the first request.
@@ -106,6 +109,7 @@ pub async fn serve(
         pod,
         dir,
         target,
+        request_bytes: edge.request_body_counter(),
         edge,
         spans,
         first: Mutex::new(upstream),
@@ -203,6 +207,7 @@ async fn proxy_request(
     if let Some(s) = spans.as_mut() {
         s.client_started();
     }
+    let req = req.map(|body| UpstreamBody::new(body, leg.request_bytes.clone()));
     let mut resp = match send(&leg, req).await {
         Ok(r) => r,
         Err(err) => {
@@ -291,7 +296,7 @@ fn relay_err(e: hyper::Error) -> ConnError {
 
 /// Sends the request upstream: on the connection opened during detection if this
 /// client connection still has it, else on a pooled one, else on a new one.
-async fn send(leg: &Leg, mut req: Request<Incoming>) -> Result<Response<Incoming>, ConnError> {
+async fn send(leg: &Leg, mut req: Request<UpstreamBody>) -> Result<Response<Incoming>, ConnError> {
     if leg.h2 {
         let mut sender = h2_sender(leg).await?;
         return sender.send_request(req).await.map_err(relay_err);
@@ -336,7 +341,7 @@ async fn send(leg: &Leg, mut req: Request<Incoming>) -> Result<Response<Incoming
 /// one.
 async fn h2_sender(
     leg: &Leg,
-) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, ConnError> {
+) -> Result<hyper::client::conn::http2::SendRequest<UpstreamBody>, ConnError> {
     let key = PoolKey::new(&leg.target, true);
     let pool = leg.pod.pool(leg.dir);
     let sender = match leg.take_first() {
@@ -352,7 +357,7 @@ async fn h2_sender(
 
 async fn handshake_h1(
     stream: TcpStream,
-) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, ConnError> {
+) -> Result<hyper::client::conn::http1::SendRequest<UpstreamBody>, ConnError> {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(stream))
@@ -367,7 +372,7 @@ async fn handshake_h1(
 
 async fn handshake_h2(
     stream: TcpStream,
-) -> Result<hyper::client::conn::http2::SendRequest<Incoming>, ConnError> {
+) -> Result<hyper::client::conn::http2::SendRequest<UpstreamBody>, ConnError> {
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await

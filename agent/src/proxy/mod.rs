@@ -10,6 +10,7 @@
 //!   (IP_TRANSPARENT, see `inpod`), so the app sees the real client; it arrives on
 //!   the pod's loopback, which `sk_lookup` never steers.
 
+mod body;
 pub mod detect;
 pub mod http;
 mod idle;

@@ -17,6 +17,7 @@
 //! connections to it are detected before connecting, so a pooled connection can serve
 //! them (see `proxy::proxy`).
 
+use super::body::UpstreamBody;
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -27,10 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
+use hyper::client::conn::{http1, http2};
 
 use super::Target;
 
@@ -71,7 +69,7 @@ impl PoolKey {
 }
 
 struct H1Conn {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<UpstreamBody>,
     last_used: Instant,
     opened: Instant,
 }
@@ -92,7 +90,7 @@ impl H1Conn {
 struct Entry {
     h1: Vec<H1Conn>,
     /// The shared connection and when it was opened.
-    h2: Option<(http2::SendRequest<Incoming>, Instant)>,
+    h2: Option<(http2::SendRequest<UpstreamBody>, Instant)>,
     last_http: Option<Instant>,
 }
 
@@ -145,7 +143,10 @@ impl Pool {
 
     /// Takes an HTTP/1 connection that can send a request now, if there is one, with
     /// the time it was opened.
-    pub fn checkout_h1(&self, key: &PoolKey) -> Option<(http1::SendRequest<Incoming>, Instant)> {
+    pub fn checkout_h1(
+        &self,
+        key: &PoolKey,
+    ) -> Option<(http1::SendRequest<UpstreamBody>, Instant)> {
         let now = Instant::now();
         self.with(|map| {
             let entry = map.get_mut(key)?;
@@ -167,7 +168,7 @@ impl Pool {
     pub fn checkin_h1(
         self: &Arc<Self>,
         key: PoolKey,
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<UpstreamBody>,
         opened: Instant,
     ) {
         let now = Instant::now();
@@ -212,7 +213,7 @@ impl Pool {
 
     /// The shared HTTP/2 connection of `key`, if open and not past its lifetime (its
     /// streams in flight go on; new ones get a new connection).
-    pub fn h2(&self, key: &PoolKey) -> Option<http2::SendRequest<Incoming>> {
+    pub fn h2(&self, key: &PoolKey) -> Option<http2::SendRequest<UpstreamBody>> {
         let now = Instant::now();
         let max = self.max_lifetime;
         self.with(|map| {
@@ -231,7 +232,7 @@ impl Pool {
     }
 
     /// Makes `sender` the shared HTTP/2 connection of `key`.
-    pub fn set_h2(self: &Arc<Self>, key: PoolKey, sender: http2::SendRequest<Incoming>) {
+    pub fn set_h2(self: &Arc<Self>, key: PoolKey, sender: http2::SendRequest<UpstreamBody>) {
         let now = Instant::now();
         self.with(|map| {
             let entry = map.entry(key).or_default();
