@@ -85,6 +85,11 @@ impl LabApp {
         self.server("whoami-server", pod, listen)
     }
 
+    /// Starts `http-ok-server --listen <listen>` in `pod` and waits until it listens.
+    pub fn http_ok_server(&self, pod: &Pod, listen: SocketAddr) -> Result<PodProcess> {
+        self.server("http-ok-server", pod, listen)
+    }
+
     /// Starts `http-edge-server --listen <listen>` in `pod` and waits until it listens.
     pub fn http_edge_server(&self, pod: &Pod, listen: SocketAddr) -> Result<PodProcess> {
         self.server("http-edge-server", pod, listen)

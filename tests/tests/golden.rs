@@ -340,3 +340,118 @@ fn tap_stat_and_edges_from_a_real_agent() {
     eprintln!("edge: {edge}");
     assert_eq!(edge["traced"], true, "sampled requests were seen: {edge}");
 }
+
+/// 100,000 distinct raw paths over 3,125 connections (as many client ports) cannot
+/// blow up the series: the server gets at most 100 routes, then `other`
+/// (docs/METRICS.md "The bound"), and every request is still counted.
+#[test]
+fn distinct_paths_and_ports_stay_within_the_series_bound() {
+    if !require_root() {
+        return;
+    }
+    const N: u64 = 100_000;
+    let (lab, client, server) = client_server_lab(false);
+    let app = hoptrace_tests::labapp!();
+    let target = server.addr(APP_PORT);
+    let _ok = app.http_ok_server(&server, target).expect("http-ok-server");
+    let agent = hoptrace_tests::Agent::start(
+        &lab,
+        "node-1",
+        &lab.write_workloads("node-1").expect("workloads"),
+    )
+    .expect("agent");
+    let mut agent = agent;
+    agent.wait_ready(Duration::from_secs(30)).expect("ready");
+    let (addr, n) = (target.to_string(), N.to_string());
+    let args = [
+        "load",
+        "--proto",
+        "http",
+        "--addr",
+        &addr,
+        "--conns",
+        "8",
+        "--duration-ms",
+        "600000",
+        "--requests",
+        &n,
+        "--distinct-paths",
+        "--requests-per-conn",
+        "32",
+    ];
+    let out = client
+        .run(app.command(&args), Duration::from_secs(600))
+        .expect("labapp load");
+    let report: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(report["requests"], N, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+
+    let metrics = agent.metrics().expect("metrics");
+    for direction in ["outbound", "inbound"] {
+        let labels = edge(direction, &[]);
+        assert_eventually!(
+            value(&agent, REQUESTS, &labels) == N as f64,
+            Duration::from_secs(10),
+            "{direction}: {} of {N} requests counted",
+            value(&agent, REQUESTS, &labels)
+        );
+    }
+    let series: Vec<_> = metrics
+        .samples()
+        .iter()
+        .filter(|s| s.name == REQUESTS)
+        .collect();
+    let routes: std::collections::BTreeSet<&str> = series
+        .iter()
+        .filter_map(|s| s.labels.get("route").map(String::as_str))
+        .collect();
+    assert_eq!(
+        routes.len(),
+        101,
+        "100 routes and `other`: {}",
+        routes.len()
+    );
+    assert!(routes.contains("other"));
+    // Per direction: 101 routes × one method, status and outcome.
+    assert!(series.len() <= 2 * 101, "{} request series", series.len());
+    let other: f64 = series
+        .iter()
+        .filter(|s| s.labels.get("route").map(String::as_str) == Some("other"))
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        other,
+        2.0 * (N - 100) as f64,
+        "both legs beyond the first 100 routes"
+    );
+    // Histograms: per direction at most 101 routes × 2 outcomes each.
+    for histogram in [
+        "hoptrace_http_request_duration_seconds_count",
+        "hoptrace_http_response_headers_duration_seconds_count",
+    ] {
+        let n = metrics
+            .samples()
+            .iter()
+            .filter(|s| s.name == histogram)
+            .count();
+        assert!(n <= 2 * 101 * 2, "{histogram}: {n} series");
+    }
+    // The labels are the documented ones (no address, port or raw path).
+    let keys: std::collections::BTreeSet<&str> = series
+        .iter()
+        .flat_map(|s| s.labels.keys().map(String::as_str))
+        .collect();
+    let documented = [
+        "client",
+        "client_namespace",
+        "direction",
+        "method",
+        "outcome",
+        "route",
+        "server",
+        "server_namespace",
+        "status_code",
+    ];
+    assert_eq!(keys, documented.into_iter().collect());
+}

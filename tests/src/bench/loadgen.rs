@@ -52,6 +52,13 @@ pub struct LoadSpec {
     pub conns: usize,
     /// HTTP: add `traceparent: 00-<seed><i>-<i>-01` (i = 1, 2, ...) to request i.
     pub trace_seed: Option<u64>,
+    /// Stop after this many requests in all (else only the duration ends the run).
+    pub requests: Option<u64>,
+    /// HTTP: request i goes to `/p<i>x` (every path distinct) instead of `/`.
+    pub distinct_paths: bool,
+    /// Close each connection after this many requests, so the run uses many client
+    /// ports (else connections are kept).
+    pub requests_per_conn: Option<u64>,
 }
 
 /// The JSON line `labapp load` prints. Latencies in microseconds.
@@ -204,8 +211,12 @@ fn worker(
     let end = t0 + spec.duration;
     let period = spec.rate.map(|r| 1e9 / f64::from(r));
     let (mut req, mut buf) = (Vec::with_capacity(256), vec![0u8; 4096]);
+    let mut on_conn = 0u64;
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
+        if spec.requests.is_some_and(|n| i >= n) {
+            break;
+        }
         let scheduled = match period {
             Some(p) => {
                 let t = t0 + Duration::from_nanos((p * i as f64) as u64);
@@ -245,8 +256,11 @@ fn worker(
             Ok(keep) => {
                 out.latencies_ns
                     .push(u64::try_from(scheduled.elapsed().as_nanos()).unwrap_or(u64::MAX));
-                if keep {
+                on_conn += 1;
+                if keep && spec.requests_per_conn.is_none_or(|k| on_conn < k) {
                     conn = Some(c);
+                } else {
+                    on_conn = 0;
                 }
             }
             Err(e) => fail(&mut out, e),
@@ -266,7 +280,13 @@ fn exchange(
     req.clear();
     match spec.proto {
         Proto::Http => {
-            write!(req, "GET / HTTP/1.1\r\nHost: {}\r\n", spec.addr).map_err(|e| e.to_string())?;
+            let path = if spec.distinct_paths {
+                format!("/p{n}x")
+            } else {
+                "/".to_owned()
+            };
+            write!(req, "GET {path} HTTP/1.1\r\nHost: {}\r\n", spec.addr)
+                .map_err(|e| e.to_string())?;
             if let Some(seed) = spec.trace_seed {
                 write!(req, "traceparent: 00-{seed:016x}{n:016x}-{n:016x}-01\r\n")
                     .map_err(|e| e.to_string())?;

@@ -59,6 +59,9 @@ fn open_loop_http_sends_exactly_the_schedule() {
         duration: Duration::from_millis(300),
         conns: 4,
         trace_seed: Some(7),
+        requests: None,
+        distinct_paths: false,
+        requests_per_conn: None,
     })
     .expect("run");
     // Scheduled at 0, 2, ..., 298 ms: 150 requests.
@@ -76,6 +79,9 @@ fn closed_loop_tcp_and_errors() {
         duration: Duration::from_millis(200),
         conns: 2,
         trace_seed: None,
+        requests: None,
+        distinct_paths: false,
+        requests_per_conn: None,
     })
     .expect("run");
     assert!(r.requests > 10 && r.errors == 0, "{r:?}");
@@ -86,6 +92,9 @@ fn closed_loop_tcp_and_errors() {
         duration: Duration::from_millis(50),
         conns: 1,
         trace_seed: Some(1),
+        requests: None,
+        distinct_paths: false,
+        requests_per_conn: None,
     });
     assert!(
         format!("{:#}", bad.expect_err("all failed")).contains("status 503"),
@@ -116,4 +125,22 @@ fn parses_responses() {
     assert_eq!(percentile_us(&[1000, 2000, 3000, 4000], 0.5), 2.0);
     assert_eq!(percentile_us(&[1000, 2000, 3000, 4000], 0.99), 4.0);
     assert_eq!(percentile_us(&[], 0.5), 0.0);
+}
+
+#[test]
+fn request_limit_distinct_paths_and_reconnects() {
+    let (http, _) = servers(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+    let r = run(&LoadSpec {
+        addr: http,
+        proto: Proto::Http,
+        rate: None,
+        duration: Duration::from_secs(10),
+        conns: 2,
+        trace_seed: Some(3),
+        requests: Some(20),
+        distinct_paths: true,
+        requests_per_conn: Some(5),
+    })
+    .expect("run");
+    assert_eq!((r.requests, r.errors), (20, 0), "{r:?}");
 }

@@ -8,6 +8,8 @@
 //! labapp http-edge-server --listen ADDR
 //! labapp http-edge-client --addr ADDR --trace-seed S
 //! labapp load --addr ADDR --proto http|tcp --duration-ms D --conns C [--rate R] [--trace-seed S]
+//!              [--requests N] [--distinct-paths] [--requests-per-conn K]
+//! labapp http-ok-server --listen ADDR
 //! ```
 //!
 //! * `echo-server` echoes bytes until EOF, then shuts down its write side (so a
@@ -29,7 +31,10 @@
 //!   <scenario no. as 16 hex>-01`, prints one JSON report per scenario and
 //!   exits 1 if one failed.
 //! * `load`: the bench's load generator (`hoptrace_tests::bench::loadgen`): open loop
-//!   at R requests/s, or closed loop without `--rate`; prints one JSON report.
+//!   at R requests/s, or closed loop without `--rate`; at most N requests; HTTP paths
+//!   `/p<i>x` all distinct with `--distinct-paths`; a new connection every K requests;
+//!   prints one JSON report.
+//! * `http-ok-server`: HTTP/1.1 keep-alive, `200 ok` to every request.
 
 use anyhow::{bail, Context, Result};
 use hoptrace_tests::clock::monotonic_ms;
@@ -62,6 +67,7 @@ fn run() -> Result<()> {
     match sub.as_str() {
         "echo-server" => serve(flags.addr("listen")?, echo),
         "whoami-server" => serve(flags.addr("listen")?, whoami),
+        "http-ok-server" => serve(flags.addr("listen")?, http_ok),
         "echo-client" => echo_client(&flags),
         "connect-loop" => connect_loop(&flags),
         "http-edge-server" => serve(flags.addr("listen")?, edge_conn),
@@ -212,9 +218,47 @@ fn load(flags: &Flags) -> Result<()> {
             Some(_) => Some(flags.num("trace-seed", None)?),
             None => None,
         },
+        requests: match flags.0.get("requests") {
+            Some(_) => Some(flags.num("requests", None)?),
+            None => None,
+        },
+        distinct_paths: flags.0.contains_key("distinct-paths"),
+        requests_per_conn: match flags.0.get("requests-per-conn") {
+            Some(_) => Some(flags.num("requests-per-conn", None)?),
+            None => None,
+        },
     };
     println!("{}", serde_json::to_string(&loadgen::run(&spec)?)?);
     Ok(())
+}
+
+/// HTTP/1.1 keep-alive: answers every request head (no body expected) `200 ok`.
+fn http_ok(stream: TcpStream, _peer: SocketAddr) {
+    use std::io::BufRead as _;
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        // The head: lines up to the empty one.
+        let mut head = false;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" || line == "\n" => break,
+                Ok(_) => head = true,
+            }
+        }
+        if head
+            && writer
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                .is_err()
+        {
+            return;
+        }
+    }
 }
 
 fn whoami(mut stream: TcpStream, peer: SocketAddr) {
