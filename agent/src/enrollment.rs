@@ -354,6 +354,7 @@ impl PodTable {
         drop(steering);
         drop(attached);
         self.metrics.remove_pod(&ctx.key);
+        self.golden.remove_pod(&ctx.key);
         // The pod netns' fwmark rule and route (inpod) stay: connections still being
         // proxied need them, a re-enrollment reuses them, they match only the agent's
         // mark, and they go away with the pod's netns.

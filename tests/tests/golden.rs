@@ -274,6 +274,14 @@ fn tap_stat_and_edges_from_a_real_agent() {
                 .output()
                 .expect("hoptrace edges")
         });
+        let pods = s.spawn(|| {
+            std::process::Command::new(&bin)
+                .args([
+                    "stat", "pod", "--agent", &url, "--window", "4s", "-o", "json",
+                ])
+                .output()
+                .expect("hoptrace stat pod")
+        });
         let top = s.spawn(|| {
             std::process::Command::new(&bin)
                 .args(["top", "--agent", &url, "--to", "server", "--duration", "4s"])
@@ -293,6 +301,18 @@ fn tap_stat_and_edges_from_a_real_agent() {
         }
         let table = table.join().expect("stat route");
         let top = top.join().expect("top");
+        let pods = pods.join().expect("stat pod");
+        assert!(pods.status.success(), "{pods:?}");
+        let pods: serde_json::Value = serde_json::from_slice(&pods.stdout).expect("JSON");
+        let pod = pods
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == "server"))
+            .unwrap_or_else(|| panic!("no row for pod server: {pods}"));
+        let success = pod["success_rate"].as_f64().expect("success_rate");
+        assert!(
+            success > 0.5 && success < 0.8,
+            "about 2 of 3 succeed: {pod}"
+        );
         let top_text = String::from_utf8_lossy(&top.stdout).into_owned();
         eprintln!("$ hoptrace top --agent {url} --to server --duration 4s\n{top_text}");
         assert!(top.status.success(), "{top:?}");

@@ -2,7 +2,7 @@
 //! metrics endpoint whose counters grow at known rates and whose histogram buckets
 //! have known counts: read directly (`--agent`, two scrapes) and through Debian's
 //! Prometheus scraping it every second (`--prometheus`, PromQL). Also the errors:
-//! an unreachable agent, no data, `stat pod`.
+//! an unreachable agent, no data.
 //!
 //! The expected numbers (the endpoint serves them; see [`metrics_at`]):
 //! - lab/client → lab/server: `/users/{id}` 9 rps success + 1 rps failure, latency
@@ -271,7 +271,7 @@ fn errors_say_what_went_wrong() {
     assert!(err.contains("not a Prometheus API answer"), "{err}");
 
     let out = hoptrace(&["stat", "pod", "--agent", &empty]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no data"));
     let out = hoptrace(&["stat"]);
     assert!(!out.status.success(), "a source is required");
 }

@@ -62,7 +62,7 @@ pub enum Output {
 pub enum Resource {
     /// Server workload.
     Deploy,
-    /// Pod (not available: the golden metrics are labelled per workload).
+    /// Enrolled server pod.
     Pod,
     /// Server workload and route.
     Route,
@@ -71,7 +71,8 @@ pub enum Resource {
 /// `hoptrace stat` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct StatArgs {
-    /// Rows per server workload (`deploy`), per route (`route`) or per pod (`pod`).
+    /// Rows per server workload (`deploy`), per route (`route`) or per enrolled
+    /// server pod (`pod`).
     #[arg(value_enum, default_value_t = Resource::Deploy)]
     pub resource: Resource,
 
@@ -91,13 +92,7 @@ pub fn stat(args: StatArgs) -> ExitCode {
     let view = match args.resource {
         Resource::Deploy => View::Deploy,
         Resource::Route => View::Route,
-        Resource::Pod => {
-            eprintln!(
-                "hoptrace: stat pod is not available: the golden metrics are labelled per \
-                 workload (server_namespace, server), not per pod; use `stat deploy`"
-            );
-            return ExitCode::from(2);
-        }
+        Resource::Pod => View::Pod,
     };
     main(view, &args.source)
 }

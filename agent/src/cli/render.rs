@@ -31,7 +31,7 @@ fn ms_json(v: Option<f64>) -> Value {
 /// The column names of a view.
 pub fn header(view: View) -> &'static [&'static str] {
     match view {
-        View::Deploy => &[
+        View::Deploy | View::Pod => &[
             "NAMESPACE",
             "NAME",
             "SUCCESS",
@@ -68,9 +68,9 @@ fn cells(view: View, key: &[String], s: &Stats) -> Vec<String> {
     let mut out: Vec<String> = key.to_vec();
     let rps = format!("{:.2}", s.rps);
     match view {
-        View::Deploy | View::Route => {
+        View::Deploy | View::Route | View::Pod => {
             out.extend([percent(s), rps, ms(s.p50), ms(s.p95), ms(s.p99)]);
-            if view == View::Deploy {
+            if view != View::Route {
                 out.push(s.tcp.map_or_else(|| "-".into(), |t| format!("{t:.0}")));
             }
         }
@@ -122,7 +122,7 @@ pub fn json(view: View, rows: &Rows) -> Value {
         let success = s.success().map_or(Value::Null, |v| json!(round(v, 6)));
         let rps = json!(round(s.rps, 6));
         match view {
-            View::Deploy | View::Route => {
+            View::Deploy | View::Route | View::Pod => {
                 let mut o = json!({
                     "namespace": k[0],
                     "name": k[1],
@@ -163,7 +163,7 @@ mod tests {
         let key: Vec<String> = match view {
             View::Edges => vec!["lab", "client", "lab", "server"],
             View::Route => vec!["lab", "server", "/users/{id}"],
-            View::Deploy => vec!["lab", "server"],
+            View::Deploy | View::Pod => vec!["lab", "server"],
         }
         .into_iter()
         .map(String::from)

@@ -14,6 +14,12 @@ pub const DURATION: &str = "hoptrace_http_request_duration_seconds";
 pub const TRACED: &str = "hoptrace_http_traced_requests_total";
 /// `hoptrace_tcp_connections_active` (gauge).
 pub const TCP_ACTIVE: &str = "hoptrace_tcp_connections_active";
+/// `hoptrace_pod_http_requests_total` (counter per enrolled pod; `outcome`).
+pub const POD_REQUESTS: &str = "hoptrace_pod_http_requests_total";
+/// `hoptrace_pod_http_request_duration_seconds` (histogram per enrolled pod).
+pub const POD_DURATION: &str = "hoptrace_pod_http_request_duration_seconds";
+/// `hoptrace_connections_active` (gauge per enrolled pod).
+pub const POD_TCP_ACTIVE: &str = "hoptrace_connections_active";
 
 /// What one row is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +30,8 @@ pub enum View {
     Route,
     /// Per (client workload, server workload).
     Edges,
+    /// Per enrolled server pod.
+    Pod,
 }
 
 impl View {
@@ -33,6 +41,16 @@ impl View {
             View::Deploy => &["server_namespace", "server"],
             View::Route => &["server_namespace", "server", "route"],
             View::Edges => &["client_namespace", "client", "server_namespace", "server"],
+            View::Pod => &["namespace", "pod"],
+        }
+    }
+
+    /// The series a view reads: (requests counter, duration histogram, active
+    /// connections gauge).
+    pub fn series(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            View::Pod => (POD_REQUESTS, POD_DURATION, POD_TCP_ACTIVE),
+            _ => (REQUESTS, DURATION, TCP_ACTIVE),
         }
     }
 
@@ -68,7 +86,7 @@ pub struct Stats {
     pub p95: Option<f64>,
     /// 99th percentile.
     pub p99: Option<f64>,
-    /// Active TCP connections (deploy view only).
+    /// Active TCP connections (deploy and pod views).
     pub tcp: Option<f64>,
     /// Whether traced requests were seen (edges view only).
     pub traced: Option<bool>,
@@ -89,10 +107,15 @@ type Series = (String, BTreeMap<String, String>);
 
 /// The inbound series stat and edges read, summed over agents (same name and labels).
 pub fn sum_agents(scrapes: &[Vec<Sample>]) -> HashMap<Series, f64> {
-    let bucket = format!("{DURATION}_bucket");
+    let buckets = [
+        format!("{DURATION}_bucket"),
+        format!("{POD_DURATION}_bucket"),
+    ];
     let mut out = HashMap::new();
     for s in scrapes.iter().flatten() {
-        let wanted = [REQUESTS, TRACED, TCP_ACTIVE].contains(&s.name.as_str()) || s.name == bucket;
+        let wanted = [REQUESTS, TRACED, TCP_ACTIVE, POD_REQUESTS, POD_TCP_ACTIVE]
+            .contains(&s.name.as_str())
+            || buckets.contains(&s.name);
         if wanted && s.labels.get("direction").map(String::as_str) == Some("inbound") {
             *out.entry((s.name.clone(), s.labels.clone())).or_insert(0.0) += s.value;
         }
@@ -109,7 +132,8 @@ pub fn from_scrapes(
     after: &HashMap<Series, f64>,
     secs: f64,
 ) -> Rows {
-    let bucket = format!("{DURATION}_bucket");
+    let (requests, duration, tcp_active) = view.series();
+    let bucket = format!("{duration}_bucket");
     let mut rows = Rows::new();
     let mut buckets: BTreeMap<Key, BTreeMap<String, f64>> = BTreeMap::new();
     for ((name, labels), now) in after {
@@ -119,7 +143,7 @@ pub fn from_scrapes(
             _ => *now,
         };
         let key = view.key(labels);
-        if name == REQUESTS {
+        if name == requests {
             let row = rows.entry(key).or_default();
             row.rps += delta / secs;
             if labels.get("outcome").map(String::as_str) == Some("success") {
@@ -131,7 +155,7 @@ pub fn from_scrapes(
         } else if name == TRACED && view == View::Edges {
             let row = rows.entry(key).or_default();
             row.traced = Some(row.traced.unwrap_or(false) || delta > 0.0);
-        } else if name == TCP_ACTIVE && view == View::Deploy {
+        } else if name == tcp_active && matches!(view, View::Deploy | View::Pod) {
             let row = rows.entry(key).or_default();
             *row.tcp.get_or_insert(0.0) += now;
         }
@@ -217,15 +241,16 @@ pub enum Field {
 /// The PromQL instant queries of a view over `range` (a PromQL duration, `60s`).
 pub fn promql(view: View, range: &str) -> Vec<(Field, String)> {
     let by = view.group().join(", ");
+    let (requests, duration, tcp_active) = view.series();
     let inbound = "direction=\"inbound\"";
     let mut out = vec![
         (
             Field::Rps,
-            format!("sum by ({by}) (rate({REQUESTS}{{{inbound}}}[{range}]))"),
+            format!("sum by ({by}) (rate({requests}{{{inbound}}}[{range}]))"),
         ),
         (
             Field::SuccessRps,
-            format!("sum by ({by}) (rate({REQUESTS}{{{inbound}, outcome=\"success\"}}[{range}]))"),
+            format!("sum by ({by}) (rate({requests}{{{inbound}, outcome=\"success\"}}[{range}]))"),
         ),
     ];
     let quantiles: &[f64] = if view == View::Edges {
@@ -238,14 +263,14 @@ pub fn promql(view: View, range: &str) -> Vec<(Field, String)> {
             Field::Quantile(*q),
             format!(
                 "histogram_quantile({q}, sum by ({by}, le) \
-                 (rate({DURATION}_bucket{{{inbound}}}[{range}])))"
+                 (rate({duration}_bucket{{{inbound}}}[{range}])))"
             ),
         ));
     }
     match view {
-        View::Deploy => out.push((
+        View::Deploy | View::Pod => out.push((
             Field::Tcp,
-            format!("sum by ({by}) ({TCP_ACTIVE}{{{inbound}}})"),
+            format!("sum by ({by}) ({tcp_active}{{{inbound}}})"),
         )),
         View::Edges => out.push((
             Field::Traced,

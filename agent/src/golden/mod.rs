@@ -24,7 +24,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::pod::Direction;
+use crate::pod::{Direction, PodKey};
 pub use peers::{Peer, PeerIndex};
 pub use route::RouteTable;
 pub use tap::{Tap, TapEvent};
@@ -67,6 +67,26 @@ pub struct EdgeLabels {
     pub server: Name,
 }
 
+/// Labels of the per-pod series (the enrolled pod of the leg: the server on the
+/// inbound leg, the client on the outbound leg). Removed when the pod is released.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    /// `outbound` | `inbound`.
+    pub direction: &'static str,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+}
+
+/// Labels of the per-pod request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodOutcomeLabels {
+    outcome: &'static str,
+    #[prometheus(flatten)]
+    pod: PodLabels,
+}
+
 /// Labels of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -97,6 +117,8 @@ pub struct Golden {
     traced: Family<EdgeLabels, Counter>,
     request_bytes: Family<EdgeLabels, Counter>,
     response_bytes: Family<EdgeLabels, Counter>,
+    pod_requests: Family<PodOutcomeLabels, Counter>,
+    pod_latency: Family<PodLabels, Histogram>,
     tcp_opened: Family<EdgeLabels, Counter>,
     tcp_active: Family<EdgeLabels, Gauge>,
     tcp_duration: Family<EdgeLabels, Histogram>,
@@ -134,6 +156,10 @@ impl Golden {
             traced: Family::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
+            pod_requests: Family::default(),
+            pod_latency: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.into_iter())
+            }),
             tcp_opened: Family::default(),
             tcp_active: Family::default(),
             tcp_duration: Family::new_with_constructor(|| {
@@ -164,6 +190,16 @@ impl crate::metrics::Source for Arc<Golden> {
             "http_response_headers_duration_seconds",
             "Time from the request head to the response head, by edge, route and outcome",
             self.headers_latency.clone(),
+        );
+        r.register(
+            "pod_http_requests",
+            "HTTP/gRPC requests per enrolled pod and outcome (hoptrace stat pod)",
+            self.pod_requests.clone(),
+        );
+        r.register(
+            "pod_http_request_duration_seconds",
+            "Time from the request head to the end of the response, per enrolled pod",
+            self.pod_latency.clone(),
         );
         r.register(
             "http_traced_requests",
@@ -218,12 +254,48 @@ impl crate::metrics::Source for Arc<Golden> {
 pub struct Edge {
     golden: Arc<Golden>,
     labels: EdgeLabels,
+    /// The enrolled pod's series, resolved once per connection (`None`: metrics off).
+    pod: Option<Arc<PodSeries>>,
+}
+
+/// One pod's request series in one direction.
+#[derive(Debug)]
+struct PodSeries {
+    success: Counter,
+    failure: Counter,
+    latency: Histogram,
 }
 
 impl Golden {
     /// The edge of a connection of `own` (the enrolled pod's workload) in `dir` with
     /// the remote end at `peer_ip`.
-    pub fn edge(self: &Arc<Self>, dir: Direction, own: &Peer, peer_ip: IpAddr) -> Edge {
+    pub fn edge(
+        self: &Arc<Self>,
+        dir: Direction,
+        pod: &PodKey,
+        own: &Peer,
+        peer_ip: IpAddr,
+    ) -> Edge {
+        let pod = self.enabled.then(|| {
+            let labels = PodLabels {
+                direction: dir.as_str(),
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+            };
+            let count = |outcome| {
+                self.pod_requests
+                    .get_or_create(&PodOutcomeLabels {
+                        outcome,
+                        pod: labels.clone(),
+                    })
+                    .clone()
+            };
+            Arc::new(PodSeries {
+                success: count("success"),
+                failure: count("failure"),
+                latency: self.pod_latency.get_or_create(&labels).clone(),
+            })
+        });
         let peer = self.peers.lookup(peer_ip);
         let (client, server) = match dir {
             Direction::Outbound => (own.clone(), peer),
@@ -231,6 +303,7 @@ impl Golden {
         };
         Edge {
             golden: self.clone(),
+            pod,
             labels: EdgeLabels {
                 direction: dir.as_str(),
                 client_namespace: Name(client.namespace),
@@ -238,6 +311,26 @@ impl Golden {
                 server_namespace: Name(server.namespace),
                 server: Name(server.workload),
             },
+        }
+    }
+}
+
+impl Golden {
+    /// Removes a released pod's own series (the edge series are per workload and stay).
+    pub fn remove_pod(&self, pod: &PodKey) {
+        for dir in [Direction::Outbound, Direction::Inbound] {
+            let labels = PodLabels {
+                direction: dir.as_str(),
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+            };
+            self.pod_latency.remove(&labels);
+            for outcome in ["success", "failure"] {
+                self.pod_requests.remove(&PodOutcomeLabels {
+                    outcome,
+                    pod: labels.clone(),
+                });
+            }
         }
     }
 }
@@ -449,6 +542,13 @@ impl Drop for RequestObservation {
             g.latency
                 .get_or_create(&latency)
                 .observe(elapsed.as_secs_f64());
+            if let Some(pod) = &self.edge.pod {
+                match outcome {
+                    "success" => pod.success.inc(),
+                    _ => pod.failure.inc(),
+                };
+                pod.latency.observe(elapsed.as_secs_f64());
+            }
         }
         if let Some(path) = self.tap_path.take() {
             let l = &self.edge.labels;

@@ -324,7 +324,7 @@ async fn proxy(
         Target::Outbound { dst } => dst.ip(),
         Target::Inbound { client, .. } => client.ip(),
     };
-    let edge = pod.golden.edge(dir, &pod.workload, peer_ip);
+    let edge = pod.golden.edge(dir, &pod.key, &pod.workload, peer_ip);
     let _connection = edge.connection();
     let conn = |edge: &Edge| http::Conn {
         dir,
