@@ -149,22 +149,35 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%admin_addr, workloads = %source.describe(), "hoptrace agent started");
 
-    let spans = export::start(
-        ExportConfig {
-            endpoint: args.otlp_endpoint(),
-            ca_file: args.otlp_ca_file.clone(),
-            client_cert: args.otlp_client_cert.clone(),
-            client_key: args.otlp_client_key.clone(),
-            headers: args.otlp_headers.clone(),
-            gzip: args.otlp_compression == "gzip",
-            queue_size: args.span_queue,
-            // One batch in flight plus the queue: at most twice --span-queue spans held.
-            batch_size: args.span_queue.clamp(1, 512),
-            flush_interval: Duration::from_millis(500),
-            timeout: Duration::from_secs(5),
-        },
-        export_metrics,
-    )?;
+    let export_config = ExportConfig {
+        endpoint: args.otlp_endpoint(),
+        ca_file: args.otlp_ca_file.clone(),
+        client_cert: args.otlp_client_cert.clone(),
+        client_key: args.otlp_client_key.clone(),
+        headers: args.otlp_headers.clone(),
+        gzip: args.otlp_compression == "gzip",
+        queue_size: args.span_queue,
+        // One batch in flight plus the queue: at most twice --span-queue spans held.
+        batch_size: args.span_queue.clamp(1, 512),
+        flush_interval: Duration::from_millis(500),
+        timeout: Duration::from_secs(5),
+    };
+    let _metrics_export = if args.otlp_metrics {
+        let mut resource = vec![crate::attr::string("service.name", "hoptrace-agent")];
+        if let Some(node) = &args.node_name {
+            resource.push(crate::attr::string("k8s.node.name", node.as_str()));
+        }
+        Some(export::start_metrics(
+            &export_config,
+            metrics.clone(),
+            args.otlp_metrics_interval,
+            resource,
+            export_metrics.metric_errors.clone(),
+        )?)
+    } else {
+        None
+    };
+    let spans = export::start(export_config, export_metrics)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut table = PodTable::new(
         datapath.clone(),

@@ -66,6 +66,16 @@ pub struct RunArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Also send every agent metric (the golden metrics included) to the collector as
+    /// OTLP metrics, every `--otlp-metrics-interval`. A collector that does not take
+    /// metrics (e.g. Jaeger) stops it after one log line.
+    #[arg(long, env = "HOPTRACE_OTLP_METRICS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub otlp_metrics: bool,
+
+    /// How often the OTLP metrics are sent.
+    #[arg(long, env = "HOPTRACE_OTLP_METRICS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub otlp_metrics_interval: Duration,
+
     /// CA bundle (PEM) that signs the collector's certificate (default: system roots).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
     pub otlp_ca_file: Option<PathBuf>,

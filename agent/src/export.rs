@@ -96,6 +96,8 @@ pub struct ExportMetrics {
     pub failed: Counter,
     /// Failed export requests.
     pub errors: Counter,
+    /// Failed OTLP metrics export requests.
+    pub metric_errors: Counter,
 }
 
 impl crate::metrics::Source for ExportMetrics {
@@ -117,6 +119,11 @@ impl crate::metrics::Source for ExportMetrics {
                 &self.failed,
             ),
             ("span_export_errors", "Failed export requests", &self.errors),
+            (
+                "metric_export_errors",
+                "Failed OTLP metrics export requests",
+                &self.metric_errors,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -192,6 +199,25 @@ fn metadata(headers: &[(String, String)]) -> Result<MetadataMap, ExportError> {
         metadata.insert(key, value);
     }
     Ok(metadata)
+}
+
+/// Starts the periodic OTLP metrics export of `registry` to the same collector
+/// (`export/metrics.rs`). Must run inside the runtime.
+pub fn start_metrics(
+    config: &ExportConfig,
+    registry: std::sync::Arc<crate::metrics::Metrics>,
+    interval: Duration,
+    resource: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+    errors: Counter,
+) -> Result<tokio::task::JoinHandle<()>, ExportError> {
+    Ok(metrics::spawn(
+        channel(config)?,
+        metadata(&config.headers)?,
+        registry,
+        interval,
+        resource,
+        errors,
+    ))
 }
 
 /// Builds the exporter and starts the export task. Must run inside the runtime.
@@ -510,6 +536,8 @@ fn classify(status: &tonic::Status) -> Retry {
         _ => Retry::Always,
     }
 }
+
+pub mod metrics;
 
 #[cfg(test)]
 mod tests;

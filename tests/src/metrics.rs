@@ -1,4 +1,4 @@
-//! Parsed `/metrics` scrapes, with the agent's own parser (`hoptrace::cli::prom`, the
+//! Parsed `/metrics` scrapes, with the agent's own parser (`hoptrace::metrics::text`, the
 //! one `hoptrace stat --agent` uses) for the Prometheus text exposition format and the
 //! OpenMetrics text the `prometheus-client` crate emits.
 
@@ -33,7 +33,7 @@ pub struct Metrics {
 impl Metrics {
     /// Parses exposition text; `#` lines (HELP, TYPE, EOF) are skipped.
     pub fn parse(text: &str) -> Result<Metrics> {
-        let samples = hoptrace::cli::prom::parse(text)
+        let samples = hoptrace::metrics::text::parse(text)
             .map_err(|e| anyhow::anyhow!("metrics {e}"))?
             .into_iter()
             .map(|s| Sample {

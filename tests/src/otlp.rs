@@ -482,6 +482,7 @@ pub struct OtlpReceiver {
     pki: Option<TestPki>,
     dir: Option<PathBuf>,
     shared: Arc<Shared>,
+    metrics: crate::otlp_metrics::MetricsStore,
     running: Option<Running>,
 }
 
@@ -509,6 +510,7 @@ impl OtlpReceiver {
                 count_only: !opts.keep_spans,
                 ..Shared::default()
             }),
+            metrics: Default::default(),
             running: None,
         };
         receiver.launch()?;
@@ -552,9 +554,11 @@ impl OtlpReceiver {
             TcpIncoming::from(listener).with_nodelay(Some(true))
         };
         let addr = self.addr;
+        let metrics = self.metrics.service();
         runtime.spawn(async move {
             if let Err(e) = builder
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming(incoming)
                 .await
             {
@@ -563,6 +567,11 @@ impl OtlpReceiver {
         });
         self.running = Some(Running { runtime });
         Ok(())
+    }
+
+    /// The OTLP metrics received (the agent's `--otlp-metrics`).
+    pub fn metrics(&self) -> &crate::otlp_metrics::MetricsStore {
+        &self.metrics
     }
 
     /// The listening address (`127.0.0.1:<port>` by default).

@@ -47,7 +47,7 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
     let apps = PyApps::new(&lab).expect("python test apps (run `cargo xtask setup`)");
     let backend = apps.backend(&server, APP_PORT).expect("backend.py");
     let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("receiver");
-    let agent = agent_with_otlp(&lab, "node-1", &otlp, &[]);
+    let agent = agent_with_otlp(&lab, "node-1", &otlp, &["--otlp-metrics-interval", "1s"]);
 
     let run = |path: &str, count: usize, context: ClientContext| {
         let r = apps
@@ -147,6 +147,19 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
             "{direction}"
         );
     }
+    // The same counts reach the collector as OTLP metrics (a cumulative sum).
+    let users = [
+        ("direction", "inbound"),
+        ("route", "/users/{id}"),
+        ("outcome", "success"),
+    ];
+    assert_eventually!(
+        otlp.metrics().latest("hoptrace_http_requests", &users) == Some(10.0),
+        Duration::from_secs(10),
+        "OTLP metrics: {:?} ({} requests)",
+        otlp.metrics().latest("hoptrace_http_requests", &users),
+        otlp.metrics().requests()
+    );
     // Nothing was attributed to an unknown peer: both pods are known.
     let metrics = agent.metrics().expect("metrics");
     let unknown = metrics.value(REQUESTS, &[("client", "unknown")])

@@ -3,7 +3,6 @@
 //! a window apart) or from a Prometheus server (`--prometheus`, PromQL). Uses nothing
 //! of the agent's runtime: only the metric contract (names and labels, `stat.rs`).
 
-pub mod prom;
 pub mod query;
 pub mod render;
 pub mod stat;

@@ -75,7 +75,7 @@ pub fn metrics_url(base: &str) -> String {
 }
 
 /// Scrapes one agent's `/metrics`.
-pub async fn scrape(http: &Http, base: &str) -> Result<Vec<super::prom::Sample>> {
+pub async fn scrape(http: &Http, base: &str) -> Result<Vec<crate::metrics::text::Sample>> {
     let url = metrics_url(base);
     let (status, body) = http
         .get(&url)
@@ -84,7 +84,7 @@ pub async fn scrape(http: &Http, base: &str) -> Result<Vec<super::prom::Sample>>
     if status != 200 {
         bail!("agent {url} answered HTTP {status}: {}", first_line(&body));
     }
-    super::prom::parse(&body).with_context(|| format!("agent {url}: bad metrics text"))
+    crate::metrics::text::parse(&body).with_context(|| format!("agent {url}: bad metrics text"))
 }
 
 fn first_line(s: &str) -> &str {
@@ -155,7 +155,8 @@ pub fn parse_answer(status: u16, body: &str) -> Result<Vec<Element>> {
         let text = item["value"][1]
             .as_str()
             .ok_or_else(|| anyhow!("result element without a value: {item}"))?;
-        let value = super::prom::parse_value(text).ok_or_else(|| anyhow!("bad value {text:?}"))?;
+        let value =
+            crate::metrics::text::parse_value(text).ok_or_else(|| anyhow!("bad value {text:?}"))?;
         out.push((labels, value));
     }
     Ok(out)

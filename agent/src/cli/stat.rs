@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::prom::Sample;
+use crate::metrics::text::Sample;
 
 /// `hoptrace_http_requests_total` (counter; `outcome` = `success` | `failure`).
 pub const REQUESTS: &str = "hoptrace_http_requests_total";
@@ -163,7 +163,7 @@ pub fn from_scrapes(
     for (key, les) in buckets {
         let mut b: Vec<(f64, f64)> = les
             .into_iter()
-            .filter_map(|(le, n)| Some((super::prom::parse_value(&le)?, n)))
+            .filter_map(|(le, n)| Some((crate::metrics::text::parse_value(&le)?, n)))
             .collect();
         b.sort_by(|x, y| x.0.total_cmp(&y.0));
         let row = rows.entry(key).or_default();
@@ -307,7 +307,7 @@ pub fn fill(view: View, rows: &mut Rows, field: Field, answer: &[super::query::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::prom::parse;
+    use crate::metrics::text::parse;
 
     const INF: f64 = f64::INFINITY;
 

@@ -3,6 +3,8 @@
 //! Per-pod handles are created once at enrollment and cloned into connection tasks,
 //! so the data path only touches atomics. A released pod's series are removed.
 
+pub mod text;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
