@@ -150,7 +150,7 @@ fn requests_are_counted_per_edge_route_and_outcome_with_their_latency() {
     // The same counts reach the collector as OTLP metrics (a cumulative sum).
     let users = [
         ("direction", "inbound"),
-        ("route", "/users/{id}"),
+        ("http.route", "/users/{id}"),
         ("outcome", "success"),
     ];
     assert_eventually!(

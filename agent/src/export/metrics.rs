@@ -239,9 +239,19 @@ pub fn to_otlp(samples: &[Sample], start_ns: u64, now_ns: u64) -> Vec<Metric> {
         .collect()
 }
 
+/// Labels as attributes, the HTTP ones under their OpenTelemetry semantic-convention
+/// names (`http.request.method`, `http.response.status_code`, `http.route`).
 fn attributes<'a>(labels: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<KeyValue> {
     labels
-        .map(|(k, v)| crate::attr::string(k.as_str(), v.as_str()))
+        .map(|(k, v)| {
+            let key = match k.as_str() {
+                "method" => "http.request.method",
+                "status_code" => "http.response.status_code",
+                "route" => "http.route",
+                other => other,
+            };
+            crate::attr::string(key, v.as_str())
+        })
         .collect()
 }
 
@@ -304,6 +314,7 @@ hoptrace_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/a\"} 7
                 assert_eq!(p.bucket_counts, [4, 2, 1]);
                 assert_eq!((p.count, p.sum), (7, Some(0.5)));
                 assert_eq!(p.attributes.len(), 1, "le is not an attribute");
+                assert_eq!(p.attributes[0].key, "http.route");
             }
             other => panic!("{other:?}"),
         }
