@@ -38,6 +38,7 @@ pub mod pod;
 pub mod pyapp;
 mod state;
 pub mod tlsapp;
+pub mod webdriver;
 pub mod traces;
 pub mod workloads;
 
