@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The key of an element reference in WebDriver answers.
-const ELEMENT: &str = "element-6066-11e4-a07c-4e07c6b4b6e6";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// A command's time bound.
 const TIMEOUT: Duration = Duration::from_secs(60);
 

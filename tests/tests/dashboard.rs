@@ -138,6 +138,11 @@ fn the_dashboard_shows_the_live_topology_in_a_browser() {
 }
 
 fn check(addr: SocketAddr) {
+    assert_eventually!(
+        hoptrace_tests::http::get(addr, "/api/status", Duration::from_secs(2)).is_ok(),
+        Duration::from_secs(20),
+        "the dashboard does not answer on {addr}"
+    );
     // The JSON API first: both edges, with the failing one failing.
     let edge = |edges: &Value, dst: &str| {
         edges
@@ -197,6 +202,7 @@ fn check(addr: SocketAddr) {
     let panel = open(&browser, "lab/server", |p| {
         !p["routes"].as_array().is_some_and(Vec::is_empty)
             && !p["traces"].as_array().is_some_and(Vec::is_empty)
+            && p["tap"].as_u64().is_some_and(|n| n > 0)
     });
     assert!(
         panel["title"].as_str().is_some_and(|t| t.contains("lab/server")),
@@ -245,7 +251,10 @@ fn open(browser: &Browser, node: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut clicked = false;
     loop {
         if !clicked {
-            clicked = browser.click(&css).is_ok();
+            match browser.click(&css) {
+                Ok(()) => clicked = true,
+                Err(e) => eprintln!("click {css}: {e:#}"),
+            }
         }
         let panel = browser.execute(PANEL, json!([])).expect("read the panel");
         let shown = panel["title"].as_str().is_some_and(|t| t.contains(node));
