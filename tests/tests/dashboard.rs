@@ -198,6 +198,13 @@ fn check(addr: SocketAddr) {
     assert_eq!(graph["nodes"]["lab/other"], "bad", "{graph}");
     assert_eq!(graph["nodes"]["lab/server"], "ok", "{graph}");
 
+    // Clicking `other`: its failing route.
+    let panel = open(&browser, "lab/other", |p| {
+        !p["routes"].as_array().is_some_and(Vec::is_empty)
+    });
+    assert_eq!(panel["routes"][0][0], "/items/{id}/status/{id}", "{panel}");
+    assert_eq!(panel["routes"][0][1], "0.00%", "{panel}");
+
     // Clicking `server`: its routes and its recent traced requests, linked.
     let panel = open(&browser, "lab/server", |p| {
         !p["routes"].as_array().is_some_and(Vec::is_empty)
@@ -217,13 +224,6 @@ fn check(addr: SocketAddr) {
         "{panel}"
     );
     assert!(panel["tap"].as_u64().is_some_and(|n| n > 0), "tap rows: {panel}");
-
-    // Clicking `other`: its failing route.
-    let panel = open(&browser, "lab/other", |p| {
-        !p["routes"].as_array().is_some_and(Vec::is_empty)
-    });
-    assert_eq!(panel["routes"][0][0], "/items/{id}/status/{id}", "{panel}");
-    assert_eq!(panel["routes"][0][1], "0.00%", "{panel}");
 
     // It keeps updating without a reload.
     let count = |b: &Browser| {

@@ -108,7 +108,7 @@ function graphModel(ns) {
   return { nodes, edges };
 }
 
-const NODE_W = 170, NODE_H = 54, COL_W = 260, ROW_H = 86;
+const NODE_W = 170, NODE_H = 54, COL_W = 340, ROW_H = 90;
 
 function drawGraph(ns) {
   const { nodes, edges } = graphModel(ns);
@@ -134,10 +134,13 @@ function drawGraph(ns) {
     const grp = svg('g', { class: 'edge', 'data-edge': id, 'data-health': h });
     const x1 = s.x + NODE_W, y1 = s.y + NODE_H / 2, x2 = d.x, y2 = d.y + NODE_H / 2;
     const bend = x2 > x1 ? 0 : 60;
-    const path = `M${x1},${y1} C${x1 + 60 + bend},${y1 - bend} ${x2 - 60 - bend},${y2 - bend} ${x2 - 2},${y2}`;
+    const c1 = [x1 + 60 + bend, y1 - bend], c2 = [x2 - 60 - bend, y2 - bend];
+    const path = `M${x1},${y1} C${c1[0]},${c1[1]} ${c2[0]},${c2[1]} ${x2 - 2},${y2}`;
+    // The curve's point at t = 0.5, for the label.
+    const mx = (x1 + 3 * c1[0] + 3 * c2[0] + x2) / 8, my = (y1 + 3 * c1[1] + 3 * c2[1] + y2) / 8;
     const width = 1.5 + Math.min(7, Math.log2(1 + (e.rps || 0)) * 1.2);
     grp.appendChild(svg('path', { d: path, stroke: COLOUR[h], 'stroke-width': width.toFixed(1), 'marker-end': `url(#arrow-${h})` }));
-    grp.appendChild(svg('text', { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 8 - bend / 2, 'text-anchor': 'middle' },
+    grp.appendChild(svg('text', { x: mx, y: my - 8, 'text-anchor': 'middle' },
       `${num(e.rps)} rps · ${pct(e.success_rate)}`));
     grp.appendChild(svg('title', {}, `${id}\nsuccess ${pct(e.success_rate)}, ${num(e.rps)} rps, p99 ${ms(e.latency_ms_p99)}`));
     grp.addEventListener('click', () => showEdge(e));
