@@ -38,8 +38,8 @@ pub mod pod;
 pub mod pyapp;
 mod state;
 pub mod tlsapp;
-pub mod webdriver;
 pub mod traces;
+pub mod webdriver;
 pub mod workloads;
 
 pub use agent::Agent;

@@ -37,7 +37,9 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting chromedriver (Debian package chromium-driver; `cargo xtask setup`)")?;
+            .context(
+                "starting chromedriver (Debian package chromium-driver; `cargo xtask setup`)",
+            )?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -134,8 +136,12 @@ impl Browser {
             .as_str()
             .ok_or_else(|| anyhow!("no element {css:?}: {v}"))?
             .to_owned();
-        self.call("POST", &self.path(&format!("/element/{id}/click")), Some(json!({})))
-            .map(drop)
+        self.call(
+            "POST",
+            &self.path(&format!("/element/{id}/click")),
+            Some(json!({})),
+        )
+        .map(drop)
     }
 
     /// A PNG of the viewport.
@@ -159,7 +165,10 @@ impl Drop for Browser {
 fn base64(text: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
         let v = match c {
             b'A'..=b'Z' => c - b'A',
             b'a'..=b'z' => c - b'a' + 26,

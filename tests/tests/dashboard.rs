@@ -79,7 +79,9 @@ fn the_dashboard_shows_the_live_topology_in_a_browser() {
     let server = lab.add_pod("node-1", "server").expect("server pod");
     let other = lab.add_pod("node-2", "other").expect("other pod");
     let apps = PyApps::new(&lab).expect("python test apps (run `cargo xtask setup`)");
-    let ok = apps.backend(&server, APP_PORT).expect("backend.py in server");
+    let ok = apps
+        .backend(&server, APP_PORT)
+        .expect("backend.py in server");
     let failing = apps.backend(&other, APP_PORT).expect("backend.py in other");
     let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("receiver");
     let agent1 = agent_with_otlp(&lab, "node-1", &otlp, &["--tap"]);
@@ -165,8 +167,9 @@ fn check(addr: SocketAddr) {
     eprintln!("/api/workloads: {workloads}");
     let routes = api(addr, "/api/routes?namespace=lab&name=other");
     assert!(
-        routes.as_array().is_some_and(|a| !a.is_empty()
-            && a.iter().all(|r| r["name"] == "other")),
+        routes
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|r| r["name"] == "other")),
         "{routes}"
     );
 
@@ -212,7 +215,9 @@ fn check(addr: SocketAddr) {
             && p["tap"].as_u64().is_some_and(|n| n > 0)
     });
     assert!(
-        panel["title"].as_str().is_some_and(|t| t.contains("lab/server")),
+        panel["title"]
+            .as_str()
+            .is_some_and(|t| t.contains("lab/server")),
         "{panel}"
     );
     assert_eq!(panel["routes"][0][0], "/items/{id}", "{panel}");
@@ -223,7 +228,10 @@ fn check(addr: SocketAddr) {
             .is_some_and(|h| h.starts_with("http://jaeger.invalid:16686/trace/")),
         "{panel}"
     );
-    assert!(panel["tap"].as_u64().is_some_and(|n| n > 0), "tap rows: {panel}");
+    assert!(
+        panel["tap"].as_u64().is_some_and(|n| n > 0),
+        "tap rows: {panel}"
+    );
 
     // It keeps updating without a reload.
     let count = |b: &Browser| {

@@ -319,8 +319,10 @@ fn full(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Bod
     if let Ok(v) = header::HeaderValue::from_str(ctype) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -388,11 +390,7 @@ fn respond(method: &hyper::Method, uri: &hyper::Uri, state: &State) -> Response<
     let snap = || state.snapshot.lock().ok();
     match uri.path() {
         "/" | "/index.html" => full(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
-        "/app.js" => full(
-            StatusCode::OK,
-            "text/javascript; charset=utf-8",
-            APP_JS,
-        ),
+        "/app.js" => full(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
         "/api/edges" => json_response(&snap().map_or(json!([]), |s| s.edges.clone())),
         "/api/workloads" => json_response(&snap().map_or(json!([]), |s| s.workloads.clone())),
         "/api/routes" => {
@@ -446,13 +444,18 @@ fn tap_stream(state: &State) -> Response<Body> {
         }
     });
     use futures_util::StreamExt as _;
-    let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(head.chain(live))));
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(
+        head.chain(live),
+    )));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/event-stream"),
     );
-    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 

@@ -55,14 +55,29 @@ async fn serves_the_page_and_the_json_views() {
     let (status, ctype, html) = get(&state, "/");
     assert_eq!(status, StatusCode::OK);
     assert!(ctype.starts_with("text/html"), "{ctype}");
-    for id in ["id=\"graph\"", "id=\"updated\"", "id=\"routes\"", "id=\"tap\"", "/app.js"] {
+    for id in [
+        "id=\"graph\"",
+        "id=\"updated\"",
+        "id=\"routes\"",
+        "id=\"tap\"",
+        "/app.js",
+    ] {
         assert!(html.contains(id), "page lacks {id}");
     }
-    assert!(!html.contains("http://") || !html.contains("<script src=\"http"), "no CDN");
+    assert!(
+        !html.contains("http://") || !html.contains("<script src=\"http"),
+        "no CDN"
+    );
     let (status, ctype, js) = get(&state, "/app.js");
     assert_eq!(status, StatusCode::OK);
     assert!(ctype.starts_with("text/javascript"), "{ctype}");
-    for attr in ["data-node", "data-edge", "data-health", "/api/tap", "EventSource"] {
+    for attr in [
+        "data-node",
+        "data-edge",
+        "data-health",
+        "/api/tap",
+        "EventSource",
+    ] {
         assert!(js.contains(attr), "app.js lacks {attr}");
     }
 
@@ -71,11 +86,19 @@ async fn serves_the_page_and_the_json_views() {
         Ok([
             rows(
                 View::Edges,
-                &[&["lab", "client", "lab", "server"], &["lab", "client", "lab", "other"]],
+                &[
+                    &["lab", "client", "lab", "server"],
+                    &["lab", "client", "lab", "other"],
+                ],
                 4.0,
                 2.0,
             ),
-            rows(View::Deploy, &[&["lab", "server"], &["lab", "other"]], 2.0, 2.0),
+            rows(
+                View::Deploy,
+                &[&["lab", "server"], &["lab", "other"]],
+                2.0,
+                2.0,
+            ),
             rows(
                 View::Route,
                 &[&["lab", "server", "/a"], &["lab", "other", "/b/{id}"]],
@@ -88,7 +111,14 @@ async fn serves_the_page_and_the_json_views() {
     assert_eq!(ctype, "application/json");
     let edges: Value = serde_json::from_str(&edges).expect("JSON");
     assert_eq!(edges.as_array().map(Vec::len), Some(2), "{edges}");
-    for field in ["src_namespace", "src", "dst_namespace", "dst", "rps", "success_rate"] {
+    for field in [
+        "src_namespace",
+        "src",
+        "dst_namespace",
+        "dst",
+        "rps",
+        "success_rate",
+    ] {
         assert!(edges[0].get(field).is_some(), "edge lacks {field}: {edges}");
     }
     assert_eq!(edges[0]["success_rate"], 0.5);
@@ -99,11 +129,20 @@ async fn serves_the_page_and_the_json_views() {
     assert_eq!(w[1]["latency_ms_p99"], 12.0);
     let (_, _, r) = get(&state, "/api/routes?namespace=lab&name=other");
     let r: Value = serde_json::from_str(&r).expect("JSON");
-    assert_eq!(r, json!([{"namespace": "lab", "name": "other", "route": "/b/{id}",
+    assert_eq!(
+        r,
+        json!([{"namespace": "lab", "name": "other", "route": "/b/{id}",
         "success_rate": 1.0, "rps": 1.0, "latency_ms_p50": null, "latency_ms_p95": null,
-        "latency_ms_p99": 12.0}]));
+        "latency_ms_p99": 12.0}])
+    );
     let (_, _, all) = get(&state, "/api/routes");
-    assert_eq!(serde_json::from_str::<Value>(&all).expect("JSON").as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        serde_json::from_str::<Value>(&all)
+            .expect("JSON")
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     let (_, _, s) = get(&state, "/api/status");
     let s: Value = serde_json::from_str(&s).expect("JSON");
     assert!(s["refreshes"].as_u64().expect("refreshes") >= 1, "{s}");
@@ -123,7 +162,9 @@ async fn tap_is_server_sent_events() {
     let uri: hyper::Uri = "/api/tap".parse().expect("uri");
     let resp = respond(&hyper::Method::GET, &uri, &state);
     assert_eq!(
-        resp.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+        resp.headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
         Some(&b"text/event-stream"[..])
     );
     let mut body = resp.into_body();
@@ -134,12 +175,18 @@ async fn tap_is_server_sent_events() {
     let next = body.frame().await.expect("a frame").expect("data");
     let next = String::from_utf8_lossy(next.data_ref().expect("data")).into_owned();
     assert_eq!(next, "data: {\"server\":\"b\"}\n\n");
-    assert_eq!(sse(Some("notice"), "a\nb"), "event: notice\ndata: a\ndata: b\n\n");
+    assert_eq!(
+        sse(Some("notice"), "a\nb"),
+        "event: notice\ndata: a\ndata: b\n\n"
+    );
 }
 
 #[test]
 fn query_parameters() {
-    assert_eq!(param("namespace=lab&name=a%2Fb+c", "name").as_deref(), Some("a/b c"));
+    assert_eq!(
+        param("namespace=lab&name=a%2Fb+c", "name").as_deref(),
+        Some("a/b c")
+    );
     assert_eq!(param("namespace=lab", "name"), None);
     assert_eq!(decode("100%"), "100%");
     assert_eq!(decode("%zz"), "%zz");
