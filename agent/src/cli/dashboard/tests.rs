@@ -191,3 +191,23 @@ fn query_parameters() {
     assert_eq!(decode("100%"), "100%");
     assert_eq!(decode("%zz"), "%zz");
 }
+
+#[tokio::test]
+async fn with_prometheus_the_tap_says_why_it_is_empty() {
+    let mut a = args(&[]);
+    a.window = None;
+    a.prometheus = Some("http://127.0.0.1:1".into());
+    let state = start(&a);
+    let uri: hyper::Uri = "/api/tap".parse().expect("uri");
+    let mut body = respond(&hyper::Method::GET, &uri, &state).into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    let first = String::from_utf8_lossy(first.data_ref().expect("data")).into_owned();
+    assert!(
+        first.contains("event: notice\ndata: the tap needs agents"),
+        "{first:?}"
+    );
+    let (_, _, s) = get(&state, "/api/status");
+    let s: Value = serde_json::from_str(&s).expect("JSON");
+    assert_eq!(s["tap"], false);
+    assert_eq!(s["window_s"], 60.0);
+}
