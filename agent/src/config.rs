@@ -36,6 +36,10 @@ pub enum Command {
     /// Live requests aggregated by route (count, success, best/worst/last latency),
     /// redrawn every second; from agents started with `--tap`.
     Top(crate::cli::top::TopArgs),
+    /// A read-only web UI: the live topology (workloads and the calls between them,
+    /// coloured by success rate), each workload's golden metrics, routes and recent
+    /// traces, and the live requests; from the agents or a Prometheus server.
+    Dashboard(crate::cli::dashboard::DashboardArgs),
 }
 
 /// `hoptrace run` settings.

@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
         Command::Edges(args) => hoptrace::cli::edges(args),
         Command::Tap(args) => hoptrace::cli::tap::tap(args),
         Command::Top(args) => hoptrace::cli::top::top(args),
+        Command::Dashboard(args) => hoptrace::cli::dashboard::dashboard(args),
         Command::Run(args) => {
             if let Err(err) = hoptrace::logging::init(&args.log_filter()) {
                 eprintln!("hoptrace: invalid --log filter: {err}");

@@ -39,6 +39,7 @@ pub mod pyapp;
 mod state;
 pub mod tlsapp;
 pub mod traces;
+pub mod webdriver;
 pub mod workloads;
 
 pub use agent::Agent;

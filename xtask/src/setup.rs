@@ -28,6 +28,10 @@ const DEBIAN: &[(&str, &str)] = &[
     // `hoptrace stat --prometheus` is tested against a real Prometheus
     // (tests/tests/stat.rs runs the binary with its own config, never the service).
     ("prometheus", "prometheus"),
+    // `hoptrace dashboard` is tested in a real browser: headless Chromium driven over
+    // WebDriver (tests/tests/dashboard.rs, tests/src/webdriver.rs).
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".

@@ -3,6 +3,7 @@
 //! a window apart) or from a Prometheus server (`--prometheus`, PromQL). Uses nothing
 //! of the agent's runtime: only the metric contract (names and labels, `stat.rs`).
 
+pub mod dashboard;
 pub mod query;
 pub mod render;
 pub mod stat;
@@ -166,28 +167,30 @@ pub async fn run(view: View, source: &SourceArgs) -> Result<String> {
     })
 }
 
+/// One scrape of every agent, summed ([`stat::sum_agents`]).
+pub async fn scrape_agents(http: &query::Http, agents: &[String]) -> Result<stat::Scrape> {
+    let mut all = Vec::with_capacity(agents.len());
+    for result in
+        futures_util::future::join_all(agents.iter().map(|a| query::scrape(http, a))).await
+    {
+        all.push(result?);
+    }
+    Ok(stat::sum_agents(&all))
+}
+
 /// Two scrapes of every agent, `window` apart; the rows from their deltas.
 async fn from_agents(view: View, agents: &[String], window: Duration) -> Result<Rows> {
     let http = query::Http::default();
-    let scrape_all = || async {
-        let mut all = Vec::with_capacity(agents.len());
-        for result in
-            futures_util::future::join_all(agents.iter().map(|a| query::scrape(&http, a))).await
-        {
-            all.push(result?);
-        }
-        Ok::<_, anyhow::Error>(stat::sum_agents(&all))
-    };
     let start = Instant::now();
-    let before = scrape_all().await?;
+    let before = scrape_agents(&http, agents).await?;
     tokio::time::sleep_until((start + window).into()).await;
     let secs = start.elapsed().as_secs_f64();
-    let after = scrape_all().await?;
+    let after = scrape_agents(&http, agents).await?;
     Ok(stat::from_scrapes(view, &before, &after, secs))
 }
 
 /// The view's PromQL queries over `window`.
-async fn from_prometheus(view: View, url: &str, window: Duration) -> Result<Rows> {
+pub async fn from_prometheus(view: View, url: &str, window: Duration) -> Result<Rows> {
     let http = query::Http::default();
     let range = format!("{}ms", window.as_millis());
     let mut rows = Rows::new();

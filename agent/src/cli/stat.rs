@@ -103,7 +103,10 @@ impl Stats {
 pub type Rows = BTreeMap<Key, Stats>;
 
 /// A series: name and labels.
-type Series = (String, BTreeMap<String, String>);
+pub type Series = (String, BTreeMap<String, String>);
+
+/// One (summed) scrape: a value per series.
+pub type Scrape = HashMap<Series, f64>;
 
 /// The inbound series stat and edges read, summed over agents (same name and labels).
 pub fn sum_agents(scrapes: &[Vec<Sample>]) -> HashMap<Series, f64> {
