@@ -57,6 +57,10 @@ enum Cmd {
         /// OTLP/gRPC collector, e.g. Jaeger: `http://localhost:4317`.
         #[arg(long, value_name = "URL")]
         otlp_endpoint: Option<String>,
+        /// Keep the lab, its traffic and the dashboard running until Ctrl-C (the
+        /// default when the terminal is interactive).
+        #[arg(long)]
+        keep: bool,
     },
     /// Build the agent's container image from deploy/Dockerfile (needs a Docker engine).
     Image {
@@ -186,7 +190,10 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Demo { otlp_endpoint } => {
+        Cmd::Demo {
+            otlp_endpoint,
+            keep,
+        } => {
             require_root("the demo creates network namespaces and loads eBPF programs")?;
             setup::run()?;
             cargo(&root, &["build", "-p", "hoptrace", "-p", "hoptrace-tests"])?;
@@ -195,6 +202,9 @@ fn main() -> anyhow::Result<()> {
                 .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
             if let Some(url) = otlp_endpoint {
                 cmd.args(["--otlp-endpoint", &url]);
+            }
+            if keep {
+                cmd.arg("--keep");
             }
             run(&mut cmd)
         }

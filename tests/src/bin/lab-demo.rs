@@ -1,7 +1,10 @@
-//! `cargo xtask demo [--otlp-endpoint URL]`: a two-node lab with an echo app,
-//! traffic through the agent, and what each agent saw; then a traced three-service
-//! app whose traces are printed as waterfalls and, with `--otlp-endpoint`, also sent
-//! to that collector (e.g. Jaeger's OTLP port). Everything is torn down at the end.
+//! `cargo xtask demo [--otlp-endpoint URL] [--keep]`: a two-node lab with an echo
+//! app, traffic through the agent, and what each agent saw; then a traced
+//! three-service app whose traces are printed as waterfalls and, with
+//! `--otlp-endpoint`, also sent to that collector (e.g. Jaeger's OTLP port); then the
+//! `hoptrace dashboard` of that app under steady traffic (one path failing), whose URL
+//! is printed, kept running until Ctrl-C with `--keep` or on an interactive terminal.
+//! Everything is torn down at the end.
 
 use std::time::Duration;
 
@@ -18,10 +21,18 @@ const ECHO_PORT: u16 = 7000;
 const WHOAMI_PORT: u16 = 7001;
 
 fn main() -> Result<()> {
-    let forward_to = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let keep = {
+        let before = args.len();
+        args.retain(|a| a != "--keep");
+        args.len() != before || std::io::IsTerminal::is_terminal(&std::io::stdin())
+    };
+    let forward_to = match args.as_slice() {
         [] => None,
         [flag, url] if flag == "--otlp-endpoint" => Some(url.clone()),
-        other => bail!("usage: lab-demo [--otlp-endpoint http://host:4317] (got {other:?})"),
+        other => {
+            bail!("usage: lab-demo [--otlp-endpoint http://host:4317] [--keep] (got {other:?})")
+        }
     };
     // Fail before building anything when the user's collector is unreachable.
     let forwarder = match &forward_to {
@@ -111,13 +122,13 @@ fn main() -> Result<()> {
     drop(agents);
     lab.teardown().context("tearing the lab down")?;
     println!("\nlab torn down");
-    traces(forwarder)
+    traces(forwarder, keep)
 }
 
 /// Part two: a three-service app (client → web → backend, instrumented with the
 /// OpenTelemetry SDK) across two nodes; the agents' spans go to an embedded OTLP
 /// receiver and each trace is printed as a waterfall.
-fn traces(forwarder: Option<Forwarder>) -> Result<()> {
+fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
     println!("\n== tracing: client (node-1) -> web (node-1) -> backend (node-2)");
     let otlp =
         OtlpReceiver::start(ReceiverOptions::default()).context("starting the OTLP receiver")?;
@@ -133,7 +144,8 @@ fn traces(forwarder: Option<Forwarder>) -> Result<()> {
     let mut agents = Vec::new();
     for node in ["node-1", "node-2"] {
         let file = lab.write_workloads(node)?;
-        let args = otlp.agent_args();
+        let mut args = otlp.agent_args();
+        args.push("--tap".into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut agent = Agent::start_with_args(&lab, node, &file, &args)?;
         agent.wait_ready(Duration::from_secs(30))?;
@@ -182,12 +194,100 @@ fn traces(forwarder: Option<Forwarder>) -> Result<()> {
             f.endpoint()
         );
     }
+    dashboard(
+        &agents,
+        &apps,
+        &client,
+        &web_app.url("/checkout"),
+        &backend_app.url(""),
+        keep,
+    )?;
     drop(agents);
     drop(web_app);
     drop(backend_app);
     lab.teardown().context("tearing the lab down")?;
     println!("\nlab torn down");
     Ok(())
+}
+
+/// Part three: `hoptrace dashboard` over both agents while the client keeps calling
+/// web (traced, all fine) and backend directly at a failing path (untraced), so the
+/// graph has a healthy and an unhealthy edge. Runs until Ctrl-C when `keep`.
+fn dashboard(
+    agents: &[Agent],
+    apps: &PyApps,
+    client: &hoptrace_tests::Pod,
+    checkout: &str,
+    backend: &str,
+    keep: bool,
+) -> Result<()> {
+    let listen = "127.0.0.1:8084";
+    let mut cmd = std::process::Command::new(Agent::binary()?);
+    cmd.args(["dashboard", "--listen", listen, "--window", "10s"]);
+    for a in agents {
+        cmd.args(["--agent", &format!("http://{}", a.admin_addr())]);
+    }
+    let mut dash = cmd.spawn().context("starting hoptrace dashboard")?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = format!("{}/orders/7/status/503", backend.trim_end_matches('/'));
+    std::thread::scope(|s| -> Result<()> {
+        let traffic = s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ok = ClientOptions {
+                    count: 5,
+                    ..Default::default()
+                };
+                let bad = ClientOptions {
+                    count: 1,
+                    context: hoptrace_tests::ClientContext::None,
+                    ..Default::default()
+                };
+                if apps.client(client, checkout, &ok).is_err()
+                    || apps.client(client, &failing, &bad).is_err()
+                {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        });
+        println!(
+            "
+== dashboard: http://{listen}/ (topology, workloads, live requests)"
+        );
+        if keep {
+            println!("the lab keeps running with traffic; press Ctrl-C to tear it down");
+            wait_for_ctrl_c();
+        } else {
+            std::thread::sleep(Duration::from_secs(5));
+            println!("(not an interactive terminal: stopping; `cargo xtask demo --keep` keeps it running)");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = traffic.join();
+        Ok(())
+    })?;
+    let _ = dash.kill();
+    let _ = dash.wait();
+    Ok(())
+}
+
+static CTRL_C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_ctrl_c(_: libc::c_int) {
+    CTRL_C.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits until SIGINT or SIGTERM. A handler (process-wide, whichever thread gets the
+/// signal) only sets a flag, so the demo tears its lab down instead of dying;
+/// children get default handlers back when they exec.
+fn wait_for_ctrl_c() {
+    let handler = on_ctrl_c as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    while !CTRL_C.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn ip(pod: &hoptrace_tests::Pod) -> std::net::IpAddr {
