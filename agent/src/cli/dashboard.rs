@@ -98,24 +98,7 @@ struct State {
 
 /// `hoptrace dashboard`.
 pub fn dashboard(args: DashboardArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hoptrace: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hoptrace: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    super::block_on(2, run(args))
 }
 
 /// Serves the dashboard until the process ends.

@@ -103,21 +103,37 @@ pub fn edges(args: EdgesArgs) -> ExitCode {
 }
 
 fn main(view: View, source: &SourceArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    block_on(1, async {
+        print!("{}", run(view, source).await?);
+        Ok(())
+    })
+}
+
+/// Runs a command's future on a runtime of `workers` threads (1: the current thread)
+/// and turns its result into the exit code, the error on stderr.
+pub fn block_on(
+    workers: usize,
+    command: impl std::future::Future<Output = Result<()>>,
+) -> ExitCode {
+    let runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hoptrace: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(view, source)) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hoptrace: {e:#}");
             ExitCode::FAILURE

@@ -49,23 +49,7 @@ pub struct TapArgs {
 
 /// `hoptrace tap`.
 pub fn tap(args: TapArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hoptrace: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args, &mut std::io::stdout())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hoptrace: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    super::block_on(1, async { run(&args, &mut std::io::stdout()).await })
 }
 
 /// The agents' JSON lines (all agents at once, as they come); an agent's failure

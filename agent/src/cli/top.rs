@@ -40,23 +40,7 @@ type Key = (String, String, String, String);
 
 /// `hoptrace top`.
 pub fn top(args: TopArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hoptrace: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args, &mut std::io::stdout())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hoptrace: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    super::block_on(1, async { run(&args, &mut std::io::stdout()).await })
 }
 
 /// Aggregates the agents' requests; redraws `out` every second (clearing the screen
