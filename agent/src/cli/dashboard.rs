@@ -52,22 +52,8 @@ pub struct DashboardArgs {
     #[arg(long, default_value = "127.0.0.1:8084")]
     pub listen: SocketAddr,
 
-    /// An agent's admin address (`http://127.0.0.1:9990`); repeat for several agents.
-    #[arg(
-        long = "agent",
-        value_name = "URL",
-        required_unless_present = "prometheus"
-    )]
-    pub agents: Vec<String>,
-
-    /// A Prometheus server that scrapes the agents (`http://prometheus:9090`).
-    #[arg(long, value_name = "URL", conflicts_with = "agents")]
-    pub prometheus: Option<String>,
-
-    /// The window rates and quantiles are computed over; default 10s with `--agent`,
-    /// 1m with `--prometheus`.
-    #[arg(long, value_parser = crate::config::parse_duration)]
-    pub window: Option<Duration>,
+    #[command(flatten)]
+    pub from: super::Sources,
 
     /// Link for a trace id, `{trace_id}` replaced
     /// (`http://jaeger:16686/trace/{trace_id}`).
@@ -130,13 +116,7 @@ pub async fn run(args: DashboardArgs) -> Result<()> {
 
 /// The state, with its refresh and tap tasks running.
 fn start(args: &DashboardArgs) -> Arc<State> {
-    let (source, window) = match &args.prometheus {
-        Some(url) => (url.clone(), args.window.unwrap_or(Duration::from_secs(60))),
-        None => (
-            args.agents.join(", "),
-            args.window.unwrap_or(Duration::from_secs(10)),
-        ),
-    };
+    let (source, window) = (args.from.describe(), args.from.window());
     let state = Arc::new(State {
         snapshot: Mutex::new(Snapshot {
             edges: json!([]),
@@ -150,10 +130,10 @@ fn start(args: &DashboardArgs) -> Arc<State> {
             "source": source,
             "window_s": window.as_secs_f64(),
             "trace_url": args.trace_url,
-            "tap": args.prometheus.is_none(),
+            "tap": args.from.prometheus.is_none(),
         }),
     });
-    match &args.prometheus {
+    match &args.from.prometheus {
         Some(url) => {
             tokio::spawn(refresh_prometheus(state.clone(), url.clone(), window));
             notice(
@@ -162,8 +142,12 @@ fn start(args: &DashboardArgs) -> Arc<State> {
             );
         }
         None => {
-            tokio::spawn(refresh_agents(state.clone(), args.agents.clone(), window));
-            tokio::spawn(relay_tap(state.clone(), args.agents.clone()));
+            tokio::spawn(refresh_agents(
+                state.clone(),
+                args.from.agents.clone(),
+                window,
+            ));
+            tokio::spawn(relay_tap(state.clone(), args.from.agents.clone()));
         }
     }
     state
@@ -315,34 +299,9 @@ fn json_response(v: &Value) -> Response<Body> {
 
 /// A query parameter (`%XX` and `+` decoded).
 fn param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| decode(v))
-    })
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The route rows of one workload (or all).

@@ -18,9 +18,9 @@ use clap::{Args, ValueEnum};
 
 use stat::{Rows, View};
 
-/// Where the numbers come from, and how to show them.
+/// Where the numbers come from (`stat`, `edges`, `dashboard`).
 #[derive(Debug, Clone, Args)]
-pub struct SourceArgs {
+pub struct Sources {
     /// An agent's admin address (`http://127.0.0.1:9990`), scraped twice a window
     /// apart; repeat for several agents (their numbers are summed).
     #[arg(
@@ -38,6 +38,32 @@ pub struct SourceArgs {
     /// default 10s with `--agent`, 1m with `--prometheus`.
     #[arg(long, value_parser = crate::config::parse_duration)]
     pub window: Option<Duration>,
+}
+
+impl Sources {
+    /// The window: as given, else 1m with Prometheus (its scrape interval needs a few
+    /// samples) and 10s with agents (two scrapes of our own).
+    pub fn window(&self) -> Duration {
+        self.window.unwrap_or(match self.prometheus {
+            Some(_) => Duration::from_secs(60),
+            None => Duration::from_secs(10),
+        })
+    }
+
+    /// The source, for messages: the Prometheus URL or the agents' URLs.
+    pub fn describe(&self) -> String {
+        match &self.prometheus {
+            Some(url) => url.clone(),
+            None => self.agents.join(", "),
+        }
+    }
+}
+
+/// Where the numbers come from, and how to show them.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    #[command(flatten)]
+    pub from: Sources,
 
     /// Only this namespace (the server's; for edges, either end's).
     #[arg(short = 'n', long)]
@@ -143,24 +169,10 @@ pub fn block_on(
 
 /// The rendered output of a view.
 pub async fn run(view: View, source: &SourceArgs) -> Result<String> {
-    let (mut rows, window, from) = match &source.prometheus {
-        Some(url) => {
-            let window = source.window.unwrap_or(Duration::from_secs(60));
-            (
-                from_prometheus(view, url, window).await?,
-                window,
-                url.clone(),
-            )
-        }
-        None => {
-            let window = source.window.unwrap_or(Duration::from_secs(10));
-            let from = source.agents.join(", ");
-            (
-                from_agents(view, &source.agents, window).await?,
-                window,
-                from,
-            )
-        }
+    let (window, from) = (source.from.window(), source.from.describe());
+    let mut rows = match &source.from.prometheus {
+        Some(url) => from_prometheus(view, url, window).await?,
+        None => from_agents(view, &source.from.agents, window).await?,
     };
     if let Some(ns) = &source.namespace {
         rows.retain(|k, _| view.in_namespace(k, ns));

@@ -91,17 +91,9 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-/// Percent-encodes a query-string value (RFC 3986 unreserved characters kept).
+/// Encodes a query-string value (`application/x-www-form-urlencoded`, as `form_urlencoded`).
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// One element of an instant vector: its labels and value.
@@ -173,7 +165,7 @@ mod tests {
         assert_eq!(metrics_url("http://a:1/x/metrics"), "http://a:1/x/metrics");
         assert_eq!(
             encode("sum by (a) (rate(x{b=\"c\"}[1m]))"),
-            "sum%20by%20%28a%29%20%28rate%28x%7Bb%3D%22c%22%7D%5B1m%5D%29%29"
+            "sum+by+%28a%29+%28rate%28x%7Bb%3D%22c%22%7D%5B1m%5D%29%29"
         );
     }
 

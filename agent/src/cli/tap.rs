@@ -209,7 +209,7 @@ mod tests {
         };
         assert_eq!(
             tap_url("http://h:9990/", &args),
-            "http://h:9990/tap?namespace=lab&path=%2Fa%20b"
+            "http://h:9990/tap?namespace=lab&path=%2Fa+b"
         );
     }
 }

@@ -99,10 +99,9 @@ impl TapFilter {
     /// widen the stream).
     pub fn parse(query: &str) -> Result<Self, String> {
         let mut f = TapFilter::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
-            match k {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let v = v.into_owned();
+            match &*k {
                 "namespace" => f.namespace = Some(v),
                 "to" => f.to = Some(v),
                 "path" => f.path = Some(v),
@@ -124,31 +123,6 @@ impl TapFilter {
             && self.to.as_deref().is_none_or(|to| &*e.server == to)
             && self.path.as_deref().is_none_or(|p| e.path.starts_with(p))
     }
-}
-
-/// `%XX` and `+` decoding of a query value (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| char::from(c).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -184,8 +158,8 @@ mod tests {
             .expect("filter")
             .matches(&event("/")));
         assert!(TapFilter::parse("nmespace=x").is_err());
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("a+b%41"), "a bA");
+        let f = TapFilter::parse("path=a+b%41").expect("filter");
+        assert_eq!(f.path.as_deref(), Some("a bA"));
     }
 
     #[tokio::test]

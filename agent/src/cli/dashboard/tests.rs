@@ -3,9 +3,11 @@ use super::*;
 fn args(agents: &[&str]) -> DashboardArgs {
     DashboardArgs {
         listen: ([127, 0, 0, 1], 0).into(),
-        agents: agents.iter().map(|s| s.to_string()).collect(),
-        prometheus: None,
-        window: Some(Duration::from_secs(4)),
+        from: crate::cli::Sources {
+            agents: agents.iter().map(|s| s.to_string()).collect(),
+            prometheus: None,
+            window: Some(Duration::from_secs(4)),
+        },
         trace_url: Some("http://jaeger:16686/trace/{trace_id}".into()),
     }
 }
@@ -188,15 +190,15 @@ fn query_parameters() {
         Some("a/b c")
     );
     assert_eq!(param("namespace=lab", "name"), None);
-    assert_eq!(decode("100%"), "100%");
-    assert_eq!(decode("%zz"), "%zz");
+    assert_eq!(param("q=100%", "q").as_deref(), Some("100%"));
+    assert_eq!(param("q=%zz", "q").as_deref(), Some("%zz"));
 }
 
 #[tokio::test]
 async fn with_prometheus_the_tap_says_why_it_is_empty() {
     let mut a = args(&[]);
-    a.window = None;
-    a.prometheus = Some("http://127.0.0.1:1".into());
+    a.from.window = None;
+    a.from.prometheus = Some("http://127.0.0.1:1".into());
     let state = start(&a);
     let uri: hyper::Uri = "/api/tap".parse().expect("uri");
     let mut body = respond(&hyper::Method::GET, &uri, &state).into_body();
