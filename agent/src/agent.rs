@@ -43,6 +43,7 @@ fn limits(args: &RunArgs) -> Limits {
         http_idle_timeout: args.http_idle_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
         pool_max_lifetime: args.pool_max_lifetime,
+        lean_http1: args.http1_proxy == crate::config::Http1Proxy::Lean,
     }
 }
 

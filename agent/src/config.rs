@@ -205,6 +205,22 @@ pub struct RunArgs {
     /// carry personal data. Readers that fall behind lose events; requests never wait.
     #[arg(long, env = "HOPTRACE_TAP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub tap: bool,
+
+    /// How HTTP/1.1 is proxied: `lean` (default; heads parsed with httparse, the trace
+    /// header rewritten in place, bodies relayed by their framing; anything unusual is
+    /// handed to hyper) or `hyper` (every request through hyper, as before; for
+    /// comparison in `cargo xtask bench`, docs/BENCH.md).
+    #[arg(long, env = "HOPTRACE_HTTP1_PROXY", value_enum, default_value_t = Http1Proxy::Lean)]
+    pub http1_proxy: Http1Proxy,
+}
+
+/// The HTTP/1.1 proxy implementation (`--http1-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Proxy {
+    /// The lean path (`proxy::h1`), falling back to hyper for unusual heads.
+    Lean,
+    /// hyper for every request.
+    Hyper,
 }
 
 impl RunArgs {

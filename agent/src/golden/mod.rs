@@ -377,14 +377,13 @@ impl Edge {
     }
 
     /// A request on this edge begins: its route is resolved (and capped) now.
-    pub fn request(&self, method: &Method, uri: &http::Uri, grpc: bool) -> RequestObservation {
-        let route = self
-            .golden
-            .routes
-            .route(&self.labels.server.0, uri.path(), grpc);
+    /// `target`: the request's path and query (origin form).
+    pub fn request(&self, method: &Method, target: &str, grpc: bool) -> RequestObservation {
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let route = self.golden.routes.route(&self.labels.server.0, path, grpc);
         // The raw path only while someone taps.
         let tap_path = self.golden.tap.watched().then(|| {
-            let p = uri.path_and_query().map_or("/", |p| p.as_str());
+            let p = if target.is_empty() { "/" } else { target };
             let mut end = p.len().min(tap::MAX_PATH);
             while !p.is_char_boundary(end) {
                 end -= 1;

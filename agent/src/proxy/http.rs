@@ -78,12 +78,15 @@ impl Leg {
 /// Serves one downstream connection as HTTP (`h2` = prior-knowledge HTTP/2).
 /// `upstream` is a connection already open to the target (from detection), or
 /// `None` when requests should go out on pooled connections from the start.
-pub async fn serve(
+pub async fn serve<IO>(
     pod: Arc<PodContext>,
     conn: Conn,
-    client: TcpStream,
+    client: IO,
     upstream: Option<TcpStream>,
-) -> Result<(), ConnError> {
+) -> Result<(), ConnError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Conn {
         dir,
         target,
@@ -94,16 +97,7 @@ pub async fn serve(
     let pod_limits = pod.limits.clone();
     let pod_metrics = pod.metrics(dir).clone();
     let shutdown = pod.shutdown.clone();
-    let spans = pod.spans.as_ref().map(|sink| {
-        Arc::new(LegSpans {
-            sink: sink.clone(),
-            identity: pod.identity.clone(),
-            direction: dir.as_str(),
-            dst: target.dst(),
-            client_ip,
-            truncated: pod_metrics.limits.attributes_truncated.clone(),
-        })
-    });
+    let spans = leg_spans(&pod, dir, &target, client_ip);
     let leg = Arc::new(Leg {
         activity: Arc::new(Activity::new()),
         pod,
@@ -173,6 +167,25 @@ pub async fn serve(
     }
 }
 
+/// The span layer of one client connection (`None`: tracing off).
+pub(super) fn leg_spans(
+    pod: &PodContext,
+    dir: Direction,
+    target: &Target,
+    client_ip: IpAddr,
+) -> Option<Arc<LegSpans>> {
+    pod.spans.as_ref().map(|sink| {
+        Arc::new(LegSpans {
+            sink: sink.clone(),
+            identity: pod.identity.clone(),
+            direction: dir.as_str(),
+            dst: target.dst(),
+            client_ip,
+            truncated: pod.metrics(dir).limits.attributes_truncated.clone(),
+        })
+    })
+}
+
 /// Serves one request; the response body holds the connection's in-flight mark.
 async fn handle(leg: Arc<Leg>, req: Request<Incoming>) -> Result<Response<Tracked>, Infallible> {
     let inflight = leg.activity.begin();
@@ -190,7 +203,8 @@ async fn proxy_request(
         && leg.pod.trace_sampling > 0.0
         && rand::random::<f64>() < leg.pod.trace_sampling;
     let grpc = is_grpc(req.headers());
-    let mut observed = leg.edge.request(req.method(), req.uri(), grpc);
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut observed = leg.edge.request(req.method(), target, grpc);
     let mut spans = trace::http::begin(
         leg.spans.as_ref(),
         &mut req,

@@ -30,6 +30,9 @@ pub struct Limits {
     /// opened while a peer's agent was down (direct, untraced) are replaced by steered
     /// ones within this time once it is back.
     pub pool_max_lifetime: Duration,
+    /// HTTP/1.1 requests go through the lean path (`proxy::h1`); `false`: through
+    /// hyper, as HTTP/2 always does (`--http1-proxy`).
+    pub lean_http1: bool,
 }
 
 /// Connections being proxied on the node; each holds an [`InFlightGuard`].

@@ -12,6 +12,7 @@
 
 mod body;
 pub mod detect;
+pub mod h1;
 pub mod http;
 mod idle;
 mod limits;
@@ -401,6 +402,9 @@ async fn serve_http(
 ) -> Result<(), ConnError> {
     let _ = client.set_nodelay(true);
     conn.h2 = protocol == detect::Protocol::Http2;
+    if !conn.h2 && pod.limits.lean_http1 {
+        return h1::serve(pod.clone(), conn, client, upstream).await;
+    }
     http::serve(pod.clone(), conn, client, upstream).await
 }
 

@@ -29,6 +29,7 @@ use std::{
 };
 
 use hyper::client::conn::{http1, http2};
+use tokio::net::TcpStream;
 
 use super::Target;
 
@@ -86,9 +87,32 @@ impl H1Conn {
     }
 }
 
+/// An idle HTTP/1 connection of the lean path (`proxy::h1`): the socket itself.
+struct RawConn {
+    stream: TcpStream,
+    last_used: Instant,
+    opened: Instant,
+}
+
+impl RawConn {
+    fn keep(&self, now: Instant, max_lifetime: Duration) -> bool {
+        now.duration_since(self.last_used) <= IDLE_TIMEOUT
+            && now.duration_since(self.opened) <= max_lifetime
+    }
+}
+
+/// Whether an idle connection is still usable: no EOF, reset or stray bytes from the
+/// server since its last response (no syscall unless the socket became readable).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 #[derive(Default)]
 struct Entry {
     h1: Vec<H1Conn>,
+    /// Idle connections of the lean HTTP/1 path.
+    raw: Vec<RawConn>,
     /// The shared connection and when it was opened.
     h2: Option<(http2::SendRequest<UpstreamBody>, Instant)>,
     last_http: Option<Instant>,
@@ -190,6 +214,52 @@ impl Pool {
         self.start_sweeper();
     }
 
+    /// Takes an idle connection of the lean HTTP/1 path, if one is open, with the time
+    /// it was opened.
+    pub fn checkout_raw(&self, key: &PoolKey) -> Option<(TcpStream, Instant)> {
+        let now = Instant::now();
+        let max = self.max_lifetime;
+        self.with(|map| {
+            let entry = map.get_mut(key)?;
+            entry.last_http = Some(now);
+            // Most recently used first; closed or expired ones are dropped on the way.
+            while let Some(c) = entry.raw.pop() {
+                if c.keep(now, max) && still_open(&c.stream) {
+                    return Some((c.stream, c.opened));
+                }
+            }
+            None
+        })
+    }
+
+    /// Returns a connection of the lean HTTP/1 path after its response ended with the
+    /// connection reusable. Dropped instead when past its lifetime or the key is full.
+    /// Must run inside the tokio runtime (starts the sweeper).
+    pub fn checkin_raw(self: &Arc<Self>, key: PoolKey, stream: TcpStream, opened: Instant) {
+        let now = Instant::now();
+        if now.duration_since(opened) > self.max_lifetime {
+            return;
+        }
+        self.with(|map| {
+            let entry = map.entry(key).or_default();
+            entry.last_http = Some(now);
+            if entry.raw.len() < MAX_PER_KEY {
+                entry.raw.push(RawConn {
+                    stream,
+                    last_used: now,
+                    opened,
+                });
+            }
+        });
+        self.start_sweeper();
+    }
+
+    /// Remembers that `target` speaks HTTP/1 (the lean path, before its first check-in).
+    pub fn mark_http(&self, key: PoolKey) {
+        let now = Instant::now();
+        self.with(|map| map.entry(key).or_default().last_http = Some(now));
+    }
+
     /// Closes idle connections on time even when no request comes to trigger it.
     /// One task per pool at most; it holds only a weak reference, and exits once the
     /// pool is empty (the next check-in starts it again) or gone.
@@ -203,7 +273,7 @@ impl Pool {
                 tokio::time::sleep(IDLE_TIMEOUT / 2).await;
                 let Some(pool) = weak.upgrade() else { return };
                 pool.sweep(Instant::now());
-                if pool.with(|map| map.values().all(|e| e.h1.is_empty())) {
+                if pool.with(|map| map.values().all(|e| e.h1.is_empty() && e.raw.is_empty())) {
                     pool.sweeping.store(false, Ordering::Release);
                     return;
                 }
@@ -249,10 +319,11 @@ impl Pool {
             let max = self.max_lifetime;
             map.retain(|_, e| {
                 e.h1.retain(|c| c.keep(now, max));
+                e.raw.retain(|c| c.keep(now, max));
                 let recent = e
                     .last_http
                     .is_some_and(|t| now.duration_since(t) < KNOWN_HTTP_TTL);
-                recent || !e.h1.is_empty()
+                recent || !e.h1.is_empty() || !e.raw.is_empty()
             });
         });
     }

@@ -82,6 +82,42 @@ fn decide(headers: &mut HeaderMap, start_root: bool) -> Option<Traced> {
     Some(t)
 }
 
+/// What the span attributes take from a request head (hyper's `Request` or the lean
+/// HTTP/1 path's parsed head).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The method token.
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The HTTP version.
+    pub version: Version,
+    /// The target's host: the URI's authority, else the `Host` field (a port is removed).
+    pub host: Option<&'a str>,
+    /// `User-Agent`.
+    pub user_agent: Option<&'a str>,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// The facts of a hyper request.
+    pub fn of<B>(req: &'a Request<B>) -> Self {
+        Self {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            version: req.version(),
+            host: req.uri().host().or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            }),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        }
+    }
+}
+
 /// Makes the trace decision for a request whose head just arrived (rewriting its trace
 /// header) and, when it is traced and spans are exported, starts its spans. The
 /// attributes are gathered here, before the proxy changes the request.
@@ -98,16 +134,26 @@ pub fn begin<B>(
     let server_start = SystemTime::now();
     let traced = decide(req.headers_mut(), start_root)?;
     let leg = leg?.clone();
-    let attrs = RequestAttrs::new(&leg, req, route.clone(), grpc);
-    Some(RequestSpans {
-        leg,
-        traced,
-        attrs,
-        server_start,
-        client_start: server_start,
-        status: None,
-        grpc_status: None,
-    })
+    let attrs = RequestAttrs::new(&leg, RequestFacts::of(req), route.clone(), grpc);
+    Some(RequestSpans::new(leg, traced, attrs, server_start))
+}
+
+/// [`begin`] for a head that is not a hyper `Request`: `trace_headers` holds its
+/// trace-context fields (and receives the rewritten ones), `facts` the rest;
+/// `server_start` is when its head arrived.
+pub fn begin_head(
+    leg: Option<&Arc<LegSpans>>,
+    trace_headers: &mut HeaderMap,
+    facts: RequestFacts<'_>,
+    server_start: SystemTime,
+    start_root: bool,
+    route: &Arc<str>,
+    grpc: bool,
+) -> Option<RequestSpans> {
+    let traced = decide(trace_headers, start_root)?;
+    let leg = leg?.clone();
+    let attrs = RequestAttrs::new(&leg, facts, route.clone(), grpc);
+    Some(RequestSpans::new(leg, traced, attrs, server_start))
 }
 
 /// Attributes fixed at request time, each value capped at
@@ -126,20 +172,13 @@ struct RequestAttrs {
 }
 
 impl RequestAttrs {
-    fn new<B>(leg: &LegSpans, req: &Request<B>, route: Arc<str>, is_grpc: bool) -> Self {
+    fn new(leg: &LegSpans, req: RequestFacts<'_>, route: Arc<str>, is_grpc: bool) -> Self {
         let mut truncated = Vec::new();
         let host = req
-            .uri()
-            .host()
-            .map(str::to_string)
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|h| strip_port(h).to_string())
-            })
+            .host
+            .map(|h| strip_port(h).to_string())
             .unwrap_or_else(|| leg.dst.ip().to_string());
-        let path = capped(req.uri().path(), "url.path", &mut truncated);
+        let path = capped(req.path, "url.path", &mut truncated);
         let grpc = is_grpc
             .then(|| {
                 let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -147,17 +186,15 @@ impl RequestAttrs {
             })
             .flatten();
         let attrs = Self {
-            method: capped(req.method().as_str(), "http.request.method", &mut truncated),
-            version: match req.version() {
+            method: capped(req.method, "http.request.method", &mut truncated),
+            version: match req.version {
                 Version::HTTP_10 => "1.0",
                 Version::HTTP_2 => "2",
                 _ => "1.1",
             },
             host: capped(&host, "server.address", &mut truncated),
             user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
+                .user_agent
                 .map(|ua| capped(ua, "user_agent.original", &mut truncated)),
             path,
             route,
@@ -205,6 +242,29 @@ impl RequestSpans {
     /// The request's trace id.
     pub fn trace_id(&self) -> TraceId {
         self.traced.ctx.trace_id
+    }
+
+    fn new(leg: Arc<LegSpans>, traced: Traced, attrs: RequestAttrs, start: SystemTime) -> Self {
+        Self {
+            leg,
+            traced,
+            attrs,
+            server_start: start,
+            client_start: start,
+            status: None,
+            grpc_status: None,
+        }
+    }
+
+    /// The response head is here with `status` (for a caller that relays the body
+    /// itself and then calls [`RequestSpans::complete`]).
+    pub fn responded(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+
+    /// The response is over (`error`: why it did not complete): emits the spans.
+    pub fn complete(self, error: Option<String>) {
+        self.emit(error);
     }
 
     /// The proxy starts sending the request on (the CLIENT span starts).

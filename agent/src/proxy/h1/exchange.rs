@@ -1,0 +1,434 @@
+//! One request and its response on the lean path: the trace decision, the head sent
+//! on, the upstream connection (pooled, or the one from detection, or new), the
+//! response relayed, the spans and golden metrics recorded.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::Buf as _;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream};
+
+use super::{
+    body::{self, BodyError, BodyState},
+    head::{self, write_head, Framing},
+    Lean, MAX_RESPONSE_HEAD,
+};
+use crate::{
+    golden::RequestObservation,
+    pod::Direction,
+    proxy::ConnError,
+    trace::http::{begin_head, RequestFacts, RequestSpans},
+};
+
+/// Attempts per request when a pooled connection turns out closed before it answered.
+const SEND_ATTEMPTS: usize = 3;
+
+/// What the connection does after an exchange.
+pub(super) enum After {
+    /// Reads the next request.
+    KeepAlive,
+    /// Closes.
+    Close,
+    /// hyper serves the connection from this request on.
+    Fallback(&'static str),
+}
+
+/// Why no response head came.
+#[derive(Debug)]
+enum HeadError {
+    /// Writing the request upstream failed.
+    Write(std::io::Error),
+    /// Reading failed after `received` bytes.
+    Read(std::io::Error, usize),
+    /// The upstream closed after `received` bytes.
+    Closed(usize),
+    /// Not a response the proxy can forward.
+    Invalid(&'static str),
+    /// Forwarding an informational response to the client failed.
+    Client(std::io::Error),
+}
+
+impl HeadError {
+    /// Whether the request may go again on another connection: the connection was a
+    /// pooled one that closed before answering anything (a server closing an idle
+    /// keep-alive connection), and the request is idempotent or was not written.
+    fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            HeadError::Write(_) => true,
+            HeadError::Read(_, 0) | HeadError::Closed(0) => idempotent,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadError::Write(e) => write!(f, "sending the request: {e}"),
+            HeadError::Read(e, _) => write!(f, "reading the response: {e}"),
+            HeadError::Closed(_) => write!(f, "connection closed before the response"),
+            HeadError::Invalid(why) => f.write_str(why),
+            HeadError::Client(e) => write!(f, "client: {e}"),
+        }
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the rewritten trace fields fit where the old ones are: same names in the
+/// same order, same value lengths.
+fn same_shape(map: &HeaderMap, old: &[head::Field], buf: &[u8]) -> bool {
+    map.len() == old.len()
+        && map.iter().zip(old).all(|((n, v), f)| {
+            n.as_str().as_bytes().eq_ignore_ascii_case(f.name.get(buf))
+                && v.len() == f.value.end - f.value.start
+        })
+}
+
+impl Lean {
+    /// Proxies the request whose head is at the start of `cbuf`.
+    pub(super) async fn exchange(&mut self, client: &mut TcpStream) -> Result<After, ConnError> {
+        let server_start = SystemTime::now();
+        let pod = self.pod.clone();
+        let (req, buf) = (&self.req, &self.cbuf[..]);
+        let Ok(method) = Method::from_bytes(req.method.get(buf)) else {
+            return Ok(After::Fallback("method"));
+        };
+        let start_root = self.conn.dir == Direction::Inbound
+            && pod.trace_sampling > 0.0
+            && rand::random::<f64>() < pod.trace_sampling;
+        let mut trace = None;
+        if !req.trace.is_empty() || start_root {
+            let mut map = HeaderMap::with_capacity(req.trace.len() + 1);
+            for f in &req.trace {
+                let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(f.name.get(buf)),
+                    HeaderValue::from_bytes(f.value.get(buf)),
+                ) else {
+                    return Ok(After::Fallback("trace field"));
+                };
+                map.append(n, v);
+            }
+            trace = Some(map);
+        }
+        let target = req.target.str(buf);
+        let mut observed = self.conn.edge.request(&method, target, req.grpc);
+        let mut spans = match trace.as_mut() {
+            Some(map) => {
+                let facts = RequestFacts {
+                    method: method.as_str(),
+                    path: target.split_once('?').map_or(target, |(p, _)| p),
+                    version: Version::HTTP_11,
+                    host: req.host.map(|h| h.str(buf)),
+                    user_agent: req.user_agent.map(|u| u.str(buf)),
+                };
+                let route = observed.route().clone();
+                begin_head(
+                    self.spans.as_ref(),
+                    map,
+                    facts,
+                    server_start,
+                    start_root,
+                    &route,
+                    req.grpc,
+                )
+            }
+            None => None,
+        };
+        if let Some(s) = &spans {
+            observed.traced(|| s.trace_id().to_hex());
+        }
+        self.build_request_head(trace.as_ref());
+        let framing = self.req.framing.unwrap_or(Framing::Empty);
+        let close_after = self.req.close;
+        let head_request = method == Method::HEAD;
+
+        // The body: whole in the buffer (the common case: one write, and a retry is
+        // possible), or streamed after the head.
+        let mut state = BodyState::new(framing);
+        let mut probe = state;
+        let (take, data) = match probe.consume(&self.cbuf) {
+            Ok(t) => t,
+            Err(e) => return self.refuse_body(client, spans, observed, e).await,
+        };
+        if let Some(s) = spans.as_mut() {
+            s.client_started();
+        }
+        let (up, opened) = if probe.done() {
+            self.out.extend_from_slice(&self.cbuf[..take]);
+            self.cbuf.advance(take);
+            self.request_bytes.inc_by(data);
+            let idem = idempotent(&method);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (mut up, opened, reused) = match self.upstream().await {
+                    Ok(u) => u,
+                    Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
+                };
+                let sent = match up.write_all(&self.out).await {
+                    Ok(()) => self.response_head(&mut up, client, head_request).await,
+                    Err(e) => Err(HeadError::Write(e)),
+                };
+                match sent {
+                    Ok(()) => break (up, opened),
+                    Err(e) if reused && attempt < SEND_ATTEMPTS && e.retryable(idem) => {
+                        tracing::debug!(pod = %pod.key, "pooled connection closed before answering; retrying: {e}");
+                    }
+                    Err(HeadError::Client(e)) => return Err(ConnError::Relay(e)),
+                    Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
+                }
+            }
+        } else {
+            let (mut up, opened, _) = match self.upstream().await {
+                Ok(u) => u,
+                // The rest of the body is still unread: the connection cannot go on.
+                Err(e) => return self.bad_gateway(client, spans, observed, e, true).await,
+            };
+            let counter = self.request_bytes.clone();
+            let sent = body::forward(
+                &mut state,
+                &mut self.out,
+                &mut self.cbuf,
+                client,
+                &mut up,
+                &mut |n| {
+                    counter.inc_by(n);
+                },
+            )
+            .await;
+            match sent {
+                Ok(()) => {}
+                Err(BodyError::Write(e)) => {
+                    return self
+                        .bad_gateway(client, spans, observed, HeadError::Write(e), true)
+                        .await
+                }
+                Err(e) => return self.refuse_body(client, spans, observed, e).await,
+            }
+            if let Err(e) = self.response_head(&mut up, client, head_request).await {
+                if let HeadError::Client(e) = e {
+                    return Err(ConnError::Relay(e));
+                }
+                return self.bad_gateway(client, spans, observed, e, true).await;
+            }
+            (up, opened)
+        };
+        self.response(client, up, opened, spans, observed, close_after)
+            .await
+    }
+
+    /// The request head as it goes upstream, into `out`: the received bytes with the
+    /// trace value overwritten in place when it keeps its length, else rebuilt without
+    /// `Connection` and with the rewritten trace fields last.
+    fn build_request_head(&mut self, trace: Option<&HeaderMap>) {
+        self.out.clear();
+        let len = self.req.len;
+        let fits = trace.is_none_or(|map| same_shape(map, &self.req.trace, &self.cbuf));
+        if self.req.dropped == 0 && fits {
+            if let Some(map) = trace {
+                for ((_, v), f) in map.iter().zip(&self.req.trace) {
+                    self.cbuf[f.value.start..f.value.end].copy_from_slice(v.as_bytes());
+                }
+            }
+            self.out.extend_from_slice(&self.cbuf[..len]);
+        } else {
+            write_head(&mut self.out, &self.cbuf, self.req.line, &self.req.fields);
+            if let Some(map) = trace {
+                for (n, v) in map {
+                    self.out.extend_from_slice(n.as_str().as_bytes());
+                    self.out.extend_from_slice(b": ");
+                    self.out.extend_from_slice(v.as_bytes());
+                    self.out.extend_from_slice(b"\r\n");
+                }
+            }
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.cbuf.advance(len);
+    }
+
+    /// The connection for this request: the one from detection, a pooled one, or a new
+    /// one (the flag says whether it served a request before).
+    async fn upstream(&mut self) -> Result<(TcpStream, Instant, bool), ConnError> {
+        if let Some(s) = self.first.take() {
+            return Ok((s, Instant::now(), false));
+        }
+        let pool = self.pod.pool(self.conn.dir);
+        if let Some((s, opened)) = pool.checkout_raw(&self.key) {
+            return Ok((s, opened, true));
+        }
+        let s = self.conn.target.connect(&self.pod).await?;
+        pool.mark_http(self.key);
+        Ok((s, Instant::now(), false))
+    }
+
+    /// Reads the response head into `rbuf` (`resp`), forwarding informational (1xx)
+    /// responses to the client on the way.
+    async fn response_head(
+        &mut self,
+        up: &mut TcpStream,
+        client: &mut TcpStream,
+        head_request: bool,
+    ) -> Result<(), HeadError> {
+        self.rbuf.clear();
+        let mut received = 0;
+        loop {
+            if !self.rbuf.is_empty() {
+                let r = head::parse_response(
+                    &self.rbuf,
+                    MAX_RESPONSE_HEAD,
+                    head_request,
+                    &mut self.resp,
+                );
+                match r {
+                    head::Response::Partial => {}
+                    head::Response::Invalid(why) => return Err(HeadError::Invalid(why)),
+                    head::Response::Complete if self.resp.status == 101 => {
+                        return Err(HeadError::Invalid("101 response to a request without upgrade"))
+                    }
+                    head::Response::Complete if self.resp.status < 200 => {
+                        let mut info = Vec::with_capacity(self.resp.len);
+                        write_head(&mut info, &self.rbuf, self.resp.line, &self.resp.fields);
+                        info.extend_from_slice(b"\r\n");
+                        client.write_all(&info).await.map_err(HeadError::Client)?;
+                        self.rbuf.advance(self.resp.len);
+                        continue;
+                    }
+                    head::Response::Complete => return Ok(()),
+                }
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < body::READ_SIZE / 4 {
+                self.rbuf.reserve(body::READ_SIZE);
+            }
+            match up.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Err(HeadError::Closed(received)),
+                Ok(n) => received += n,
+                Err(e) => return Err(HeadError::Read(e, received)),
+            }
+        }
+    }
+
+    /// Relays the response whose head is in `rbuf`, then pools the upstream connection
+    /// if the server keeps it open.
+    async fn response(
+        &mut self,
+        client: &mut TcpStream,
+        mut up: TcpStream,
+        opened: Instant,
+        mut spans: Option<RequestSpans>,
+        mut observed: RequestObservation,
+        close_after: bool,
+    ) -> Result<After, ConnError> {
+        let Ok(status) = StatusCode::from_u16(self.resp.status) else {
+            let e = HeadError::Invalid("invalid response status");
+            return self.bad_gateway(client, spans, observed, e, true).await;
+        };
+        observed.response(status, None);
+        if let Some(s) = spans.as_mut() {
+            s.responded(status);
+        }
+        let framing = self.resp.framing.unwrap_or(Framing::UntilClose);
+        let closing = close_after || *self.shutdown.borrow() || framing == Framing::UntilClose;
+        self.out.clear();
+        write_head(&mut self.out, &self.rbuf, self.resp.line, &self.resp.fields);
+        if closing {
+            self.out.extend_from_slice(b"connection: close\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.rbuf.advance(self.resp.len);
+        let mut state = BodyState::new(framing);
+        let relayed = body::forward(
+            &mut state,
+            &mut self.out,
+            &mut self.rbuf,
+            &mut up,
+            client,
+            &mut |n| observed.response_data(n as usize),
+        )
+        .await;
+        if let Err(e) = relayed {
+            if let Some(s) = spans {
+                s.complete(Some(format!("response body: {e}")));
+            }
+            return Err(ConnError::Relay(std::io::Error::other(e)));
+        }
+        observed.complete();
+        if let Some(s) = spans {
+            s.complete(None);
+        }
+        if self.resp.reusable && self.rbuf.is_empty() {
+            self.pod
+                .pool(self.conn.dir)
+                .checkin_raw(self.key, up, opened);
+        }
+        self.rbuf.clear();
+        Ok(if closing { After::Close } else { After::KeepAlive })
+    }
+
+    /// No response from upstream: answers 502 itself.
+    async fn bad_gateway(
+        &mut self,
+        client: &mut TcpStream,
+        spans: Option<RequestSpans>,
+        observed: RequestObservation,
+        err: impl std::fmt::Display,
+        close: bool,
+    ) -> Result<After, ConnError> {
+        let msg = err.to_string();
+        tracing::debug!(pod = %self.pod.key, direction = self.conn.dir.as_str(), "upstream: {msg}");
+        let text = "hoptrace: upstream unavailable\n";
+        self.answer(client, spans, observed, StatusCode::BAD_GATEWAY, text, msg, close)
+            .await
+    }
+
+    /// The client's body is malformed or cut short: answered 400 (as the server
+    /// would have), not blamed on the upstream; the connection closes.
+    async fn refuse_body(
+        &mut self,
+        client: &mut TcpStream,
+        spans: Option<RequestSpans>,
+        observed: RequestObservation,
+        err: BodyError,
+    ) -> Result<After, ConnError> {
+        let msg = err.to_string();
+        let text = "hoptrace: malformed request body\n";
+        self.answer(client, spans, observed, StatusCode::BAD_REQUEST, text, msg, true)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &mut self,
+        client: &mut TcpStream,
+        spans: Option<RequestSpans>,
+        mut observed: RequestObservation,
+        status: StatusCode,
+        text: &str,
+        error: String,
+        close: bool,
+    ) -> Result<After, ConnError> {
+        if let Some(s) = spans {
+            s.failed(status, error);
+        }
+        observed.response(status, None);
+        let close = close || *self.shutdown.borrow();
+        let answer = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{text}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            text.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        client
+            .write_all(answer.as_bytes())
+            .await
+            .map_err(ConnError::Relay)?;
+        observed.complete();
+        Ok(if close { After::Close } else { After::KeepAlive })
+    }
+}

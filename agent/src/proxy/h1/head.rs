@@ -1,0 +1,393 @@
+//! HTTP/1.1 heads for the lean path: what a request or response head says about its
+//! framing and connection, decided from `httparse`'s view of the bytes, and the head
+//! as it is sent on. Pure functions over byte slices; offsets ([`Span`]) point into the
+//! buffer the head was parsed from, so the caller keeps no borrow across its awaits.
+//!
+//! The lean path takes only the heads whose meaning is plain (RFC 9112): anything
+//! unusual — HTTP/1.0, an upgrade, `Expect`, a `Transfer-Encoding` other than exactly
+//! `chunked`, `Content-Length` repeated or next to `Transfer-Encoding`, `Connection`
+//! naming other fields, a target not in origin form, more than [`MAX_HEADERS`] fields
+//! or a head over the buffer — is [`Request::Fallback`]: the connection goes on in
+//! hyper, which answers it exactly as before.
+
+use crate::trace::context::{
+    B3, TRACEPARENT, X_B3_FLAGS, X_B3_PARENTSPANID, X_B3_SAMPLED, X_B3_SPANID, X_B3_TRACEID,
+};
+
+/// Header fields a head may have for the lean path (hyper's limit is 100).
+pub const MAX_HEADERS: usize = 64;
+
+/// A byte range in the buffer the head was parsed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+}
+
+impl Span {
+    fn of(buf: &[u8], part: &[u8]) -> Self {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        Self {
+            start,
+            end: start + part.len(),
+        }
+    }
+
+    /// The bytes of `buf` in this range.
+    pub fn get<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.start..self.end]
+    }
+
+    /// As text (`""` when not UTF-8).
+    pub fn str<'b>(&self, buf: &'b [u8]) -> &'b str {
+        std::str::from_utf8(self.get(buf)).unwrap_or("")
+    }
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the server closes (responses only).
+    UntilClose,
+}
+
+/// One header field of a head: its name and value ranges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Field {
+    /// The name.
+    pub name: Span,
+    /// The value.
+    pub value: Span,
+}
+
+/// A request head the lean path forwards.
+#[derive(Debug, Default)]
+pub struct RequestHead {
+    /// Bytes of the head, its final CRLF included.
+    pub len: usize,
+    /// The method token.
+    pub method: Span,
+    /// The request target (origin form: path and query).
+    pub target: Span,
+    /// The request line, without its CRLF.
+    pub line: Span,
+    /// `Host`.
+    pub host: Option<Span>,
+    /// `User-Agent`.
+    pub user_agent: Option<Span>,
+    /// `Content-Type` starts with `application/grpc`.
+    pub grpc: bool,
+    /// Body framing.
+    pub framing: Option<Framing>,
+    /// `Connection: close`.
+    pub close: bool,
+    /// Fields forwarded as they are.
+    pub fields: Vec<Field>,
+    /// Trace-context fields (W3C `traceparent`, B3), in order.
+    pub trace: Vec<Field>,
+    /// Fields the proxy does not forward (`Connection`).
+    pub dropped: usize,
+}
+
+/// What a request buffer holds.
+#[derive(Debug)]
+pub enum Request {
+    /// Not a whole head yet.
+    Partial,
+    /// A head the lean path forwards.
+    Lean,
+    /// Anything else: hyper serves the connection from here on (the reason is logged).
+    Fallback(&'static str),
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn is_trace_field(name: &str) -> bool {
+    [
+        TRACEPARENT,
+        B3,
+        X_B3_TRACEID,
+        X_B3_SPANID,
+        X_B3_PARENTSPANID,
+        X_B3_SAMPLED,
+        X_B3_FLAGS,
+    ]
+    .iter()
+    .any(|t| eq(name, t))
+}
+
+/// Whether a `Content-Length` value is digits only (no sign, no list).
+fn content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Tokens of a comma-separated field value, trimmed.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Parses the request head at the start of `buf` into `head` (reused between requests,
+/// so a connection allocates its field lists once). `max` is the largest head the lean
+/// path buffers: a partial head already that long falls back.
+pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max => return Request::Fallback("head"),
+        Ok(httparse::Status::Partial) => return Request::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Request::Fallback("fields"),
+        Err(_) => return Request::Fallback("malformed"),
+    };
+    if req.version != Some(1) {
+        return Request::Fallback("version");
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Request::Fallback("malformed");
+    };
+    if method == "CONNECT" || !path.starts_with('/') {
+        return Request::Fallback("target");
+    }
+    head.len = len;
+    head.method = Span::of(buf, method.as_bytes());
+    head.target = Span::of(buf, path.as_bytes());
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(len.saturating_sub(2));
+    head.line = Span { start: 0, end: line_end };
+    head.host = None;
+    head.user_agent = None;
+    head.grpc = false;
+    head.close = false;
+    head.fields.clear();
+    head.trace.clear();
+    head.dropped = 0;
+    let mut length = None;
+    let mut chunked = false;
+    for h in req.headers.iter() {
+        let field = Field {
+            name: Span::of(buf, h.name.as_bytes()),
+            value: Span::of(buf, h.value),
+        };
+        let name = h.name;
+        if eq(name, "content-length") {
+            match (length, content_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Request::Fallback("content-length"),
+            }
+        } else if eq(name, "transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Request::Fallback("transfer-encoding");
+            }
+            chunked = true;
+        } else if eq(name, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    head.close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    return Request::Fallback("connection");
+                }
+            }
+            head.dropped += 1;
+            continue;
+        } else if eq(name, "te") {
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"trailers") {
+                return Request::Fallback("te");
+            }
+        } else if ["upgrade", "expect", "http2-settings", "keep-alive", "proxy-connection"]
+            .iter()
+            .any(|n| eq(name, n))
+        {
+            return Request::Fallback("hop-by-hop");
+        } else if eq(name, "host") {
+            head.host = Some(field.value);
+        } else if eq(name, "user-agent") {
+            head.user_agent = Some(field.value);
+        } else if eq(name, "content-type") {
+            head.grpc = h.value.starts_with(b"application/grpc");
+        } else if is_trace_field(name) {
+            head.trace.push(field);
+            continue;
+        }
+        head.fields.push(field);
+    }
+    head.framing = Some(match (length, chunked) {
+        (Some(_), true) => return Request::Fallback("content-length and transfer-encoding"),
+        (Some(0) | None, false) => Framing::Empty,
+        (Some(n), false) => Framing::Length(n),
+        (None, true) => Framing::Chunked,
+    });
+    Request::Lean
+}
+
+/// A response head as the lean path forwards it.
+#[derive(Debug, Default)]
+pub struct ResponseHead {
+    /// Bytes of the head, its final CRLF included.
+    pub len: usize,
+    /// The status code.
+    pub status: u16,
+    /// The status line, without its CRLF.
+    pub line: Span,
+    /// Body framing.
+    pub framing: Option<Framing>,
+    /// The server keeps the connection open for another request.
+    pub reusable: bool,
+    /// Fields forwarded as they are.
+    pub fields: Vec<Field>,
+    /// Fields the proxy does not forward (`Connection`, `Keep-Alive`, and the ones
+    /// `Connection` names).
+    pub dropped: usize,
+}
+
+/// What a response buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Not a whole head yet.
+    Partial,
+    /// A head.
+    Complete,
+    /// Not a response the proxy can forward.
+    Invalid(&'static str),
+}
+
+/// Parses the response head at the start of `buf` into `head`; `head_request`: the
+/// request was `HEAD` (no body whatever the fields say).
+pub fn parse_response(
+    buf: &[u8],
+    max: usize,
+    head_request: bool,
+    head: &mut ResponseHead,
+) -> Response {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max => {
+            return Response::Invalid("response head too large")
+        }
+        Ok(httparse::Status::Partial) => return Response::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Response::Invalid("too many response header fields")
+        }
+        Err(_) => return Response::Invalid("malformed response head"),
+    };
+    let Some(status) = resp.code else {
+        return Response::Invalid("malformed response head");
+    };
+    head.len = len;
+    head.status = status;
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(len.saturating_sub(2));
+    head.line = Span { start: 0, end: line_end };
+    head.fields.clear();
+    head.dropped = 0;
+    let mut reusable = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    // Fields named by `Connection` are dropped too (RFC 9110 §7.6.1).
+    let mut named: [&[u8]; 4] = [b""; 4];
+    let mut n_named = 0;
+    for h in resp.headers.iter() {
+        if eq(h.name, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    if n_named == named.len() {
+                        return Response::Invalid("too many fields named in Connection");
+                    }
+                    named[n_named] = t;
+                    n_named += 1;
+                }
+            }
+        }
+    }
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if eq(name, "connection")
+            || eq(name, "keep-alive")
+            || eq(name, "proxy-connection")
+            || named[..n_named]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            head.dropped += 1;
+            continue;
+        }
+        if eq(name, "content-length") {
+            let Some(n) = content_length(h.value) else {
+                return Response::Invalid("invalid Content-Length in response");
+            };
+            if length.is_some_and(|l| l != n) {
+                return Response::Invalid("conflicting Content-Length in response");
+            }
+            length = Some(n);
+        } else if eq(name, "transfer-encoding") {
+            // The final coding decides (RFC 9112 §6.3).
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        }
+        head.fields.push(Field {
+            name: Span::of(buf, name.as_bytes()),
+            value: Span::of(buf, h.value),
+        });
+    }
+    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
+    {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    if framing == Framing::UntilClose {
+        reusable = false;
+    }
+    head.reusable = reusable;
+    head.framing = Some(framing);
+    Response::Complete
+}
+
+/// Appends `line` and the fields to `out` (the caller adds its own fields and the
+/// final CRLF).
+pub fn write_head(out: &mut Vec<u8>, buf: &[u8], line: Span, fields: &[Field]) {
+    out.extend_from_slice(line.get(buf));
+    out.extend_from_slice(b"\r\n");
+    for f in fields {
+        out.extend_from_slice(f.name.get(buf));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+#[path = "head_tests.rs"]
+mod tests;

@@ -1,0 +1,136 @@
+use super::*;
+
+fn req(raw: &str) -> (Request, RequestHead) {
+    let mut h = RequestHead::default();
+    let r = parse_request(raw.as_bytes(), 16 * 1024, &mut h);
+    (r, h)
+}
+
+fn fallback(raw: &str) -> &'static str {
+    match req(raw).0 {
+        Request::Fallback(why) => why,
+        other => panic!("{raw:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn plain_requests_are_lean() {
+    let raw = "GET /a?b=1 HTTP/1.1\r\nHost: web:8080\r\nUser-Agent: t\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nConnection: keep-alive\r\n\r\nNEXT";
+    let (r, h) = req(raw);
+    assert!(matches!(r, Request::Lean), "{r:?}");
+    let b = raw.as_bytes();
+    assert_eq!(h.len, raw.len() - 4);
+    assert_eq!(h.method.str(b), "GET");
+    assert_eq!(h.target.str(b), "/a?b=1");
+    assert_eq!(h.line.str(b), "GET /a?b=1 HTTP/1.1");
+    assert_eq!(h.host.map(|s| s.str(b)), Some("web:8080"));
+    assert_eq!(h.user_agent.map(|s| s.str(b)), Some("t"));
+    assert_eq!(h.trace.len(), 1);
+    assert_eq!(h.trace[0].name.str(b), "traceparent");
+    assert_eq!(h.fields.len(), 2, "Host and User-Agent; Connection dropped");
+    assert_eq!(h.dropped, 1);
+    assert!(!h.close);
+    assert_eq!(h.framing, Some(Framing::Empty));
+
+    let (r, h) = req("POST / HTTP/1.1\r\nContent-Length: 12\r\nConnection: close\r\n\r\n");
+    assert!(matches!(r, Request::Lean));
+    assert_eq!(h.framing, Some(Framing::Length(12)));
+    assert!(h.close);
+    let (_, h) = req("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nTE: trailers\r\n\r\n");
+    assert_eq!(h.framing, Some(Framing::Chunked));
+    let (r, _) = req("GET / HTTP/1.1\r\nHost: a\r\n");
+    assert!(matches!(r, Request::Partial));
+}
+
+#[test]
+fn unusual_heads_go_to_hyper() {
+    for raw in [
+        "GET / HTTP/1.0\r\n\r\n",
+        "CONNECT a:443 HTTP/1.1\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+        "GET / HTTP/1.1\r\nConnection: x-private\r\nx-private: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nKeep-Alive: timeout=5\r\n\r\n",
+        "GET / HTTP/1.1\r\nTE: gzip\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n\x01bad\r\n\r\n",
+    ] {
+        fallback(raw);
+    }
+    let mut many = String::from("GET / HTTP/1.1\r\n");
+    for i in 0..MAX_HEADERS + 1 {
+        many.push_str(&format!("x-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(fallback(&many), "fields");
+    // A head still partial at the buffer's size: hyper reads the rest.
+    let mut h = RequestHead::default();
+    let long = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(100));
+    assert!(matches!(
+        parse_request(long.as_bytes(), 64, &mut h),
+        Request::Fallback("head")
+    ));
+}
+
+fn resp(raw: &str, head_request: bool) -> (Response, ResponseHead) {
+    let mut h = ResponseHead::default();
+    let r = parse_response(raw.as_bytes(), 64 * 1024, head_request, &mut h);
+    (r, h)
+}
+
+#[test]
+fn responses_are_framed_as_rfc_9112_says() {
+    let raw = "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nok";
+    let (r, h) = resp(raw, false);
+    assert_eq!(r, Response::Complete);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.framing, Some(Framing::Length(2)));
+    assert!(h.reusable);
+    assert_eq!(h.dropped, 2);
+    let mut out = Vec::new();
+    write_head(&mut out, raw.as_bytes(), h.line, &h.fields);
+    assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n");
+
+    let framing = |raw: &str, head: bool| resp(raw, head).1.framing;
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false),
+        Some(Framing::Chunked)
+    );
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+        Some(Framing::UntilClose)
+    );
+    assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", false), Some(Framing::UntilClose));
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+        Some(Framing::Empty)
+    );
+    assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n", false), Some(Framing::Empty));
+    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false), Some(Framing::Empty));
+    assert_eq!(framing("HTTP/1.1 100 Continue\r\n\r\n", false), Some(Framing::Empty));
+
+    let (_, h) = resp("HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nx-a: 1\r\nContent-Length: 0\r\n\r\n", false);
+    assert!(!h.reusable);
+    assert_eq!(h.dropped, 2, "Connection and the field it names");
+    let (_, h) = resp("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+    assert!(!h.reusable, "HTTP/1.0 closes by default");
+    let (_, h) = resp("HTTP/1.1 200 OK\r\n\r\n", false);
+    assert!(!h.reusable, "a body until close ends the connection");
+
+    for bad in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+    ] {
+        assert!(matches!(resp(bad, false).0, Response::Invalid(_)), "{bad:?}");
+    }
+    assert_eq!(resp("HTTP/1.1 200 OK\r\nA: b\r\n", false).0, Response::Partial);
+}
