@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
-    body::{self, BodyError, BodyState},
+    body::{self, BodyState},
     head::{self, write_head, Framing},
     Lean, MAX_RESPONSE_HEAD,
 };
@@ -19,6 +19,10 @@ use crate::{
     proxy::ConnError,
     trace::http::{begin_head, RequestFacts, RequestSpans},
 };
+
+/// The largest request body the lean path reads whole before sending it on; a larger
+/// one is streamed by hyper.
+pub(super) const MAX_BUFFERED_BODY: usize = 64 * 1024;
 
 /// Attempts per request when a pooled connection turns out closed before it answered.
 const SEND_ATTEMPTS: usize = 3;
@@ -94,6 +98,9 @@ impl Lean {
     /// Proxies the request whose head is at the start of `cbuf`.
     pub(super) async fn exchange(&mut self, client: &mut TcpStream) -> Result<After, ConnError> {
         let server_start = SystemTime::now();
+        let Some((body_len, body_data)) = self.buffer_body(client).await? else {
+            return Ok(After::Fallback("request body streamed"));
+        };
         let pod = self.pod.clone();
         let (req, buf) = (&self.req, &self.cbuf[..]);
         let Ok(method) = Method::from_bytes(req.method.get(buf)) else {
@@ -144,83 +151,77 @@ impl Lean {
             observed.traced(|| s.trace_id().to_hex());
         }
         self.build_request_head(trace.as_ref());
-        let framing = self.req.framing.unwrap_or(Framing::Empty);
         let close_after = self.req.close;
         let head_request = method == Method::HEAD;
 
-        // The body: whole in the buffer (the common case: one write, and a retry is
-        // possible), or streamed after the head.
-        let mut state = BodyState::new(framing);
-        let mut probe = state;
-        let (take, data) = match probe.consume(&self.cbuf) {
-            Ok(t) => t,
-            Err(e) => return self.refuse_body(client, spans, observed, e).await,
-        };
+        // The body is whole in the buffer (see `buffer_body`): one write, and a retry
+        // is possible.
+        self.out.extend_from_slice(&self.cbuf[..body_len]);
+        self.cbuf.advance(body_len);
+        self.request_bytes.inc_by(body_data);
         if let Some(s) = spans.as_mut() {
             s.client_started();
         }
-        let (up, opened) = if probe.done() {
-            self.out.extend_from_slice(&self.cbuf[..take]);
-            self.cbuf.advance(take);
-            self.request_bytes.inc_by(data);
-            let idem = idempotent(&method);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let (mut up, opened, reused) = match self.upstream().await {
-                    Ok(u) => u,
-                    Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
-                };
-                let sent = match up.write_all(&self.out).await {
-                    Ok(()) => self.response_head(&mut up, client, head_request).await,
-                    Err(e) => Err(HeadError::Write(e)),
-                };
-                match sent {
-                    Ok(()) => break (up, opened),
-                    Err(e) if reused && attempt < SEND_ATTEMPTS && e.retryable(idem) => {
-                        tracing::debug!(pod = %pod.key, "pooled connection closed before answering; retrying: {e}");
-                    }
-                    Err(HeadError::Client(e)) => return Err(ConnError::Relay(e)),
-                    Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
-                }
-            }
-        } else {
-            let (mut up, opened, _) = match self.upstream().await {
+        let idem = idempotent(&method);
+        let mut attempt = 0;
+        let (up, opened) = loop {
+            attempt += 1;
+            let (mut up, opened, reused) = match self.upstream().await {
                 Ok(u) => u,
-                // The rest of the body is still unread: the connection cannot go on.
-                Err(e) => return self.bad_gateway(client, spans, observed, e, true).await,
+                Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
             };
-            let counter = self.request_bytes.clone();
-            let sent = body::forward(
-                &mut state,
-                &mut self.out,
-                &mut self.cbuf,
-                client,
-                &mut up,
-                &mut |n| {
-                    counter.inc_by(n);
-                },
-            )
-            .await;
+            let sent = match up.write_all(&self.out).await {
+                Ok(()) => self.response_head(&mut up, client, head_request).await,
+                Err(e) => Err(HeadError::Write(e)),
+            };
             match sent {
-                Ok(()) => {}
-                Err(BodyError::Write(e)) => {
-                    return self
-                        .bad_gateway(client, spans, observed, HeadError::Write(e), true)
-                        .await
+                Ok(()) => break (up, opened),
+                Err(e) if reused && attempt < SEND_ATTEMPTS && e.retryable(idem) => {
+                    tracing::debug!(pod = %pod.key, "pooled connection closed before answering; retrying: {e}");
                 }
-                Err(e) => return self.refuse_body(client, spans, observed, e).await,
+                Err(HeadError::Client(e)) => return Err(ConnError::Relay(e)),
+                Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
             }
-            if let Err(e) = self.response_head(&mut up, client, head_request).await {
-                if let HeadError::Client(e) = e {
-                    return Err(ConnError::Relay(e));
-                }
-                return self.bad_gateway(client, spans, observed, e, true).await;
-            }
-            (up, opened)
         };
         self.response(client, up, opened, spans, observed, close_after)
             .await
+    }
+
+    /// Makes sure the request's body is in `cbuf` after its head: `Some((bytes, data
+    /// bytes))` of the body, or `None` when hyper should serve the request instead —
+    /// a chunked body not all here (it may be a stream the client sends piece by piece,
+    /// waiting for answers in between), a `Content-Length` over [`MAX_BUFFERED_BODY`],
+    /// a malformed or cut-short body (hyper answers those as before). Small bodies are
+    /// read whole first, as nginx buffers request bodies, within the header-read
+    /// timeout.
+    async fn buffer_body(
+        &mut self,
+        client: &mut TcpStream,
+    ) -> Result<Option<(usize, u64)>, ConnError> {
+        let framing = self.req.framing.unwrap_or(Framing::Empty);
+        let deadline = tokio::time::Instant::now() + self.pod.limits.header_read_timeout;
+        loop {
+            let mut probe = BodyState::new(framing);
+            match probe.consume(&self.cbuf[self.req.len..]) {
+                Ok(whole) if probe.done() => return Ok(Some(whole)),
+                Ok(_) => {}
+                Err(_) => return Ok(None),
+            }
+            let small = matches!(framing, Framing::Length(n) if n <= MAX_BUFFERED_BODY as u64);
+            if !small {
+                return Ok(None);
+            }
+            self.cbuf.reserve(body::READ_SIZE);
+            match tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)).await {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ConnError::Relay(e)),
+                Err(_) => {
+                    self.pod.metrics(self.conn.dir).limits.timeouts.inc();
+                    return Err(ConnError::Relay(std::io::ErrorKind::TimedOut.into()));
+                }
+            }
+        }
     }
 
     /// The request head as it goes upstream, into `out`: the received bytes with the
@@ -383,21 +384,6 @@ impl Lean {
         tracing::debug!(pod = %self.pod.key, direction = self.conn.dir.as_str(), "upstream: {msg}");
         let text = "hoptrace: upstream unavailable\n";
         self.answer(client, spans, observed, StatusCode::BAD_GATEWAY, text, msg, close)
-            .await
-    }
-
-    /// The client's body is malformed or cut short: answered 400 (as the server
-    /// would have), not blamed on the upstream; the connection closes.
-    async fn refuse_body(
-        &mut self,
-        client: &mut TcpStream,
-        spans: Option<RequestSpans>,
-        observed: RequestObservation,
-        err: BodyError,
-    ) -> Result<After, ConnError> {
-        let msg = err.to_string();
-        let text = "hoptrace: malformed request body\n";
-        self.answer(client, spans, observed, StatusCode::BAD_REQUEST, text, msg, true)
             .await
     }
 
