@@ -82,6 +82,10 @@ pub enum Scenario {
     /// counting every request costs.
     #[serde(rename = "hoptrace-http-nometrics")]
     HoptraceHttpNoMetrics,
+    /// The same with the agents' HTTP/1.1 proxied by hyper (`--http1-proxy hyper`), as
+    /// before the lean path: what the lean path saves.
+    #[serde(rename = "hoptrace-http-hyper")]
+    HoptraceHttpHyper,
     /// TCP ping-pong, no proxy.
     #[serde(rename = "direct-tcp")]
     DirectTcp,
@@ -95,12 +99,13 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
         Scenario::HoptraceHttp,
         Scenario::HoptraceHttpNoMetrics,
+        Scenario::HoptraceHttpHyper,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
@@ -114,6 +119,7 @@ impl Scenario {
             Scenario::L4 => "l4",
             Scenario::HoptraceHttp => "hoptrace-http",
             Scenario::HoptraceHttpNoMetrics => "hoptrace-http-nometrics",
+            Scenario::HoptraceHttpHyper => "hoptrace-http-hyper",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
@@ -132,7 +138,8 @@ impl Scenario {
             | Scenario::Sidecar
             | Scenario::L4
             | Scenario::HoptraceHttp
-            | Scenario::HoptraceHttpNoMetrics => Workload::Http,
+            | Scenario::HoptraceHttpNoMetrics
+            | Scenario::HoptraceHttpHyper => Workload::Http,
             Scenario::DirectTcp | Scenario::L4Tcp | Scenario::HoptraceTcp => Workload::Tcp,
         }
     }
@@ -141,7 +148,10 @@ impl Scenario {
     pub fn is_hoptrace(self) -> bool {
         matches!(
             self,
-            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp
+            Scenario::HoptraceHttp
+                | Scenario::HoptraceHttpNoMetrics
+                | Scenario::HoptraceHttpHyper
+                | Scenario::HoptraceTcp
         )
     }
 
@@ -149,13 +159,34 @@ impl Scenario {
     pub fn is_traced(self) -> bool {
         matches!(
             self,
-            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics
+            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceHttpHyper
         )
     }
 
-    /// Whether the agents count golden metrics in this scenario.
-    pub fn golden_metrics(self) -> bool {
-        self != Scenario::HoptraceHttpNoMetrics
+    /// How the agents run in this scenario.
+    pub fn agent_mode(self) -> AgentMode {
+        AgentMode {
+            golden_metrics: self != Scenario::HoptraceHttpNoMetrics,
+            lean_http1: self != Scenario::HoptraceHttpHyper,
+        }
+    }
+}
+
+/// The agents' settings a scenario may change (they restart when it does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentMode {
+    /// `--golden-metrics`.
+    pub golden_metrics: bool,
+    /// `--http1-proxy lean` (else `hyper`).
+    pub lean_http1: bool,
+}
+
+impl Default for AgentMode {
+    fn default() -> Self {
+        Self {
+            golden_metrics: true,
+            lean_http1: true,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Building the bench lab: pods, apps, the third-party proxies and the agents.
 
 use super::confgen::{self, NginxRole, Relay};
-use super::{BenchOptions, Scenario, Workload};
+use super::{AgentMode, BenchOptions, Scenario, Workload};
 use super::{APP_PORT, ECHO_PORT, L4_HTTP_PORT, L4_TCP_PORT, SIDECAR_IN_PORT, SIDECAR_OUT_PORT};
 use crate::otlp::{OtlpReceiver, ReceiverOptions};
 use crate::{Agent, Lab, LabApp, LabOptions, Pod, PodProcess};
@@ -41,8 +41,8 @@ pub struct BenchLab {
     pub hserver: Pod,
     /// Agents, one per node that has enrolled pods, with the pods they enrolled.
     pub agents: Vec<(Agent, u32)>,
-    /// The agents count golden metrics (see [`BenchLab::set_golden_metrics`]).
-    pub golden_metrics: bool,
+    /// How the agents run now (see [`BenchLab::set_agent_mode`]).
+    pub agent_mode: AgentMode,
     /// Client-pod nginx (sidecar model, outbound).
     pub sidecar_out: Proxy,
     /// Server-pod nginx (sidecar model, inbound).
@@ -152,7 +152,7 @@ impl BenchLab {
             agents.push((agent, pods.len() as u32));
         }
         Ok(BenchLab {
-            golden_metrics: true,
+            agent_mode: AgentMode::default(),
             otlp,
             client,
             server,
@@ -168,20 +168,22 @@ impl BenchLab {
         })
     }
 
-    /// Restarts the agents with their golden metrics on or off, when they are not
-    /// already so; returns whether it did (the caller warms the path up again).
-    pub fn set_golden_metrics(&mut self, on: bool) -> Result<bool> {
-        if self.golden_metrics == on {
+    /// Restarts the agents in `mode` when they do not already run so; returns whether
+    /// it did (the caller warms the path up again).
+    pub fn set_agent_mode(&mut self, mode: AgentMode) -> Result<bool> {
+        if self.agent_mode == mode {
             return Ok(false);
         }
         let mut args = self.agent_args();
-        args.push(format!("--golden-metrics={on}"));
+        args.push(format!("--golden-metrics={}", mode.golden_metrics));
+        let engine = if mode.lean_http1 { "lean" } else { "hyper" };
+        args.push(format!("--http1-proxy={engine}"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for (agent, _) in &mut self.agents {
             agent.restart_with_args(&args)?;
             agent.wait_ready(READY_TIMEOUT)?;
         }
-        self.golden_metrics = on;
+        self.agent_mode = mode;
         Ok(true)
     }
 
@@ -203,7 +205,10 @@ impl BenchLab {
             Scenario::Sidecar => (&self.client, loopback(SIDECAR_OUT_PORT)),
             Scenario::L4 => (&self.client, loopback(L4_HTTP_PORT)),
             Scenario::L4Tcp => (&self.client, loopback(L4_TCP_PORT)),
-            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp => {
+            Scenario::HoptraceHttp
+            | Scenario::HoptraceHttpNoMetrics
+            | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceTcp => {
                 (&self.hclient, self.hserver.addr(port))
             }
         }
@@ -218,7 +223,10 @@ impl BenchLab {
                 self.sidecar_in.cgroup.clone(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.cgroup.clone()],
-            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp => {
+            Scenario::HoptraceHttp
+            | Scenario::HoptraceHttpNoMetrics
+            | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceTcp => {
                 self.agents
                     .iter()
                     .map(|(a, _)| self.lab.agent_cgroup(a.node()))
@@ -237,7 +245,10 @@ impl BenchLab {
                 self.sidecar_in.process.pid(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.process.pid()],
-            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceTcp => {
+            Scenario::HoptraceHttp
+            | Scenario::HoptraceHttpNoMetrics
+            | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceTcp => {
                 self.agents.iter().filter_map(|(a, _)| a.pid()).collect()
             }
         }

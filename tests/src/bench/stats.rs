@@ -273,6 +273,10 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
     let metrics = per_round(samples, h, Scenario::HoptraceHttpNoMetrics, |a, b| {
         b.sat_lab_cpu_us / a.sat_lab_cpu_us
     });
+    // CPU per request of the lean HTTP/1 path over hyper's, at saturation.
+    let lean = per_round(samples, h, Scenario::HoptraceHttpHyper, |a, b| {
+        a.sat_cpu_us / b.sat_cpu_us
+    });
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -346,6 +350,12 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
             target: ">= 0.95x (counting costs at most 5%)".into(),
             measured: format!("{metrics:.3}x (median of per-round ratios)"),
             verdict: Verdict::of(metrics, metrics >= 0.95),
+        },
+        Goal {
+            goal: "proxy CPU per request at saturation, lean HTTP/1 path vs hyper (hoptrace-http vs hoptrace-http-hyper)".into(),
+            target: "< 1x (the lean path is cheaper)".into(),
+            measured: format!("{lean:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(lean, lean < 1.0),
         },
     ]
 }

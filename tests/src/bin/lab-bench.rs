@@ -112,7 +112,7 @@ fn run() -> Result<bool> {
     let mut bl = BenchLab::start(&opts, labapp)?;
     println!("bench: lab {} up; warming up every scenario", bl.lab.id());
     for &s in &opts.scenarios {
-        bl.set_golden_metrics(s.golden_metrics())?;
+        bl.set_agent_mode(s.agent_mode())?;
         measure::warm_up(&bl, &opts, s).with_context(|| format!("warming up {}", s.name()))?;
     }
     let me = [std::process::id()];
@@ -123,9 +123,9 @@ fn run() -> Result<bool> {
     );
     for round in 1..=opts.rounds {
         for &s in &opts.scenarios {
-            // The agents restart between the scenarios with and without golden metrics:
+            // The agents restart between scenarios that run them differently:
             // warm the path up again so neither pays for cold pools.
-            if bl.set_golden_metrics(s.golden_metrics())? {
+            if bl.set_agent_mode(s.agent_mode())? {
                 measure::warm_up(&bl, &opts, s)
                     .with_context(|| format!("warming up {} again", s.name()))?;
             }
@@ -155,7 +155,7 @@ fn run() -> Result<bool> {
     result.host.bench_pct = 100.0 * ((lab1 - lab0) + (self1 - self0)).as_secs_f64() / total;
     result.host.loadavg_after = loadavg();
 
-    bl.set_golden_metrics(true)?;
+    bl.set_agent_mode(Default::default())?;
     if profile {
         println!("bench: profiling both agents under one hoptrace-http saturation run");
         let p = hoptrace_tests::bench::profile::run(&bl, &opts, &out_dir)?;
