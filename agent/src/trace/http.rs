@@ -262,9 +262,10 @@ impl RequestSpans {
         self.status = Some(status);
     }
 
-    /// The response is over (`error`: why it did not complete): emits the spans.
-    pub fn complete(self, error: Option<String>) {
-        self.emit(error);
+    /// The response is over (`error`: why it did not complete): emits the spans, which
+    /// end at `end` (when the response's last byte was handed to the client's socket).
+    pub fn complete(self, end: SystemTime, error: Option<String>) {
+        self.emit_at(end, error);
     }
 
     /// The proxy starts sending the request on (the CLIENT span starts).
@@ -362,7 +363,10 @@ impl RequestSpans {
     /// are built in their OTLP form here, once; the attributes are cloned once, for
     /// the second span.
     fn emit(self, error: Option<String>) {
-        let end = SystemTime::now();
+        self.emit_at(SystemTime::now(), error);
+    }
+
+    fn emit_at(self, end: SystemTime, error: Option<String>) {
         let attributes = self.attributes();
         let name = match &self.attrs.grpc {
             Some((svc, method)) => format!("{svc}/{method}"),

@@ -208,9 +208,7 @@ impl BenchLab {
             Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceTcp => {
-                (&self.hclient, self.hserver.addr(port))
-            }
+            | Scenario::HoptraceTcp => (&self.hclient, self.hserver.addr(port)),
         }
     }
 
@@ -226,12 +224,11 @@ impl BenchLab {
             Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceTcp => {
-                self.agents
-                    .iter()
-                    .map(|(a, _)| self.lab.agent_cgroup(a.node()))
-                    .collect()
-            }
+            | Scenario::HoptraceTcp => self
+                .agents
+                .iter()
+                .map(|(a, _)| self.lab.agent_cgroup(a.node()))
+                .collect(),
         }
     }
 
@@ -248,9 +245,7 @@ impl BenchLab {
             Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceTcp => {
-                self.agents.iter().filter_map(|(a, _)| a.pid()).collect()
-            }
+            | Scenario::HoptraceTcp => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! through, a chunked one is followed by a strict chunk parser (so the proxy knows
 //! where the message ends and how many data bytes it carried) but never re-encoded.
 
+use std::time::SystemTime;
+
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
@@ -32,20 +34,36 @@ pub enum BodyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// In the size line: the size so far and its digits.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// Whitespace after the size digits.
-    SizeWs { size: u64 },
+    SizeWs {
+        size: u64,
+    },
     /// In a chunk extension (`;...`) until CR.
-    Ext { size: u64, len: usize },
+    Ext {
+        size: u64,
+        len: usize,
+    },
     /// After the size line's CR.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// Data bytes left in the chunk.
     Data(u64),
     DataCr,
     DataLf,
     /// In the trailer section: bytes of the current line, bytes of the section.
-    Trailer { line: usize, total: usize },
-    TrailerLf { total: usize, end: bool },
+    Trailer {
+        line: usize,
+        total: usize,
+    },
+    TrailerLf {
+        total: usize,
+        end: bool,
+    },
     Done,
 }
 
@@ -176,7 +194,9 @@ fn chunked(c: &mut Chunk, input: &[u8]) -> Result<(usize, u64), BodyError> {
 /// Writes `out` (a head, possibly empty), then the body that follows it: first its
 /// share of `buf` (bytes already read from `src`), then what `src` sends until the
 /// body's end. Bytes after the body stay in `buf`. `on_data` is told the data bytes
-/// as they pass. `Framing::UntilClose` ends at `src`'s EOF.
+/// as they pass. `Framing::UntilClose` ends at `src`'s EOF. Returns when the body's
+/// last bytes were handed to `dst` (taken just before that write, so that a span
+/// ending then nests inside the peer's, which ends once it has read them).
 pub async fn forward<R, W>(
     state: &mut BodyState,
     out: &mut Vec<u8>,
@@ -184,7 +204,7 @@ pub async fn forward<R, W>(
     src: &mut R,
     dst: &mut W,
     on_data: &mut impl FnMut(u64),
-) -> Result<(), BodyError>
+) -> Result<SystemTime, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -192,6 +212,7 @@ where
     loop {
         let (take, data) = state.consume(buf)?;
         on_data(data);
+        let last = state.done().then(SystemTime::now);
         if out.is_empty() {
             if take > 0 {
                 dst.write_all(&buf[..take])
@@ -205,8 +226,8 @@ where
             out.clear();
         }
         buf.advance(take);
-        if state.done() {
-            return Ok(());
+        if let Some(at) = last {
+            return Ok(at);
         }
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
             buf.reserve(READ_SIZE);
@@ -214,7 +235,7 @@ where
         let n = src.read_buf(buf).await.map_err(BodyError::Read)?;
         if n == 0 {
             if state.0 == State::UntilClose {
-                return Ok(());
+                return Ok(SystemTime::now());
             }
             return Err(BodyError::Truncated);
         }
@@ -317,7 +338,15 @@ mod tests {
         let mut buf = BytesMut::new();
         let mut state = BodyState::new(Framing::Length(5));
         let (mut a, _b) = tokio::io::duplex(1024);
-        let r = forward(&mut state, &mut Vec::new(), &mut buf, &mut src, &mut a, &mut |_| {}).await;
+        let r = forward(
+            &mut state,
+            &mut Vec::new(),
+            &mut buf,
+            &mut src,
+            &mut a,
+            &mut |_| {},
+        )
+        .await;
         assert!(matches!(r, Err(BodyError::Truncated)), "{r:?}");
     }
 }

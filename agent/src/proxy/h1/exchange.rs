@@ -168,7 +168,11 @@ impl Lean {
             attempt += 1;
             let (mut up, opened, reused) = match self.upstream().await {
                 Ok(u) => u,
-                Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
+                Err(e) => {
+                    return self
+                        .bad_gateway(client, spans, observed, e, close_after)
+                        .await
+                }
             };
             let sent = match up.write_all(&self.out).await {
                 Ok(()) => self.response_head(&mut up, client, head_request).await,
@@ -180,7 +184,11 @@ impl Lean {
                     tracing::debug!(pod = %pod.key, "pooled connection closed before answering; retrying: {e}");
                 }
                 Err(HeadError::Client(e)) => return Err(ConnError::Relay(e)),
-                Err(e) => return self.bad_gateway(client, spans, observed, e, close_after).await,
+                Err(e) => {
+                    return self
+                        .bad_gateway(client, spans, observed, e, close_after)
+                        .await
+                }
             }
         };
         self.response(client, up, opened, spans, observed, close_after)
@@ -290,7 +298,9 @@ impl Lean {
                     head::Response::Partial => {}
                     head::Response::Invalid(why) => return Err(HeadError::Invalid(why)),
                     head::Response::Complete if self.resp.status == 101 => {
-                        return Err(HeadError::Invalid("101 response to a request without upgrade"))
+                        return Err(HeadError::Invalid(
+                            "101 response to a request without upgrade",
+                        ))
                     }
                     head::Response::Complete if self.resp.status < 200 => {
                         let mut info = Vec::with_capacity(self.resp.len);
@@ -352,15 +362,18 @@ impl Lean {
             &mut |n| observed.response_data(n as usize),
         )
         .await;
-        if let Err(e) = relayed {
-            if let Some(s) = spans {
-                s.complete(Some(format!("response body: {e}")));
+        let end = match relayed {
+            Ok(end) => end,
+            Err(e) => {
+                if let Some(s) = spans {
+                    s.complete(SystemTime::now(), Some(format!("response body: {e}")));
+                }
+                return Err(ConnError::Relay(std::io::Error::other(e)));
             }
-            return Err(ConnError::Relay(std::io::Error::other(e)));
-        }
+        };
         observed.complete();
         if let Some(s) = spans {
-            s.complete(None);
+            s.complete(end, None);
         }
         if self.resp.reusable && self.rbuf.is_empty() {
             self.pod
@@ -368,7 +381,11 @@ impl Lean {
                 .checkin_raw(self.key, up, opened);
         }
         self.rbuf.clear();
-        Ok(if closing { After::Close } else { After::KeepAlive })
+        Ok(if closing {
+            After::Close
+        } else {
+            After::KeepAlive
+        })
     }
 
     /// No response from upstream: answers 502 itself.
@@ -383,8 +400,16 @@ impl Lean {
         let msg = err.to_string();
         tracing::debug!(pod = %self.pod.key, direction = self.conn.dir.as_str(), "upstream: {msg}");
         let text = "hoptrace: upstream unavailable\n";
-        self.answer(client, spans, observed, StatusCode::BAD_GATEWAY, text, msg, close)
-            .await
+        self.answer(
+            client,
+            spans,
+            observed,
+            StatusCode::BAD_GATEWAY,
+            text,
+            msg,
+            close,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -415,6 +440,10 @@ impl Lean {
             .await
             .map_err(ConnError::Relay)?;
         observed.complete();
-        Ok(if close { After::Close } else { After::KeepAlive })
+        Ok(if close {
+            After::Close
+        } else {
+            After::KeepAlive
+        })
     }
 }

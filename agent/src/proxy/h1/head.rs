@@ -171,7 +171,10 @@ pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request 
         .windows(2)
         .position(|w| w == b"\r\n")
         .unwrap_or(len.saturating_sub(2));
-    head.line = Span { start: 0, end: line_end };
+    head.line = Span {
+        start: 0,
+        end: line_end,
+    };
     head.host = None;
     head.user_agent = None;
     head.grpc = false;
@@ -211,9 +214,15 @@ pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request 
             if !h.value.trim_ascii().eq_ignore_ascii_case(b"trailers") {
                 return Request::Fallback("te");
             }
-        } else if ["upgrade", "expect", "http2-settings", "keep-alive", "proxy-connection"]
-            .iter()
-            .any(|n| eq(name, n))
+        } else if [
+            "upgrade",
+            "expect",
+            "http2-settings",
+            "keep-alive",
+            "proxy-connection",
+        ]
+        .iter()
+        .any(|n| eq(name, n))
         {
             return Request::Fallback("hop-by-hop");
         } else if eq(name, "host") {
@@ -298,7 +307,10 @@ pub fn parse_response(
         .windows(2)
         .position(|w| w == b"\r\n")
         .unwrap_or(len.saturating_sub(2));
-    head.line = Span { start: 0, end: line_end };
+    head.line = Span {
+        start: 0,
+        end: line_end,
+    };
     head.fields.clear();
     head.dropped = 0;
     let mut reusable = resp.version == Some(1);

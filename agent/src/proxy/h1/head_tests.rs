@@ -97,27 +97,51 @@ fn responses_are_framed_as_rfc_9112_says() {
     assert_eq!(h.dropped, 2);
     let mut out = Vec::new();
     write_head(&mut out, raw.as_bytes(), h.line, &h.fields);
-    assert_eq!(out, b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n");
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n"
+    );
 
     let framing = |raw: &str, head: bool| resp(raw, head).1.framing;
     assert_eq!(
-        framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false),
+        framing(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false
+        ),
         Some(Framing::Chunked)
     );
     assert_eq!(
         framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
         Some(Framing::UntilClose)
     );
-    assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", false), Some(Framing::UntilClose));
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\n\r\n", false),
+        Some(Framing::UntilClose)
+    );
     assert_eq!(
         framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
         Some(Framing::Empty)
     );
-    assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n", false), Some(Framing::Empty));
-    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false), Some(Framing::Empty));
-    assert_eq!(framing("HTTP/1.1 100 Continue\r\n\r\n", false), Some(Framing::Empty));
+    assert_eq!(
+        framing("HTTP/1.1 204 No Content\r\n\r\n", false),
+        Some(Framing::Empty)
+    );
+    assert_eq!(
+        framing(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false
+        ),
+        Some(Framing::Empty)
+    );
+    assert_eq!(
+        framing("HTTP/1.1 100 Continue\r\n\r\n", false),
+        Some(Framing::Empty)
+    );
 
-    let (_, h) = resp("HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nx-a: 1\r\nContent-Length: 0\r\n\r\n", false);
+    let (_, h) = resp(
+        "HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nx-a: 1\r\nContent-Length: 0\r\n\r\n",
+        false,
+    );
     assert!(!h.reusable);
     assert_eq!(h.dropped, 2, "Connection and the field it names");
     let (_, h) = resp("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
@@ -130,7 +154,13 @@ fn responses_are_framed_as_rfc_9112_says() {
         "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
         "HTTP/1.1 2000 OK\r\n\r\n",
     ] {
-        assert!(matches!(resp(bad, false).0, Response::Invalid(_)), "{bad:?}");
+        assert!(
+            matches!(resp(bad, false).0, Response::Invalid(_)),
+            "{bad:?}"
+        );
     }
-    assert_eq!(resp("HTTP/1.1 200 OK\r\nA: b\r\n", false).0, Response::Partial);
+    assert_eq!(
+        resp("HTTP/1.1 200 OK\r\nA: b\r\n", false).0,
+        Response::Partial
+    );
 }
