@@ -44,6 +44,7 @@ fn limits(args: &RunArgs) -> Limits {
         tcp_idle_timeout: args.tcp_idle_timeout,
         pool_max_lifetime: args.pool_max_lifetime,
         lean_http1: args.http1_proxy == crate::config::Http1Proxy::Lean,
+        one_pass: args.same_node_one_pass,
     }
 }
 

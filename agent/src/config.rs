@@ -212,6 +212,14 @@ pub struct RunArgs {
     /// comparison in `cargo xtask bench`, docs/BENCH.md).
     #[arg(long, env = "HOPTRACE_HTTP1_PROXY", value_enum, default_value_t = Http1Proxy::Lean)]
     pub http1_proxy: Http1Proxy,
+
+    /// Serve a hop between two enrolled pods of this node in one pass: the caller's
+    /// outbound leg connects to the destination's app itself (from the caller's
+    /// address, in the destination's netns) and emits the hop's four spans, instead of
+    /// going through the inbound leg's second accept and parse. `false` only to compare
+    /// (`cargo xtask bench --same-node`).
+    #[arg(long, env = "HOPTRACE_SAME_NODE_ONE_PASS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub same_node_one_pass: bool,
 }
 
 /// The HTTP/1.1 proxy implementation (`--http1-proxy`).

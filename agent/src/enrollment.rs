@@ -24,7 +24,11 @@ use crate::{
     metrics::{Metrics, StateLabels},
     netns::{Netns, NetnsError},
     pod::Direction,
-    proxy::{pool::Pool, InFlightCount, Limits, PodContext, PodListeners},
+    proxy::{
+        local::{LocalPods, LocalRegistration},
+        pool::Pool,
+        InFlightCount, Limits, PodContext, PodListeners,
+    },
     socket::{self, SocketError},
     trace::span::{PodIdentity, SpanSink},
     workloads::{PodKey, Workload},
@@ -77,10 +81,12 @@ pub enum EnrollError {
     Io(#[from] std::io::Error),
 }
 
-/// An enrolled pod. Fields drop in order: steering off first, then the programs, then
-/// the context; the listeners are stopped by [`PodTable::release`] after [`DRAIN`]
-/// (dropping them anywhere else stops them at once).
+/// An enrolled pod. Fields drop in order: same-node callers stop passing through it,
+/// steering off, then the programs, then the context; the listeners are stopped by
+/// [`PodTable::release`] after [`DRAIN`] (dropping them anywhere else stops them at
+/// once).
 struct Enrolled {
+    local: LocalRegistration,
     spec: Workload,
     steering: SteeringGuard,
     attached: AttachedPod,
@@ -119,6 +125,7 @@ pub struct PodTable {
     shutdown: watch::Receiver<bool>,
     inflight: Arc<InFlightCount>,
     golden: Arc<Golden>,
+    local: Arc<LocalPods>,
 }
 
 impl PodTable {
@@ -146,6 +153,7 @@ impl PodTable {
             limits: Arc::new(config.limits),
             shutdown,
             inflight: Arc::default(),
+            local: Arc::default(),
         }
     }
 
@@ -315,6 +323,7 @@ impl PodTable {
             node_inflight: self.inflight.clone(),
             golden: self.golden.clone(),
             workload: Peer::new(&w.namespace, w.service_name()),
+            local: self.local.clone(),
         });
         // The accept loops own the listeners; the raw fds above stay valid while they run.
         let listeners = PodListeners::start(
@@ -332,7 +341,9 @@ impl PodTable {
             &inbound_fds,
         )?;
         self.next_index = self.next_index.wrapping_add(1);
+        let local = self.local.register(&ctx);
         Ok(Enrolled {
+            local,
             spec: w.clone(),
             steering,
             attached,
@@ -349,8 +360,11 @@ impl PodTable {
             attached,
             ctx,
             listeners,
+            local,
             ..
         } = e;
+        // Same-node callers stop passing through this pod at once.
+        drop(local);
         drop(steering);
         drop(attached);
         self.metrics.remove_pod(&ctx.key);

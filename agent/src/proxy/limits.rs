@@ -33,6 +33,9 @@ pub struct Limits {
     /// HTTP/1.1 requests go through the lean path (`proxy::h1`); `false`: through
     /// hyper, as HTTP/2 always does (`--http1-proxy`).
     pub lean_http1: bool,
+    /// A connection to an enrolled pod of the same node is served in one pass: the
+    /// outbound leg connects to the destination's app itself (`--same-node-one-pass`).
+    pub one_pass: bool,
 }
 
 /// Connections being proxied on the node; each holds an [`InFlightGuard`].

@@ -16,6 +16,7 @@ pub mod h1;
 pub mod http;
 mod idle;
 mod limits;
+pub mod local;
 pub mod pool;
 mod tcp;
 
@@ -83,6 +84,8 @@ pub struct PodContext {
     pub golden: Arc<Golden>,
     /// This pod's workload, as a metric label pair.
     pub workload: Peer,
+    /// The node's enrolled pods by address (same-node hops in one pass).
+    pub local: Arc<local::LocalPods>,
 }
 
 impl PodContext {
@@ -149,6 +152,39 @@ impl Target {
                 connect_transparent(pod, client, dst).await
             }
         }
+    }
+}
+
+/// The destination side of a same-node hop served in one pass: the outbound leg of the
+/// caller also plays the destination's inbound leg (its metrics, edge and spans) and
+/// connects to the app itself.
+#[derive(Debug, Clone)]
+pub struct Through {
+    /// The destination pod.
+    pub dest: Arc<PodContext>,
+    /// Its inbound edge (the caller as client).
+    pub edge: Edge,
+    /// The inbound leg's target: the app, from the caller's address.
+    pub target: Target,
+}
+
+impl Through {
+    /// The destination's inbound connection metrics.
+    fn metrics(&self) -> &ConnMetrics {
+        self.dest.metrics(Direction::Inbound)
+    }
+}
+
+/// Opens the upstream connection of a leg: the target's own, or on a one-pass hop the
+/// destination's inbound one.
+async fn open(
+    pod: &PodContext,
+    target: &Target,
+    through: Option<&Through>,
+) -> Result<TcpStream, ConnError> {
+    match through {
+        Some(t) => t.target.connect(&t.dest).await,
+        None => target.connect(pod).await,
     }
 }
 
@@ -288,14 +324,52 @@ async fn outbound(
         .find(|ip| ip.is_ipv4() == dst.is_ipv4())
         .copied()
         .unwrap_or(peer.ip());
-    proxy(
-        pod,
-        Direction::Outbound,
-        client,
-        Target::Outbound { dst },
-        client_ip,
-    )
-    .await
+    if pod.limits.one_pass {
+        if let Some(dest) = pod.local.get(dst.ip()) {
+            return one_pass(pod, dest, client, dst, client_ip).await;
+        }
+    }
+    let target = Target::Outbound { dst };
+    proxy(pod, Direction::Outbound, client, target, client_ip, None).await
+}
+
+/// A same-node hop in one pass: `dest` is an enrolled pod of this node. The connection
+/// is also counted as the destination's inbound one (accepted, active, failed, its slot
+/// taken), as if its inbound leg had accepted it.
+async fn one_pass(
+    pod: &Arc<PodContext>,
+    dest: Arc<PodContext>,
+    client: TcpStream,
+    dst: SocketAddr,
+    client_ip: IpAddr,
+) -> Result<(), ConnError> {
+    let dm = dest.metrics(Direction::Inbound).clone();
+    dm.accepted.inc();
+    let Ok(_slot) = dest.slots(Direction::Inbound).clone().try_acquire_owned() else {
+        dm.refused_limit.inc();
+        reset(client);
+        return Ok(());
+    };
+    dm.active.inc();
+    let edge = dest
+        .golden
+        .edge(Direction::Inbound, &dest.key, &dest.workload, client_ip);
+    let _connection = edge.connection();
+    let through = Through {
+        target: Target::Inbound {
+            client: SocketAddr::new(client_ip, 0),
+            dst,
+        },
+        edge,
+        dest,
+    };
+    let target = Target::Outbound { dst };
+    let r = proxy(pod, Direction::Outbound, client, target, client_ip, Some(through)).await;
+    dm.active.dec();
+    if r.is_err() {
+        dm.failed.inc();
+    }
+    r
 }
 
 async fn inbound(pod: &Arc<PodContext>, client: TcpStream) -> Result<(), ConnError> {
@@ -308,17 +382,18 @@ async fn inbound(pod: &Arc<PodContext>, client: TcpStream) -> Result<(), ConnErr
         return Err(ConnError::SelfConnect(dst));
     }
     let target = Target::Inbound { client: peer, dst };
-    proxy(pod, Direction::Inbound, client, target, peer.ip()).await
+    proxy(pod, Direction::Inbound, client, target, peer.ip(), None).await
 }
 
 /// Connects upstream, detects the protocol and proxies the connection as HTTP or as
-/// opaque TCP.
+/// opaque TCP. `through`: a same-node hop served in one pass.
 async fn proxy(
     pod: &Arc<PodContext>,
     dir: Direction,
     client: TcpStream,
     target: Target,
     client_ip: IpAddr,
+    through: Option<Through>,
 ) -> Result<(), ConnError> {
     let m = pod.metrics(dir);
     let peer_ip = match target {
@@ -338,25 +413,31 @@ async fn proxy(
     // detect first, so the request can go out on a pooled connection without a new
     // connect. Should the client send something else (or nothing within the
     // detection timeout), connect now and relay it opaquely.
-    if pod.pool(dir).knows_http(&target) {
+    let idle = pod.limits.tcp_idle_timeout;
+    let also = through.as_ref().map(|t| (t.metrics(), &t.edge));
+    let knows_http = match &through {
+        Some(t) => t.dest.pool(Direction::Inbound).knows_http(&t.target),
+        None => pod.pool(dir).knows_http(&target),
+    };
+    if knows_http {
         let protocol =
             detect::detect(&client, detect::DETECT_TIMEOUT, &m.limits.head_too_large).await;
         if protocol != detect::Protocol::Opaque {
-            return serve_http(pod, client, conn(&edge), protocol, None).await;
+            return serve_http(pod, client, conn(&edge), protocol, None, through.clone()).await;
         }
-        let upstream = match target.connect(pod).await {
+        let upstream = match open(pod, &target, through.as_ref()).await {
             Ok(u) => u,
             Err(err) => {
                 reset(client);
                 return Err(err);
             }
         };
-        return tcp::relay(client, upstream, m, &edge, pod.limits.tcp_idle_timeout).await;
+        return tcp::relay(client, upstream, m, &edge, idle, also).await;
     }
     // Otherwise connect first, as a plain proxy would, then watch both sides: the
     // client's first bytes decide the protocol; if the server speaks first (SMTP,
     // MySQL, …) the connection is opaque at once, with no detection delay.
-    let upstream = match target.connect(pod).await {
+    let upstream = match open(pod, &target, through.as_ref()).await {
         Ok(u) => u,
         Err(err) => {
             reset(client);
@@ -386,25 +467,29 @@ async fn proxy(
         },
     };
     match protocol {
-        detect::Protocol::Opaque => {
-            tcp::relay(client, upstream, m, &edge, pod.limits.tcp_idle_timeout).await
-        }
-        p => serve_http(pod, client, conn(&edge), p, Some(upstream)).await,
+        detect::Protocol::Opaque => tcp::relay(client, upstream, m, &edge, idle, also).await,
+        p => serve_http(pod, client, conn(&edge), p, Some(upstream), through.clone()).await,
     }
 }
 
+/// Serves an HTTP connection: HTTP/1.1 on the lean path (which hands what it does not
+/// take to hyper), HTTP/2 with hyper. A one-pass hop is served in one pass on the lean
+/// path only: hyper sends its requests the usual way (steered through the inbound leg),
+/// so a connection opened for the one-pass hop is not given to it.
 async fn serve_http(
     pod: &Arc<PodContext>,
     client: TcpStream,
     mut conn: http::Conn,
     protocol: detect::Protocol,
     upstream: Option<TcpStream>,
+    through: Option<Through>,
 ) -> Result<(), ConnError> {
     let _ = client.set_nodelay(true);
     conn.h2 = protocol == detect::Protocol::Http2;
     if !conn.h2 && pod.limits.lean_http1 {
-        return h1::serve(pod.clone(), conn, client, upstream).await;
+        return h1::serve(pod.clone(), conn, client, upstream, through).await;
     }
+    let upstream = if through.is_some() { None } else { upstream };
     http::serve(pod.clone(), conn, client, upstream).await
 }
 

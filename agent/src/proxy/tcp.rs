@@ -29,14 +29,25 @@ const BUF: usize = 16 * 1024;
 /// the other side's write half is shut down, and the reverse direction keeps flowing:
 /// half-close reaches the peer as it would without the agent. A connection with no
 /// byte in either direction for `idle` is closed ([`ConnError::Idle`]).
+///
+/// The bytes are counted in `m` and `edge`, and on a same-node hop served in one pass
+/// (`also`) in the destination's inbound metrics and edge too.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     m: &ConnMetrics,
     edge: &Edge,
     idle: Duration,
+    also: Option<(&ConnMetrics, &Edge)>,
 ) -> Result<(), ConnError> {
     let (edge_from_client, edge_from_server) = edge.tcp_byte_counters();
+    let mut from_client = vec![m.bytes_from_client.clone(), edge_from_client];
+    let mut from_server = vec![m.bytes_from_server.clone(), edge_from_server];
+    if let Some((m2, edge2)) = also {
+        let (c, s) = edge2.tcp_byte_counters();
+        from_client.extend([m2.bytes_from_client.clone(), c]);
+        from_server.extend([m2.bytes_from_server.clone(), s]);
+    }
     let _ = client.set_nodelay(true);
     let start = Instant::now();
     // Milliseconds after `start` of the last byte relayed in either direction.
@@ -45,20 +56,8 @@ pub async fn relay(
     let (mut ur, mut uw) = upstream.into_split();
     let both = async {
         tokio::try_join!(
-            copy_half(
-                &mut cr,
-                &mut uw,
-                [&m.bytes_from_client, &edge_from_client],
-                &last,
-                start
-            ),
-            copy_half(
-                &mut ur,
-                &mut cw,
-                [&m.bytes_from_server, &edge_from_server],
-                &last,
-                start
-            ),
+            copy_half(&mut cr, &mut uw, &from_client, &last, start),
+            copy_half(&mut ur, &mut cw, &from_server, &last, start),
         )
     };
     let watchdog = async {
@@ -91,7 +90,7 @@ pub async fn relay(
 async fn copy_half(
     r: &mut OwnedReadHalf,
     w: &mut OwnedWriteHalf,
-    bytes: [&Counter; 2],
+    bytes: &[Counter],
     last: &AtomicU64,
     start: Instant,
 ) -> std::io::Result<()> {

@@ -11,13 +11,13 @@ use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream};
 use super::{
     body::{self, BodyState},
     head::{self, write_head, Framing},
+    legs::{LegRequest, Legs},
     Lean, MAX_RESPONSE_HEAD,
 };
 use crate::{
-    golden::RequestObservation,
     pod::Direction,
     proxy::ConnError,
-    trace::http::{begin_head, RequestFacts, RequestSpans},
+    trace::http::{begin_head, RequestFacts},
 };
 
 /// The largest request body the lean path reads whole before sending it on; a larger
@@ -77,6 +77,12 @@ impl std::fmt::Display for HeadError {
     }
 }
 
+/// Whether a context-less request starts a trace, for a pod that opted into starting
+/// them for a share `ratio` of its inbound requests.
+fn start_trace(ratio: f64) -> bool {
+    ratio > 0.0 && rand::random::<f64>() < ratio
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -106,11 +112,14 @@ impl Lean {
         let Ok(method) = Method::from_bytes(req.method.get(buf)) else {
             return Ok(After::Fallback("method"));
         };
-        let start_root = self.conn.dir == Direction::Inbound
-            && pod.trace_sampling > 0.0
-            && rand::random::<f64>() < pod.trace_sampling;
+        let start_root = self.conn.dir == Direction::Inbound && start_trace(pod.trace_sampling);
+        // A one-pass hop: the destination's inbound leg may start traces too.
+        let start_root2 = self
+            .through
+            .as_ref()
+            .is_some_and(|t| start_trace(t.through.dest.trace_sampling));
         let mut trace = None;
-        if !req.trace.is_empty() || start_root {
+        if !req.trace.is_empty() || start_root || start_root2 {
             let mut map = HeaderMap::with_capacity(req.trace.len() + 1);
             for f in &req.trace {
                 let (Ok(n), Ok(v)) = (
@@ -124,31 +133,43 @@ impl Lean {
             trace = Some(map);
         }
         let target = req.target.str(buf);
-        let mut observed = self.conn.edge.request(&method, target, req.grpc);
-        let mut spans = match trace.as_mut() {
+        let facts = RequestFacts {
+            method: method.as_str(),
+            path: target.split_once('?').map_or(target, |(p, _)| p),
+            version: Version::HTTP_11,
+            host: req.host.map(|h| h.str(buf)),
+            user_agent: req.user_agent.map(|u| u.str(buf)),
+        };
+        let observed = self.conn.edge.request(&method, target, req.grpc);
+        let spans = match trace.as_mut() {
             Some(map) => {
-                let facts = RequestFacts {
-                    method: method.as_str(),
-                    path: target.split_once('?').map_or(target, |(p, _)| p),
-                    version: Version::HTTP_11,
-                    host: req.host.map(|h| h.str(buf)),
-                    user_agent: req.user_agent.map(|u| u.str(buf)),
-                };
                 let route = observed.route().clone();
-                begin_head(
-                    self.spans.as_ref(),
-                    map,
-                    facts,
-                    server_start,
-                    start_root,
-                    &route,
-                    req.grpc,
-                )
+                let leg = self.spans.as_ref();
+                begin_head(leg, map, facts, server_start, start_root, &route, req.grpc)
             }
             None => None,
         };
-        if let Some(s) = &spans {
-            observed.traced(|| s.trace_id().to_hex());
+        let mut legs = Legs {
+            first: LegRequest::new(spans, observed),
+            second: None,
+        };
+        if let Some(t) = &self.through {
+            // The destination's inbound leg starts where the caller's CLIENT span does,
+            // and reads the context the first leg just wrote.
+            if let Some(s) = legs.first.spans.as_mut() {
+                s.client_started();
+            }
+            let observed = t.through.edge.request(&method, target, req.grpc);
+            let spans = match trace.as_mut() {
+                Some(map) => {
+                    let route = observed.route().clone();
+                    let now = SystemTime::now();
+                    let leg = t.spans.as_ref();
+                    begin_head(leg, map, facts, now, start_root2, &route, req.grpc)
+                }
+                None => None,
+            };
+            legs.second = Some(LegRequest::new(spans, observed));
         }
         self.build_request_head(trace.as_ref());
         let close_after = self.req.close;
@@ -159,9 +180,10 @@ impl Lean {
         self.out.extend_from_slice(&self.cbuf[..body_len]);
         self.cbuf.advance(body_len);
         self.request_bytes.inc_by(body_data);
-        if let Some(s) = spans.as_mut() {
-            s.client_started();
+        if let Some(t) = &self.through {
+            t.request_bytes.inc_by(body_data);
         }
+        legs.client_started();
         let idem = idempotent(&method);
         let mut attempt = 0;
         let (up, opened) = loop {
@@ -170,7 +192,7 @@ impl Lean {
                 Ok(u) => u,
                 Err(e) => {
                     return self
-                        .bad_gateway(client, spans, observed, e, close_after)
+                        .bad_gateway(client, legs, e, close_after)
                         .await
                 }
             };
@@ -186,13 +208,12 @@ impl Lean {
                 Err(HeadError::Client(e)) => return Err(ConnError::Relay(e)),
                 Err(e) => {
                     return self
-                        .bad_gateway(client, spans, observed, e, close_after)
+                        .bad_gateway(client, legs, e, close_after)
                         .await
                 }
             }
         };
-        self.response(client, up, opened, spans, observed, close_after)
-            .await
+        self.response(client, up, opened, legs, close_after).await
     }
 
     /// Makes sure the request's body is in `cbuf` after its head: `Some((bytes, data
@@ -267,12 +288,15 @@ impl Lean {
         if let Some(s) = self.first.take() {
             return Ok((s, Instant::now(), false));
         }
-        let pool = self.pod.pool(self.conn.dir);
-        if let Some((s, opened)) = pool.checkout_raw(&self.key) {
+        let (pool, key) = self.pool();
+        if let Some((s, opened)) = pool.checkout_raw(&key) {
             return Ok((s, opened, true));
         }
-        let s = self.conn.target.connect(&self.pod).await?;
-        pool.mark_http(self.key);
+        pool.mark_http(key);
+        let s = match &self.through {
+            Some(t) => t.through.target.connect(&t.through.dest).await?,
+            None => self.conn.target.connect(&self.pod).await?,
+        };
         Ok((s, Instant::now(), false))
     }
 
@@ -331,18 +355,14 @@ impl Lean {
         client: &mut TcpStream,
         mut up: TcpStream,
         opened: Instant,
-        mut spans: Option<RequestSpans>,
-        mut observed: RequestObservation,
+        mut legs: Legs,
         close_after: bool,
     ) -> Result<After, ConnError> {
         let Ok(status) = StatusCode::from_u16(self.resp.status) else {
             let e = HeadError::Invalid("invalid response status");
-            return self.bad_gateway(client, spans, observed, e, true).await;
+            return self.bad_gateway(client, legs, e, true).await;
         };
-        observed.response(status, None);
-        if let Some(s) = spans.as_mut() {
-            s.responded(status);
-        }
+        legs.responded(status);
         let framing = self.resp.framing.unwrap_or(Framing::UntilClose);
         let closing = close_after || *self.shutdown.borrow() || framing == Framing::UntilClose;
         self.out.clear();
@@ -359,74 +379,38 @@ impl Lean {
             &mut self.rbuf,
             &mut up,
             client,
-            &mut |n| observed.response_data(n as usize),
+            &mut |n| legs.response_data(n),
         )
         .await;
         let end = match relayed {
             Ok(end) => end,
             Err(e) => {
-                if let Some(s) = spans {
-                    s.complete(SystemTime::now(), Some(format!("response body: {e}")));
-                }
+                legs.complete(SystemTime::now(), Some(format!("response body: {e}")));
                 return Err(ConnError::Relay(std::io::Error::other(e)));
             }
         };
-        observed.complete();
-        if let Some(s) = spans {
-            s.complete(end, None);
-        }
+        legs.complete(end, None);
         if self.resp.reusable && self.rbuf.is_empty() {
-            self.pod
-                .pool(self.conn.dir)
-                .checkin_raw(self.key, up, opened);
+            let (pool, key) = self.pool();
+            pool.checkin_raw(key, up, opened);
         }
         self.rbuf.clear();
-        Ok(if closing {
-            After::Close
-        } else {
-            After::KeepAlive
-        })
+        Ok(if closing { After::Close } else { After::KeepAlive })
     }
 
     /// No response from upstream: answers 502 itself.
     async fn bad_gateway(
         &mut self,
         client: &mut TcpStream,
-        spans: Option<RequestSpans>,
-        observed: RequestObservation,
+        legs: Legs,
         err: impl std::fmt::Display,
         close: bool,
     ) -> Result<After, ConnError> {
         let msg = err.to_string();
         tracing::debug!(pod = %self.pod.key, direction = self.conn.dir.as_str(), "upstream: {msg}");
+        let status = StatusCode::BAD_GATEWAY;
+        legs.failed(status, msg);
         let text = "hoptrace: upstream unavailable\n";
-        self.answer(
-            client,
-            spans,
-            observed,
-            StatusCode::BAD_GATEWAY,
-            text,
-            msg,
-            close,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn answer(
-        &mut self,
-        client: &mut TcpStream,
-        spans: Option<RequestSpans>,
-        mut observed: RequestObservation,
-        status: StatusCode,
-        text: &str,
-        error: String,
-        close: bool,
-    ) -> Result<After, ConnError> {
-        if let Some(s) = spans {
-            s.failed(status, error);
-        }
-        observed.response(status, None);
         let close = close || *self.shutdown.borrow();
         let answer = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{text}",
@@ -439,11 +423,6 @@ impl Lean {
             .write_all(answer.as_bytes())
             .await
             .map_err(ConnError::Relay)?;
-        observed.complete();
-        Ok(if close {
-            After::Close
-        } else {
-            After::KeepAlive
-        })
+        Ok(if close { After::Close } else { After::KeepAlive })
     }
 }

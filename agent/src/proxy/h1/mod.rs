@@ -13,6 +13,7 @@
 mod body;
 mod exchange;
 pub mod head;
+mod legs;
 mod rewind;
 
 use std::{sync::Arc, time::Duration};
@@ -20,7 +21,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::BytesMut;
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{http, ConnError, PodContext};
+use super::{http, ConnError, PodContext, Through};
 use head::{RequestHead, ResponseHead};
 
 /// The largest request head the lean path buffers; a longer one goes to hyper (whose
@@ -62,19 +63,68 @@ struct Lean {
     req: RequestHead,
     resp: ResponseHead,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// A same-node hop served in one pass: the destination's inbound leg.
+    through: Option<ThroughLeg>,
+}
+
+/// The destination's inbound leg of a one-pass hop, as the lean path uses it.
+struct ThroughLeg {
+    through: Through,
+    spans: Option<Arc<crate::trace::http::LegSpans>>,
+    key: super::pool::PoolKey,
+    request_bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl Lean {
+    /// The pool the upstream connections come from and go back to, and their key.
+    fn pool(&self) -> (&Arc<super::pool::Pool>, super::pool::PoolKey) {
+        match &self.through {
+            Some(t) => (t.through.dest.pool(crate::pod::Direction::Inbound), t.key),
+            None => (self.pod.pool(self.conn.dir), self.key),
+        }
+    }
+
+    /// Hands the connection to hyper, with the bytes read and not yet forwarded. A
+    /// one-pass hop's connection from detection is not handed over (hyper sends the
+    /// usual way, through the inbound leg).
+    async fn fallback(self, client: TcpStream, why: &'static str) -> Result<(), ConnError> {
+        tracing::trace!(pod = %self.pod.key, direction = self.conn.dir.as_str(), "HTTP/1 served by hyper from here: {why}");
+        let first = if self.through.is_some() {
+            None
+        } else {
+            self.first
+        };
+        let io = rewind::Rewind::new(self.cbuf.freeze(), client);
+        http::serve(self.pod, self.conn, io, first).await
+    }
 }
 
 /// Serves one HTTP/1 client connection; `upstream` is a connection already open to the
 /// target (from detection), or `None`.
+/// `through`: a same-node hop served in one pass (`upstream` then goes to the
+/// destination's app).
 pub async fn serve(
     pod: Arc<PodContext>,
     conn: http::Conn,
     mut client: TcpStream,
     upstream: Option<TcpStream>,
+    through: Option<Through>,
 ) -> Result<(), ConnError> {
     let spans = http::leg_spans(&pod, conn.dir, &conn.target, conn.client_ip);
     let key = super::pool::PoolKey::new(&conn.target, false);
+    let through = through.map(|t| ThroughLeg {
+        spans: http::leg_spans(
+            &t.dest,
+            crate::pod::Direction::Inbound,
+            &t.target,
+            conn.client_ip,
+        ),
+        key: super::pool::PoolKey::new(&t.target, false),
+        request_bytes: t.edge.request_body_counter(),
+        through: t,
+    });
     let mut lean = Lean {
+        through,
         shutdown: pod.shutdown.clone(),
         request_bytes: conn.edge.request_body_counter(),
         pod,
@@ -96,34 +146,12 @@ pub async fn serve(
                 lean.pod.metrics(lean.conn.dir).limits.timeouts.inc();
                 return Ok(());
             }
-            Next::Fallback(why) => {
-                tracing::trace!(pod = %lean.pod.key, direction = lean.conn.dir.as_str(), "HTTP/1 head served by hyper: {why}");
-                let Lean {
-                    pod,
-                    conn,
-                    first,
-                    cbuf,
-                    ..
-                } = lean;
-                let io = rewind::Rewind::new(cbuf.freeze(), client);
-                return http::serve(pod, conn, io, first).await;
-            }
+            Next::Fallback(why) => return lean.fallback(client, why).await,
         }
         match lean.exchange(&mut client).await? {
             exchange::After::KeepAlive => {}
             exchange::After::Close => return Ok(()),
-            exchange::After::Fallback(why) => {
-                tracing::trace!(pod = %lean.pod.key, direction = lean.conn.dir.as_str(), "HTTP/1 request served by hyper: {why}");
-                let Lean {
-                    pod,
-                    conn,
-                    first,
-                    cbuf,
-                    ..
-                } = lean;
-                let io = rewind::Rewind::new(cbuf.freeze(), client);
-                return http::serve(pod, conn, io, first).await;
-            }
+            exchange::After::Fallback(why) => return lean.fallback(client, why).await,
         }
     }
 }
