@@ -84,7 +84,8 @@ fn same_node_http_hop_in_one_pass() {
         for pair in hop.spans.windows(2) {
             let (parent, child) = (by_id(&pair[0]), by_id(&pair[1]));
             assert!(
-                child.start_unix_nano >= parent.start_unix_nano && child.end_unix_nano <= parent.end_unix_nano,
+                child.start_unix_nano >= parent.start_unix_nano
+                    && child.end_unix_nano <= parent.end_unix_nano,
                 "{} [{}..{}] outside {} [{}..{}]",
                 child.name,
                 child.start_unix_nano,
@@ -97,8 +98,15 @@ fn same_node_http_hop_in_one_pass() {
     }
     // One pass: the outbound leg opened no connection of its own (it would have been
     // steered into the agent again); the inbound side opened the one to the app.
-    assert_eq!(opened(&agent, "outbound", "client"), 0.0, "outbound upstream opened");
-    assert!(opened(&agent, "inbound", "server") >= 1.0, "inbound upstream opened");
+    assert_eq!(
+        opened(&agent, "outbound", "client"),
+        0.0,
+        "outbound upstream opened"
+    );
+    assert!(
+        opened(&agent, "inbound", "server") >= 1.0,
+        "inbound upstream opened"
+    );
     assert_counted(&agent, "outbound", "client", out0, 1);
     assert_counted(&agent, "inbound", "server", in0, 1);
     let m = agent.metrics().expect("metrics");
@@ -108,8 +116,16 @@ fn same_node_http_hop_in_one_pass() {
             &[("direction", direction), ("status_code", "200")],
         )
     };
-    assert_eq!(requests("outbound"), REQUESTS as f64, "outbound edge requests");
-    assert_eq!(requests("inbound"), REQUESTS as f64, "inbound edge requests");
+    assert_eq!(
+        requests("outbound"),
+        REQUESTS as f64,
+        "outbound edge requests"
+    );
+    assert_eq!(
+        requests("inbound"),
+        REQUESTS as f64,
+        "inbound edge requests"
+    );
 }
 
 #[test]
@@ -132,6 +148,10 @@ fn same_node_opaque_tcp_in_one_relay() {
     assert_echo(&r, 2, 4 * MIB);
     assert_counted(&agent, "outbound", "client", out0, 2);
     assert_counted(&agent, "inbound", "server", in0, 2);
-    assert_eq!(opened(&agent, "outbound", "client"), 0.0, "one relay, not two");
+    assert_eq!(
+        opened(&agent, "outbound", "client"),
+        0.0,
+        "one relay, not two"
+    );
     assert_eq!(opened(&agent, "inbound", "server"), 2.0);
 }

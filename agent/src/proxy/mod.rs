@@ -364,7 +364,15 @@ async fn one_pass(
         dest,
     };
     let target = Target::Outbound { dst };
-    let r = proxy(pod, Direction::Outbound, client, target, client_ip, Some(through)).await;
+    let r = proxy(
+        pod,
+        Direction::Outbound,
+        client,
+        target,
+        client_ip,
+        Some(through),
+    )
+    .await;
     dm.active.dec();
     if r.is_err() {
         dm.failed.inc();

@@ -86,6 +86,10 @@ pub enum Scenario {
     /// before the lean path: what the lean path saves.
     #[serde(rename = "hoptrace-http-hyper")]
     HoptraceHttpHyper,
+    /// The same with `--same-node-one-pass=false`: with `--same-node`, what serving a
+    /// same-node hop in one pass saves (cross-node it is `hoptrace-http` again).
+    #[serde(rename = "hoptrace-http-twopass")]
+    HoptraceHttpTwoPass,
     /// TCP ping-pong, no proxy.
     #[serde(rename = "direct-tcp")]
     DirectTcp,
@@ -99,13 +103,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
         Scenario::HoptraceHttp,
         Scenario::HoptraceHttpNoMetrics,
         Scenario::HoptraceHttpHyper,
+        Scenario::HoptraceHttpTwoPass,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
@@ -120,6 +125,7 @@ impl Scenario {
             Scenario::HoptraceHttp => "hoptrace-http",
             Scenario::HoptraceHttpNoMetrics => "hoptrace-http-nometrics",
             Scenario::HoptraceHttpHyper => "hoptrace-http-hyper",
+            Scenario::HoptraceHttpTwoPass => "hoptrace-http-twopass",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
@@ -139,7 +145,8 @@ impl Scenario {
             | Scenario::L4
             | Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
-            | Scenario::HoptraceHttpHyper => Workload::Http,
+            | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceHttpTwoPass => Workload::Http,
             Scenario::DirectTcp | Scenario::L4Tcp | Scenario::HoptraceTcp => Workload::Tcp,
         }
     }
@@ -151,6 +158,7 @@ impl Scenario {
             Scenario::HoptraceHttp
                 | Scenario::HoptraceHttpNoMetrics
                 | Scenario::HoptraceHttpHyper
+                | Scenario::HoptraceHttpTwoPass
                 | Scenario::HoptraceTcp
         )
     }
@@ -159,7 +167,10 @@ impl Scenario {
     pub fn is_traced(self) -> bool {
         matches!(
             self,
-            Scenario::HoptraceHttp | Scenario::HoptraceHttpNoMetrics | Scenario::HoptraceHttpHyper
+            Scenario::HoptraceHttp
+                | Scenario::HoptraceHttpNoMetrics
+                | Scenario::HoptraceHttpHyper
+                | Scenario::HoptraceHttpTwoPass
         )
     }
 
@@ -168,6 +179,7 @@ impl Scenario {
         AgentMode {
             golden_metrics: self != Scenario::HoptraceHttpNoMetrics,
             lean_http1: self != Scenario::HoptraceHttpHyper,
+            one_pass: self != Scenario::HoptraceHttpTwoPass,
         }
     }
 }
@@ -179,6 +191,8 @@ pub struct AgentMode {
     pub golden_metrics: bool,
     /// `--http1-proxy lean` (else `hyper`).
     pub lean_http1: bool,
+    /// `--same-node-one-pass`.
+    pub one_pass: bool,
 }
 
 impl Default for AgentMode {
@@ -186,6 +200,7 @@ impl Default for AgentMode {
         Self {
             golden_metrics: true,
             lean_http1: true,
+            one_pass: true,
         }
     }
 }

@@ -178,6 +178,7 @@ impl BenchLab {
         args.push(format!("--golden-metrics={}", mode.golden_metrics));
         let engine = if mode.lean_http1 { "lean" } else { "hyper" };
         args.push(format!("--http1-proxy={engine}"));
+        args.push(format!("--same-node-one-pass={}", mode.one_pass));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for (agent, _) in &mut self.agents {
             agent.restart_with_args(&args)?;
@@ -208,6 +209,7 @@ impl BenchLab {
             Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceTcp => (&self.hclient, self.hserver.addr(port)),
         }
     }
@@ -224,6 +226,7 @@ impl BenchLab {
             Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceTcp => self
                 .agents
                 .iter()
@@ -245,6 +248,7 @@ impl BenchLab {
             Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
+            | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceTcp => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
         }
     }

@@ -277,6 +277,10 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
     let lean = per_round(samples, h, Scenario::HoptraceHttpHyper, |a, b| {
         a.sat_cpu_us / b.sat_cpu_us
     });
+    // CPU per request of a same-node hop in one pass over two passes (with --same-node).
+    let one_pass = per_round(samples, h, Scenario::HoptraceHttpTwoPass, |a, b| {
+        a.sat_cpu_us / b.sat_cpu_us
+    });
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -356,6 +360,12 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
             target: "< 1x (the lean path is cheaper)".into(),
             measured: format!("{lean:.3}x (median of per-round ratios)"),
             verdict: Verdict::of(lean, lean < 1.0),
+        },
+        Goal {
+            goal: "proxy CPU per request at saturation, one pass vs two (hoptrace-http vs hoptrace-http-twopass; a same-node hop with --same-node)".into(),
+            target: "< 1x (one pass is cheaper)".into(),
+            measured: format!("{one_pass:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(one_pass, one_pass < 1.0),
         },
     ]
 }

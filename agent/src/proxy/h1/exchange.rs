@@ -190,11 +190,7 @@ impl Lean {
             attempt += 1;
             let (mut up, opened, reused) = match self.upstream().await {
                 Ok(u) => u,
-                Err(e) => {
-                    return self
-                        .bad_gateway(client, legs, e, close_after)
-                        .await
-                }
+                Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             };
             let sent = match up.write_all(&self.out).await {
                 Ok(()) => self.response_head(&mut up, client, head_request).await,
@@ -206,11 +202,7 @@ impl Lean {
                     tracing::debug!(pod = %pod.key, "pooled connection closed before answering; retrying: {e}");
                 }
                 Err(HeadError::Client(e)) => return Err(ConnError::Relay(e)),
-                Err(e) => {
-                    return self
-                        .bad_gateway(client, legs, e, close_after)
-                        .await
-                }
+                Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             }
         };
         self.response(client, up, opened, legs, close_after).await
@@ -395,7 +387,11 @@ impl Lean {
             pool.checkin_raw(key, up, opened);
         }
         self.rbuf.clear();
-        Ok(if closing { After::Close } else { After::KeepAlive })
+        Ok(if closing {
+            After::Close
+        } else {
+            After::KeepAlive
+        })
     }
 
     /// No response from upstream: answers 502 itself.
@@ -423,6 +419,10 @@ impl Lean {
             .write_all(answer.as_bytes())
             .await
             .map_err(ConnError::Relay)?;
-        Ok(if close { After::Close } else { After::KeepAlive })
+        Ok(if close {
+            After::Close
+        } else {
+            After::KeepAlive
+        })
     }
 }
