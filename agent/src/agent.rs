@@ -111,7 +111,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     // Capture the host netns on the main thread, before any worker thread exists.
     netns::init_host().context("reading the agent's own network namespace")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        rt.worker_threads(args.worker_threads);
+    }
+    let rt = rt
         .enable_all()
         .thread_name("hoptrace")
         .on_thread_park(collect_freed_memory)
