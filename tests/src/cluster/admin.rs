@@ -61,11 +61,14 @@ impl Admin {
         let Ok(req) = hyper::Request::get("/readyz").body(Vec::new()) else {
             return false;
         };
-        let fut = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            self.client.request_text(req),
-        );
-        matches!(self.rt.block_on(fut), Ok(Ok(text)) if text.trim() == "ok")
+        let answer = self.rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                self.client.request_text(req),
+            )
+            .await
+        });
+        matches!(answer, Ok(Ok(text)) if text.trim() == "ok")
     }
 
     /// Creates the namespace, service account and RBAC of the project's `deploy/base`.
