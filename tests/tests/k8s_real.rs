@@ -341,7 +341,7 @@ fn permission_revoked_while_running() {
         RECOVER,
         "the refused watch is not reported"
     );
-    let warned = log_lines(&agent, "forbidden to watch pods");
+    let warned = log_lines(&agent, "watch of pods failed: forbidden to watch pods");
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(
         warned[0].contains("cannot watch resource \"pods\""),
