@@ -4,9 +4,10 @@
 //!
 //! Everything lives under `target/kube/` of the workspace: a private apt
 //! configuration (its own `deb-src` list and package lists; the machine's apt sources
-//! are not touched), the unpacked source, a GOPATH and Go build cache, and the result
-//! `target/kube/bin/kube-apiserver-v1.20.2`. When that binary exists and reports the
-//! expected version nothing is done. The build (Go 1.19 from Debian, GOPATH mode as
+//! are not touched), the downloaded source package, and the result
+//! `target/kube/bin/kube-apiserver-v1.20.2`; the unpacked source, GOPATH and Go build
+//! cache (1.5 GB) are removed after a successful build. When that binary exists and
+//! reports the expected version nothing is done. The build (Go 1.19 from Debian, GOPATH mode as
 //! Kubernetes 1.20 expects):
 //!
 //! 1. `apt-get source --download-only kubernetes=<DEBIAN_VERSION>`, `dpkg-source -x`;
@@ -158,6 +159,11 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
             "{} was built but does not report {KUBE_VERSION}",
             bin.display()
         );
+    }
+    // The unpacked source and Go's build cache (1.5 GB) serve no later run: the
+    // binary is the cache, and another version would be a cold build anyway.
+    for dir in [cache.join("src"), cache.join("gocache"), gopath] {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     println!(
         "xtask: kube-apiserver {KUBE_VERSION} built in {:.0} s: {}",

@@ -27,18 +27,10 @@ pub enum Report {
 }
 
 /// Retry state of one watch.
+#[derive(Default)]
 pub struct Retry {
     backoff: DefaultBackoff,
     failing: Option<String>,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self {
-            backoff: DefaultBackoff::default(),
-            failing: None,
-        }
-    }
 }
 
 impl Retry {
