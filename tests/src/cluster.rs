@@ -14,9 +14,9 @@
 //! confirming a graceful deletion). Processes are killed on drop (and die with the
 //! test process: `PR_SET_PDEATHSIG`).
 //!
-//! The binary: `$HOPTRACE_KUBE_APISERVER`, else
-//! `target/kube/bin/kube-apiserver-v1.20.2` of the workspace. Missing, the start fails
-//! and says how to build it (tests are never skipped for it).
+//! The binary: `$HOPTRACE_KUBE_APISERVER`, else where `cargo xtask kube-apiserver`
+//! caches it, `${XDG_CACHE_HOME:-$HOME/.cache}/hoptrace/kube/kube-apiserver-v1.20.2`.
+//! Missing, the start fails and says how to build it (tests are never skipped for it).
 
 pub mod admin;
 pub mod certs;
@@ -41,9 +41,16 @@ const START: Duration = Duration::from_secs(60);
 pub fn apiserver_binary() -> Result<PathBuf> {
     let bin = match std::env::var_os("HOPTRACE_KUBE_APISERVER") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/kube/bin")
-            .join(format!("kube-apiserver-{KUBE_VERSION}")),
+        None => {
+            let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+                Some(dir) => PathBuf::from(dir),
+                None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+                    .join(".cache"),
+            };
+            cache
+                .join("hoptrace/kube")
+                .join(format!("kube-apiserver-{KUBE_VERSION}"))
+        }
     };
     if !bin.exists() {
         bail!(

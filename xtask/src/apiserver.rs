@@ -2,12 +2,13 @@
 //! Kubernetes API server the discovery tests run against (tests/tests/k8s_real.rs),
 //! from Debian's `kubernetes` source package, once, and caches it.
 //!
-//! Everything lives under `target/kube/` of the workspace: a private apt
+//! The result is cached outside the checkout, so that CI's fresh clones reuse it:
+//! `${XDG_CACHE_HOME:-~/.cache}/hoptrace/kube/kube-apiserver-v1.20.2` (tests/src/cluster.rs
+//! looks there). When it exists and reports the expected version nothing is done.
+//! The build itself happens under `target/kube/` of the workspace: a private apt
 //! configuration (its own `deb-src` list and package lists; the machine's apt sources
-//! are not touched), the downloaded source package, and the result
-//! `target/kube/bin/kube-apiserver-v1.20.2`; the unpacked source, GOPATH and Go build
-//! cache (1.5 GB) are removed after a successful build. When that binary exists and
-//! reports the expected version nothing is done. The build (Go 1.19 from Debian, GOPATH mode as
+//! are not touched), the downloaded source package, and the unpacked source, GOPATH
+//! and Go build cache (1.5 GB), which are removed after a successful build. The build (Go 1.19 from Debian, GOPATH mode as
 //! Kubernetes 1.20 expects):
 //!
 //! 1. `apt-get source --download-only kubernetes=<DEBIAN_VERSION>`, `dpkg-source -x`;
@@ -46,15 +47,19 @@ const KUBE_MAJOR_MINOR: (&str, &str) = ("1", "20");
 const BUILD_DATE: &str = "2021-01-13T00:00:00Z";
 const REFLECT2_PATCH: &str = "xtask/patches/reflect2-go1.18-mapiter.patch";
 
-/// `target/kube` of the workspace.
+/// `target/kube` of the workspace: where the build happens.
 fn cache_dir() -> anyhow::Result<PathBuf> {
     Ok(crate::workspace_root()?.join("target/kube"))
 }
 
-/// The cached binary's path.
+/// The cached binary's path: `${XDG_CACHE_HOME:-$HOME/.cache}/hoptrace/kube/`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    Ok(cache_dir()?
-        .join("bin")
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(cache
+        .join("hoptrace/kube")
         .join(format!("kube-apiserver-{KUBE_VERSION}")))
 }
 
@@ -162,7 +167,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     }
     // The unpacked source and Go's build cache (1.5 GB) serve no later run: the
     // binary is the cache, and another version would be a cold build anyway.
-    for dir in [cache.join("src"), cache.join("gocache"), gopath] {
+    for dir in [cache.join("src"), cache.join("gocache"), tools, gopath] {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     println!(

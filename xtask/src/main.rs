@@ -2,7 +2,8 @@
 //!
 //! - `setup`: install what builds and tests need (idempotent), including
 //!   `kube-apiserver`: the real API server of the discovery tests, built once from
-//!   Debian's kubernetes source into target/kube/ (also alone: `kube-apiserver`).
+//!   Debian's kubernetes source (in target/kube/) and cached in
+//!   ~/.cache/hoptrace/kube/ (also alone: `kube-apiserver`).
 //! - `build`: the eBPF object and the release `hoptrace` binary.
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
 //! - `demo [--otlp-endpoint URL]`: a two-node lab: echo traffic through the agents and
@@ -46,7 +47,8 @@ enum Cmd {
     /// Install the toolchain pieces and packages builds and tests need (idempotent).
     Setup,
     /// Build kube-apiserver (the version the discovery tests run against) from
-    /// Debian's kubernetes source package into target/kube/, unless cached there.
+    /// Debian's kubernetes source package (in target/kube/), unless cached in
+    /// ~/.cache/hoptrace/kube/.
     /// `setup` runs it.
     KubeApiserver,
     /// Build the eBPF programs and the release `hoptrace` binary.

@@ -59,7 +59,8 @@ pub enum Update {
 pub struct ResourceErrors {
     /// Failed list/watch attempts.
     pub errors: Counter,
-    /// 1 while the last attempt was refused with 403, else 0.
+    /// 1 from a refused (403) attempt until the next failure of another kind or the
+    /// next progress (a complete list, an object change), else 0.
     pub forbidden: Gauge,
 }
 
