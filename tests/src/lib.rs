@@ -23,6 +23,7 @@ pub mod app;
 pub mod bench;
 pub mod cgroup;
 pub mod clock;
+pub mod cluster;
 pub mod forward;
 pub mod h1edge;
 pub mod hops;

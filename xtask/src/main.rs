@@ -1,6 +1,9 @@
 //! `cargo xtask`: the project's build, setup and test driver (Linux only).
 //!
-//! - `setup`: install what builds and tests need (idempotent).
+//! - `setup`: install what builds and tests need (idempotent), including
+//!   `kube-apiserver`: the real API server of the discovery tests, built once from
+//!   Debian's kubernetes source (in target/kube/) and cached in
+//!   ~/.cache/hoptrace/kube/ (also alone: `kube-apiserver`).
 //! - `build`: the eBPF object and the release `hoptrace` binary.
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
 //! - `demo [--otlp-endpoint URL]`: a two-node lab: echo traffic through the agents and
@@ -11,6 +14,7 @@
 //! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
 //!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
 
+mod apiserver;
 mod fuzz;
 
 // The four-spans-per-hop check shared with the lab tests. Compiled from the tests
@@ -42,6 +46,11 @@ struct Cli {
 enum Cmd {
     /// Install the toolchain pieces and packages builds and tests need (idempotent).
     Setup,
+    /// Build kube-apiserver (the version the discovery tests run against) from
+    /// Debian's kubernetes source package (in target/kube/), unless cached in
+    /// ~/.cache/hoptrace/kube/.
+    /// `setup` runs it.
+    KubeApiserver,
     /// Build the eBPF programs and the release `hoptrace` binary.
     Build,
     /// Run setup, then all tests: unit tests and the netns-lab end-to-end tests (root).
@@ -167,6 +176,11 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root()?;
     match cli.cmd {
         Cmd::Setup => setup::run(),
+        Cmd::KubeApiserver => {
+            let bin = apiserver::ensure()?;
+            println!("{}", bin.display());
+            Ok(())
+        }
         Cmd::Build => {
             setup::check_ready()?;
             cargo(&root, &["build", "--release", "-p", "hoptrace"])?;
@@ -184,7 +198,8 @@ fn main() -> anyhow::Result<()> {
             cmd.current_dir(&root)
                 .args(["test", "--no-fail-fast"])
                 .env("HOPTRACE_BIN", &bin)
-                .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"));
+                .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"))
+                .env("HOPTRACE_KUBE_APISERVER", apiserver::binary()?);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
             }

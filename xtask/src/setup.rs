@@ -32,6 +32,9 @@ const DEBIAN: &[(&str, &str)] = &[
     // WebDriver (tests/tests/dashboard.rs, tests/src/webdriver.rs).
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // The real Kubernetes API server of tests/tests/k8s_real.rs stores in an etcd the
+    // test starts itself (tests/src/kube/), never the package's service.
+    ("etcd", "etcd-server"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".
@@ -70,6 +73,8 @@ pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     python_packages()?;
     node_packages()?;
+    // After the Debian packages: etcd; it installs Go 1.19 itself.
+    crate::apiserver::ensure()?;
     println!("xtask setup: done");
     Ok(())
 }
@@ -175,7 +180,7 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("xtask setup: installing Debian packages {missing:?}");
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    // nginx and haproxy would start their system services on install: a temporary
+    // nginx, haproxy and etcd-server would start their system services on install: a temporary
     // policy-rc.d forbids that (unless the machine already has one, which then decides).
     let own_policy = !std::path::Path::new(POLICY_RC_D).exists();
     if own_policy {

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::{
     cgroup::CgroupResolver,
     netns::NetnsResolver,
-    policy::{self, Policy},
+    policy::{self, DecidedBy, Policy, Skip},
     records::{NamespaceRecord, PodRecord},
     watch::{Change, Update},
 };
@@ -74,6 +74,8 @@ pub struct DesiredSet {
     policy: Policy,
     pods: Store<PodRecord>,
     namespaces: Store<NamespaceRecord>,
+    /// The namespace list or watch is refused (403).
+    namespaces_forbidden: bool,
     cgroups: CgroupResolver,
     netns: NetnsResolver,
     last: Option<Vec<Workload>>,
@@ -94,6 +96,7 @@ impl DesiredSet {
             policy,
             pods: Store::new(|p: &PodRecord| p.uid.clone()),
             namespaces: Store::new(|n: &NamespaceRecord| n.name.clone()),
+            namespaces_forbidden: false,
             cgroups,
             netns,
             last: None,
@@ -123,14 +126,22 @@ impl DesiredSet {
         match update {
             Update::Pod(c) => self.pods.apply(*c),
             Update::Namespace(c) => self.namespaces.apply(c),
+            Update::NamespacesForbidden(forbidden) => self.namespaces_forbidden = forbidden,
             // Discovery keeps the peers itself (`Discovery::poll`).
             Update::Peer(_) => {}
         }
     }
 
-    /// True once both initial lists are complete.
+    /// True once both initial lists are complete, or the pod list is and the
+    /// namespaces may not be listed (pods are then enrolled by annotation alone).
     pub fn synced(&self) -> bool {
-        self.pods.synced && self.namespaces.synced
+        self.pods.synced && (self.namespaces.synced || self.namespaces_forbidden)
+    }
+
+    /// True when namespace labels cannot decide: never listed, and refused.
+    /// (Once listed, the last known labels stay in force through later refusals.)
+    fn namespaces_unknown(&self) -> bool {
+        !self.namespaces.synced && self.namespaces_forbidden
     }
 
     /// The desired set when it differs from the last one returned (the first time:
@@ -160,11 +171,20 @@ impl DesiredSet {
     fn desired(&mut self, now: Instant) -> Vec<Workload> {
         let mut notes: HashMap<String, (String, Vec<String>)> = HashMap::new();
         let mut chosen: Vec<&PodRecord> = Vec::new();
+        let namespaces_unknown = self.namespaces_unknown();
         for pod in self.pods.items.values() {
             let verdict = self
                 .policy
                 .decide(pod, self.namespaces.items.get(&pod.namespace));
-            let state = match verdict.decision {
+            let decision = match verdict.decision {
+                Ok(DecidedBy::Default) | Err(Skip::Disabled(DecidedBy::Default))
+                    if namespaces_unknown =>
+                {
+                    Err(Skip::NamespaceUnknown)
+                }
+                d => d,
+            };
+            let state = match decision {
                 Ok(by) => {
                     chosen.push(pod);
                     format!("enroll ({by})")

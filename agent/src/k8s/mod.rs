@@ -19,6 +19,7 @@ pub mod desired;
 pub mod netns;
 pub mod policy;
 pub mod records;
+pub mod retry;
 pub mod watch;
 
 use std::time::Instant;
@@ -31,7 +32,7 @@ use self::{
     desired::DesiredSet,
     netns::NetnsResolver,
     policy::Policy,
-    watch::{Update, WatchErrors},
+    watch::{ResourceErrors, Update, WatchErrors},
 };
 use crate::{
     golden::PeerIndex,
@@ -165,10 +166,14 @@ impl Discovery {
                 .get_or_create(&StateLabels { state: "pending" })
                 .clone(),
         );
+        let resource = |name: &'static str| ResourceErrors {
+            errors: metrics.kube_watch_errors(name),
+            forbidden: metrics.kube_forbidden(name),
+        };
         let errors = WatchErrors {
-            pods: metrics.kube_watch_errors("pods"),
-            namespaces: metrics.kube_watch_errors("namespaces"),
-            peers: metrics.kube_watch_errors("peers"),
+            pods: resource("pods"),
+            namespaces: resource("namespaces"),
+            peers: resource("peers"),
         };
         self.tasks = watch::spawn(
             self.client.clone(),

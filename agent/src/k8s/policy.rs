@@ -83,6 +83,10 @@ pub enum Skip {
     OwnPod,
     /// Enrollment is off for it.
     Disabled(DecidedBy),
+    /// No pod annotation decides, and the namespaces cannot be read (the agent may
+    /// not list them): its namespace's label is unknown, so neither it nor
+    /// `--inject-default` decides; the pod is left alone.
+    NamespaceUnknown,
 }
 
 impl fmt::Display for Skip {
@@ -95,6 +99,10 @@ impl fmt::Display for Skip {
             Skip::Deleting => f.write_str("being deleted"),
             Skip::OwnPod => f.write_str("the agent's own pod"),
             Skip::Disabled(by) => write!(f, "injection disabled by {by}"),
+            Skip::NamespaceUnknown => f.write_str(
+                "no hoptrace.io/inject annotation, and its namespace's label is unknown \
+                 (the agent may not list namespaces)",
+            ),
         }
     }
 }

@@ -93,6 +93,7 @@ pub struct Metrics {
     /// Rejected workload file reads (the last good set stays in force).
     pub workload_file_errors: Counter,
     kube_watch_errors: Family<ResourceLabels, Counter>,
+    kube_forbidden: Family<ResourceLabels, Gauge>,
 }
 
 /// Metric handles for one pod and direction, cheap to clone into tasks.
@@ -134,6 +135,7 @@ impl Metrics {
         let workloads = Family::<StateLabels, Gauge>::default();
         let workload_file_errors = Counter::default();
         let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
+        let kube_forbidden = Family::<ResourceLabels, Gauge>::default();
         registry.register(
             "connections_accepted",
             "Connections accepted by a per-pod listener",
@@ -204,6 +206,11 @@ impl Metrics {
             "Kubernetes API list/watch errors (retried with backoff; the last known pods stay steered)",
             kube_watch_errors.clone(),
         );
+        registry.register(
+            "kube_forbidden",
+            "1 while the API server refuses the Kubernetes list/watch of a resource (403: the service account lacks a permission; the log names it)",
+            kube_forbidden.clone(),
+        );
         for source in sources {
             source.register(&mut registry);
         }
@@ -220,6 +227,7 @@ impl Metrics {
             workloads,
             workload_file_errors,
             kube_watch_errors,
+            kube_forbidden,
         }
     }
 
@@ -261,6 +269,13 @@ impl Metrics {
     /// The error counter of the Kubernetes watch of `resource`.
     pub fn kube_watch_errors(&self, resource: &'static str) -> Counter {
         self.kube_watch_errors
+            .get_or_create(&ResourceLabels { resource })
+            .clone()
+    }
+
+    /// The gauge that is 1 while the Kubernetes watch of `resource` is refused (403).
+    pub fn kube_forbidden(&self, resource: &'static str) -> Gauge {
+        self.kube_forbidden
             .get_or_create(&ResourceLabels { resource })
             .clone()
     }

@@ -3,6 +3,7 @@
 
 pub mod hostile;
 pub mod pychain;
+pub mod realkube;
 
 use hoptrace_tests::{assert_eventually, Agent, EchoReport, Lab};
 use std::time::Duration;

@@ -254,3 +254,42 @@ fn a_bad_sampling_annotation_is_ignored_not_fatal() {
     assert_eq!(set.len(), 1);
     assert_eq!(set[0].trace_sampling, None);
 }
+
+#[test]
+fn namespaces_forbidden_enroll_by_pod_annotation_alone() {
+    let mut f = Fixture::new();
+    // --inject-default enabled: it must not decide while the namespace label is unknown
+    // (the namespace could say disabled).
+    f.set.policy.default = Inject::Enabled;
+    f.start(A);
+    f.start(B);
+    let annotated = pod("annotated", A, "10.1.1.5", 1);
+    let mut unannotated = pod("unannotated", B, "10.1.1.6", 2);
+    unannotated.inject = None;
+    f.pods(vec![
+        Change::Init,
+        Change::InitApply(annotated),
+        Change::InitApply(unannotated),
+        Change::InitDone,
+    ]);
+    // Init then a refused list: not progress, the set waits.
+    f.namespaces(vec![Change::Init]);
+    assert_eq!(f.poll(), None);
+    f.set.apply(Update::NamespacesForbidden(true));
+    f.poll().expect("ready on the pod list alone");
+    assert_eq!(f.names(), ["shop/annotated"]);
+    // The permission comes back: the namespace list decides again.
+    f.set.apply(Update::NamespacesForbidden(false));
+    f.namespaces(vec![
+        Change::Init,
+        Change::InitApply(shop(None)),
+        Change::InitDone,
+    ]);
+    f.poll().expect("changed");
+    assert_eq!(f.names(), ["shop/annotated", "shop/unannotated"]);
+    // Refused again later: the last known labels stay in force.
+    f.set.apply(Update::NamespacesForbidden(true));
+    f.namespaces(vec![Change::Apply(shop(Some("disabled")))]);
+    f.poll().expect("changed");
+    assert_eq!(f.names(), ["shop/annotated"]);
+}
