@@ -163,8 +163,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         headers: args.otlp_headers.clone(),
         gzip: args.otlp_compression == "gzip",
         queue_size: args.span_queue,
-        // One batch in flight plus the queue: at most twice --span-queue spans held.
-        batch_size: args.span_queue.clamp(1, 512),
+        // The queue, plus up to MAX_IN_FLIGHT batches in flight and one being gathered:
+        // at most twice --span-queue spans held.
+        batch_size: (args.span_queue / (export::MAX_IN_FLIGHT + 1)).clamp(1, 512),
         flush_interval: Duration::from_millis(500),
         timeout: Duration::from_secs(5),
     };

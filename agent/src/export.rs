@@ -10,7 +10,11 @@
 //! gRPC status code (OTLP's retryable codes), never error text. A collector that is
 //! down, slow or refusing costs at most the queue's memory; export resumes by itself.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::{
@@ -20,7 +24,7 @@ use opentelemetry_proto::tonic::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::{
     client::Grpc,
     codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -229,32 +233,43 @@ pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, E
     let exporter = Exporter {
         client,
         metadata: metadata(&config.headers)?,
-        config,
+        config: Arc::new(config),
         metrics: metrics.clone(),
-        scope: InstrumentationScope {
-            name: "hoptrace".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        },
-        last_error_log: None,
+        last_error_log: Arc::default(),
     };
     let (tx, rx) = mpsc::channel(exporter.config.queue_size.max(1));
     tokio::spawn(exporter.run(rx));
     Ok(SpanSink::new(tx, metrics.dropped))
 }
 
-/// The export task's state.
+/// Export requests in flight at once. One at a time, export throughput is capped at
+/// batch size / collector round trip, whatever the CPU left: an agent serving a busy
+/// same-node hop (four spans per request from one agent) dropped spans that way. The
+/// requests share one HTTP/2 connection.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// What sending needs; cloned into each request's task.
+#[derive(Clone)]
 struct Exporter {
     client: Grpc<Channel>,
     metadata: MetadataMap,
-    config: ExportConfig,
+    config: Arc<ExportConfig>,
     metrics: ExportMetrics,
-    scope: InstrumentationScope,
-    last_error_log: Option<std::time::Instant>,
+    /// When a failure was last logged (shared: the log is rate-limited for all).
+    last_error_log: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl Exporter {
-    async fn run(mut self, mut rx: mpsc::Receiver<ProxySpan>) {
+    /// Gathers batches from the queue and sends them, up to [`MAX_IN_FLIGHT`] requests
+    /// at once; while that many are in flight (a slow or absent collector), spans wait
+    /// in the bounded queue and what overflows it is dropped.
+    async fn run(self, mut rx: mpsc::Receiver<ProxySpan>) {
+        let scope = InstrumentationScope {
+            name: "hoptrace".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {
             let mut batch = Vec::with_capacity(self.config.batch_size);
             // Wait for the first span, then gather more until the batch is full or the
@@ -270,8 +285,15 @@ impl Exporter {
                     Ok(None) | Err(_) => break,
                 }
             }
-            for request in encode(batch, &self.scope, MAX_REQUEST_BYTES) {
-                self.export_with_retry(request).await;
+            for request in encode(batch, &scope, MAX_REQUEST_BYTES) {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut this = self.clone();
+                tokio::spawn(async move {
+                    this.export_with_retry(request).await;
+                    drop(slot);
+                });
             }
         }
     }
@@ -279,9 +301,11 @@ impl Exporter {
     /// Sends one request. A retryable failure (collector down, overloaded or timing
     /// out) keeps it and retries with backoff: meanwhile the data path keeps queueing
     /// into the bounded channel and only what overflows it is dropped, so an outage
-    /// costs exactly the overflow and at most `queue_size + batch_size` spans of
-    /// memory. A permanent rejection loses the request at once, counted in `failed`,
-    /// so one poison request cannot stall export.
+    /// costs exactly the overflow and a bounded number of spans of memory. A permanent rejection loses the request at once, counted in `failed`,
+    /// so one poison request cannot stall export. (With [`MAX_IN_FLIGHT`] requests
+    /// retrying at once and one batch gathered, that is `queue_size + (MAX_IN_FLIGHT +
+    /// 1) × batch_size` spans; the agent sizes batches so that this is at most twice
+    /// the queue.)
     async fn export_with_retry(&mut self, request: Encoded) {
         let n = request.spans as u64;
         let mut delays = retry_delays();
@@ -336,11 +360,15 @@ impl Exporter {
 
     /// Rate-limited: a collector that is down must not flood the log.
     fn log_failure(&mut self, n: u64, retry: bool, status: &tonic::Status) {
-        if self
-            .last_error_log
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
         {
-            return;
+            let mut last = self
+                .last_error_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
         }
         let endpoint = &self.config.endpoint;
         let (code, msg) = (status.code(), status.message());
@@ -349,7 +377,6 @@ impl Exporter {
         } else {
             tracing::warn!(%endpoint, "{n} spans lost, export not retried: {code:?}: {msg}");
         }
-        self.last_error_log = Some(std::time::Instant::now());
     }
 }
 

@@ -162,7 +162,8 @@ fn collector_down_and_back_loses_only_the_overflow() {
             "{}: no span may be lost to a failed request (retried instead)",
             agent.node()
         );
-        // Held = the batch being retried + the queue, never more than 2 × QUEUE;
+        // Held = the batches being retried (up to 4) + one gathered + the queue, never
+        // more than 2 × QUEUE (batches are a fifth of the queue);
         // and the queue did fill (the outage outlasted it).
         let dropped = dropped - dropped0;
         let kept = spans_per_agent - dropped;
