@@ -49,7 +49,11 @@ fn ebpf_lines(log: &str) -> Vec<&str> {
 
 fn start_agent(lab: &Lab, args: &[&str]) -> Agent {
     let file = lab.write_workloads("node-1").expect("write workload file");
-    let mut agent = Agent::start_with_args(lab, "node-1", &file, args).expect("start the agent");
+    // Both legs through the kernel programs: a same-node hop served in one pass would
+    // skip sk_lookup's steering decision (the programs' log is what is checked here).
+    let mut args = args.to_vec();
+    args.push("--same-node-one-pass=false");
+    let mut agent = Agent::start_with_args(lab, "node-1", &file, &args).expect("start the agent");
     agent.wait_ready(READY).expect("agent ready");
     agent
 }
