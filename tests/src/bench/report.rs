@@ -1,6 +1,8 @@
 //! The bench's result (JSON) and its report (Markdown, also printed to the terminal).
 
+use super::callgrind::{self, CallgrindResult};
 use super::memory::{self, MemoryResult};
+use super::scaling::{self, ScalingResult};
 use super::stats::{self, Goal, Sample, Summary};
 use super::{BenchOptions, Scenario, Workload};
 use serde::{Deserialize, Serialize};
@@ -44,6 +46,12 @@ pub struct BenchResult {
     pub memory: Option<MemoryResult>,
     /// DESIGN §6 goals.
     pub goals: Vec<Goal>,
+    /// The callgrind phase (`--callgrind`).
+    #[serde(default)]
+    pub callgrind: Option<CallgrindResult>,
+    /// The scaling phase (`--scaling`).
+    #[serde(default)]
+    pub scaling: Option<ScalingResult>,
     /// Wall time of the whole run, seconds.
     pub elapsed_s: f64,
 }
@@ -175,10 +183,28 @@ pub fn markdown(r: &BenchResult) -> String {
         h.loadavg_before,
         h.loadavg_after
     );
+    if !r.samples.is_empty() {
+        rounds(&mut out, r);
+    }
+    if let Some(c) = &r.callgrind {
+        out.push_str(&callgrind::markdown(c));
+    }
+    if let Some(s) = &r.scaling {
+        out.push_str(&scaling::markdown(s));
+    }
+    memory_and_goals(&mut out, r);
+    if !r.samples.is_empty() {
+        notes(&mut out, r);
+    }
+    out
+}
+
+/// The tables of the interleaved rounds.
+fn rounds(out: &mut String, r: &BenchResult) {
     let _ = writeln!(out, "### HTTP/1.1 keep-alive\n");
-    table(&mut out, r, Workload::Http);
+    table(out, r, Workload::Http);
     let _ = writeln!(out, "\n### Opaque TCP (64-byte ping-pong)\n");
-    table(&mut out, r, Workload::Tcp);
+    table(out, r, Workload::Tcp);
     let _ = writeln!(
         out,
         "\n### Per CPU at saturation\n\nLab CPU: user+system time of everything in the lab (client, server, proxies, agents; not the collector) per request. \
@@ -186,7 +212,11 @@ pub fn markdown(r: &BenchResult) -> String {
          requests per lab CPU-second do not depend on it.\n",
         r.host.cpus
     );
-    capacity(&mut out, r);
+    capacity(out, r);
+}
+
+/// Memory and the DESIGN §6 goals.
+fn memory_and_goals(out: &mut String, r: &BenchResult) {
     if let Some(m) = &r.memory {
         let _ = writeln!(out, "\n### Agent memory\n");
         if m.large_pods > 0 {
@@ -227,8 +257,6 @@ pub fn markdown(r: &BenchResult) -> String {
             g.verdict.label()
         );
     }
-    notes(&mut out, r);
-    out
 }
 
 fn notes(out: &mut String, r: &BenchResult) {

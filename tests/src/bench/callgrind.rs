@@ -1,0 +1,563 @@
+//! `cargo xtask bench --callgrind`: instructions per request, a figure that noise on a
+//! shared machine cannot move (issue 10, item 1).
+//!
+//! The proxies of a scenario run under `valgrind --tool=callgrind` (every process and
+//! thread: nginx's master and forked workers, the agent's threads). After a warm-up,
+//! their counters are zeroed (`callgrind_control --zero PID`, which reaches a process
+//! blocked in a syscall through vgdb), a fixed number of requests is driven through
+//! them (`labapp load`, closed loop on a few keep-alive connections, each request with
+//! its own sampled `traceparent`), and the counters are dumped
+//! (`callgrind_control --dump PID`). For hoptrace the dump waits until the bench's
+//! OTLP receiver holds every span of the window (4 per request), so the export is
+//! inside the window, as in the wall-clock CPU figure. Two windows run, N and 2N
+//! requests: their ratio (≈ 2) shows that the count is per request, not per second.
+//!
+//! | scenario | processes under callgrind |
+//! | --- | --- |
+//! | `sidecar` | a second pair of nginx (client pod :4240 → server pod :4243 → app), started for this phase with the same configuration as the scenario's |
+//! | `hoptrace-http` | both agents (stopped and started again under valgrind for this phase) |
+
+use super::confgen::NginxRole;
+use super::loadgen::LoadReport;
+use super::run::{loopback, nginx_wrapped, BenchLab, Proxy};
+use super::{AgentMode, BenchOptions, Scenario, APP_PORT};
+use crate::{Agent, Pod};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use super::callgrind_report::markdown;
+
+/// The client-side nginx of the callgrind phase (client pod loopback).
+pub const CG_SIDECAR_OUT_PORT: u16 = 4240;
+/// The server-side nginx of the callgrind phase (server pod address).
+pub const CG_SIDECAR_IN_PORT: u16 = 4243;
+/// Everything under valgrind starts and runs ~50× slower than natively.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait for the spans of one window.
+const SPAN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Settings of the callgrind phase.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallgrindOptions {
+    /// Requests of the first counted window (the second has twice as many).
+    pub requests: u64,
+    /// Requests before counting (connections, pools, valgrind's code translation).
+    pub warmup: u64,
+    /// Keep-alive connections of the closed-loop client.
+    pub conns: u32,
+}
+
+impl Default for CallgrindOptions {
+    fn default() -> CallgrindOptions {
+        CallgrindOptions {
+            requests: 2000,
+            warmup: 300,
+            conns: 4,
+        }
+    }
+}
+
+/// Instructions of one process in one window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProcessIr {
+    /// What it is (`nginx out worker`, `agent node-1`).
+    pub name: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Instructions executed in the window (all its threads).
+    pub ir: u64,
+}
+
+/// One counted window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Window {
+    /// Requests answered (exactly the requests asked for, else the phase fails).
+    pub requests: u64,
+    /// Instructions of all the scenario's proxies in the window.
+    pub ir: u64,
+    /// `ir / requests`.
+    pub ir_per_request: f64,
+    /// Spans the receiver got in the window (hoptrace: 4 per request).
+    pub spans: u64,
+    /// Wall time from zeroing to dumping, seconds.
+    pub wall_s: f64,
+    /// Per process.
+    pub processes: Vec<ProcessIr>,
+}
+
+/// One scenario under callgrind.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CgScenario {
+    /// Scenario name.
+    pub scenario: String,
+    /// The N and 2N windows.
+    pub windows: Vec<Window>,
+    /// Instructions per request over both windows: `Σ ir / Σ requests`.
+    pub ir_per_request: f64,
+    /// `ir(2N) / ir(N)`: 2.0 when the count is all per request.
+    pub linearity: f64,
+    /// Seconds from starting the processes under valgrind to the end of the warm-up.
+    pub startup_s: f64,
+}
+
+/// What the callgrind phase measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CallgrindResult {
+    /// `valgrind --version`.
+    pub valgrind: String,
+    /// Settings.
+    pub requests: u64,
+    /// Warm-up requests.
+    pub warmup: u64,
+    /// Client connections.
+    pub conns: u32,
+    /// Per scenario.
+    pub scenarios: Vec<CgScenario>,
+    /// `hoptrace-http / sidecar` instructions per request, when both were measured.
+    pub ratio: Option<f64>,
+    /// Scenarios that could not be measured, with the reason.
+    pub failures: Vec<String>,
+    /// Wall time of the phase, seconds.
+    pub elapsed_s: f64,
+}
+
+/// Instructions (`Ir`) of a callgrind output file: its `totals:` line (or the
+/// `summary:` line of older writers), at the position of `Ir` in `events:`.
+pub fn parse_ir(text: &str) -> Result<u64> {
+    let events = text
+        .lines()
+        .find_map(|l| l.strip_prefix("events:"))
+        .context("callgrind file without an `events:` line")?;
+    let index = events
+        .split_whitespace()
+        .position(|e| e == "Ir")
+        .context("callgrind file does not count Ir")?;
+    let costs = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("totals:"))
+        .or_else(|| text.lines().find_map(|l| l.strip_prefix("summary:")))
+        .context("callgrind file without `totals:` or `summary:` (incomplete dump?)")?;
+    // Trailing zero costs may be left out (callgrind format specification).
+    match costs.split_whitespace().nth(index) {
+        Some(v) => v.parse().with_context(|| format!("bad Ir cost {v:?}")),
+        None => Ok(0),
+    }
+}
+
+/// The `valgrind` command line that runs a program under callgrind with its output
+/// files `dir/<tag>.callgrind.out.<pid>[.<dump>]` and its log `dir/<tag>.valgrind.<pid>.log`.
+pub fn valgrind_prefix(dir: &Path, tag: &str) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        format!(
+            "--callgrind-out-file={}/{tag}.callgrind.out.%p",
+            dir.display()
+        ),
+        format!("--log-file={}/{tag}.valgrind.%p.log", dir.display()),
+        // vgdb (callgrind_control) must reach processes blocked in epoll_wait.
+        "--vgdb=yes".into(),
+        // Counting only: no per-instruction or jump data, smaller dumps.
+        "--dump-instr=no".into(),
+        "--collect-jumps=no".into(),
+    ]
+}
+
+/// Runs the callgrind phase for the scenarios of `opts` it supports (`sidecar`,
+/// `hoptrace-http`; both when `opts` names neither). Replaces the scenario agents of
+/// `bl` with agents under valgrind (they stay so until the lab is dropped).
+pub fn run(
+    bl: &mut BenchLab,
+    opts: &BenchOptions,
+    cg: &CallgrindOptions,
+    out_dir: &Path,
+) -> Result<CallgrindResult> {
+    let started = Instant::now();
+    let version = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .context("--callgrind needs valgrind (`cargo xtask setup` installs it)")?;
+    let dir = out_dir.join("callgrind");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut scenarios: Vec<Scenario> = opts
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, Scenario::Sidecar | Scenario::HoptraceHttp))
+        .collect();
+    if scenarios.is_empty() {
+        scenarios = vec![Scenario::Sidecar, Scenario::HoptraceHttp];
+    }
+    let mut result = CallgrindResult {
+        valgrind: version,
+        requests: cg.requests,
+        warmup: cg.warmup,
+        conns: cg.conns,
+        ..Default::default()
+    };
+    for s in scenarios {
+        println!("bench: callgrind, {} (everything ~50x slower)", s.name());
+        let measured = match s {
+            Scenario::Sidecar => sidecar(bl, cg, &dir),
+            _ => hoptrace(bl, cg, &dir),
+        };
+        match measured {
+            Ok(x) => {
+                println!(
+                    "bench: callgrind {}: {:.0} instructions per request (2N/N = {:.3})",
+                    s.name(),
+                    x.ir_per_request,
+                    x.linearity
+                );
+                result.scenarios.push(x);
+            }
+            Err(e) => {
+                eprintln!("bench: callgrind {}: {e:#}", s.name());
+                result.failures.push(format!("{}: {e:#}", s.name()));
+            }
+        }
+    }
+    let per_req = |name: &str| {
+        result
+            .scenarios
+            .iter()
+            .find(|x| x.scenario == name)
+            .map(|x| x.ir_per_request)
+    };
+    result.ratio = match (per_req("hoptrace-http"), per_req("sidecar")) {
+        (Some(h), Some(s)) if s > 0.0 => Some(h / s),
+        _ => None,
+    };
+    result.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(result)
+}
+
+/// The sidecar model: a second pair of nginx under valgrind.
+fn sidecar(bl: &BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenario> {
+    let started = Instant::now();
+    let prefix = valgrind_prefix(dir, "sidecar");
+    let tmp = bl.lab.tmp_dir().to_owned();
+    let inner = nginx_wrapped(
+        &bl.server,
+        &tmp.join("cg-nginx-in"),
+        NginxRole::Proxy {
+            listen: bl.server.addr(CG_SIDECAR_IN_PORT),
+            upstream: loopback(APP_PORT),
+        },
+        CG_SIDECAR_IN_PORT,
+        &prefix,
+        START_TIMEOUT,
+    )?;
+    let outer = nginx_wrapped(
+        &bl.client,
+        &tmp.join("cg-nginx-out"),
+        NginxRole::Proxy {
+            listen: loopback(CG_SIDECAR_OUT_PORT),
+            upstream: bl.server.addr(CG_SIDECAR_IN_PORT),
+        },
+        CG_SIDECAR_OUT_PORT,
+        &prefix,
+        START_TIMEOUT,
+    )?;
+    let target = Target {
+        bl,
+        pod: &bl.client,
+        addr: loopback(CG_SIDECAR_OUT_PORT),
+        traced: false,
+    };
+    let measured = (|| {
+        target.warm_up(cg)?;
+        let startup_s = started.elapsed().as_secs_f64();
+        let procs = || -> Result<Vec<(String, u32)>> {
+            let mut v = nginx_pids(&outer, "nginx out")?;
+            v.extend(nginx_pids(&inner, "nginx in")?);
+            Ok(v)
+        };
+        measure_windows(&target, cg, dir, "sidecar", &procs, startup_s)
+    })();
+    for p in [&outer, &inner] {
+        kill_cgroup(&p.cgroup);
+    }
+    measured.map(|mut x| {
+        x.scenario = Scenario::Sidecar.name().into();
+        x
+    })
+}
+
+/// Both agents, restarted under valgrind.
+fn hoptrace(bl: &mut BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenario> {
+    let started = Instant::now();
+    let prefix = valgrind_prefix(dir, "hoptrace");
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    // The agents' default mode, spelled out as BenchLab::set_agent_mode does.
+    let mode = AgentMode::default();
+    let mut args = bl.agent_args();
+    args.push(format!("--golden-metrics={}", mode.golden_metrics));
+    let engine = if mode.lean_http1 { "lean" } else { "hyper" };
+    args.push(format!("--http1-proxy={engine}"));
+    args.push(format!("--same-node-one-pass={}", mode.one_pass));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for i in 0..bl.agents.len() {
+        let node = bl.agents[i].0.node().to_owned();
+        bl.agents[i].0.stop()?;
+        let file = bl.lab.workloads_path(&node);
+        bl.agents[i].0 = Agent::start_wrapped(&bl.lab, &node, &file, &prefix, &args)
+            .with_context(|| format!("starting the agent of {node} under valgrind"))?;
+    }
+    bl.agent_mode = mode;
+    for (agent, _) in &mut bl.agents {
+        agent.wait_ready(START_TIMEOUT).with_context(|| {
+            format!(
+                "the agent of {} under valgrind (its valgrind log is in {})",
+                agent.node(),
+                dir.display()
+            )
+        })?;
+    }
+    let bl: &BenchLab = bl;
+    let target = Target {
+        bl,
+        pod: &bl.hclient,
+        addr: bl.hserver.addr(APP_PORT),
+        traced: true,
+    };
+    target.warm_up(cg)?;
+    let startup_s = started.elapsed().as_secs_f64();
+    let procs = || -> Result<Vec<(String, u32)>> {
+        bl.agents
+            .iter()
+            .map(|(a, _)| {
+                let pid = a
+                    .pid()
+                    .with_context(|| format!("the agent of {} is not running", a.node()))?;
+                Ok((format!("agent {}", a.node()), pid))
+            })
+            .collect()
+    };
+    let mut x = measure_windows(&target, cg, dir, "hoptrace", &procs, startup_s)?;
+    x.scenario = Scenario::HoptraceHttp.name().into();
+    Ok(x)
+}
+
+/// Where the load goes.
+struct Target<'a> {
+    bl: &'a BenchLab,
+    pod: &'a Pod,
+    addr: SocketAddr,
+    traced: bool,
+}
+
+impl Target<'_> {
+    /// `n` requests, closed loop on `conns` connections, each with its own sampled
+    /// `traceparent`.
+    fn drive(&self, n: u64, conns: u32) -> Result<LoadReport> {
+        let seed = u64::from(rand::random::<u32>()) << 16;
+        let args = [
+            "load".to_string(),
+            "--addr".into(),
+            self.addr.to_string(),
+            "--proto".into(),
+            "http".into(),
+            "--duration-ms".into(),
+            "3600000".into(),
+            "--conns".into(),
+            conns.to_string(),
+            "--requests".into(),
+            n.to_string(),
+            "--trace-seed".into(),
+            seed.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self
+            .pod
+            .run(
+                self.bl.labapp.command(&args),
+                START_TIMEOUT + Duration::from_millis(50 * n),
+            )?
+            .ensure_success()
+            .context("labapp load")?;
+        let line = out
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("labapp load printed no report: {}", out.stderr.trim()))?;
+        serde_json::from_str(line).with_context(|| format!("bad load report {line}"))
+    }
+
+    /// Warm-up requests (errors tolerated once: valgrind translates code on first use),
+    /// then, when traced, waits for their spans.
+    fn warm_up(&self, cg: &CallgrindOptions) -> Result<()> {
+        let spans0 = self.bl.otlp.span_count() as u64;
+        let mut answered = 0;
+        for attempt in 1..=2 {
+            let r = self.drive(cg.warmup, cg.conns)?;
+            answered += r.requests;
+            if r.errors == 0 {
+                break;
+            }
+            if attempt == 2 {
+                bail!("warm-up: {} errors (first: {:?})", r.errors, r.first_error);
+            }
+        }
+        if self.traced {
+            self.wait_spans(spans0 + 4 * answered)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the receiver holds `target` spans, then half a second more (the
+    /// export call's answer reaches the agent).
+    fn wait_spans(&self, target: u64) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let n = self.bl.otlp.span_count() as u64;
+            if n >= target {
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(());
+            }
+            if start.elapsed() > SPAN_TIMEOUT {
+                bail!("{n} of {target} spans received after {SPAN_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The N and 2N windows: zero, drive, (spans), dump, parse.
+fn measure_windows(
+    t: &Target,
+    cg: &CallgrindOptions,
+    dir: &Path,
+    tag: &str,
+    procs: &dyn Fn() -> Result<Vec<(String, u32)>>,
+    startup_s: f64,
+) -> Result<CgScenario> {
+    let mut windows = Vec::new();
+    for n in [cg.requests, 2 * cg.requests] {
+        let procs = procs()?;
+        for (_, pid) in &procs {
+            control(*pid, "--zero")?;
+        }
+        let (spans0, start) = (t.bl.otlp.span_count() as u64, Instant::now());
+        let r = t.drive(n, cg.conns)?;
+        if r.errors > 0 || r.requests != n {
+            bail!(
+                "{} of {n} requests answered, {} errors (first: {:?})",
+                r.requests,
+                r.errors,
+                r.first_error
+            );
+        }
+        if t.traced {
+            t.wait_spans(spans0 + 4 * n)?;
+        }
+        let mut w = Window {
+            requests: n,
+            spans: t.bl.otlp.span_count() as u64 - spans0,
+            ..Default::default()
+        };
+        for (name, pid) in procs {
+            let ir = dump(dir, tag, pid)?;
+            w.ir += ir;
+            w.processes.push(ProcessIr { name, pid, ir });
+        }
+        w.wall_s = start.elapsed().as_secs_f64();
+        w.ir_per_request = w.ir as f64 / n as f64;
+        windows.push(w);
+    }
+    let ir: u64 = windows.iter().map(|w| w.ir).sum();
+    let requests: u64 = windows.iter().map(|w| w.requests).sum();
+    Ok(CgScenario {
+        scenario: String::new(),
+        linearity: windows[1].ir as f64 / (windows[0].ir as f64).max(1.0),
+        ir_per_request: ir as f64 / requests.max(1) as f64,
+        windows,
+        startup_s,
+    })
+}
+
+/// `callgrind_control <what> PID`.
+fn control(pid: u32, what: &str) -> Result<()> {
+    let out = Command::new("callgrind_control")
+        .args([what, &pid.to_string()])
+        .output()
+        .context("running callgrind_control")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("OK") {
+        bail!(
+            "callgrind_control {what} {pid}: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Dumps `pid`'s counters and returns the instructions of the new dump file.
+fn dump(dir: &Path, tag: &str, pid: u32) -> Result<u64> {
+    let before = dumps(dir, tag, pid)?.last().map(|d| d.0).unwrap_or(0);
+    control(pid, "--dump")?;
+    let start = Instant::now();
+    loop {
+        if let Some((n, path)) = dumps(dir, tag, pid)?.pop() {
+            if n > before {
+                let text = std::fs::read_to_string(&path)?;
+                if let Ok(ir) = parse_ir(&text) {
+                    return Ok(ir);
+                }
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("no complete dump of pid {pid} in {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The numbered dump files of `pid`, by number.
+fn dumps(dir: &Path, tag: &str, pid: u32) -> Result<Vec<(u32, PathBuf)>> {
+    let prefix = format!("{tag}.callgrind.out.{pid}.");
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(n) = name.strip_prefix(&prefix).and_then(|n| n.parse().ok()) {
+            v.push((n, path));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Every process of an nginx (master and workers), from its cgroup.
+fn nginx_pids(p: &Proxy, name: &str) -> Result<Vec<(String, u32)>> {
+    let master = p.process.pid();
+    let procs = std::fs::read_to_string(p.cgroup.join("cgroup.procs"))?;
+    Ok(procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .map(|pid| {
+            let role = if pid == master { "master" } else { "worker" };
+            (format!("{name} {role}"), pid)
+        })
+        .collect())
+}
+
+/// Kills everything in a cgroup of ours (`cgroup.kill`).
+fn kill_cgroup(dir: &Path) {
+    if let Err(e) = std::fs::write(dir.join("cgroup.kill"), "1") {
+        eprintln!("bench: killing {}: {e}", dir.display());
+    }
+}
