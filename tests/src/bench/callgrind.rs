@@ -12,14 +12,21 @@
 //! inside the window, as in the wall-clock CPU figure. Two windows run, N and 2N
 //! requests: their ratio (≈ 2) shows that the count is per request, not per second.
 //!
+//! Valgrind 3.19's gdbserver, which `callgrind_control` talks to, does not exist in a
+//! child that a process forks without exec'ing: nginx's workers cannot be zeroed or
+//! dumped. The nginx of this phase therefore run as a single process
+//! (`master_process off`): the process that serves requests is then the one that was
+//! started, running the same event loop and proxy module a worker runs.
+//!
 //! | scenario | processes under callgrind |
 //! | --- | --- |
-//! | `sidecar` | a second pair of nginx (client pod :4240 → server pod :4243 → app), started for this phase with the same configuration as the scenario's |
+//! | `sidecar` | a second pair of nginx (client pod :4240 → server pod :4243 → app), started for this phase with the scenario's configuration but `master_process off` (one process, see below) |
 //! | `hoptrace-http` | both agents (stopped and started again under valgrind for this phase) |
 
+use super::confgen;
 use super::confgen::NginxRole;
 use super::loadgen::LoadReport;
-use super::run::{loopback, nginx_wrapped, BenchLab, Proxy};
+use super::run::{loopback, nginx_custom, nginx_name, BenchLab, Proxy};
 use super::{AgentMode, BenchOptions, Scenario, APP_PORT};
 use crate::{Agent, Pod};
 use anyhow::{bail, Context, Result};
@@ -248,27 +255,43 @@ fn sidecar(bl: &BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenari
     let started = Instant::now();
     let prefix = valgrind_prefix(dir, "sidecar");
     let tmp = bl.lab.tmp_dir().to_owned();
-    let inner = nginx_wrapped(
+    let nginx = |pod: &Pod, dir: &str, role: NginxRole, port: u16| {
+        let dir = tmp.join(dir);
+        // One process: valgrind's gdbserver (callgrind_control) cannot reach the
+        // children a process forks without exec'ing (nginx's workers), and a worker
+        // runs the same code per request as the single process does.
+        let conf = confgen::nginx_conf(&dir, role)
+            .replace("\nmaster_process on;\n", "\nmaster_process off;\n");
+        if !conf.contains("\nmaster_process off;\n") {
+            bail!("the nginx configuration no longer says `master_process on`");
+        }
+        nginx_custom(
+            pod,
+            &dir,
+            &nginx_name(pod, role),
+            &conf,
+            port,
+            &prefix,
+            START_TIMEOUT,
+        )
+    };
+    let inner = nginx(
         &bl.server,
-        &tmp.join("cg-nginx-in"),
+        "cg-nginx-in",
         NginxRole::Proxy {
             listen: bl.server.addr(CG_SIDECAR_IN_PORT),
             upstream: loopback(APP_PORT),
         },
         CG_SIDECAR_IN_PORT,
-        &prefix,
-        START_TIMEOUT,
     )?;
-    let outer = nginx_wrapped(
+    let outer = nginx(
         &bl.client,
-        &tmp.join("cg-nginx-out"),
+        "cg-nginx-out",
         NginxRole::Proxy {
             listen: loopback(CG_SIDECAR_OUT_PORT),
             upstream: bl.server.addr(CG_SIDECAR_IN_PORT),
         },
         CG_SIDECAR_OUT_PORT,
-        &prefix,
-        START_TIMEOUT,
     )?;
     let target = Target {
         bl,
@@ -549,8 +572,8 @@ fn nginx_pids(p: &Proxy, name: &str) -> Result<Vec<(String, u32)>> {
         .lines()
         .filter_map(|l| l.trim().parse::<u32>().ok())
         .map(|pid| {
-            let role = if pid == master { "master" } else { "worker" };
-            (format!("{name} {role}"), pid)
+            let role = if pid == master { "" } else { " (forked)" };
+            (format!("{name}{role}"), pid)
         })
         .collect())
 }

@@ -23,6 +23,14 @@ fn count(v: f64) -> String {
     }
 }
 
+fn spans(n: u64) -> String {
+    if n == 0 {
+        "–".into()
+    } else {
+        n.to_string()
+    }
+}
+
 /// The Markdown section.
 pub fn markdown(c: &CallgrindResult) -> String {
     let mut out = String::new();
@@ -52,8 +60,8 @@ pub fn markdown(c: &CallgrindResult) -> String {
             w(0, &|w| count(w.ir_per_request)),
             w(1, &|w| count(w.ir_per_request)),
             s.linearity,
-            w(0, &|w| w.spans.to_string()),
-            w(1, &|w| w.spans.to_string()),
+            w(0, &|w| spans(w.spans)),
+            w(1, &|w| spans(w.spans)),
             w(0, &|w| format!("{:.1}", w.wall_s)),
             w(1, &|w| format!("{:.1}", w.wall_s)),
             s.startup_s

@@ -69,7 +69,11 @@ impl BenchResult {
             .map(|&s| stats::summarize(&self.samples, s))
             .filter(|s| s.rounds > 0)
             .collect();
-        self.goals = stats::scenario_goals(&self.samples);
+        self.goals = if self.samples.is_empty() {
+            Vec::new()
+        } else {
+            stats::scenario_goals(&self.samples)
+        };
         if let Some(m) = &self.memory {
             self.goals.extend(memory::goals(m));
         }
@@ -170,20 +174,18 @@ pub fn markdown(r: &BenchResult) -> String {
     if let Some(n) = o.nice {
         let _ = writeln!(out, "Every bench process ran at nice {n}.\n");
     }
-    let h = &r.host;
-    let _ = writeln!(
-        out,
-        "Machine: {} CPUs, kernel {}; {}. During the rounds all CPUs were {:.0}% busy, {:.0}% of them by this bench (lab pods, agents, proxies, collector), so {:.0}% by other work. Load average before {}, after {}.\n",
-        h.cpus,
-        h.kernel,
-        h.versions.join(", "),
-        h.busy_pct,
-        h.bench_pct,
-        (h.busy_pct - h.bench_pct).max(0.0),
-        h.loadavg_before,
-        h.loadavg_after
-    );
-    if !r.samples.is_empty() {
+    if r.samples.is_empty() {
+        let h = &r.host;
+        let _ = writeln!(
+            out,
+            "No interleaved rounds in this run. Machine: {} CPUs, kernel {}; {}. Load average before {}.\n",
+            h.cpus,
+            h.kernel,
+            h.versions.join(", "),
+            h.loadavg_before
+        );
+    } else {
+        machine(&mut out, r);
         rounds(&mut out, r);
     }
     if let Some(c) = &r.callgrind {
@@ -197,6 +199,23 @@ pub fn markdown(r: &BenchResult) -> String {
         notes(&mut out, r);
     }
     out
+}
+
+/// The machine and how busy it was during the rounds.
+fn machine(out: &mut String, r: &BenchResult) {
+    let h = &r.host;
+    let _ = writeln!(
+        out,
+        "Machine: {} CPUs, kernel {}; {}. During the rounds all CPUs were {:.0}% busy, {:.0}% of them by this bench (lab pods, agents, proxies, collector), so {:.0}% by other work. Load average before {}, after {}.\n",
+        h.cpus,
+        h.kernel,
+        h.versions.join(", "),
+        h.busy_pct,
+        h.bench_pct,
+        (h.busy_pct - h.bench_pct).max(0.0),
+        h.loadavg_before,
+        h.loadavg_after
+    );
 }
 
 /// The tables of the interleaved rounds.
@@ -217,7 +236,11 @@ fn rounds(out: &mut String, r: &BenchResult) {
 
 /// Memory and the DESIGN §6 goals.
 fn memory_and_goals(out: &mut String, r: &BenchResult) {
-    if let Some(m) = &r.memory {
+    if let Some(m) = r
+        .memory
+        .as_ref()
+        .filter(|m| m.large_pods > 0 || !m.loaded.is_empty())
+    {
         let _ = writeln!(out, "\n### Agent memory\n");
         if m.large_pods > 0 {
             let _ = writeln!(
@@ -241,6 +264,9 @@ fn memory_and_goals(out: &mut String, r: &BenchResult) {
                 a.pods
             );
         }
+    }
+    if r.goals.is_empty() {
+        return;
     }
     let _ = writeln!(out, "\n### DESIGN §6 goals\n");
     let _ = writeln!(

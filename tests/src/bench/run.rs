@@ -261,21 +261,40 @@ pub fn loopback(port: u16) -> SocketAddr {
 
 /// Starts an nginx instance in `pod` with its files in `dir`; waits for `port`.
 fn nginx(pod: &Pod, dir: &Path, role: NginxRole, port: u16) -> Result<Proxy> {
-    nginx_wrapped(pod, dir, role, port, &[], LISTEN_TIMEOUT)
+    let conf = confgen::nginx_conf(dir, role);
+    nginx_custom(
+        pod,
+        dir,
+        &nginx_name(pod, role),
+        &conf,
+        port,
+        &[],
+        LISTEN_TIMEOUT,
+    )
 }
 
-/// Like [`nginx`], run through the command line `prefix` (e.g. `valgrind ...`; empty:
-/// none), waiting up to `timeout` for `port`. Its cgroup is named after `dir`.
-pub fn nginx_wrapped(
+/// What an nginx instance is called in messages.
+pub fn nginx_name(pod: &Pod, role: NginxRole) -> String {
+    match role {
+        NginxRole::App { .. } => format!("nginx app in {}", pod.name),
+        NginxRole::Proxy { listen, .. } => format!("nginx proxy {listen} in {}", pod.name),
+    }
+}
+
+/// Starts nginx in `pod` with the configuration `conf` (written to `dir/nginx.conf`),
+/// run through the command line `prefix` (e.g. `valgrind ...`; empty: none); waits up
+/// to `timeout` for `port`. Its cgroup is named after `dir`.
+pub fn nginx_custom(
     pod: &Pod,
     dir: &Path,
-    role: NginxRole,
+    name: &str,
+    conf: &str,
     port: u16,
     prefix: &[String],
     timeout: Duration,
 ) -> Result<Proxy> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("nginx.conf"), confgen::nginx_conf(dir, role))?;
+    std::fs::write(dir.join("nginx.conf"), conf)?;
     let mut cmd = match prefix.split_first() {
         Some((program, args)) => {
             let mut cmd = Command::new(program);
@@ -285,11 +304,7 @@ pub fn nginx_wrapped(
         None => Command::new("nginx"),
     };
     cmd.args(confgen::nginx_args(dir, false));
-    let name = match role {
-        NginxRole::App { .. } => format!("nginx app in {}", pod.name),
-        NginxRole::Proxy { listen, .. } => format!("nginx proxy {listen} in {}", pod.name),
-    };
-    spawn_logged(pod, cmd, dir, &name, port, "error.log", timeout)
+    spawn_logged(pod, cmd, dir, name, port, "error.log", timeout)
 }
 
 /// Starts haproxy in `pod` with `relays`; waits for the first one's port.

@@ -16,9 +16,10 @@
 //!   share of its offered rate and its p99, with and without the flooder; Jain's
 //!   fairness index over the shares.
 
+use super::confgen;
 use super::confgen::NginxRole;
 use super::loadgen::LoadReport;
-use super::run::{nginx_wrapped, BenchLab, Proxy};
+use super::run::{nginx_custom, nginx_name, BenchLab, Proxy};
 use super::{procstat, stats, APP_PORT};
 use crate::{Agent, Pod};
 use anyhow::{bail, Context, Result};
@@ -71,6 +72,29 @@ pub struct PodLoad {
     pub report: LoadReport,
 }
 
+/// Spans of one scaling run (2 per request: the outbound leg's two spans).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct SpanCount {
+    /// 2 × requests.
+    pub expected: u64,
+    /// What the receiver got.
+    pub received: u64,
+    /// The agent's `hoptrace_spans_exported_total` delta.
+    pub exported: u64,
+    /// The agent's `hoptrace_spans_dropped_total` delta (queue full).
+    pub dropped: u64,
+}
+
+/// What [`ScaleLab::measured`] returns.
+struct Measured {
+    pods: Vec<PodLoad>,
+    /// Agent CPU from the start until the spans arrived.
+    cpu: Duration,
+    /// Seconds the load ran.
+    load_s: f64,
+    spans: SpanCount,
+}
+
 /// One row of the scaling table.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ScalePoint {
@@ -84,7 +108,7 @@ pub struct ScalePoint {
     pub total_rps: f64,
     /// Agent CPU (user+system, its cgroup) per request, µs, until every span arrived.
     pub agent_cpu_us: f64,
-    /// Agent CPUs busy during the run.
+    /// Agent CPU time / the load's wall time.
     pub agent_cpus: f64,
     /// Median of the pods' p50, µs.
     pub p50_us: f64,
@@ -96,8 +120,8 @@ pub struct ScalePoint {
     pub min_share: f64,
     /// Jain's index over the pods' rates (1 = all equal).
     pub jain: f64,
-    /// Spans received / (2 × requests).
-    pub spans_ratio: f64,
+    /// Spans of the run.
+    pub spans: SpanCount,
     /// Per pod.
     pub per_pod: Vec<PodLoad>,
 }
@@ -150,7 +174,7 @@ struct ScaleLab<'a> {
     bl: &'a BenchLab,
     clients: Vec<Pod>,
     servers: Vec<Pod>,
-    _agent: Agent,
+    agent: Agent,
     _apps: Vec<Proxy>,
 }
 
@@ -178,10 +202,11 @@ pub fn run(bl: &mut BenchLab, o: &ScalingOptions) -> Result<ScalingResult> {
         let pod = bl.lab.add_pod(SERVER_NODE, &format!("ss{i}"))?;
         let dir = bl.lab.tmp_dir().join(format!("nginx-app-ss{i}"));
         let role = NginxRole::App { port: APP_PORT };
-        apps.push(nginx_wrapped(
+        apps.push(nginx_custom(
             &pod,
             &dir,
-            role,
+            &nginx_name(&pod, role),
+            &confgen::nginx_conf(&dir, role),
             APP_PORT,
             &[],
             Duration::from_secs(15),
@@ -198,11 +223,12 @@ pub fn run(bl: &mut BenchLab, o: &ScalingOptions) -> Result<ScalingResult> {
         bl,
         clients,
         servers,
-        _agent: agent,
+        agent,
         _apps: apps,
     };
     // Pools and connections warm, unrecorded.
     sl.run_loads(&vec![Load::Closed(o.conns_per_pod); max as usize], 1)?;
+    sl.wait_spans(None);
     let mut result = ScalingResult {
         options: Some(o.clone()),
         ..Default::default()
@@ -301,33 +327,71 @@ impl ScaleLab<'_> {
         Ok(out)
     }
 
-    /// `loads` with the agent's CPU and the spans accounted: returns the pods' loads,
-    /// the agent CPU time and wall time of the window, and spans received / expected.
-    fn measured(&self, loads: &[Load], secs: u64) -> Result<(Vec<PodLoad>, Duration, f64, f64)> {
+    /// `loads` with the agent's CPU and the spans accounted.
+    fn measured(&self, loads: &[Load], secs: u64) -> Result<Measured> {
         let cgroup = self.bl.lab.agent_cgroup(CLIENT_NODE);
+        let counters0 = self.counters()?;
         let (cpu0, spans0, t0) = (
             procstat::cgroup_cpu(&cgroup)?,
             self.bl.otlp.span_count() as u64,
             Instant::now(),
         );
         let pods = self.run_loads(loads, secs)?;
+        let load_s = t0.elapsed().as_secs_f64();
         let requests: u64 = pods.iter().map(|p| p.report.requests).sum();
-        let expected = spans0 + 2 * requests;
+        self.wait_spans(Some(spans0 + 2 * requests));
+        let cpu = procstat::cgroup_cpu(&cgroup)? - cpu0;
+        let received = self.bl.otlp.span_count() as u64 - spans0;
+        let counters1 = self.counters()?;
+        Ok(Measured {
+            pods,
+            cpu,
+            load_s,
+            spans: SpanCount {
+                expected: 2 * requests,
+                received,
+                exported: counters1.0 - counters0.0,
+                dropped: counters1.1 - counters0.1,
+            },
+        })
+    }
+
+    /// The agent's `hoptrace_spans_exported_total` and `_dropped_total`.
+    fn counters(&self) -> Result<(u64, u64)> {
+        let m = self.agent.metrics()?;
+        Ok((
+            m.value("hoptrace_spans_exported_total", &[]) as u64,
+            m.value("hoptrace_spans_dropped_total", &[]) as u64,
+        ))
+    }
+
+    /// Waits until the receiver holds `target` spans, or its count stayed unchanged
+    /// for 1.5 s (three export intervals), or a minute passed.
+    fn wait_spans(&self, target: Option<u64>) {
         let start = Instant::now();
-        while (self.bl.otlp.span_count() as u64) < expected
-            && start.elapsed() < Duration::from_secs(60)
-        {
+        let (mut last, mut since) = (self.bl.otlp.span_count() as u64, Instant::now());
+        while start.elapsed() < Duration::from_secs(60) {
+            let now = self.bl.otlp.span_count() as u64;
+            if target.is_some_and(|t| now >= t) {
+                return;
+            }
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= Duration::from_millis(1500) {
+                return;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let cpu = procstat::cgroup_cpu(&cgroup)? - cpu0;
-        let wall = t0.elapsed().as_secs_f64();
-        let got = self.bl.otlp.span_count() as u64 - spans0;
-        Ok((pods, cpu, wall, got as f64 / (2 * requests).max(1) as f64))
     }
 
     fn point(&self, o: &ScalingOptions, n: u32) -> Result<ScalePoint> {
         let loads = vec![Load::Closed(o.conns_per_pod); n as usize];
-        let (pods, cpu, wall, spans_ratio) = self.measured(&loads, o.duration_secs)?;
+        let Measured {
+            pods,
+            cpu,
+            load_s,
+            spans,
+        } = self.measured(&loads, o.duration_secs)?;
         let requests: u64 = pods.iter().map(|p| p.report.requests).sum();
         let rates: Vec<f64> = pods.iter().map(|p| p.report.rps).collect();
         let median_rate = stats::median(rates.iter().copied());
@@ -338,13 +402,13 @@ impl ScaleLab<'_> {
             errors: pods.iter().map(|p| p.report.errors).sum(),
             total_rps: rates.iter().sum(),
             agent_cpu_us: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
-            agent_cpus: cpu.as_secs_f64() / wall.max(1e-9),
+            agent_cpus: cpu.as_secs_f64() / load_s.max(1e-9),
             p50_us: stats::median(pods.iter().map(|p| p.report.p50_us)),
             p99_us: stats::median(pods.iter().map(|p| p.report.p99_us)),
             p99_max_us: pods.iter().map(|p| p.report.p99_us).fold(0.0, f64::max),
             min_share: min_rate / median_rate,
             jain: jain(&rates),
-            spans_ratio,
+            spans,
             per_pod: pods,
         })
     }
@@ -357,7 +421,7 @@ impl ScaleLab<'_> {
         if !flooder {
             loads[0] = Load::Idle;
         }
-        let mut pods = self.measured(&loads, o.duration_secs)?.0;
+        let mut pods = self.measured(&loads, o.duration_secs)?.pods;
         let flood = if flooder { Some(pods.remove(0)) } else { None };
         let shares: Vec<f64> = pods
             .iter()

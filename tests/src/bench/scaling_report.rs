@@ -28,7 +28,7 @@ pub fn markdown(r: &ScalingResult) -> String {
     );
     let _ = writeln!(
         out,
-        "| pods sending | total rps | agent CPU µs/req | agent CPUs busy | p50 µs | p99 µs (worst) | slowest / median pod rate | Jain | errors | spans / expected |"
+        "| pods sending | total rps | agent CPU µs/req | agent CPUs busy | p50 µs | p99 µs (worst) | slowest / median pod rate | Jain | errors | spans received / exported / dropped / expected |"
     );
     let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for p in &r.points {
@@ -45,7 +45,10 @@ pub fn markdown(r: &ScalingResult) -> String {
             num(p.min_share, 2),
             num(p.jain, 3),
             p.errors,
-            num(p.spans_ratio, 3)
+            format!(
+                "{} / {} / {} / {}",
+                p.spans.received, p.spans.exported, p.spans.dropped, p.spans.expected
+            )
         );
     }
     let _ = writeln!(
