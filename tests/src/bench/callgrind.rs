@@ -77,6 +77,8 @@ pub struct ProcessIr {
     pub pid: u32,
     /// Instructions executed in the window (all its threads).
     pub ir: u64,
+    /// The dump file (`callgrind_annotate FILE` lists the functions).
+    pub file: PathBuf,
 }
 
 /// One counted window.
@@ -492,9 +494,14 @@ fn measure_windows(
             ..Default::default()
         };
         for (name, pid) in procs {
-            let ir = dump(dir, tag, pid)?;
+            let (ir, file) = dump(dir, tag, pid)?;
             w.ir += ir;
-            w.processes.push(ProcessIr { name, pid, ir });
+            w.processes.push(ProcessIr {
+                name,
+                pid,
+                ir,
+                file,
+            });
         }
         w.wall_s = start.elapsed().as_secs_f64();
         w.ir_per_request = w.ir as f64 / n as f64;
@@ -528,8 +535,8 @@ fn control(pid: u32, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Dumps `pid`'s counters and returns the instructions of the new dump file.
-fn dump(dir: &Path, tag: &str, pid: u32) -> Result<u64> {
+/// Dumps `pid`'s counters; returns the instructions and the path of the new dump file.
+fn dump(dir: &Path, tag: &str, pid: u32) -> Result<(u64, PathBuf)> {
     let before = dumps(dir, tag, pid)?.last().map(|d| d.0).unwrap_or(0);
     control(pid, "--dump")?;
     let start = Instant::now();
@@ -538,7 +545,7 @@ fn dump(dir: &Path, tag: &str, pid: u32) -> Result<u64> {
             if n > before {
                 let text = std::fs::read_to_string(&path)?;
                 if let Ok(ir) = parse_ir(&text) {
-                    return Ok(ir);
+                    return Ok((ir, path));
                 }
             }
         }

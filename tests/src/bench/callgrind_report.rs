@@ -73,7 +73,10 @@ pub fn markdown(c: &CallgrindResult) -> String {
             "\n**hoptrace-http / sidecar: {r:.2}×** instructions per request (issue 10's target: ≤ 1.0×)."
         );
     }
-    let _ = writeln!(out, "\nPer process (2N window):\n");
+    let _ = writeln!(
+        out,
+        "\nPer process, instructions per request in the 2N window (`callgrind_annotate FILE` lists the functions):\n"
+    );
     for s in &c.scenarios {
         if let Some(w) = s.windows.last() {
             let parts: Vec<String> = w
@@ -81,10 +84,10 @@ pub fn markdown(c: &CallgrindResult) -> String {
                 .iter()
                 .map(|p| {
                     format!(
-                        "{} (pid {}) {}",
+                        "{} {} (`{}`)",
                         p.name,
-                        p.pid,
-                        count(p.ir as f64 / w.requests.max(1) as f64)
+                        count(p.ir as f64 / w.requests.max(1) as f64),
+                        p.file.display()
                     )
                 })
                 .collect();
