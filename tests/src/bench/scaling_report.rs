@@ -34,7 +34,7 @@ pub fn markdown(r: &ScalingResult) -> String {
     for p in &r.points {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} / {} / {} / {} |",
             p.pods,
             num(p.total_rps, 0),
             num(p.agent_cpu_us, 1),
@@ -45,10 +45,10 @@ pub fn markdown(r: &ScalingResult) -> String {
             num(p.min_share, 2),
             num(p.jain, 3),
             p.errors,
-            format!(
-                "{} / {} / {} / {}",
-                p.spans.received, p.spans.exported, p.spans.dropped, p.spans.expected
-            )
+            p.spans.received,
+            p.spans.exported,
+            p.spans.dropped,
+            p.spans.expected
         );
     }
     let _ = writeln!(
