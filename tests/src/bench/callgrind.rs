@@ -21,13 +21,13 @@
 //! | scenario | processes under callgrind |
 //! | --- | --- |
 //! | `sidecar` | a second pair of nginx (client pod :4240 → server pod :4243 → app), started for this phase with the scenario's configuration but `master_process off` (one process, see below) |
-//! | `hoptrace-http` | both agents (stopped and started again under valgrind for this phase) |
+//! | `hoptrace-http` (and the other traced hoptrace scenarios, e.g. `hoptrace-http-hyper`) | both agents, stopped and started again under valgrind in the scenario's mode |
 
 use super::confgen;
 use super::confgen::NginxRole;
 use super::loadgen::LoadReport;
 use super::run::{loopback, nginx_custom, nginx_name, BenchLab, Proxy};
-use super::{AgentMode, BenchOptions, Scenario, APP_PORT};
+use super::{BenchOptions, Scenario, APP_PORT};
 use crate::{Agent, Pod};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::callgrind_control::{control, dump, kill_cgroup};
+pub use super::callgrind_control::{parse_ir, valgrind_prefix};
 pub use super::callgrind_report::markdown;
 
 /// The client-side nginx of the callgrind phase (client pod loopback).
@@ -134,51 +136,9 @@ pub struct CallgrindResult {
     pub elapsed_s: f64,
 }
 
-/// Instructions (`Ir`) of a callgrind output file: its `totals:` line (or the
-/// `summary:` line of older writers), at the position of `Ir` in `events:`.
-pub fn parse_ir(text: &str) -> Result<u64> {
-    let events = text
-        .lines()
-        .find_map(|l| l.strip_prefix("events:"))
-        .context("callgrind file without an `events:` line")?;
-    let index = events
-        .split_whitespace()
-        .position(|e| e == "Ir")
-        .context("callgrind file does not count Ir")?;
-    let costs = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("totals:"))
-        .or_else(|| text.lines().find_map(|l| l.strip_prefix("summary:")))
-        .context("callgrind file without `totals:` or `summary:` (incomplete dump?)")?;
-    // Trailing zero costs may be left out (callgrind format specification).
-    match costs.split_whitespace().nth(index) {
-        Some(v) => v.parse().with_context(|| format!("bad Ir cost {v:?}")),
-        None => Ok(0),
-    }
-}
-
-/// The `valgrind` command line that runs a program under callgrind with its output
-/// files `dir/<tag>.callgrind.out.<pid>[.<dump>]` and its log `dir/<tag>.valgrind.<pid>.log`.
-pub fn valgrind_prefix(dir: &Path, tag: &str) -> Vec<String> {
-    vec![
-        "valgrind".into(),
-        "--tool=callgrind".into(),
-        format!(
-            "--callgrind-out-file={}/{tag}.callgrind.out.%p",
-            dir.display()
-        ),
-        format!("--log-file={}/{tag}.valgrind.%p.log", dir.display()),
-        // vgdb (callgrind_control) must reach processes blocked in epoll_wait.
-        "--vgdb=yes".into(),
-        // Counting only: no per-instruction or jump data, smaller dumps.
-        "--dump-instr=no".into(),
-        "--collect-jumps=no".into(),
-    ]
-}
-
-/// Runs the callgrind phase for the scenarios of `opts` it supports (`sidecar`,
-/// `hoptrace-http`; both when `opts` names neither). Replaces the scenario agents of
+/// Runs the callgrind phase for the scenarios of `opts` it supports (`sidecar` and
+/// the traced hoptrace ones, e.g. `hoptrace-http`, `hoptrace-http-hyper`; `sidecar`
+/// and `hoptrace-http` when `opts` names none of them). Replaces the scenario agents of
 /// `bl` with agents under valgrind (they stay so until the lab is dropped).
 pub fn run(
     bl: &mut BenchLab,
@@ -203,7 +163,7 @@ pub fn run(
         .scenarios
         .iter()
         .copied()
-        .filter(|s| matches!(s, Scenario::Sidecar | Scenario::HoptraceHttp))
+        .filter(|s| *s == Scenario::Sidecar || s.is_traced())
         .collect();
     if scenarios.is_empty() {
         scenarios = vec![Scenario::Sidecar, Scenario::HoptraceHttp];
@@ -219,7 +179,7 @@ pub fn run(
         println!("bench: callgrind, {} (everything ~50x slower)", s.name());
         let measured = match s {
             Scenario::Sidecar => sidecar(bl, cg, &dir),
-            _ => hoptrace(bl, cg, &dir),
+            _ => hoptrace(bl, s, cg, &dir),
         };
         match measured {
             Ok(x) => {
@@ -320,13 +280,19 @@ fn sidecar(bl: &BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenari
     })
 }
 
-/// Both agents, restarted under valgrind.
-fn hoptrace(bl: &mut BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenario> {
+/// Both agents, restarted under valgrind in the mode of scenario `s`.
+fn hoptrace(
+    bl: &mut BenchLab,
+    s: Scenario,
+    cg: &CallgrindOptions,
+    dir: &Path,
+) -> Result<CgScenario> {
     let started = Instant::now();
-    let prefix = valgrind_prefix(dir, "hoptrace");
+    let tag = s.name();
+    let prefix = valgrind_prefix(dir, tag);
     let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
-    // The agents' default mode, spelled out as BenchLab::set_agent_mode does.
-    let mode = AgentMode::default();
+    // The scenario's mode, spelled out as BenchLab::set_agent_mode does.
+    let mode = s.agent_mode();
     let mut args = bl.agent_args();
     args.push(format!("--golden-metrics={}", mode.golden_metrics));
     let engine = if mode.lean_http1 { "lean" } else { "hyper" };
@@ -370,8 +336,8 @@ fn hoptrace(bl: &mut BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgSc
             })
             .collect()
     };
-    let mut x = measure_windows(&target, cg, dir, "hoptrace", &procs, startup_s)?;
-    x.scenario = Scenario::HoptraceHttp.name().into();
+    let mut x = measure_windows(&target, cg, dir, tag, &procs, startup_s)?;
+    x.scenario = tag.into();
     Ok(x)
 }
 
@@ -518,59 +484,6 @@ fn measure_windows(
     })
 }
 
-/// `callgrind_control <what> PID`.
-fn control(pid: u32, what: &str) -> Result<()> {
-    let out = Command::new("callgrind_control")
-        .args([what, &pid.to_string()])
-        .output()
-        .context("running callgrind_control")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !text.contains("OK") {
-        bail!(
-            "callgrind_control {what} {pid}: {}{}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Dumps `pid`'s counters; returns the instructions and the path of the new dump file.
-fn dump(dir: &Path, tag: &str, pid: u32) -> Result<(u64, PathBuf)> {
-    let before = dumps(dir, tag, pid)?.last().map(|d| d.0).unwrap_or(0);
-    control(pid, "--dump")?;
-    let start = Instant::now();
-    loop {
-        if let Some((n, path)) = dumps(dir, tag, pid)?.pop() {
-            if n > before {
-                let text = std::fs::read_to_string(&path)?;
-                if let Ok(ir) = parse_ir(&text) {
-                    return Ok((ir, path));
-                }
-            }
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("no complete dump of pid {pid} in {}", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The numbered dump files of `pid`, by number.
-fn dumps(dir: &Path, tag: &str, pid: u32) -> Result<Vec<(u32, PathBuf)>> {
-    let prefix = format!("{tag}.callgrind.out.{pid}.");
-    let mut v = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(n) = name.strip_prefix(&prefix).and_then(|n| n.parse().ok()) {
-            v.push((n, path));
-        }
-    }
-    v.sort();
-    Ok(v)
-}
-
 /// Every process of an nginx (master and workers), from its cgroup.
 fn nginx_pids(p: &Proxy, name: &str) -> Result<Vec<(String, u32)>> {
     let master = p.process.pid();
@@ -583,11 +496,4 @@ fn nginx_pids(p: &Proxy, name: &str) -> Result<Vec<(String, u32)>> {
             (format!("{name}{role}"), pid)
         })
         .collect())
-}
-
-/// Kills everything in a cgroup of ours (`cgroup.kill`).
-fn kill_cgroup(dir: &Path) {
-    if let Err(e) = std::fs::write(dir.join("cgroup.kill"), "1") {
-        eprintln!("bench: killing {}: {e}", dir.display());
-    }
 }

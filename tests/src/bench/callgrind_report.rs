@@ -39,7 +39,7 @@ pub fn markdown(c: &CallgrindResult) -> String {
         out,
         "{}: the proxies under `valgrind --tool=callgrind` (every process and thread), counters zeroed after {} warm-up requests and dumped after the counted ones; \
          `labapp load` closed loop on {} keep-alive connections, every request with its own sampled `traceparent`. Two windows, N = {} and 2N requests; \
-         for hoptrace-http each window lasts until the OTLP receiver holds its 4 spans per request (export included). \
+         for the hoptrace scenarios each window lasts until the OTLP receiver holds its 4 spans per request (export included). \
          Instruction counts do not depend on how busy the machine is.\n",
         c.valgrind, c.warmup, c.conns, c.requests
     );

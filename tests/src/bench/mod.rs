@@ -27,6 +27,7 @@
 //! Medians over rounds, ratios against baselines of the same round ([`stats`]).
 
 pub mod callgrind;
+pub mod callgrind_control;
 pub mod callgrind_report;
 pub mod confgen;
 pub mod loadgen;
