@@ -108,3 +108,56 @@ pub fn kill_cgroup(dir: &Path) {
         eprintln!("bench: killing {}: {e}", dir.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The zero/dump cycle the bench runs, on a real process under valgrind that sits
+    /// in a syscall (as an idle proxy does): skipped without valgrind.
+    #[test]
+    fn zeroes_and_dumps_a_running_process() {
+        if Command::new("callgrind_control")
+            .arg("-h")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: valgrind is not installed");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("hoptrace-cg-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let prefix = valgrind_prefix(&dir, "s");
+        let mut child = Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("valgrind");
+        let pid = child.id();
+        // vgdb answers once valgrind has started the program.
+        let start = Instant::now();
+        while control(pid, "--zero").is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "vgdb never answered"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let first = dump(&dir, "s", pid);
+        let second = dump(&dir, "s", pid);
+        child.kill().ok();
+        child.wait().ok();
+        std::fs::remove_dir_all(&dir).ok();
+        let ((ir1, f1), (ir2, f2)) = (first.expect("dump 1"), second.expect("dump 2"));
+        assert!(f1
+            .to_string_lossy()
+            .ends_with(&format!("s.callgrind.out.{pid}.1")));
+        assert!(f2
+            .to_string_lossy()
+            .ends_with(&format!("s.callgrind.out.{pid}.2")));
+        // Asleep in nanosleep: little runs between zero and dump (what does is the
+        // end of start-up and valgrind's answer to vgdb, some 10^4 instructions:
+        // per request of a 2000-request window, noise below 0.1 %).
+        assert!(ir1 < 1_000_000 && ir2 < 1_000_000, "{ir1} {ir2}");
+    }
+}
