@@ -11,8 +11,9 @@
 //! - `image`: the agent's container image (`deploy/Dockerfile`); needs a Docker engine.
 //! - `kind`: the agent, Jaeger and a demo app in a two-node kind cluster, checked
 //!   end to end through Jaeger's API; needs a Docker engine, kind and kubectl.
-//! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
-//!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
+//! - `bench [--rounds N] [--duration SECS] [--quick] [--callgrind] [--scaling] ...`: the
+//!   release agent against a direct path, the sidecar model and an L4 relay in the lab,
+//!   instructions per request under callgrind, one agent serving many pods (docs/BENCH.md).
 
 mod apiserver;
 mod fuzz;
@@ -105,7 +106,8 @@ enum Cmd {
 /// `cargo xtask bench` flags (passed on to the `lab-bench` program).
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Rounds; each runs every scenario once (medians are over rounds) [default: 5; --quick: 1].
+    /// Rounds; each runs every scenario once (medians are over rounds) [default: 5; --quick: 1];
+    /// 0 skips the rounds (with --callgrind or --scaling).
     #[arg(long)]
     rounds: Option<u32>,
     /// Seconds of each run (saturation and fixed rate, each) [default: 5; --quick: 1].
@@ -118,6 +120,21 @@ struct BenchArgs {
     /// target/bench/flamegraph-hoptrace-http.svg and profile-top.txt.
     #[arg(long)]
     profile: bool,
+    /// Also count instructions per request (valgrind --tool=callgrind) of the sidecar
+    /// model's nginx and of both agents (hoptrace-http), and their ratio.
+    #[arg(long)]
+    callgrind: bool,
+    /// Requests of the first counted callgrind window (the second has twice as many)
+    /// [default: 2000; --quick: 200]; implies --callgrind.
+    #[arg(long, value_name = "N")]
+    callgrind_requests: Option<u64>,
+    /// Also run the scaling phase: one agent serving 1, 10 and 50 sending pods, then
+    /// per-pod fairness with one pod flooding.
+    #[arg(long)]
+    scaling: bool,
+    /// Pod counts of the scaling phase, e.g. 1,10,50; implies --scaling.
+    #[arg(long, value_name = "LIST")]
+    scaling_pods: Option<String>,
     /// Put the server pods on the client's node (one agent serves both legs).
     #[arg(long)]
     same_node: bool,
@@ -152,6 +169,12 @@ impl BenchArgs {
         if self.profile {
             v.push("--profile".to_string());
         }
+        if self.callgrind {
+            v.push("--callgrind".to_string());
+        }
+        if self.scaling {
+            v.push("--scaling".to_string());
+        }
         let opt = [
             ("--rounds", self.rounds.map(|x| x.to_string())),
             ("--duration", self.duration.map(|x| x.to_string())),
@@ -160,6 +183,11 @@ impl BenchArgs {
             ("--mem-pods", self.mem_pods.map(|x| x.to_string())),
             ("--scenarios", self.scenarios.clone()),
             ("--nice", self.nice.map(|x| x.to_string())),
+            (
+                "--callgrind-requests",
+                self.callgrind_requests.map(|x| x.to_string()),
+            ),
+            ("--scaling-pods", self.scaling_pods.clone()),
         ];
         for (flag, value) in opt {
             if let Some(value) = value {
@@ -312,6 +340,9 @@ mod tests {
             "direct,sidecar",
             "--nice",
             "-10",
+            "--callgrind",
+            "--scaling-pods",
+            "1,2",
         ])
         .expect("parse");
         let Cmd::Bench(args) = cli.cmd else {
@@ -321,12 +352,15 @@ mod tests {
             args.to_args(),
             [
                 "--quick",
+                "--callgrind",
                 "--rounds",
                 "2",
                 "--scenarios",
                 "direct,sidecar",
                 "--nice",
-                "-10"
+                "-10",
+                "--scaling-pods",
+                "1,2"
             ]
         );
     }

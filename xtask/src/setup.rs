@@ -25,6 +25,9 @@ const DEBIAN: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nginx", "nginx"),
     ("haproxy", "haproxy"),
+    // `cargo xtask bench --callgrind`: instructions per request (valgrind's callgrind,
+    // driven with callgrind_control).
+    ("valgrind", "valgrind"),
     // `hoptrace stat --prometheus` is tested against a real Prometheus
     // (tests/tests/stat.rs runs the binary with its own config, never the service).
     ("prometheus", "prometheus"),

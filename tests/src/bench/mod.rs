@@ -21,8 +21,14 @@
 //! from each request's scheduled send time), with the proxies' CPU time
 //! (`/proc/PID/stat`) per request in both, and their memory afterwards. A separate
 //! phase measures agent RSS against the number of enrolled pods ([`memory`]).
+//! Optional phases: instructions per request under callgrind ([`callgrind`],
+//! `--callgrind`) and one agent serving 1..50 pods, with per-pod fairness under
+//! overload ([`scaling`], `--scaling`).
 //! Medians over rounds, ratios against baselines of the same round ([`stats`]).
 
+pub mod callgrind;
+pub mod callgrind_control;
+pub mod callgrind_report;
 pub mod confgen;
 pub mod loadgen;
 pub mod measure;
@@ -31,6 +37,8 @@ pub mod procstat;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod scaling;
+pub mod scaling_report;
 pub mod stats;
 pub mod wrk;
 

@@ -1,6 +1,8 @@
 //! The bench's result (JSON) and its report (Markdown, also printed to the terminal).
 
+use super::callgrind::{self, CallgrindResult};
 use super::memory::{self, MemoryResult};
+use super::scaling::{self, ScalingResult};
 use super::stats::{self, Goal, Sample, Summary};
 use super::{BenchOptions, Scenario, Workload};
 use serde::{Deserialize, Serialize};
@@ -44,6 +46,12 @@ pub struct BenchResult {
     pub memory: Option<MemoryResult>,
     /// DESIGN §6 goals.
     pub goals: Vec<Goal>,
+    /// The callgrind phase (`--callgrind`).
+    #[serde(default)]
+    pub callgrind: Option<CallgrindResult>,
+    /// The scaling phase (`--scaling`).
+    #[serde(default)]
+    pub scaling: Option<ScalingResult>,
     /// Wall time of the whole run, seconds.
     pub elapsed_s: f64,
 }
@@ -61,7 +69,11 @@ impl BenchResult {
             .map(|&s| stats::summarize(&self.samples, s))
             .filter(|s| s.rounds > 0)
             .collect();
-        self.goals = stats::scenario_goals(&self.samples);
+        self.goals = if self.samples.is_empty() {
+            Vec::new()
+        } else {
+            stats::scenario_goals(&self.samples)
+        };
         if let Some(m) = &self.memory {
             self.goals.extend(memory::goals(m));
         }
@@ -162,6 +174,35 @@ pub fn markdown(r: &BenchResult) -> String {
     if let Some(n) = o.nice {
         let _ = writeln!(out, "Every bench process ran at nice {n}.\n");
     }
+    if r.samples.is_empty() {
+        let h = &r.host;
+        let _ = writeln!(
+            out,
+            "No interleaved rounds in this run. Machine: {} CPUs, kernel {}; {}. Load average before {}.\n",
+            h.cpus,
+            h.kernel,
+            h.versions.join(", "),
+            h.loadavg_before
+        );
+    } else {
+        machine(&mut out, r);
+        rounds(&mut out, r);
+    }
+    if let Some(c) = &r.callgrind {
+        out.push_str(&callgrind::markdown(c));
+    }
+    if let Some(s) = &r.scaling {
+        out.push_str(&scaling::markdown(s));
+    }
+    memory_and_goals(&mut out, r);
+    if !r.samples.is_empty() {
+        notes(&mut out, r);
+    }
+    out
+}
+
+/// The machine and how busy it was during the rounds.
+fn machine(out: &mut String, r: &BenchResult) {
     let h = &r.host;
     let _ = writeln!(
         out,
@@ -175,10 +216,14 @@ pub fn markdown(r: &BenchResult) -> String {
         h.loadavg_before,
         h.loadavg_after
     );
+}
+
+/// The tables of the interleaved rounds.
+fn rounds(out: &mut String, r: &BenchResult) {
     let _ = writeln!(out, "### HTTP/1.1 keep-alive\n");
-    table(&mut out, r, Workload::Http);
+    table(out, r, Workload::Http);
     let _ = writeln!(out, "\n### Opaque TCP (64-byte ping-pong)\n");
-    table(&mut out, r, Workload::Tcp);
+    table(out, r, Workload::Tcp);
     let _ = writeln!(
         out,
         "\n### Per CPU at saturation\n\nLab CPU: user+system time of everything in the lab (client, server, proxies, agents; not the collector) per request. \
@@ -186,8 +231,16 @@ pub fn markdown(r: &BenchResult) -> String {
          requests per lab CPU-second do not depend on it.\n",
         r.host.cpus
     );
-    capacity(&mut out, r);
-    if let Some(m) = &r.memory {
+    capacity(out, r);
+}
+
+/// Memory and the DESIGN §6 goals.
+fn memory_and_goals(out: &mut String, r: &BenchResult) {
+    if let Some(m) = r
+        .memory
+        .as_ref()
+        .filter(|m| m.large_pods > 0 || !m.loaded.is_empty())
+    {
         let _ = writeln!(out, "\n### Agent memory\n");
         if m.large_pods > 0 {
             let _ = writeln!(
@@ -212,6 +265,9 @@ pub fn markdown(r: &BenchResult) -> String {
             );
         }
     }
+    if r.goals.is_empty() {
+        return;
+    }
     let _ = writeln!(out, "\n### DESIGN §6 goals\n");
     let _ = writeln!(
         out,
@@ -227,8 +283,6 @@ pub fn markdown(r: &BenchResult) -> String {
             g.verdict.label()
         );
     }
-    notes(&mut out, r);
-    out
 }
 
 fn notes(out: &mut String, r: &BenchResult) {

@@ -255,21 +255,56 @@ impl BenchLab {
 }
 
 /// `127.0.0.1:port` (inside whichever pod uses it).
-fn loopback(port: u16) -> SocketAddr {
+pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Starts an nginx instance in `pod` with its files in `dir`; waits for `port`.
 fn nginx(pod: &Pod, dir: &Path, role: NginxRole, port: u16) -> Result<Proxy> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("nginx.conf"), confgen::nginx_conf(dir, role))?;
-    let mut cmd = Command::new("nginx");
-    cmd.args(confgen::nginx_args(dir, false));
-    let name = match role {
+    let conf = confgen::nginx_conf(dir, role);
+    nginx_custom(
+        pod,
+        dir,
+        &nginx_name(pod, role),
+        &conf,
+        port,
+        &[],
+        LISTEN_TIMEOUT,
+    )
+}
+
+/// What an nginx instance is called in messages.
+pub fn nginx_name(pod: &Pod, role: NginxRole) -> String {
+    match role {
         NginxRole::App { .. } => format!("nginx app in {}", pod.name),
         NginxRole::Proxy { listen, .. } => format!("nginx proxy {listen} in {}", pod.name),
+    }
+}
+
+/// Starts nginx in `pod` with the configuration `conf` (written to `dir/nginx.conf`),
+/// run through the command line `prefix` (e.g. `valgrind ...`; empty: none); waits up
+/// to `timeout` for `port`. Its cgroup is named after `dir`.
+pub fn nginx_custom(
+    pod: &Pod,
+    dir: &Path,
+    name: &str,
+    conf: &str,
+    port: u16,
+    prefix: &[String],
+    timeout: Duration,
+) -> Result<Proxy> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg("nginx");
+            cmd
+        }
+        None => Command::new("nginx"),
     };
-    spawn_logged(pod, cmd, dir, &name, port, "error.log")
+    cmd.args(confgen::nginx_args(dir, false));
+    spawn_logged(pod, cmd, dir, name, port, "error.log", timeout)
 }
 
 /// Starts haproxy in `pod` with `relays`; waits for the first one's port.
@@ -287,6 +322,7 @@ fn haproxy(pod: &Pod, dir: &Path, relays: &[Relay]) -> Result<Proxy> {
         &format!("haproxy in {}", pod.name),
         port,
         "output.log",
+        LISTEN_TIMEOUT,
     )
 }
 
@@ -297,6 +333,7 @@ fn spawn_logged(
     name: &str,
     port: u16,
     log_name: &str,
+    timeout: Duration,
 ) -> Result<Proxy> {
     let out = File::create(dir.join("output.log"))?;
     cmd.stdout(out.try_clone()?).stderr(out);
@@ -310,7 +347,7 @@ fn spawn_logged(
     let mut process = inside
         .spawn(cmd)
         .with_context(|| format!("starting {name}"))?;
-    if let Err(e) = process.wait_listening(port, LISTEN_TIMEOUT) {
+    if let Err(e) = process.wait_listening(port, timeout) {
         let log = std::fs::read_to_string(dir.join(log_name)).unwrap_or_default();
         return Err(e.context(format!("{name}: {}", log.trim())));
     }

@@ -5,12 +5,16 @@
 //! ```text
 //! lab-bench [--rounds N] [--duration SECS] [--quick] [--same-node] [--connections N]
 //!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
-//!           [--profile]
+//!           [--profile] [--callgrind] [--callgrind-requests N] [--scaling]
+//!           [--scaling-pods 1,10,50]
 //! ```
+//! `--rounds 0` skips the interleaved rounds (with `--callgrind` or `--scaling`).
 //! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
 
 use anyhow::{bail, Context as _, Result};
+use hoptrace_tests::bench::callgrind::{self, CallgrindOptions};
 use hoptrace_tests::bench::report::{self, BenchResult, Host};
+use hoptrace_tests::bench::scaling::{self, ScalingOptions};
 use hoptrace_tests::bench::{measure, memory, procstat, run::BenchLab, BenchOptions, Scenario};
 use hoptrace_tests::LabApp;
 use std::path::PathBuf;
@@ -28,21 +32,54 @@ fn main() {
     }
 }
 
-/// Parses the command line into options and the output dir.
-fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf, bool)> {
-    let mut opts = if args.iter().any(|a| a == "--quick") {
+/// What the command line asks for besides [`BenchOptions`].
+#[derive(Debug)]
+struct Extra {
+    out: PathBuf,
+    profile: bool,
+    callgrind: Option<CallgrindOptions>,
+    scaling: Option<ScalingOptions>,
+}
+
+/// Parses the command line into options, the output dir and the optional phases.
+fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut opts = if quick {
         BenchOptions::quick()
     } else {
         BenchOptions::full()
     };
-    let mut out = PathBuf::from("target/bench");
-    let mut profile = false;
+    let mut x = Extra {
+        out: PathBuf::from("target/bench"),
+        profile: false,
+        callgrind: None,
+        scaling: None,
+    };
+    let mut cg = CallgrindOptions::default();
+    if quick {
+        (cg.requests, cg.warmup) = (200, 100);
+    }
+    let mut sc = ScalingOptions::default();
+    let (mut want_cg, mut want_sc) = (false, false);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--quick" => {}
-            "--profile" => profile = true,
+            "--profile" => x.profile = true,
+            "--callgrind" => want_cg = true,
+            "--scaling" => want_sc = true,
+            "--callgrind-requests" => {
+                cg.requests = value()?.parse().context("--callgrind-requests")?;
+                want_cg = true;
+            }
+            "--scaling-pods" => {
+                sc.pods = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse().context("--scaling-pods"))
+                    .collect::<Result<_>>()?;
+                want_sc = true;
+            }
             "--same-node" => opts.same_node = true,
             "--rounds" => opts.rounds = value()?.parse().context("--rounds")?,
             "--duration" => opts.duration_secs = value()?.parse().context("--duration")?,
@@ -50,7 +87,7 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf, bool)> {
             "--rate" => opts.rate = value()?.parse().context("--rate")?,
             "--mem-pods" => opts.mem_pods = value()?.parse().context("--mem-pods")?,
             "--nice" => opts.nice = Some(value()?.parse().context("--nice")?),
-            "--out" => out = PathBuf::from(value()?),
+            "--out" => x.out = PathBuf::from(value()?),
             "--scenarios" => {
                 opts.scenarios = value()?
                     .split(',')
@@ -62,15 +99,25 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, PathBuf, bool)> {
             other => bail!("unknown flag {other:?} (see the docs of lab-bench.rs)"),
         }
     }
-    if opts.rounds == 0 || opts.duration_secs == 0 || opts.connections == 0 || opts.rate == 0 {
-        bail!("--rounds, --duration, --connections and --rate must be positive");
+    if opts.duration_secs == 0 || opts.connections == 0 || opts.rate == 0 {
+        bail!("--duration, --connections and --rate must be positive");
     }
-    Ok((opts, out, profile))
+    if opts.rounds == 0 && !(want_cg || want_sc) {
+        bail!("--rounds 0 (no rounds) needs --callgrind or --scaling");
+    }
+    if cg.requests == 0 || sc.pods.is_empty() || sc.pods.contains(&0) {
+        bail!("--callgrind-requests and --scaling-pods must be positive");
+    }
+    sc.duration_secs = opts.duration_secs;
+    x.callgrind = want_cg.then_some(cg);
+    x.scaling = want_sc.then_some(sc);
+    Ok((opts, x))
 }
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (opts, out_dir, profile) = parse_args(&args)?;
+    let (opts, extra) = parse_args(&args)?;
+    let (out_dir, profile) = (extra.out.clone(), extra.profile);
     if !hoptrace_tests::require_root() {
         bail!("the bench needs root (network namespaces, cgroups, eBPF)");
     }
@@ -111,7 +158,12 @@ fn run() -> Result<bool> {
     );
     let mut bl = BenchLab::start(&opts, labapp)?;
     println!("bench: lab {} up; warming up every scenario", bl.lab.id());
-    for &s in &opts.scenarios {
+    let rounds_scenarios: &[Scenario] = if opts.rounds == 0 {
+        &[]
+    } else {
+        &opts.scenarios
+    };
+    for &s in rounds_scenarios {
         bl.set_agent_mode(s.agent_mode())?;
         measure::warm_up(&bl, &opts, s).with_context(|| format!("warming up {}", s.name()))?;
     }
@@ -122,7 +174,7 @@ fn run() -> Result<bool> {
         procstat::cpu_time(&me),
     );
     for round in 1..=opts.rounds {
-        for &s in &opts.scenarios {
+        for &s in rounds_scenarios {
             // The agents restart between scenarios that run them differently:
             // warm the path up again so neither pays for cold pools.
             if bl.set_agent_mode(s.agent_mode())? {
@@ -168,8 +220,20 @@ fn run() -> Result<bool> {
         print!("{}", std::fs::read_to_string(&p.top).unwrap_or_default());
     }
     let mut mem = memory::MemoryResult::default();
-    for (agent, pods) in &bl.agents {
-        mem.loaded.push(memory::loaded(agent, *pods)?);
+    if opts.rounds > 0 {
+        for (agent, pods) in &bl.agents {
+            mem.loaded.push(memory::loaded(agent, *pods)?);
+        }
+    }
+    if let Some(sc) = &extra.scaling {
+        println!(
+            "bench: scaling, one agent serving {:?} pods, then fairness",
+            sc.pods
+        );
+        result.scaling = Some(scaling::run(&mut bl, sc)?);
+    }
+    if let Some(cg) = &extra.callgrind {
+        result.callgrind = Some(callgrind::run(&mut bl, &opts, cg, &out_dir)?);
     }
     if opts.mem_pods > 0 {
         println!(
@@ -272,12 +336,21 @@ mod tests {
     #[test]
     fn flags_parse() {
         let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let (o, out, profile) = parse_args(&a(
+        let (o, x) = parse_args(&a(
             "--quick --rounds 3 --scenarios direct,hoptrace-tcp --nice -5 --out /x --profile",
         ))
         .expect("parse");
-        assert!(profile);
-        assert!(!parse_args(&a("--quick")).expect("parse").2);
+        assert!(x.profile && x.callgrind.is_none() && x.scaling.is_none());
+        let out = x.out;
+        assert!(!parse_args(&a("--quick")).expect("parse").1.profile);
+        let (o0, x) = parse_args(&a("--rounds 0 --callgrind-requests 500 --scaling-pods 1,5"))
+            .expect("parse");
+        assert_eq!(o0.rounds, 0);
+        assert_eq!(x.callgrind.map(|c| c.requests), Some(500));
+        assert_eq!(x.scaling.map(|s| s.pods), Some(vec![1, 5]));
+        let (_, x) = parse_args(&a("--quick --callgrind")).expect("parse");
+        assert_eq!(x.callgrind.map(|c| c.requests), Some(200));
+        assert!(parse_args(&a("--rounds 0 --quick")).is_err());
         assert_eq!((o.rounds, o.duration_secs, o.mem_pods), (3, 1, 10));
         assert_eq!(o.scenarios, [Scenario::Direct, Scenario::HoptraceTcp]);
         assert_eq!(o.nice, Some(-5));
