@@ -10,6 +10,8 @@
 //!   end to end through Jaeger's API; needs a Docker engine, kind and kubectl.
 //! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
 //!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
+//! - `vm-test [--kernel 6.1] [--tests ...]`: lab tests inside a qemu VM running a
+//!   Debian kernel, against the agent built here (docs/VM.md).
 
 mod fuzz;
 
@@ -22,6 +24,7 @@ mod image;
 mod jaeger;
 mod kind;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -91,6 +94,10 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         target: Option<String>,
     },
+    /// Boot a Debian kernel under qemu (TCG) with the host's filesystem as its root and
+    /// run a subset of the lab tests in it, as root, against the agent built here
+    /// (docs/VM.md).
+    VmTest(vm::VmArgs),
 }
 
 /// `cargo xtask bench` flags (passed on to the `lab-bench` program).
@@ -215,6 +222,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Kind { keep } => kind::run_kind(&root, keep),
         Cmd::Bench(args) => bench(&root, &args),
         Cmd::Fuzz { seconds, target } => fuzz::run_fuzz(&root, seconds, target.as_deref()),
+        Cmd::VmTest(args) => vm::run(&root, &args),
     }
 }
 

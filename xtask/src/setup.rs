@@ -32,6 +32,11 @@ const DEBIAN: &[(&str, &str)] = &[
     // WebDriver (tests/tests/dashboard.rs, tests/src/webdriver.rs).
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // `cargo xtask vm-test` (docs/VM.md): qemu (TCG) boots Debian kernels; the
+    // static busybox is the guest's initramfs userland and makes its modules.dep.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("xz", "xz-utils"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".
