@@ -11,7 +11,7 @@
 //! - `bench [--rounds N] [--duration SECS] [--quick] ...`: the release agent against a
 //!   direct path, the sidecar model and an L4 relay in the lab (docs/BENCH.md).
 //! - `vm-test [--kernel 6.1] [--tests ...]`: lab tests inside a qemu VM running a
-//!   Debian kernel, against the agent built here (docs/VM.md).
+//!   Debian kernel, against the agent built here (docs/KERNELS.md).
 
 mod fuzz;
 
@@ -96,7 +96,7 @@ enum Cmd {
     },
     /// Boot a Debian kernel under qemu (TCG) with the host's filesystem as its root and
     /// run a subset of the lab tests in it, as root, against the agent built here
-    /// (docs/VM.md).
+    /// (docs/KERNELS.md).
     VmTest(vm::VmArgs),
 }
 

@@ -32,7 +32,7 @@ const DEBIAN: &[(&str, &str)] = &[
     // WebDriver (tests/tests/dashboard.rs, tests/src/webdriver.rs).
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
-    // `cargo xtask vm-test` (docs/VM.md): qemu (TCG) boots Debian kernels; the
+    // `cargo xtask vm-test` (docs/KERNELS.md): qemu (TCG) boots Debian kernels; the
     // static busybox is the guest's initramfs userland and makes its modules.dep.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),

@@ -3,8 +3,8 @@
 # (mounted read-only over 9p by init.sh): mount what the lab and the agent need, load
 # the kernel's modules from the unpacked package, run each listed test binary as root,
 # write each result to the writable results share, power off.
-# vm.env (next to this file, written by xtask) sets MODULES, RESULTS, MODPROBE, TESTS,
-# TEST_TIMEOUT and the tests' environment.
+# vm.env (next to this file, written by xtask) sets BUSYBOX, PRELOAD (module files in
+# load order), RESULTS, TESTS, TEST_TIMEOUT and the tests' environment.
 here=$(dirname "$0")
 . "$here/vm.env"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -25,12 +25,11 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "$RESULTS" || { log "cannot mount the results share"; off; }
 
-# The kernel's modules: the unpacked package's tree at /lib/modules/$(uname -r), and
-# busybox's modprobe (reads its modules.dep) for the kernel's own module requests.
+# The lab's modules (veth, bridge, sock_diag...) from the unpacked package, in the
+# order xtask computed from its modules.dep (the host has no /lib/modules/<release>
+# to bind them to, so no modprobe).
 rel=$(uname -r)
-mount -t tmpfs tmpfs /lib/modules && mkdir -p "/lib/modules/$rel" && mount --bind "$MODULES" "/lib/modules/$rel"
-echo "$MODPROBE" > /proc/sys/kernel/modprobe
-for m in $PRELOAD; do "$MODPROBE" "$m" || log "modprobe $m failed"; done
+for m in $PRELOAD; do "$BUSYBOX" insmod "$m" || log "insmod $m failed"; done
 ip link set lo up
 hostname hoptrace-vm
 

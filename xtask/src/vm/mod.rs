@@ -1,5 +1,5 @@
 //! `cargo xtask vm-test --kernel <name>`: the lab tests inside a VM running a
-//! distribution kernel (docs/VM.md).
+//! distribution kernel (docs/KERNELS.md).
 //!
 //! The kernel comes from Debian's archive (`apt-get download`, `dpkg-deb -x`) into
 //! `target/vm/kernels/<package>/`, pruned to the modules a lab can use. qemu boots it
@@ -212,8 +212,12 @@ fn prepare_run_dir(
     }
     let results = run_dir.join("results");
     std::fs::create_dir_all(&results)?;
-    let modprobe = run_dir.join("modprobe");
-    std::os::unix::fs::symlink(busybox, &modprobe)?;
+    let dep = std::fs::read_to_string(k.modules.join("modules.dep"))?;
+    let builtin = std::fs::read_to_string(k.modules.join("modules.builtin")).unwrap_or_default();
+    let preload = cpio::load_order(&cpio::parse_modules_dep(&dep), &builtin, PRELOAD)?
+        .iter()
+        .map(|p| no_space(&k.modules.join(p)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::write(run_dir.join("guest.sh"), include_str!("guest.sh"))?;
     let mut tests = String::new();
     for s in specs {
@@ -228,11 +232,10 @@ fn prepare_run_dir(
     std::fs::write(run_dir.join("tests"), tests)?;
     let debug = root.join("target/debug");
     let env = [
-        ("MODULES", no_space(&k.modules)?),
+        ("BUSYBOX", no_space(busybox)?),
         ("RESULTS", no_space(&results)?),
-        ("MODPROBE", no_space(&modprobe)?),
         ("TESTS", no_space(&run_dir.join("tests"))?),
-        ("PRELOAD", PRELOAD.join(" ")),
+        ("PRELOAD", preload.join(" ")),
         ("TEST_TIMEOUT", format!("{}m", args.test_timeout_minutes)),
         ("HOPTRACE_BIN", no_space(&debug.join("hoptrace"))?),
         ("HOPTRACE_LABAPP", no_space(&debug.join("labapp"))?),
