@@ -6,8 +6,9 @@
 # vm.env (next to this file, written by xtask) sets BUSYBOX, PRELOAD (module files in
 # load order), RESULTS, TESTS, TEST_TIMEOUT and the tests' environment.
 here=$(dirname "$0")
-. "$here/vm.env"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Sets PATH to the host's (the same python3, node... as the host suite uses).
+. "$here/vm.env"
 log() { echo "vm-guest: $*"; }
 off() { sync; echo o > /proc/sysrq-trigger; sleep 30; }
 
@@ -17,7 +18,8 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-for d in /tmp /run /root; do mount -t tmpfs -o mode=0755 tmpfs "$d" || { log "tmpfs on $d failed"; off; }; done
+# /root stays the host's, read-only: pyenv's Python and its packages may live there.
+for d in /tmp /run; do mount -t tmpfs -o mode=0755 tmpfs "$d" || { log "tmpfs on $d failed"; off; }; done
 chmod 1777 /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || { log "cannot mount cgroup2"; off; }
 mount -t bpf bpf /sys/fs/bpf

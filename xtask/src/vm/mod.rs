@@ -242,6 +242,7 @@ fn prepare_run_dir(
         ("CI", "true".into()),
         ("RUST_BACKTRACE", "1".into()),
         ("HOME", "/root".into()),
+        ("PATH", host_path()?),
         ("TMPDIR", "/tmp".into()),
     ];
     let text: String = env
@@ -250,6 +251,15 @@ fn prepare_run_dir(
         .collect();
     std::fs::write(run_dir.join("vm.env"), text)?;
     Ok(results)
+}
+
+/// The host's PATH, for the guest (the tests find python3, node... as on the host).
+fn host_path() -> anyhow::Result<String> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    if path.contains('\'') {
+        bail!("PATH has a quote; the VM test cannot pass it");
+    }
+    Ok(path)
 }
 
 /// Paths go through whitespace-split shell lines in the guest.
