@@ -245,4 +245,21 @@ mod tests {
             super::REQUIRED.len()
         );
     }
+
+    #[test]
+    fn old_kernel_fails_once_per_missing_feature() {
+        // Run with --nocapture to see the lines docs/KERNELS.md shows.
+        let mut r = super::Report { failures: 0 };
+        super::kernel_lines(&mut r, "5.10.0-30-amd64");
+        assert_eq!(
+            r.failures, 3,
+            "the kernel line and the two features 5.10 lacks"
+        );
+        let mut r = super::Report { failures: 0 };
+        super::kernel_lines(&mut r, "6.1.0-57-amd64");
+        assert_eq!(r.failures, 0);
+        let mut r = super::Report { failures: 0 };
+        super::kernel_lines(&mut r, "5.4.0-150-generic");
+        assert_eq!(r.failures, 5, "kernel, netns cookie in sock_addr, sk_lookup, SO_NETNS_COOKIE, netns cookie in sock_ops");
+    }
 }
