@@ -71,13 +71,20 @@ fn resolve(name: &str) -> anyhow::Result<String> {
     if name.starts_with("linux-image-") {
         return Ok(name.to_string());
     }
-    let out = Command::new("apt-cache")
-        .args(["pkgnames", &format!("linux-image-{name}")])
-        .output()
-        .context("apt-cache (Debian) is needed to find kernel packages")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    pick(name, text.lines()).with_context(|| {
-        format!("the archive offers no linux-image-{name}*-amd64 (try `apt-get update`, or name the package)")
+    let candidates = || -> anyhow::Result<Option<String>> {
+        let out = Command::new("apt-cache")
+            .args(["pkgnames", &format!("linux-image-{name}")])
+            .output()
+            .context("apt-cache (Debian) is needed to find kernel packages")?;
+        Ok(pick(name, String::from_utf8_lossy(&out.stdout).lines()))
+    };
+    if let Some(p) = candidates()? {
+        return Ok(p);
+    }
+    // A fresh machine may have no package lists yet.
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    candidates()?.with_context(|| {
+        format!("the Debian archive offers no linux-image-{name}*-amd64 (name the package instead)")
     })
 }
 
