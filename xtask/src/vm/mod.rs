@@ -221,7 +221,9 @@ fn prepare_run_dir(
     std::fs::write(run_dir.join("guest.sh"), include_str!("guest.sh"))?;
     let mut tests = String::new();
     for s in specs {
-        let bin = &bins[&s.target];
+        let bin = bins
+            .get(&s.target)
+            .with_context(|| format!("no test binary for {}", s.target))?;
         tests += &format!(
             "{} {} {}\n",
             s.name(),
@@ -338,10 +340,17 @@ fn boot(
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let mut log = std::fs::File::create(run_dir.join("console.log"))?;
+    // Bytes, not `lines()`: a console line that is not UTF-8 must not stop the copy
+    // (qemu would block on a full pipe).
     let copier = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end();
             println!("| {line}");
             let _ = writeln!(log, "{line}");
+            buf.clear();
         }
     });
     let deadline = Instant::now() + Duration::from_secs(args.timeout_minutes * 60);
