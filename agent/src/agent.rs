@@ -103,6 +103,9 @@ fn collect_freed_memory() {
 
 /// `hoptrace run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // On a kernel without every feature the agent would half-work: refuse (check.rs).
+    let release = crate::kernel::running_release().map_err(anyhow::Error::msg)?;
+    crate::kernel::require(&release).map_err(anyhow::Error::msg)?;
     if args.skip_capability_check {
         tracing::warn!("capability preflight skipped (--skip-capability-check)");
     } else {

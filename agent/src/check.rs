@@ -3,7 +3,7 @@
 use std::{path::Path, process::ExitCode};
 
 use caps::{CapSet, Capability as Cap, CapsHashSet};
-use procfs::{KernelVersion, MountEntry};
+use procfs::MountEntry;
 
 use crate::config::CheckArgs;
 
@@ -110,19 +110,9 @@ pub fn require_capabilities() -> anyhow::Result<()> {
 /// Runs the checks, prints the report, returns non-zero when something is missing.
 pub fn run(_args: &CheckArgs) -> ExitCode {
     let mut r = Report { failures: 0 };
-    match nix::sys::utsname::uname() {
-        Ok(u) => {
-            let release = u.release().to_string_lossy().to_string();
-            let ok = kernel_at_least(&release, 5, 15);
-            r.line(
-                ok,
-                "kernel",
-                &format!(
-                    "{release} (need ≥ 5.15: netns cookie in sock_ops, sk_lookup, SO_NETNS_COOKIE)"
-                ),
-            );
-        }
-        Err(e) => r.line(false, "kernel", &e.to_string()),
+    match crate::kernel::running_release() {
+        Ok(release) => kernel_lines(&mut r, &release),
+        Err(e) => r.line(false, "kernel", &e),
     }
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     r.line(
@@ -194,6 +184,33 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
     }
 }
 
+/// The kernel line, then one line per feature the kernel lacks (crate::kernel).
+fn kernel_lines(r: &mut Report, release: &str) {
+    let min = crate::kernel::minimum();
+    let missing = match crate::kernel::missing(release) {
+        Ok(m) => m,
+        Err(e) => return r.line(false, "kernel", &e),
+    };
+    let required = missing.iter().filter(|f| f.required).count();
+    r.line(
+        required == 0,
+        "kernel",
+        &if required == 0 {
+            format!("{release} (need ≥ {min}: every eBPF feature hoptrace uses is there)")
+        } else {
+            format!("{release} is too old: hoptrace needs Linux ≥ {min}; {required} required feature(s) missing, below")
+        },
+    );
+    for f in missing {
+        let detail = format!("missing (Linux {}); needed for {}", f.since, f.used_for);
+        if f.required {
+            r.line(false, f.what, &detail);
+        } else {
+            println!("[warn] {}: {detail}", f.what);
+        }
+    }
+}
+
 fn mounts() -> Vec<MountEntry> {
     procfs::mounts().unwrap_or_default()
 }
@@ -204,11 +221,6 @@ pub fn cgroup2_mount() -> Option<String> {
         .into_iter()
         .find(|m| m.fs_vfstype == "cgroup2")
         .map(|m| m.fs_file)
-}
-
-/// Whether `release` (`uname -r`) is at least `major.minor`.
-fn kernel_at_least(release: &str, major: u8, minor: u8) -> bool {
-    KernelVersion::from_str(release).is_ok_and(|v| v >= KernelVersion::new(major, minor, 0))
 }
 
 #[cfg(test)]
@@ -235,10 +247,19 @@ mod tests {
     }
 
     #[test]
-    fn kernel_version_compare() {
-        assert!(super::kernel_at_least("6.18.44-fc-v445", 5, 15));
-        assert!(super::kernel_at_least("5.15.0", 5, 15));
-        assert!(!super::kernel_at_least("5.10.2-generic", 5, 15));
-        assert!(!super::kernel_at_least("garbage", 5, 15));
+    fn old_kernel_fails_once_per_missing_feature() {
+        // Run with --nocapture to see the lines docs/KERNELS.md shows.
+        let mut r = super::Report { failures: 0 };
+        super::kernel_lines(&mut r, "5.10.0-30-amd64");
+        assert_eq!(
+            r.failures, 3,
+            "the kernel line and the two features 5.10 lacks"
+        );
+        let mut r = super::Report { failures: 0 };
+        super::kernel_lines(&mut r, "6.1.0-57-amd64");
+        assert_eq!(r.failures, 0);
+        let mut r = super::Report { failures: 0 };
+        super::kernel_lines(&mut r, "5.4.0-150-generic");
+        assert_eq!(r.failures, 5, "kernel, netns cookie in sock_addr, sk_lookup, SO_NETNS_COOKIE, netns cookie in sock_ops");
     }
 }

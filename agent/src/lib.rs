@@ -14,6 +14,7 @@ pub mod export;
 pub mod golden;
 pub mod inpod;
 pub mod k8s;
+pub mod kernel;
 pub mod listeners;
 pub mod logging;
 pub mod metrics;

@@ -14,6 +14,8 @@
 //! - `bench [--rounds N] [--duration SECS] [--quick] [--callgrind] [--scaling] ...`: the
 //!   release agent against a direct path, the sidecar model and an L4 relay in the lab,
 //!   instructions per request under callgrind, one agent serving many pods (docs/BENCH.md).
+//! - `vm-test [--kernel 6.1] [--tests ...]`: lab tests inside a qemu VM running a
+//!   Debian kernel, against the agent built here (docs/KERNELS.md).
 
 mod apiserver;
 mod fuzz;
@@ -27,6 +29,7 @@ mod image;
 mod jaeger;
 mod kind;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -101,6 +104,10 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         target: Option<String>,
     },
+    /// Boot a Debian kernel under qemu (TCG) with the host's filesystem as its root and
+    /// run a subset of the lab tests in it, as root, against the agent built here
+    /// (docs/KERNELS.md).
+    VmTest(vm::VmArgs),
 }
 
 /// `cargo xtask bench` flags (passed on to the `lab-bench` program).
@@ -258,6 +265,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Kind { keep } => kind::run_kind(&root, keep),
         Cmd::Bench(args) => bench(&root, &args),
         Cmd::Fuzz { seconds, target } => fuzz::run_fuzz(&root, seconds, target.as_deref()),
+        Cmd::VmTest(args) => vm::run(&root, &args),
     }
 }
 

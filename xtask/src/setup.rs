@@ -38,6 +38,11 @@ const DEBIAN: &[(&str, &str)] = &[
     // The real Kubernetes API server of tests/tests/k8s_real.rs stores in an etcd the
     // test starts itself (tests/src/kube/), never the package's service.
     ("etcd", "etcd-server"),
+    // `cargo xtask vm-test` (docs/KERNELS.md): qemu (TCG) boots Debian kernels; the
+    // static busybox is the guest's initramfs userland and makes its modules.dep.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("xz", "xz-utils"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".
