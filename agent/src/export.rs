@@ -301,11 +301,11 @@ impl Exporter {
     /// Sends one request. A retryable failure (collector down, overloaded or timing
     /// out) keeps it and retries with backoff: meanwhile the data path keeps queueing
     /// into the bounded channel and only what overflows it is dropped, so an outage
-    /// costs exactly the overflow and a bounded number of spans of memory. A permanent rejection loses the request at once, counted in `failed`,
-    /// so one poison request cannot stall export. (With [`MAX_IN_FLIGHT`] requests
-    /// retrying at once and one batch gathered, that is `queue_size + (MAX_IN_FLIGHT +
-    /// 1) × batch_size` spans; the agent sizes batches so that this is at most twice
-    /// the queue.)
+    /// costs exactly the overflow and a bounded number of spans of memory: the queue,
+    /// the [`MAX_IN_FLIGHT`] requests retrying and one batch being gathered, which the
+    /// agent sizes to at most twice `--span-queue` spans. A permanent rejection loses
+    /// the request at once, counted in `failed`, so one poison request cannot stall
+    /// export.
     async fn export_with_retry(&mut self, request: Encoded) {
         let n = request.spans as u64;
         let mut delays = retry_delays();
