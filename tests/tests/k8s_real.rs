@@ -10,7 +10,7 @@
 mod common;
 
 use common::realkube::*;
-use common::WHOAMI_PORT;
+use common::{COUNTED, WHOAMI_PORT};
 use hoptrace_tests::{assert_eventually, labapp, require_root};
 use std::time::Duration;
 
@@ -69,7 +69,13 @@ fn enrollment_precedence_deletion_recreation_and_sandbox_change() {
 
     // Graceful deletion: the API server only sets deletionTimestamp (the kubelet has
     // not confirmed): the agent releases the pod at once.
-    assert!(agent_listens_in(&client.pod));
+    // Eventually: the fake kubelet's status update right after creation may still be
+    // re-enrolling the pod (its listeners are replaced), as the other checks allow.
+    assert_eventually!(
+        agent_listens_in(&client.pod),
+        COUNTED,
+        "the agent's listeners in lab/client"
+    );
     admin.delete_pod("lab", "client", None).expect("delete");
     let marked = admin
         .pod("lab", "client")
