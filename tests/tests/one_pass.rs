@@ -15,15 +15,6 @@ use hoptrace_tests::{
 };
 
 const REQUESTS: usize = 5;
-const OPENED: &str = "hoptrace_upstream_connections_opened_total";
-
-fn opened(agent: &hoptrace_tests::Agent, direction: &str, pod: &str) -> f64 {
-    agent
-        .metrics()
-        .expect("metrics")
-        .value(OPENED, &[("direction", direction), ("pod", pod)])
-}
-
 #[test]
 fn same_node_http_hop_in_one_pass() {
     if !require_root() {

@@ -18,15 +18,6 @@ const REQUESTS: usize = 10;
 const SPANS: Duration = Duration::from_secs(20);
 /// The pool's idle timeout (4 s) plus its sweep interval and slack.
 const IDLE_CLOSE: Duration = Duration::from_secs(10);
-const OPENED: &str = "hoptrace_upstream_connections_opened_total";
-
-fn opened(agent: &hoptrace_tests::Agent, direction: &str, pod: &str) -> f64 {
-    agent
-        .metrics()
-        .expect("metrics")
-        .value(OPENED, &[("direction", direction), ("pod", pod)])
-}
-
 #[test]
 fn new_client_connections_share_pooled_upstream_connections() {
     if !require_root() {

@@ -38,6 +38,14 @@ pub fn active(agent: &Agent, direction: &str, pod: &str) -> f64 {
     scrape(agent).active(direction, pod)
 }
 
+/// `hoptrace_upstream_connections_opened_total{direction,pod}` now.
+pub fn opened(agent: &Agent, direction: &str, pod: &str) -> f64 {
+    agent.metrics().expect("metrics").value(
+        "hoptrace_upstream_connections_opened_total",
+        &[("direction", direction), ("pod", pod)],
+    )
+}
+
 /// `hoptrace_connections_failed_total{direction,namespace="lab",pod}` now.
 pub fn failed(agent: &Agent, direction: &str, pod: &str) -> f64 {
     scrape(agent).failed(direction, pod)

@@ -126,6 +126,18 @@ fn is_trace_field(name: &str) -> bool {
     .any(|t| eq(name, t))
 }
 
+/// The start line of a complete head: up to its first LF, without the CR before it (a
+/// response head may end its lines with a bare LF; it is written again with CRLF).
+fn start_line(buf: &[u8]) -> Span {
+    let lf = buf.iter().position(|b| *b == b'\n').unwrap_or(0);
+    let end = if lf > 0 && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    Span { start: 0, end }
+}
+
 /// Whether a `Content-Length` value is digits only (no sign, no list).
 fn content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
@@ -164,17 +176,16 @@ pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request 
     if method == "CONNECT" || !path.starts_with('/') {
         return Request::Fallback("target");
     }
+    // httparse accepts lines ended by a bare LF; an app might not read them the same
+    // way, so such a head is hyper's (which writes it again with CRLF).
+    let lf = buf[..len].iter().filter(|b| **b == b'\n').count();
+    if lf != buf[..len].windows(2).filter(|w| w == b"\r\n").count() {
+        return Request::Fallback("bare LF");
+    }
     head.len = len;
     head.method = Span::of(buf, method.as_bytes());
     head.target = Span::of(buf, path.as_bytes());
-    let line_end = buf
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(len.saturating_sub(2));
-    head.line = Span {
-        start: 0,
-        end: line_end,
-    };
+    head.line = start_line(buf);
     head.host = None;
     head.user_agent = None;
     head.grpc = false;
@@ -303,14 +314,7 @@ pub fn parse_response(
     };
     head.len = len;
     head.status = status;
-    let line_end = buf
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(len.saturating_sub(2));
-    head.line = Span {
-        start: 0,
-        end: line_end,
-    };
+    head.line = start_line(buf);
     head.fields.clear();
     head.dropped = 0;
     let mut reusable = resp.version == Some(1);

@@ -62,6 +62,8 @@ fn unusual_heads_go_to_hyper() {
         "GET / HTTP/1.1\r\nKeep-Alive: timeout=5\r\n\r\n",
         "GET / HTTP/1.1\r\nTE: gzip\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\n\x01bad\r\n\r\n",
+        "GET / HTTP/1.1\nHost: a\nTransfer-Encoding: chunked\n\n",
+        "GET / HTTP/1.1\r\nHost: a\n\r\n",
     ] {
         fallback(raw);
     }
@@ -144,6 +146,13 @@ fn responses_are_framed_as_rfc_9112_says() {
     );
     assert!(!h.reusable);
     assert_eq!(h.dropped, 2, "Connection and the field it names");
+    // A bare-LF response head is written again with CRLF.
+    let raw = "HTTP/1.1 200 OK\nA: b\nContent-Length: 0\n\n";
+    let (r, h) = resp(raw, false);
+    assert_eq!(r, Response::Complete);
+    let mut out = Vec::new();
+    write_head(&mut out, raw.as_bytes(), h.line, &h.fields);
+    assert_eq!(out, b"HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 0\r\n");
     let (_, h) = resp("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
     assert!(!h.reusable, "HTTP/1.0 closes by default");
     let (_, h) = resp("HTTP/1.1 200 OK\r\n\r\n", false);
