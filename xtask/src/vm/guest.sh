@@ -4,7 +4,7 @@
 # the kernel's modules from the unpacked package, run each listed test binary as root,
 # write each result to the writable results share, power off.
 # vm.env (next to this file, written by xtask) sets BUSYBOX, PRELOAD (module files in
-# load order), RESULTS, TESTS, TEST_TIMEOUT and the tests' environment.
+# load order), PROJECT_ROOT, RESULTS, TESTS, TEST_TIMEOUT and the tests' environment.
 here=$(dirname "$0")
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Sets PATH to the host's (the same python3, node... as the host suite uses).
@@ -19,8 +19,19 @@ mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 # /root stays the host's, read-only: pyenv's Python and its packages may live there.
-for d in /tmp /run; do mount -t tmpfs -o mode=0755 tmpfs "$d" || { log "tmpfs on $d failed"; off; }; done
+# /tmp and /run get the guest's own tmpfs; the host's stay reachable under /dev/shm/host,
+# so a project that lives there (a CI clone in /tmp) is bound back at its own path.
+for d in /tmp /run; do
+    mkdir -p "/dev/shm/host$d" && mount -o bind "$d" "/dev/shm/host$d"
+    mount -t tmpfs -o mode=0755 tmpfs "$d" || { log "tmpfs on $d failed"; off; }
+done
 chmod 1777 /tmp
+case "$PROJECT_ROOT" in
+/tmp/* | /run/*)
+    mkdir -p "$PROJECT_ROOT" && mount -o bind "/dev/shm/host$PROJECT_ROOT" "$PROJECT_ROOT" ||
+        { log "cannot keep $PROJECT_ROOT visible"; off; }
+    ;;
+esac
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || { log "cannot mount cgroup2"; off; }
 mount -t bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null

@@ -235,6 +235,7 @@ fn prepare_run_dir(
     let debug = root.join("target/debug");
     let env = [
         ("BUSYBOX", no_space(busybox)?),
+        ("PROJECT_ROOT", no_space(root)?),
         ("RESULTS", no_space(&results)?),
         ("TESTS", no_space(&run_dir.join("tests"))?),
         ("PRELOAD", preload.join(" ")),
