@@ -35,6 +35,13 @@ pub mod maps {
     /// (netns cookie, port) → time seen listening: the ports an enrolled pod's apps
     /// listen on. sk_lookup steers only connections to these.
     pub const APP_LISTENERS: &str = "APP_LISTENERS";
+    /// `LruHashMap<u64 socket cookie, SockThread>`: the app sockets of
+    /// context-propagating pods and the thread that last used each (docs/TRACING.md).
+    pub const SOCK_THREADS: &str = "SOCK_THREADS";
+    /// `LruHashMap<Tuple, u64 socket cookie>`: a context-propagating pod's accepted
+    /// sockets by 4-tuple (remote = the connecting side), so the agent can find the
+    /// app's end of its inbound-leg connection.
+    pub const APP_SOCKETS: &str = "APP_SOCKETS";
 }
 
 /// Program names (function names in agent-ebpf).
@@ -47,6 +54,18 @@ pub mod programs {
     pub const SOCK_OPS: &str = "hoptrace_sockops";
     /// `sk_lookup`
     pub const SK_LOOKUP: &str = "hoptrace_sk_lookup";
+    /// raw tracepoint `sock_send_length`: which thread wrote on a
+    /// context-propagating pod's outbound socket.
+    pub const SOCK_SEND: &str = "hoptrace_sock_send";
+    /// raw tracepoint `sock_recv_length`: which thread read a context-propagating
+    /// pod's inbound socket.
+    pub const SOCK_RECV: &str = "hoptrace_sock_recv";
+    /// The tracepoints they attach to.
+    pub const SOCK_SEND_TP: &str = "sock_send_length";
+    /// See [`SOCK_SEND_TP`].
+    pub const SOCK_RECV_TP: &str = "sock_recv_length";
+    /// The global holding `skc_cookie`'s offset in `struct sock` (0: unknown).
+    pub const SKC_COOKIE_OFFSET: &str = "SKC_COOKIE_OFFSET";
 }
 
 /// Capacity of the original-destination maps. LRU eviction is only the backstop:
@@ -71,6 +90,33 @@ pub struct PodSteer {
 pub const STEER_V4: u16 = 1;
 /// [`PodSteer::flags`]: the `[::1]` outbound listener is up.
 pub const STEER_V6: u16 = 2;
+/// [`PodSteer::flags`]: the pod propagates context (`context_propagation: auto`): its
+/// app sockets are recorded in [`maps::SOCK_THREADS`] and [`maps::APP_SOCKETS`].
+pub const STEER_PROPAGATE: u16 = 4;
+
+/// Capacity of [`maps::SOCK_THREADS`] and [`maps::APP_SOCKETS`] (LRU: sockets closed
+/// long ago age out).
+pub const PROPAGATION_MAX_ENTRIES: u32 = 65_536;
+
+/// [`SockThread::kind`]: an app's accepted socket (the agent's inbound leg writes the
+/// requests to it); `tcp_recvmsg` records its reader.
+pub const SOCK_INBOUND: u32 = 1;
+/// [`SockThread::kind`]: an app's steered outbound socket; `tcp_sendmsg` records its
+/// writer.
+pub const SOCK_OUTBOUND: u32 = 2;
+
+/// Value of [`maps::SOCK_THREADS`]: the thread that last read ([`SOCK_INBOUND`]) or
+/// wrote ([`SOCK_OUTBOUND`]) on an app socket, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockThread {
+    /// [`SOCK_INBOUND`] or [`SOCK_OUTBOUND`].
+    pub kind: u32,
+    /// Thread id (kernel pid, in the initial pid namespace); 0 until first used.
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the read or write returned.
+    pub ns: u64,
+}
 
 /// An original destination as the application asked for it.
 #[repr(C)]
@@ -84,6 +130,8 @@ pub struct OrigDst {
     pub family: u16,
     /// Reserved, zero.
     pub _pad: u32,
+    /// Cookie of the app's socket that connected (the agent's peer).
+    pub socket_cookie: u64,
 }
 
 /// Key of [`maps::ORIG_BY_PEER`]: the client socket as the agent sees it after accept.
@@ -206,4 +254,5 @@ mod user {
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::Tuple {}
+    unsafe impl aya::Pod for super::SockThread {}
 }

@@ -2,7 +2,10 @@
 //! connections to the agent's outbound listener on the pod's loopback, recording
 //! the original destination under the socket cookie.
 
-use agent_common::{Counter, OrigDst, FAMILY_V4, FAMILY_V6, STEER_V4, STEER_V6};
+use agent_common::{
+    Counter, OrigDst, PodSteer, SockThread, FAMILY_V4, FAMILY_V6, SOCK_OUTBOUND, STEER_PROPAGATE,
+    STEER_V4, STEER_V6,
+};
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
@@ -13,7 +16,7 @@ use aya_log_ebpf::debug;
 
 use crate::{
     log::shown,
-    maps::{count, ORIG_BY_COOKIE, OUTBOUND_READY},
+    maps::{count, ORIG_BY_COOKIE, OUTBOUND_READY, SOCK_THREADS},
 };
 
 /// Allow the syscall (cgroup sock_addr programs must return 1 to let it proceed).
@@ -34,12 +37,12 @@ pub fn hoptrace_connect6(ctx: SockAddrContext) -> i32 {
 
 /// Looks up the steering entry for the socket's netns; `None` means leave it alone.
 #[inline(always)]
-fn ready_port(ctx: &SockAddrContext, flag: u16) -> Option<u16> {
+fn ready_port(ctx: &SockAddrContext, flag: u16) -> Option<PodSteer> {
     // SAFETY: helper valid for cgroup sock_addr programs (5.7+).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: plain-data value; a concurrent delete at worst yields a stale read.
     match unsafe { OUTBOUND_READY.get(&netns) } {
-        Some(steer) if steer.flags & flag != 0 => Some(steer.outbound_port),
+        Some(steer) if steer.flags & flag != 0 => Some(*steer),
         _ => {
             count(Counter::OutboundNotReady);
             debug!(
@@ -51,13 +54,23 @@ fn ready_port(ctx: &SockAddrContext, flag: u16) -> Option<u16> {
     }
 }
 
-/// Records `orig` for this socket. Steering without a record would leave the agent
-/// unable to forward, so a failed insert means "do not steer".
+/// Records `orig` for this socket (and, for a pod that propagates context, the socket
+/// as one whose writer `tcp_sendmsg` notes). Steering without a record would leave the
+/// agent unable to forward, so a failed insert means "do not steer".
 #[inline(always)]
-fn record(ctx: &SockAddrContext, orig: &OrigDst) -> bool {
+fn record(ctx: &SockAddrContext, orig: &mut OrigDst, steer: &PodSteer) -> bool {
     // SAFETY: helper valid for cgroup sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let ok = ORIG_BY_COOKIE.insert(&cookie, orig, 0).is_ok();
+    orig.socket_cookie = cookie;
+    if steer.flags & STEER_PROPAGATE != 0 {
+        let thread = SockThread {
+            kind: SOCK_OUTBOUND,
+            ..SockThread::default()
+        };
+        // Full map: LRU evicts; a socket missing here is only not linked by thread.
+        let _ = SOCK_THREADS.insert(&cookie, &thread, 0);
+    }
+    let ok = ORIG_BY_COOKIE.insert(&cookie, &*orig, 0).is_ok();
     if !ok {
         debug!(
             ctx,
@@ -80,18 +93,20 @@ fn steer_v4(ctx: &SockAddrContext) {
     if ip[0] == 127 || ip == [0, 0, 0, 0] {
         return;
     }
-    let Some(port) = ready_port(ctx, STEER_V4) else {
+    let Some(steer) = ready_port(ctx, STEER_V4) else {
         return;
     };
+    let port = steer.outbound_port;
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&ip);
-    let orig = OrigDst {
+    let mut orig = OrigDst {
         addr,
         port: u16::from_be(sa.user_port as u16),
         family: FAMILY_V4,
         _pad: 0,
+        socket_cookie: 0,
     };
-    if !record(ctx, &orig) {
+    if !record(ctx, &mut orig, &steer) {
         return;
     }
     sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -124,18 +139,20 @@ fn steer_v6(ctx: &SockAddrContext) {
         if b3[0] == 127 || b3 == [0, 0, 0, 0] {
             return;
         }
-        let Some(port) = ready_port(ctx, STEER_V4) else {
+        let Some(steer) = ready_port(ctx, STEER_V4) else {
             return;
         };
+        let port = steer.outbound_port;
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&b3);
-        let orig = OrigDst {
+        let mut orig = OrigDst {
             addr,
             port: u16::from_be(sa.user_port as u16),
             family: FAMILY_V4,
             _pad: 0,
+            socket_cookie: 0,
         };
-        if !record(ctx, &orig) {
+        if !record(ctx, &mut orig, &steer) {
             return;
         }
         sa.user_ip6[3] = u32::from_ne_bytes([127, 0, 0, 1]);
@@ -152,21 +169,23 @@ fn steer_v6(ctx: &SockAddrContext) {
     if is_unspecified || is_loopback {
         return;
     }
-    let Some(port) = ready_port(ctx, STEER_V6) else {
+    let Some(steer) = ready_port(ctx, STEER_V6) else {
         return;
     };
+    let port = steer.outbound_port;
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&b2);
     addr[12..16].copy_from_slice(&b3);
-    let orig = OrigDst {
+    let mut orig = OrigDst {
         addr,
         port: u16::from_be(sa.user_port as u16),
         family: FAMILY_V6,
         _pad: 0,
+        socket_cookie: 0,
     };
-    if !record(ctx, &orig) {
+    if !record(ctx, &mut orig, &steer) {
         return;
     }
     sa.user_ip6[0] = 0;

@@ -1,8 +1,9 @@
 //! Maps shared by the programs. Names must match `agent_common::maps`.
 
 use agent_common::{
-    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, Tuple, BYPASS_MAX_ENTRIES,
-    COUNTERS_LEN, LISTENERS_MAX_ENTRIES, ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES,
+    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, SockThread, Tuple,
+    BYPASS_MAX_ENTRIES, COUNTERS_LEN, LISTENERS_MAX_ENTRIES, ORIG_DST_MAX_ENTRIES,
+    PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -43,6 +44,19 @@ pub static POD_NETNS: HashMap<InboundKey, u64> = HashMap::with_max_entries(PODS_
 #[map]
 pub static APP_LISTENERS: HashMap<ListenKey, u64> =
     HashMap::with_max_entries(LISTENERS_MAX_ENTRIES, 0);
+
+/// socket cookie → the thread that last used it: app sockets of context-propagating
+/// pods (connect4/6 and sock_ops add them, the tcp_sendmsg/tcp_recvmsg programs note
+/// the thread, the agent reads).
+#[map]
+pub static SOCK_THREADS: LruHashMap<u64, SockThread> =
+    LruHashMap::with_max_entries(PROPAGATION_MAX_ENTRIES, 0);
+
+/// 4-tuple (remote = connecting side) → socket cookie of a context-propagating pod's
+/// accepted sockets (sock_ops → agent).
+#[map]
+pub static APP_SOCKETS: LruHashMap<Tuple, u64> =
+    LruHashMap::with_max_entries(PROPAGATION_MAX_ENTRIES, 0);
 
 /// Per-CPU event counters, summed by the agent for `/metrics`.
 #[map]

@@ -165,12 +165,12 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
     let bpffs = mounts().iter().any(|m| m.fs_vfstype == "bpf");
     r.line(true, "bpffs", if bpffs { "mounted (not required: hoptrace pins nothing, so its programs go away with the process)" } else { "not mounted (not required: hoptrace pins nothing)" });
 
-    match crate::ebpf::load_programs(false) {
+    match crate::ebpf::load_programs(false, 0) {
         Ok(_) => r.line(true, "eBPF programs", "cgroup/connect4, cgroup/connect6, sockops, sk_lookup loaded and verified (helpers: get_netns_cookie, get_socket_cookie, sk_assign)"),
         Err(e) => r.line(false, "eBPF programs", &e.to_string()),
     }
     // The diagnostic variant: not needed to run, so a failure is a warning only.
-    match crate::ebpf::load_programs(true) {
+    match crate::ebpf::load_programs(true, 0) {
         Ok(_) => println!("[ok  ] eBPF decision log (--ebpf-log): programs with logging on verified (ring buffer)"),
         Err(e) => println!("[warn] eBPF decision log (--ebpf-log) unavailable, the agent runs without it: {e}"),
     }

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{PodSteer, STEER_V4, STEER_V6};
+use agent_common::{PodSteer, STEER_PROPAGATE, STEER_V4, STEER_V6};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{
@@ -27,11 +27,12 @@ use crate::{
     proxy::{
         local::{LocalPods, LocalRegistration},
         pool::Pool,
+        propagation::Propagation,
         InFlightCount, Limits, PodContext, PodListeners,
     },
     socket::{self, SocketError},
     trace::span::{PodIdentity, SpanSink},
-    workloads::{PodKey, Workload},
+    workloads::{ContextPropagation, PodKey, Workload},
 };
 
 /// How long a released pod's listeners keep accepting after steering stopped, so
@@ -287,6 +288,18 @@ impl PodTable {
         if out_v6.is_some() {
             flags |= STEER_V6;
         }
+        let propagation = match w.context_propagation {
+            ContextPropagation::Off => None,
+            ContextPropagation::Auto => {
+                flags |= STEER_PROPAGATE;
+                let probes = self.datapath.thread_probes();
+                Some(Arc::new(Propagation::new(
+                    self.datapath.clone(),
+                    self.metrics.propagation(&w.key()),
+                    probes,
+                )))
+            }
+        };
 
         let attached = self.datapath.attach_pod_guarded(&cgroup, netns.file())?;
         // Ports already listening (sock_ops records the ones opened from now on): only
@@ -324,6 +337,7 @@ impl PodTable {
             golden: self.golden.clone(),
             workload: Peer::new(&w.namespace, w.service_name()),
             local: self.local.clone(),
+            propagation,
         });
         // The accept loops own the listeners; the raw fds above stay valid while they run.
         let listeners = PodListeners::start(

@@ -99,12 +99,43 @@ pub struct Workload {
     /// ingress). Absent or 0: such requests are forwarded untouched, with no span.
     #[serde(default)]
     pub trace_sampling: Option<f64>,
+    /// Opt-in: `auto` links the pod's outbound requests that carry no trace context to
+    /// the inbound request that caused them and sends them on with its context
+    /// (docs/TRACING.md, "Context propagation by the agent"). Default `off`.
+    #[serde(default)]
+    pub context_propagation: ContextPropagation,
     /// The nsfs inode of `netns`, when the source resolved it (Kubernetes discovery:
     /// `netns` is `/proc/PID/ns/net` of one of the pod's processes). Not part of the
     /// file format. Two specs naming the same inode name the same namespace even when
     /// they reach it through different processes; see [`Workload::same_target`].
     #[serde(skip)]
     pub netns_inode: Option<u64>,
+}
+
+/// A pod's context propagation setting ([`Workload::context_propagation`]; the
+/// Kubernetes annotation `hoptrace.io/context-propagation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextPropagation {
+    /// Requests leave as the app sends them.
+    #[default]
+    Off,
+    /// Context-less outbound requests are linked to their inbound cause when exactly
+    /// one can be it.
+    Auto,
+}
+
+impl ContextPropagation {
+    /// Parses the annotation value (`auto` | `off`).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "context propagation `{other}` is not `auto` or `off`"
+            )),
+        }
+    }
 }
 
 impl Workload {
@@ -492,6 +523,18 @@ workloads:
             parse(p(), &ok, None).expect("ok")[0].trace_sampling,
             Some(0.25)
         );
+        assert_eq!(
+            parse(p(), GOOD, None).expect("ok")[0].context_propagation,
+            ContextPropagation::Off
+        );
+        let ok = GOOD.replace("labels: {app: web}", "context_propagation: auto");
+        assert_eq!(
+            parse(p(), &ok, None).expect("ok")[0].context_propagation,
+            ContextPropagation::Auto
+        );
+        let bad = GOOD.replace("labels: {app: web}", "context_propagation: always");
+        let err = parse(p(), &bad, None).expect_err("bad value").to_string();
+        assert!(err.contains("always") && err.contains("auto"), "{err}");
     }
 
     #[test]

@@ -29,14 +29,17 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
+pub mod btf;
 mod counters;
 mod log;
 mod pod;
+mod threads;
 
 pub use counters::KernelCounters;
 pub use log::LOG_TARGET;
 
 pub use pod::{AttachedPod, SteeringGuard};
+pub use threads::{AppSocket, LastUse, ThreadId, ThreadProbes};
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -69,6 +72,9 @@ pub enum DatapathError {
     /// The eBPF log (`--ebpf-log`) could not be started.
     #[error("eBPF log (--ebpf-log): {0}")]
     Log(String),
+    /// The kernel's BTF could not be read (tracing programs need it).
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
 }
 
 /// `error: cause: cause` — aya keeps the errno in the source chain.
@@ -115,6 +121,8 @@ pub struct Datapath {
     orig: Mutex<HashMap<MapData, OrigDstKey, OrigDst>>,
     bypass: Mutex<HashMap<MapData, Tuple, u8>>,
     listeners: Mutex<HashMap<MapData, ListenKey, u64>>,
+    /// Context propagation's thread facts (`None`: the programs did not load).
+    threads: Mutex<Option<threads::Threads>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -133,10 +141,15 @@ pub struct DatapathConfig {
 /// Loads the object and every program into the kernel (verifier included), without
 /// attaching anything. Used by `run` and by `check`. With `log` false the programs'
 /// log level is 0: every log statement is dead code the verifier removes.
-pub fn load_programs(log: bool) -> Result<Ebpf, DatapathError> {
+///
+/// `cookie_offset` is where `skc_cookie` is in `struct sock` ([`btf::skc_cookie_offset`];
+/// 0: unknown, the context propagation programs do nothing). They are loaded by
+/// [`Datapath::load`], not here.
+pub fn load_programs(log: bool, cookie_offset: u32) -> Result<Ebpf, DatapathError> {
     let level = log::level(log);
     let mut loader = EbpfLoader::new();
     loader.override_global(aya_log::LEVEL, &level, true);
+    loader.override_global(programs::SKC_COOKIE_OFFSET, &cookie_offset, true);
     if !log {
         // Nothing is ever written to it: the smallest ring buffer the kernel takes.
         loader.map_max_entries(log::RING_BUFFER, log::page_size());
@@ -169,7 +182,8 @@ impl Datapath {
     /// Loads programs and takes ownership of the maps; with `config.log`, starts the
     /// thread that forwards the programs' log records (target [`LOG_TARGET`]).
     pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
-        let mut ebpf = load_programs(config.log)?;
+        let cookie_offset = btf::skc_cookie_offset();
+        let mut ebpf = load_programs(config.log, cookie_offset.clone().unwrap_or(0))?;
         if config.log {
             log::start(&mut ebpf)?;
         }
@@ -188,6 +202,15 @@ impl Datapath {
             HashMap::try_from(take(maps::POD_NETNS)?).map_err(map_err(maps::POD_NETNS))?;
         let listeners =
             HashMap::try_from(take(maps::APP_LISTENERS)?).map_err(map_err(maps::APP_LISTENERS))?;
+        let threads = match threads::load(&mut ebpf, cookie_offset) {
+            Ok(t) => Some(t),
+            Err(err) => {
+                tracing::warn!(
+                    "context propagation: {err}; pods with context_propagation: auto are linked by exclusivity only (docs/TRACING.md)"
+                );
+                None
+            }
+        };
         Ok(Self {
             control: Mutex::new(Control {
                 ebpf,
@@ -199,6 +222,7 @@ impl Datapath {
             orig: Mutex::new(orig),
             bypass: Mutex::new(bypass),
             listeners: Mutex::new(listeners),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -312,8 +336,13 @@ impl Datapath {
     }
 
     /// Takes (reads and deletes) the original destination of the steered connection
-    /// whose client port in the netns `netns_cookie` is `peer_port`.
-    pub fn take_orig_dst(&self, netns_cookie: u64, peer_port: u16) -> Option<SocketAddr> {
+    /// whose client port in the netns `netns_cookie` is `peer_port`, and the app's
+    /// socket that made it.
+    pub fn take_orig_dst(
+        &self,
+        netns_cookie: u64,
+        peer_port: u16,
+    ) -> Option<(SocketAddr, AppSocket)> {
         let key = OrigDstKey {
             netns_cookie,
             port: u32::from(peer_port),
@@ -323,7 +352,7 @@ impl Datapath {
         let orig = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         drop(map);
-        orig_to_addr(&orig)
+        Some((orig_to_addr(&orig)?, AppSocket(orig.socket_cookie)))
     }
 
     /// Lets the connection `from` → `to` (the agent's own inbound leg) through
@@ -472,6 +501,7 @@ mod tests {
             port: 8080,
             family: FAMILY_V4,
             _pad: 0,
+            socket_cookie: 0,
         };
         assert_eq!(orig_to_addr(&o), Some("10.1.2.3:8080".parse().expect("sa")));
         let v6: std::net::Ipv6Addr = "fd00::7".parse().expect("v6");
@@ -480,6 +510,7 @@ mod tests {
             port: 443,
             family: FAMILY_V6,
             _pad: 0,
+            socket_cookie: 0,
         };
         assert_eq!(orig_to_addr(&o), Some("[fd00::7]:443".parse().expect("sa")));
         let o = OrigDst { family: 99, ..o };

@@ -18,7 +18,7 @@ use super::{
     records::{NamespaceRecord, PodRecord},
     watch::{Change, Update},
 };
-use crate::workloads::Workload;
+use crate::workloads::{ContextPropagation, Workload};
 
 /// One watched collection, keyed by uid (pods) or name (namespaces). A relist is
 /// buffered and swapped in whole at `InitDone`, so the last good set stays in force
@@ -245,6 +245,10 @@ impl DesiredSet {
                 note.1.push(warning);
                 None
             });
+            let context_propagation = policy::context_propagation(pod).unwrap_or_else(|warning| {
+                note.1.push(warning);
+                ContextPropagation::Off
+            });
             desired.push(Workload {
                 name: pod.name.clone(),
                 namespace: pod.namespace.clone(),
@@ -256,6 +260,7 @@ impl DesiredSet {
                 netns: ns.path,
                 labels: pod.labels.clone(),
                 trace_sampling,
+                context_propagation,
                 netns_inode: Some(ns.inode),
             });
         }

@@ -11,6 +11,7 @@
 //! Any other annotation or label value is reported as a warning and ignored (the
 //! next level decides). The service name of a pod is its owning workload's name.
 
+use crate::workloads::ContextPropagation;
 use std::fmt;
 
 pub use super::records::{NamespaceRecord, Owner, PodRecord};
@@ -20,6 +21,9 @@ pub const INJECT_KEY: &str = "hoptrace.io/inject";
 /// Pod annotation: fraction (0.0–1.0) of context-less requests arriving at the pod
 /// for which the agent starts a trace (`Workload::trace_sampling`).
 pub const SAMPLING_ANNOTATION: &str = "hoptrace.io/trace-sampling";
+/// Pod annotation: `auto` makes the agent link the pod's context-less outbound
+/// requests to their inbound cause (`Workload::context_propagation`).
+pub const PROPAGATION_ANNOTATION: &str = "hoptrace.io/context-propagation";
 /// Label the Deployment controller puts on its pods; its value is the suffix of the
 /// ReplicaSet name.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -203,6 +207,16 @@ pub fn trace_sampling(pod: &PodRecord) -> Result<Option<f64>, String> {
     }
 }
 
+/// The pod's `hoptrace.io/context-propagation` annotation: off when absent,
+/// `Err(warning)` (and off) when it is not `auto` or `off`.
+pub fn context_propagation(pod: &PodRecord) -> Result<ContextPropagation, String> {
+    match pod.context_propagation.as_deref() {
+        None => Ok(ContextPropagation::Off),
+        Some(raw) => ContextPropagation::parse(raw)
+            .map_err(|e| format!("annotation {PROPAGATION_ANNOTATION}: {e}; off")),
+    }
+}
+
 /// The pod's workload (service) name: a Deployment's name for pods of its
 /// ReplicaSets (the `pod-template-hash` suffix stripped), the owner's name for any
 /// other owner (StatefulSet, DaemonSet, Job, ...), else the pod's own name.
@@ -242,6 +256,7 @@ mod tests {
             qos_class: Some("BestEffort".into()),
             inject: None,
             trace_sampling: None,
+            context_propagation: None,
             labels: BTreeMap::new(),
             owner: None,
         }
@@ -369,6 +384,22 @@ mod tests {
             let err = trace_sampling(&p).expect_err(bad);
             assert!(err.contains(SAMPLING_ANNOTATION), "{err}");
         }
+    }
+
+    #[test]
+    fn propagation_annotation() {
+        let mut p = pod("web");
+        assert_eq!(context_propagation(&p), Ok(ContextPropagation::Off));
+        p.context_propagation = Some("auto".into());
+        assert_eq!(context_propagation(&p), Ok(ContextPropagation::Auto));
+        p.context_propagation = Some(" off ".into());
+        assert_eq!(context_propagation(&p), Ok(ContextPropagation::Off));
+        p.context_propagation = Some("yes".into());
+        let err = context_propagation(&p).expect_err("yes");
+        assert!(
+            err.contains(PROPAGATION_ANNOTATION) && err.contains("yes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
-use super::policy::{INJECT_KEY, SAMPLING_ANNOTATION};
+use super::policy::{INJECT_KEY, PROPAGATION_ANNOTATION, SAMPLING_ANNOTATION};
 
 /// The controller that owns a pod (`metadata.ownerReferences`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct PodRecord {
     pub inject: Option<String>,
     /// Value of the `hoptrace.io/trace-sampling` annotation.
     pub trace_sampling: Option<String>,
+    /// Value of the `hoptrace.io/context-propagation` annotation.
+    pub context_propagation: Option<String>,
     /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
     /// The controller owner (the reference with `controller: true`, else the first).
@@ -89,6 +91,7 @@ impl PodRecord {
             qos_class: status.and_then(|s| s.qos_class.clone()),
             inject: annotation(INJECT_KEY),
             trace_sampling: annotation(SAMPLING_ANNOTATION),
+            context_propagation: annotation(PROPAGATION_ANNOTATION),
             labels: meta.labels.clone().unwrap_or_default(),
             owner,
         })

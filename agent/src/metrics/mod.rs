@@ -60,12 +60,34 @@ pub struct LimitMetrics {
     pub timeouts: Counter,
 }
 
+/// One pod's `hoptrace_propagation_total` counters (context propagation by the agent).
+#[derive(Debug, Clone, Default)]
+pub struct PropagationMetrics {
+    /// Context added to a context-less outbound request.
+    pub linked: Counter,
+    /// Several inbound requests could have caused it: forwarded untouched.
+    pub ambiguous: Counter,
+    /// No inbound request in flight, or the one that caused it carried no context.
+    pub none: Counter,
+}
+
 /// Labels of the workload state gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     /// `steered` | `failed` | `pending` (Kubernetes discovery: to be enrolled, cgroup
     /// or network namespace not found yet).
     pub state: &'static str,
+}
+
+/// Labels of the context propagation counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PropagationLabels {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// `linked` | `ambiguous` | `none`.
+    pub result: &'static str,
 }
 
 /// Labels of the Kubernetes watch error counter.
@@ -94,6 +116,7 @@ pub struct Metrics {
     pub workload_file_errors: Counter,
     kube_watch_errors: Family<ResourceLabels, Counter>,
     kube_forbidden: Family<ResourceLabels, Gauge>,
+    propagation: Family<PropagationLabels, Counter>,
 }
 
 /// Metric handles for one pod and direction, cheap to clone into tasks.
@@ -136,6 +159,7 @@ impl Metrics {
         let workload_file_errors = Counter::default();
         let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
         let kube_forbidden = Family::<ResourceLabels, Gauge>::default();
+        let propagation = Family::<PropagationLabels, Counter>::default();
         registry.register(
             "connections_accepted",
             "Connections accepted by a per-pod listener",
@@ -211,6 +235,11 @@ impl Metrics {
             "1 while the API server refuses the Kubernetes list/watch of a resource (403: the service account lacks a permission; the log names it)",
             kube_forbidden.clone(),
         );
+        registry.register(
+            "propagation",
+            "Outbound requests without trace context of pods that propagate context (linked: the causing inbound request's context added; ambiguous: several could have caused it, untouched; none: no inbound request in flight, or it carried no context)",
+            propagation.clone(),
+        );
         for source in sources {
             source.register(&mut registry);
         }
@@ -228,6 +257,7 @@ impl Metrics {
             workload_file_errors,
             kube_watch_errors,
             kube_forbidden,
+            propagation,
         }
     }
 
@@ -280,8 +310,34 @@ impl Metrics {
             .clone()
     }
 
+    /// The context propagation counters of a pod that propagates (series appear at
+    /// zero).
+    pub fn propagation(&self, pod: &PodKey) -> PropagationMetrics {
+        let get = |result| {
+            self.propagation
+                .get_or_create(&PropagationLabels {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    result,
+                })
+                .clone()
+        };
+        PropagationMetrics {
+            linked: get("linked"),
+            ambiguous: get("ambiguous"),
+            none: get("none"),
+        }
+    }
+
     /// Drops a released pod's series so pod churn cannot grow `/metrics` forever.
     pub fn remove_pod(&self, pod: &PodKey) {
+        for result in ["linked", "ambiguous", "none"] {
+            self.propagation.remove(&PropagationLabels {
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+                result,
+            });
+        }
         for d in [Direction::Outbound, Direction::Inbound] {
             let l = Self::labels(pod, d);
             self.accepted.remove(&l);

@@ -27,9 +27,11 @@ use super::{
     body::UpstreamBody,
     idle::{watchdog, Activity, Tracked},
     pool::PoolKey,
+    propagation::{self, InboundGuard, Link},
     ConnError, PodContext, Target,
 };
 use crate::{
+    ebpf::AppSocket,
     golden::{Edge, RequestObservation},
     pod::Direction,
     trace::{
@@ -50,6 +52,8 @@ pub struct Conn {
     pub h2: bool,
     /// Its edge in the golden metrics.
     pub edge: Edge,
+    /// Outbound leg: the app's socket that connected (context propagation).
+    pub app: Option<AppSocket>,
 }
 
 /// One proxied connection's shared state.
@@ -67,6 +71,8 @@ struct Leg {
     h2: bool,
     /// Requests in flight on this client connection (idle timeout).
     activity: Arc<Activity>,
+    /// Outbound leg: the app's socket that connected (context propagation).
+    app: Option<AppSocket>,
 }
 
 impl Leg {
@@ -93,6 +99,7 @@ where
         client_ip,
         h2,
         edge,
+        app,
     } = conn;
     let pod_limits = pod.limits.clone();
     let pod_metrics = pod.metrics(dir).clone();
@@ -108,6 +115,7 @@ where
         spans,
         first: Mutex::new(upstream),
         h2,
+        app,
     });
     if h2 {
         // HTTP/2: shake hands upstream now, not at the first request. The client's
@@ -189,15 +197,20 @@ pub(super) fn leg_spans(
 /// Serves one request; the response body holds the connection's in-flight mark.
 async fn handle(leg: Arc<Leg>, req: Request<Incoming>) -> Result<Response<Tracked>, Infallible> {
     let inflight = leg.activity.begin();
-    let (resp, observed) = proxy_request(leg, req).await;
-    Ok(resp.map(|inner| Tracked::new(inner, inflight, observed)))
+    let (resp, observed, cause) = proxy_request(leg, req).await;
+    Ok(resp.map(|inner| Tracked::new(inner, (inflight, cause), observed)))
 }
 
-/// Proxies one request; the golden-metrics observation travels with the response body.
+/// Proxies one request; the golden-metrics observation (and, for a pod that propagates
+/// context, the inbound request's registration) travels with the response body.
 async fn proxy_request(
     leg: Arc<Leg>,
     mut req: Request<Incoming>,
-) -> (Response<ProxyBody>, RequestObservation) {
+) -> (
+    Response<ProxyBody>,
+    RequestObservation,
+    Option<InboundGuard>,
+) {
     // A pod may opt into starting traces for a share of its context-less inbound requests.
     let start_root = leg.dir == Direction::Inbound
         && leg.pod.trace_sampling > 0.0
@@ -205,6 +218,13 @@ async fn proxy_request(
     let grpc = is_grpc(req.headers());
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut observed = leg.edge.request(req.method(), target, grpc);
+    if let Some(prop) = &leg.pod.propagation {
+        if leg.dir == Direction::Outbound && !propagation::has_trace_fields(req.headers()) {
+            if let Link::Linked(fields) = prop.link(leg.app, !leg.h2) {
+                propagation::adopt(req.headers_mut(), &fields);
+            }
+        }
+    }
     let mut spans = trace::http::begin(
         leg.spans.as_ref(),
         &mut req,
@@ -215,6 +235,14 @@ async fn proxy_request(
     if let Some(s) = &spans {
         observed.traced(|| s.trace_id().to_hex());
     }
+    // The app end of hyper's upstream connection is not known here: the request counts
+    // for exclusivity only.
+    let cause = match &leg.pod.propagation {
+        Some(prop) if leg.dir == Direction::Inbound => {
+            Some(prop.inbound(Some(propagation::trace_fields(req.headers())), false))
+        }
+        _ => None,
+    };
     let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), down_upgrade.is_some());
 
@@ -243,7 +271,7 @@ async fn proxy_request(
             observed.response(status, None);
             let mut r = Response::new(full(text));
             *r.status_mut() = status;
-            return (r, observed);
+            return (r, observed, None);
         }
     };
     let status = resp.status();
@@ -272,7 +300,7 @@ async fn proxy_request(
         &mut parts.headers,
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    (Response::from_parts(parts, body), observed)
+    (Response::from_parts(parts, body), observed, cause)
 }
 
 /// Whether a request is a gRPC call (`content-type: application/grpc*`).

@@ -107,14 +107,16 @@ impl Drop for InFlight {
 /// shows its frames to the request's golden-metrics observation (recorded on drop).
 pub(super) struct Tracked {
     inner: ProxyBody,
-    _inflight: InFlight,
+    /// The in-flight mark, and what else lives as long as the response (a propagating
+    /// pod's inbound request registration).
+    _inflight: (InFlight, Option<super::propagation::InboundGuard>),
     observed: RequestObservation,
 }
 
 impl Tracked {
     pub(super) fn new(
         inner: ProxyBody,
-        inflight: InFlight,
+        inflight: (InFlight, Option<super::propagation::InboundGuard>),
         mut observed: RequestObservation,
     ) -> Self {
         // A body with nothing to stream (204, `Content-Length: 0`, a gRPC trailers-only

@@ -18,6 +18,7 @@ mod idle;
 mod limits;
 pub mod local;
 pub mod pool;
+pub mod propagation;
 mod tcp;
 
 pub use limits::{InFlightCount, Limits};
@@ -31,7 +32,7 @@ use std::{
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::{
-    ebpf::Datapath,
+    ebpf::{AppSocket, Datapath},
     golden::{Edge, Golden, Peer},
     metrics::ConnMetrics,
     netns::Netns,
@@ -86,6 +87,8 @@ pub struct PodContext {
     pub workload: Peer,
     /// The node's enrolled pods by address (same-node hops in one pass).
     pub local: Arc<local::LocalPods>,
+    /// Context propagation by the agent, when the pod opted in.
+    pub propagation: Option<Arc<propagation::Propagation>>,
 }
 
 impl PodContext {
@@ -309,7 +312,7 @@ async fn outbound(
     client: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), ConnError> {
-    let Some(dst) = pod.datapath.take_orig_dst(pod.netns_cookie, peer.port()) else {
+    let Some((dst, app)) = pod.datapath.take_orig_dst(pod.netns_cookie, peer.port()) else {
         reset(client);
         return Err(ConnError::NoOrigDst(peer.port()));
     };
@@ -326,11 +329,20 @@ async fn outbound(
         .unwrap_or(peer.ip());
     if pod.limits.one_pass {
         if let Some(dest) = pod.local.get(dst.ip()) {
-            return one_pass(pod, dest, client, dst, client_ip).await;
+            return one_pass(pod, dest, client, dst, client_ip, app).await;
         }
     }
     let target = Target::Outbound { dst };
-    proxy(pod, Direction::Outbound, client, target, client_ip, None).await
+    proxy(
+        pod,
+        Direction::Outbound,
+        client,
+        target,
+        client_ip,
+        None,
+        Some(app),
+    )
+    .await
 }
 
 /// A same-node hop in one pass: `dest` is an enrolled pod of this node. The connection
@@ -342,6 +354,7 @@ async fn one_pass(
     client: TcpStream,
     dst: SocketAddr,
     client_ip: IpAddr,
+    app: AppSocket,
 ) -> Result<(), ConnError> {
     let dm = dest.metrics(Direction::Inbound).clone();
     dm.accepted.inc();
@@ -371,6 +384,7 @@ async fn one_pass(
         target,
         client_ip,
         Some(through),
+        Some(app),
     )
     .await;
     dm.active.dec();
@@ -390,11 +404,21 @@ async fn inbound(pod: &Arc<PodContext>, client: TcpStream) -> Result<(), ConnErr
         return Err(ConnError::SelfConnect(dst));
     }
     let target = Target::Inbound { client: peer, dst };
-    proxy(pod, Direction::Inbound, client, target, peer.ip(), None).await
+    proxy(
+        pod,
+        Direction::Inbound,
+        client,
+        target,
+        peer.ip(),
+        None,
+        None,
+    )
+    .await
 }
 
 /// Connects upstream, detects the protocol and proxies the connection as HTTP or as
-/// opaque TCP. `through`: a same-node hop served in one pass.
+/// opaque TCP. `through`: a same-node hop served in one pass; `app`: on the outbound
+/// leg, the app's socket that connected.
 async fn proxy(
     pod: &Arc<PodContext>,
     dir: Direction,
@@ -402,6 +426,7 @@ async fn proxy(
     target: Target,
     client_ip: IpAddr,
     through: Option<Through>,
+    app: Option<AppSocket>,
 ) -> Result<(), ConnError> {
     let m = pod.metrics(dir);
     let peer_ip = match target {
@@ -416,6 +441,7 @@ async fn proxy(
         client_ip,
         h2: false,
         edge: edge.clone(),
+        app,
     };
     // A destination this pod recently spoke HTTP to is expected to be HTTP again:
     // detect first, so the request can go out on a pooled connection without a new

@@ -96,6 +96,7 @@ fn pod(name: &str, uid: &str, ip: &str, created: i64) -> PodRecord {
         qos_class: Some("BestEffort".into()),
         inject: Some("enabled".into()),
         trace_sampling: None,
+        context_propagation: None,
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
         owner: None,
     }

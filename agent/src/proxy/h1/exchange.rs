@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     pod::Direction,
-    proxy::ConnError,
+    proxy::{propagation::Link, ConnError},
     trace::http::{begin_head, RequestFacts},
 };
 
@@ -119,7 +119,16 @@ impl Lean {
             .as_ref()
             .is_some_and(|t| start_trace(t.through.dest.trace_sampling));
         let mut trace = None;
-        if !req.trace.is_empty() || start_root || start_root2 {
+        // A pod that propagates context: a context-less request leaving it takes the
+        // context of the inbound request that caused it, when exactly one can have.
+        if req.trace.is_empty() && self.conn.dir == Direction::Outbound {
+            if let Some(prop) = &pod.propagation {
+                if let Link::Linked(fields) = prop.link(self.conn.app, true) {
+                    trace = Some(HeaderMap::clone(&fields));
+                }
+            }
+        }
+        if trace.is_none() && (!req.trace.is_empty() || start_root || start_root2) {
             let mut map = HeaderMap::with_capacity(req.trace.len() + 1);
             for f in &req.trace {
                 let (Ok(n), Ok(v)) = (
@@ -171,6 +180,14 @@ impl Lean {
             };
             legs.second = Some(LegRequest::new(spans, observed));
         }
+        // The request as the app receives it, registered while it is in flight in a pod
+        // that propagates context (the destination's, on a one-pass hop).
+        let cause = match &self.through {
+            Some(t) => t.through.dest.propagation.as_ref(),
+            None if self.conn.dir == Direction::Inbound => pod.propagation.as_ref(),
+            None => None,
+        }
+        .map(|prop| prop.inbound(trace.clone(), true));
         self.build_request_head(trace.as_ref());
         let close_after = self.req.close;
         let head_request = method == Method::HEAD;
@@ -192,6 +209,11 @@ impl Lean {
                 Ok(u) => u,
                 Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             };
+            if let Some(cause) = &cause {
+                if let (Ok(from), Ok(to)) = (up.local_addr(), up.peer_addr()) {
+                    cause.sending_on(from, to);
+                }
+            }
             let sent = match up.write_all(&self.out).await {
                 Ok(()) => self.response_head(&mut up, client, head_request).await,
                 Err(e) => Err(HeadError::Write(e)),
@@ -205,7 +227,9 @@ impl Lean {
                 Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             }
         };
-        self.response(client, up, opened, legs, close_after).await
+        let after = self.response(client, up, opened, legs, close_after).await;
+        drop(cause);
+        after
     }
 
     /// Makes sure the request's body is in `cbuf` after its head: `Some((bytes, data

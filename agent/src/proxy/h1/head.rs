@@ -10,9 +10,7 @@
 //! or a head over the buffer — is [`Request::Fallback`]: the connection goes on in
 //! hyper, which answers it exactly as before.
 
-use crate::trace::context::{
-    B3, TRACEPARENT, X_B3_FLAGS, X_B3_PARENTSPANID, X_B3_SAMPLED, X_B3_SPANID, X_B3_TRACEID,
-};
+use crate::trace::context;
 
 /// Header fields a head may have for the lean path (hyper's limit is 100).
 pub const MAX_HEADERS: usize = 64;
@@ -113,17 +111,7 @@ fn eq(a: &str, b: &str) -> bool {
 }
 
 fn is_trace_field(name: &str) -> bool {
-    [
-        TRACEPARENT,
-        B3,
-        X_B3_TRACEID,
-        X_B3_SPANID,
-        X_B3_PARENTSPANID,
-        X_B3_SAMPLED,
-        X_B3_FLAGS,
-    ]
-    .iter()
-    .any(|t| eq(name, t))
+    context::FIELDS.iter().any(|n| eq(name, n))
 }
 
 /// The start line of a complete head: up to its first LF, without the CR before it (a

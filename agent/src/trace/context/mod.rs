@@ -39,6 +39,18 @@ pub const X_B3_SAMPLED: &str = "x-b3-sampled";
 /// B3 multi: debug flag (`1`).
 pub const X_B3_FLAGS: &str = "x-b3-flags";
 
+/// The fields that carry trace context in any format ([`TRACESTATE`] is not one: it
+/// goes with `traceparent` and is never parsed or changed).
+pub const FIELDS: [&str; 7] = [
+    TRACEPARENT,
+    B3,
+    X_B3_TRACEID,
+    X_B3_SPANID,
+    X_B3_PARENTSPANID,
+    X_B3_SAMPLED,
+    X_B3_FLAGS,
+];
+
 /// W3C trace-flags bit 0: the caller may have recorded trace data.
 pub const FLAG_SAMPLED: u8 = 0x01;
 /// W3C trace-flags bit 1 (Trace Context Level 2): at least the right-most 7
