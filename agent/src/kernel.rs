@@ -120,6 +120,12 @@ pub const FEATURES: &[Feature] = &[
         used_for: "keying the original destination by network namespace",
         required: true,
     },
+    Feature {
+        what: "sock_send_length and sock_recv_length tracepoints",
+        since: Release(6, 3),
+        used_for: "context propagation's by-thread rule only (without them: exclusivity alone)",
+        required: false,
+    },
 ];
 
 /// The oldest release that has every required feature.
@@ -193,13 +199,19 @@ mod tests {
 
     #[test]
     fn new_kernels_lack_nothing() {
-        for r in [
-            "5.15.0-91-generic",
-            "6.1.0-57-amd64",
-            "6.12.117+deb12-amd64",
-            "6.18.44",
-        ] {
+        for r in ["6.12.117+deb12-amd64", "6.18.44", "6.3.0"] {
             assert_eq!(missing(r).expect("parses"), Vec::<&Feature>::new(), "{r}");
+            assert!(require(r).is_ok(), "{r}");
+        }
+        // From the floor to 6.2 only the by-thread rule of context propagation is
+        // missing, an optional feature: they run.
+        for r in ["5.15.0-91-generic", "6.1.0-57-amd64", "6.2.16"] {
+            let names: Vec<&str> = missing(r).expect("parses").iter().map(|f| f.what).collect();
+            assert_eq!(
+                names,
+                ["sock_send_length and sock_recv_length tracepoints"],
+                "{r}"
+            );
             assert!(require(r).is_ok(), "{r}");
         }
     }
@@ -216,7 +228,8 @@ mod tests {
             names,
             [
                 "SO_NETNS_COOKIE socket option",
-                "bpf_get_netns_cookie() in sock_ops programs"
+                "bpf_get_netns_cookie() in sock_ops programs",
+                "sock_send_length and sock_recv_length tracepoints"
             ]
         );
         let err = require("5.10.0-30-amd64").expect_err("refused");
@@ -244,7 +257,7 @@ mod tests {
         // RHEL 8's 4.18: everything from 4.19 on.
         assert_eq!(
             missing("4.18.0-553.el8_10.x86_64").expect("parses").len(),
-            6
+            7
         );
         assert!(require("garbage").is_err());
     }
