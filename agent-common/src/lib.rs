@@ -106,7 +106,8 @@ pub const SOCK_INBOUND: u32 = 1;
 pub const SOCK_OUTBOUND: u32 = 2;
 
 /// Value of [`maps::SOCK_THREADS`]: the thread that last read ([`SOCK_INBOUND`]) or
-/// wrote ([`SOCK_OUTBOUND`]) on an app socket, and when.
+/// wrote ([`SOCK_OUTBOUND`]) on an app socket, and when; for an inbound socket also
+/// when the app last wrote on it (its response).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockThread {
@@ -116,6 +117,8 @@ pub struct SockThread {
     pub tid: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the read or write returned.
     pub ns: u64,
+    /// Inbound socket: `bpf_ktime_get_ns()` of the app's last write on it (0: none).
+    pub write_ns: u64,
 }
 
 /// An original destination as the application asked for it.

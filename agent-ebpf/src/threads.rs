@@ -1,7 +1,8 @@
 //! Raw tracepoints `sock_send_length` and `sock_recv_length` (every socket send and
 //! receive, in the calling thread, after the call): for the app sockets of pods that
 //! propagate context (`SOCK_THREADS`, filled by connect4/6 and sock_ops), note which
-//! thread last wrote an outbound socket and which last read an inbound one, and when.
+//! thread last wrote an outbound socket and which last read an inbound one, and when
+//! (and when the app last wrote on an inbound one: its response).
 //! Facts only: the agent decides which inbound request an outbound one belongs to
 //! (docs/TRACING.md, "Context propagation by the agent").
 //!
@@ -67,10 +68,12 @@ fn note(ctx: &RawTracePointContext, kind: u32) {
     // SAFETY: a map value of this program's map; a concurrent writer can only store
     // another thread's id, which is as good a fact as this one.
     unsafe {
-        if (*entry).kind != kind {
-            return;
+        if (*entry).kind == kind {
+            (*entry).tid = bpf_get_current_pid_tgid() as u32;
+            (*entry).ns = bpf_ktime_get_ns();
+        } else if kind == SOCK_OUTBOUND {
+            // A write on an inbound socket: the app answers.
+            (*entry).write_ns = bpf_ktime_get_ns();
         }
-        (*entry).tid = bpf_get_current_pid_tgid() as u32;
-        (*entry).ns = bpf_ktime_get_ns();
     }
 }

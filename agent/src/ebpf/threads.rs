@@ -34,8 +34,10 @@ pub struct ThreadId(pub u32);
 pub struct LastUse {
     /// Who.
     pub thread: ThreadId,
-    /// When (CLOCK_MONOTONIC nanoseconds; for a read, when it returned).
+    /// When (CLOCK_MONOTONIC nanoseconds, when the call returned).
     pub at_ns: u64,
+    /// Inbound socket: when the app last wrote on it (0: never).
+    pub wrote_ns: u64,
 }
 
 /// The maps and program state; `None` in [`Datapath`] when the programs did not load.
@@ -179,6 +181,7 @@ impl Datapath {
         (v.tid != 0).then_some(LastUse {
             thread: ThreadId(v.tid),
             at_ns: v.ns,
+            wrote_ns: v.write_ns,
         })
     }
 }

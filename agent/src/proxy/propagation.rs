@@ -11,9 +11,10 @@
 //! else is ambiguous and nothing is added. Never a guess.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use http::HeaderMap;
@@ -27,6 +28,9 @@ use crate::{
 /// Threads remembered as serving several requests at once (event loops); past this
 /// many the set starts again.
 const MAX_MULTIPLEXING: usize = 4096;
+/// How long a thread seen serving several requests at once is not trusted by the
+/// by-thread rule (seen again, the time starts again).
+const MULTIPLEXING_TTL: Duration = Duration::from_secs(10);
 
 /// What the app's end of an inbound request's connection is known as.
 #[derive(Debug, Clone, Copy)]
@@ -52,15 +56,14 @@ struct Entry {
     /// The trace fields as forwarded to the app (`None`: it carried no context).
     context: Option<Arc<HeaderMap>>,
     app: AppEnd,
-    /// The thread that read it, once known.
-    reader: Option<ThreadId>,
 }
 
 #[derive(Default)]
 struct Inflight {
     next_id: u64,
     entries: Vec<Entry>,
-    multiplexing: HashSet<ThreadId>,
+    /// Threads seen serving several requests at once, and when.
+    multiplexing: HashMap<ThreadId, Instant>,
 }
 
 /// One pod's propagation state.
@@ -126,7 +129,6 @@ impl InboundGuard {
                 sent_ns,
                 socket: None,
             };
-            e.reader = None;
         }
     }
 }
@@ -165,7 +167,6 @@ impl Propagation {
             } else {
                 AppEnd::Unknown
             },
-            reader: None,
         });
         drop(g);
         InboundGuard {
@@ -189,7 +190,11 @@ impl Propagation {
         } else {
             vec![Reader::Unknown; g.entries.len()]
         };
-        let multiplexing = writer.is_some_and(|w| g.multiplexing.contains(&w));
+        let multiplexing = writer.is_some_and(|w| {
+            g.multiplexing
+                .get(&w)
+                .is_some_and(|seen| seen.elapsed() < MULTIPLEXING_TTL)
+        });
         let decision = decide(&candidates, writer, multiplexing);
         let link = match decision {
             Decision::Linked(i) => g.entries[i].context.clone(),
@@ -198,7 +203,7 @@ impl Propagation {
                     if g.multiplexing.len() >= MAX_MULTIPLEXING {
                         g.multiplexing.clear();
                     }
-                    g.multiplexing.insert(w);
+                    g.multiplexing.insert(w, Instant::now());
                 }
                 None
             }
@@ -253,15 +258,20 @@ pub enum Reader {
     Unknown,
     /// Not read by the app yet (so it caused nothing yet).
     NotRead,
-    /// Read by this thread.
-    Thread(ThreadId),
+    /// Read by `thread`, last at `read_ns`; the app wrote on its connection (began
+    /// its response) at `answered_ns`, if it did since (CLOCK_MONOTONIC ns).
+    Thread {
+        /// The reading thread.
+        thread: ThreadId,
+        /// Its last read.
+        read_ns: u64,
+        /// The app's first write after it, if any.
+        answered_ns: Option<u64>,
+    },
 }
 
-/// Resolves (and caches) who read `e`.
+/// Resolves who read `e` and whether the app has answered it.
 fn reader(datapath: &Datapath, e: &mut Entry) -> Reader {
-    if let Some(t) = e.reader {
-        return Reader::Thread(t);
-    }
     let AppEnd::Conn {
         from,
         to,
@@ -282,10 +292,11 @@ fn reader(datapath: &Datapath, e: &mut Entry) -> Reader {
         },
     };
     match datapath.last_use(sock) {
-        Some(u) if u.at_ns >= *sent_ns => {
-            e.reader = Some(u.thread);
-            Reader::Thread(u.thread)
-        }
+        Some(u) if u.at_ns >= *sent_ns => Reader::Thread {
+            thread: u.thread,
+            read_ns: u.at_ns,
+            answered_ns: (u.wrote_ns > u.at_ns).then_some(u.wrote_ns),
+        },
         _ => Reader::NotRead,
     }
 }
@@ -307,9 +318,12 @@ pub enum Decision {
 /// Which inbound request in flight (`candidates`, one per request, what is known of
 /// its reader) caused an outbound request written by `writer` (`None`: unknown):
 /// - exclusivity: exactly one in flight → that one, whatever the threading model;
-/// - by thread: the writer read exactly one of them, every other one's reader is
-///   known (or it is not read yet), and the writer was never seen reading several at
-///   once (`multiplexing`) → that one;
+/// - by thread: the writer is serving exactly one of them — it read exactly one that
+///   the app has not answered yet, and read it after answering every other one it
+///   read (a thread that reads a request before answering the previous one serves
+///   several at once: an event loop) — every other request's reader is known (or it
+///   is not read yet), and the writer was not seen serving several at once lately
+///   (`multiplexing`) → that one;
 /// - otherwise ambiguous.
 pub fn decide(candidates: &[Reader], writer: Option<ThreadId>, multiplexing: bool) -> Decision {
     match candidates.len() {
@@ -323,16 +337,31 @@ pub fn decide(candidates: &[Reader], writer: Option<ThreadId>, multiplexing: boo
     if multiplexing || candidates.contains(&Reader::Unknown) {
         return Decision::Ambiguous;
     }
-    let mut read_by_writer = candidates
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| **r == Reader::Thread(w))
-        .map(|(i, _)| i);
-    match (read_by_writer.next(), read_by_writer.next()) {
-        (Some(i), None) => Decision::Linked(i),
-        (Some(_), Some(_)) => Decision::Multiplexing,
-        (None, _) => Decision::Ambiguous,
+    let read_by_writer = || {
+        candidates
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, r)| match *r {
+                Reader::Thread {
+                    thread,
+                    read_ns,
+                    answered_ns,
+                } if thread == w => Some((i, read_ns, answered_ns)),
+                _ => None,
+            })
+    };
+    let mut serving = read_by_writer().filter(|(_, _, answered)| answered.is_none());
+    let (i, read_ns) = match (serving.next(), serving.next()) {
+        (Some((i, read_ns, _)), None) => (i, read_ns),
+        (Some(_), Some(_)) => return Decision::Multiplexing,
+        (None, _) => return Decision::Ambiguous,
+    };
+    // Answered ones must have been answered before the writer read this one.
+    let overlapped = read_by_writer().any(|(_, _, answered)| answered.is_some_and(|a| a > read_ns));
+    if overlapped {
+        return Decision::Multiplexing;
     }
+    Decision::Linked(i)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock of `bpf_ktime_get_ns`).
@@ -355,6 +384,15 @@ mod tests {
     const T1: ThreadId = ThreadId(101);
     const T2: ThreadId = ThreadId(102);
 
+    /// Read by `t` at `read`, answered at `answered`.
+    fn by(t: ThreadId, read: u64, answered: Option<u64>) -> Reader {
+        Reader::Thread {
+            thread: t,
+            read_ns: read,
+            answered_ns: answered,
+        }
+    }
+
     #[test]
     fn nothing_in_flight_is_none() {
         assert_eq!(decide(&[], Some(T1), false), Decision::None);
@@ -363,7 +401,12 @@ mod tests {
 
     #[test]
     fn exactly_one_in_flight_is_linked_whatever_the_threads() {
-        for r in [Reader::Unknown, Reader::NotRead, Reader::Thread(T2)] {
+        for r in [
+            Reader::Unknown,
+            Reader::NotRead,
+            by(T2, 5, None),
+            by(T1, 5, Some(9)),
+        ] {
             assert_eq!(decide(&[r], None, false), Decision::Linked(0));
             assert_eq!(decide(&[r], Some(T1), true), Decision::Linked(0));
         }
@@ -371,29 +414,44 @@ mod tests {
 
     #[test]
     fn the_writer_serving_exactly_one_is_linked() {
-        let c = [Reader::Thread(T2), Reader::Thread(T1), Reader::NotRead];
+        let c = [by(T2, 10, None), by(T1, 20, None), Reader::NotRead];
         assert_eq!(decide(&c, Some(T1), false), Decision::Linked(1));
         assert_eq!(decide(&c, Some(T2), false), Decision::Linked(0));
     }
 
     #[test]
+    fn a_thread_that_answered_and_read_the_next_serves_the_next() {
+        // T1 answered one request (at 15) and then read another (at 20) before the
+        // agent relayed the answer: its write belongs to the new one.
+        let c = [by(T1, 10, Some(15)), by(T1, 20, None)];
+        assert_eq!(decide(&c, Some(T1), false), Decision::Linked(1));
+    }
+
+    #[test]
     fn an_event_loop_reading_several_is_never_linked() {
-        let c = [Reader::Thread(T1), Reader::Thread(T1)];
+        // Two read and neither answered.
+        let c = [by(T1, 10, None), by(T1, 20, None)];
         assert_eq!(decide(&c, Some(T1), false), Decision::Multiplexing);
-        // Once seen multiplexing, not trusted even when it reads one at the time.
-        let c = [Reader::Thread(T1), Reader::NotRead];
+        // One answered, but only after the other was read: both were being served.
+        let c = [by(T1, 10, Some(30)), by(T1, 20, None)];
+        assert_eq!(decide(&c, Some(T1), false), Decision::Multiplexing);
+        // Once seen multiplexing, not trusted even when it reads one at a time.
+        let c = [by(T1, 10, None), Reader::NotRead];
         assert_eq!(decide(&c, Some(T1), true), Decision::Ambiguous);
     }
 
     #[test]
     fn unknown_writer_or_reader_is_ambiguous() {
-        let c = [Reader::Thread(T1), Reader::Thread(T2)];
+        let c = [by(T1, 10, None), by(T2, 20, None)];
         assert_eq!(decide(&c, None, false), Decision::Ambiguous);
         // A request whose reader cannot be known might have been read by the writer.
-        let c = [Reader::Thread(T1), Reader::Unknown];
+        let c = [by(T1, 10, None), Reader::Unknown];
         assert_eq!(decide(&c, Some(T1), false), Decision::Ambiguous);
-        // A writer that read none of them (work handed to another thread).
-        let c = [Reader::Thread(T1), Reader::Thread(T2)];
+        // A writer that read none of them (work handed to another thread), or only
+        // requests it has answered.
+        let c = [by(T1, 10, None), by(T2, 20, None)];
         assert_eq!(decide(&c, Some(ThreadId(7)), false), Decision::Ambiguous);
+        let c = [by(T1, 10, Some(12)), by(T2, 20, None)];
+        assert_eq!(decide(&c, Some(T1), false), Decision::Ambiguous);
     }
 }

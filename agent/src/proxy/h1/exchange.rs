@@ -161,6 +161,7 @@ impl Lean {
         let mut legs = Legs {
             first: LegRequest::new(spans, observed),
             second: None,
+            cause: None,
         };
         if let Some(t) = &self.through {
             // The destination's inbound leg starts where the caller's CLIENT span does,
@@ -182,7 +183,7 @@ impl Lean {
         }
         // The request as the app receives it, registered while it is in flight in a pod
         // that propagates context (the destination's, on a one-pass hop).
-        let cause = match &self.through {
+        legs.cause = match &self.through {
             Some(t) => t.through.dest.propagation.as_ref(),
             None if self.conn.dir == Direction::Inbound => pod.propagation.as_ref(),
             None => None,
@@ -209,7 +210,7 @@ impl Lean {
                 Ok(u) => u,
                 Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             };
-            if let Some(cause) = &cause {
+            if let Some(cause) = &legs.cause {
                 if let (Ok(from), Ok(to)) = (up.local_addr(), up.peer_addr()) {
                     cause.sending_on(from, to);
                 }
@@ -227,9 +228,7 @@ impl Lean {
                 Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             }
         };
-        let after = self.response(client, up, opened, legs, close_after).await;
-        drop(cause);
-        after
+        self.response(client, up, opened, legs, close_after).await
     }
 
     /// Makes sure the request's body is in `cbuf` after its head: `Some((bytes, data

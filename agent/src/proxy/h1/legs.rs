@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use http::StatusCode;
 
-use crate::{golden::RequestObservation, trace::http::RequestSpans};
+use crate::{
+    golden::RequestObservation, proxy::propagation::InboundGuard, trace::http::RequestSpans,
+};
 
 /// One leg's record of a request.
 pub(super) struct LegRequest {
@@ -29,6 +31,9 @@ impl LegRequest {
 pub(super) struct Legs {
     pub first: LegRequest,
     pub second: Option<LegRequest>,
+    /// The request as the app receives it, registered in a pod that propagates
+    /// context while it is in flight (dropped with the legs).
+    pub cause: Option<InboundGuard>,
 }
 
 impl Legs {
@@ -64,6 +69,7 @@ impl Legs {
 
     /// The response is over at `end` (`error`: why it did not complete).
     pub fn complete(self, end: SystemTime, error: Option<String>) {
+        drop(self.cause);
         for mut l in [Some(self.first), self.second].into_iter().flatten() {
             if error.is_none() {
                 l.observed.complete();
@@ -76,6 +82,7 @@ impl Legs {
 
     /// No response came: the proxy answers `status` itself.
     pub fn failed(self, status: StatusCode, error: String) {
+        drop(self.cause);
         for mut l in [Some(self.first), self.second].into_iter().flatten() {
             if let Some(s) = l.spans {
                 s.failed(status, error.clone());
