@@ -7,6 +7,8 @@
 //! SERVER → inbound CLIENT (resource: the called pod). [`hops`] finds them, checks
 //! that every proxy span belongs to exactly one complete hop, and says what is
 //! wrong otherwise.
+//! [`verify_path`] finds a trace of the demo app (deploy/examples) whose hops follow
+//! a given path of Deployments (`cargo xtask kind`, `cargo xtask cluster`).
 //!
 //! This file depends on `std` and `anyhow` only: xtask compiles it as its own
 //! module (`#[path]`), so that `cargo xtask` builds without the lab's dependencies.
