@@ -14,6 +14,10 @@
 //! confirming a graceful deletion). Processes are killed on drop (and die with the
 //! test process: `PR_SET_PDEATHSIG`).
 //!
+//! [`ControlPlane::start_with`] serves on another address and with the `ServiceAccount`
+//! admission plugin on, for a real node (the kubelet and pods reach it over a bridge,
+//! a controller-manager mints token secrets): [`crate::node`].
+//!
 //! The binary: `$HOPTRACE_KUBE_APISERVER`, else where `cargo xtask kube-apiserver`
 //! caches it, `${XDG_CACHE_HOME:-$HOME/.cache}/hoptrace/kube/kube-apiserver-v1.20.2`.
 //! Missing, the start fails and says how to build it (tests are never skipped for it).
@@ -26,7 +30,7 @@ pub use certs::Certs;
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,20 +67,26 @@ pub fn apiserver_binary() -> Result<PathBuf> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("finding a free port")?
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A free TCP port on `addr`.
+pub(crate) fn free_port_on(addr: IpAddr) -> Result<u16> {
+    Ok(TcpListener::bind(SocketAddr::new(addr, 0))
+        .with_context(|| format!("finding a free port on {addr}"))?
         .local_addr()?
         .port())
 }
 
 /// A child process killed on drop, dying with the test process.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Proc> {
+    /// Starts `cmd` with its output in `log`.
+    pub(crate) fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Proc> {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null())
@@ -97,7 +107,8 @@ impl Proc {
         Ok(Proc { name, child })
     }
 
-    fn check_running(&mut self, log: &Path) -> Result<()> {
+    /// Fails with the end of `log` when the process has exited.
+    pub(crate) fn check_running(&mut self, log: &Path) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
@@ -112,6 +123,13 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -119,9 +137,31 @@ impl Drop for Proc {
     }
 }
 
+/// Where and how the API server serves ([`ControlPlane::start_with`]).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The address it listens on and advertises (default `127.0.0.1`).
+    pub addr: IpAddr,
+    /// The `ServiceAccount` admission plugin on (pods get a token volume; needs a
+    /// controller-manager minting token secrets). Default off: the tests mint tokens
+    /// with the TokenRequest API.
+    pub service_accounts: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            service_accounts: false,
+        }
+    }
+}
+
 /// etcd and kube-apiserver on loopback. See the module docs.
 pub struct ControlPlane {
     dir: PathBuf,
+    opts: Options,
+    admin_kubeconfig: PathBuf,
     certs: Certs,
     etcd_port: u16,
     port: u16,
@@ -136,18 +176,30 @@ impl ControlPlane {
     /// Starts etcd and the API server with state under `dir`, applies `deploy/base`
     /// and writes the agent's kubeconfig.
     pub fn start(dir: &Path) -> Result<ControlPlane> {
+        Self::start_with(dir, &Options::default())
+    }
+
+    /// [`ControlPlane::start`] with other [`Options`].
+    pub fn start_with(dir: &Path, opts: &Options) -> Result<ControlPlane> {
         let bin = apiserver_binary()?;
         let dir = dir.join("kube");
         std::fs::create_dir_all(&dir)?;
-        let certs = Certs::generate(&dir.join("pki"))?;
-        let port = free_port()?;
+        let extra: Vec<IpAddr> = Some(opts.addr)
+            .filter(|a| !a.is_loopback())
+            .into_iter()
+            .collect();
+        let certs = Certs::generate(&dir.join("pki"), &extra)?;
+        let port = free_port_on(opts.addr)?;
+        let server = SocketAddr::new(opts.addr, port);
         let admin_kubeconfig = dir.join("admin.kubeconfig");
-        write_kubeconfig(&admin_kubeconfig, port, &certs, None)?;
+        write_kubeconfig(&admin_kubeconfig, server, &certs, None)?;
         // Builds the client only: nothing is connected before the server is up.
         let admin = Admin::connect(&admin_kubeconfig)?;
         let mut cp = ControlPlane {
             agent_kubeconfig: dir.join("agent.kubeconfig"),
             dir,
+            opts: opts.clone(),
+            admin_kubeconfig,
             certs,
             etcd_port: free_port()?,
             port,
@@ -160,7 +212,7 @@ impl ControlPlane {
         cp.start_apiserver_with(&bin)?;
         cp.admin.apply_deploy_base()?;
         let token = cp.admin.service_account_token("hoptrace", "hoptrace")?;
-        write_kubeconfig(&cp.agent_kubeconfig, port, &cp.certs, Some(&token))?;
+        write_kubeconfig(&cp.agent_kubeconfig, server, &cp.certs, Some(&token))?;
         Ok(cp)
     }
 
@@ -176,7 +228,17 @@ impl ControlPlane {
 
     /// The API server's address.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.opts.addr, self.port)
+    }
+
+    /// The admin's kubeconfig (`system:masters`, a client certificate).
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// The keys and certificates.
+    pub fn certs(&self) -> &Certs {
+        &self.certs
     }
 
     fn start_etcd(&mut self) -> Result<()> {
@@ -211,16 +273,20 @@ impl ControlPlane {
     fn start_apiserver_with(&mut self, bin: &Path) -> Result<()> {
         let c = &self.certs;
         let mut cmd = Command::new(bin);
+        if !self.opts.service_accounts {
+            // No controller-manager mints service-account token secrets: tokens
+            // come from the TokenRequest API, and pods get no token volume.
+            cmd.arg("--disable-admission-plugins=ServiceAccount");
+        }
         cmd.args([
             &format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            &format!("--bind-address={}", self.opts.addr),
+            &format!("--advertise-address={}", self.opts.addr),
             &format!("--secure-port={}", self.port),
             "--insecure-port=0",
             "--authorization-mode=RBAC",
-            // No controller-manager mints service-account token secrets: tokens
-            // come from the TokenRequest API, and pods get no token volume.
-            "--disable-admission-plugins=ServiceAccount",
+            // Logs and exec go to the kubelet by the node's address, not its name.
+            "--kubelet-preferred-address-types=InternalIP",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.96.0.0/24",
@@ -304,9 +370,14 @@ impl ControlPlane {
     }
 }
 
-/// Writes a kubeconfig for the API server on `port`: the admin's client certificate,
+/// Writes a kubeconfig for the API server at `server`: the admin's client certificate,
 /// or `token`.
-fn write_kubeconfig(path: &Path, port: u16, certs: &Certs, token: Option<&str>) -> Result<()> {
+fn write_kubeconfig(
+    path: &Path,
+    server: SocketAddr,
+    certs: &Certs,
+    token: Option<&str>,
+) -> Result<()> {
     let user = match token {
         Some(t) => format!("    token: {t}\n"),
         None => format!(
@@ -316,7 +387,7 @@ fn write_kubeconfig(path: &Path, port: u16, certs: &Certs, token: Option<&str>) 
         ),
     };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: test\n  context:\n    cluster: test\n    user: u\ncurrent-context: test\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{server}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: test\n  context:\n    cluster: test\n    user: u\ncurrent-context: test\n",
         certs.ca.display(),
     );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))

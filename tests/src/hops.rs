@@ -7,6 +7,8 @@
 //! SERVER → inbound CLIENT (resource: the called pod). [`hops`] finds them, checks
 //! that every proxy span belongs to exactly one complete hop, and says what is
 //! wrong otherwise.
+//! [`verify_path`] finds a trace of the demo app (deploy/examples) whose hops follow
+//! a given path of Deployments (`cargo xtask kind`, `cargo xtask cluster`).
 //!
 //! This file depends on `std` and `anyhow` only: xtask compiles it as its own
 //! module (`#[path]`), so that `cargo xtask` builds without the lab's dependencies.
@@ -253,6 +255,73 @@ pub fn hops(spans: &[HopSpan]) -> anyhow::Result<Vec<Hop>> {
     };
     found.sort_by_cached_key(|h| (h.trace_id.clone(), depth(h), h.spans[0].clone()));
     Ok(found)
+}
+
+/// A trace through the demo app that passed the check.
+#[derive(Debug)]
+pub struct Verified {
+    /// The trace.
+    pub trace_id: String,
+    /// Its hops, in order.
+    pub hops: Vec<Hop>,
+    /// Traces checked.
+    pub checked: usize,
+}
+
+/// True when `pod_ref` (`namespace/name`) is a pod of Deployment `deployment` in
+/// `namespace` (`<deployment>-<replicaset hash>-<suffix>`).
+fn is_pod_of(pod_ref: &str, namespace: &str, deployment: &str) -> bool {
+    pod_ref
+        .split_once('/')
+        .is_some_and(|(ns, pod)| ns == namespace && pod.starts_with(&format!("{deployment}-")))
+}
+
+/// Finds a trace whose proxy spans form complete four-span hops along `path`
+/// (Deployments in `namespace`, e.g. loadgen → frontend → backend), each hop the
+/// child of the one before (the apps forward the context they receive). Other
+/// traces may be incomplete (requests made while pods were being enrolled); when
+/// none passes, the error says why for each.
+pub fn verify_path(spans: &[HopSpan], namespace: &str, path: &[&str]) -> anyhow::Result<Verified> {
+    let traces = by_trace(spans);
+    if traces.is_empty() {
+        anyhow::bail!("no traces yet");
+    }
+    let mut reasons = Vec::new();
+    for (trace_id, spans) in &traces {
+        let found = match hops(spans) {
+            Ok(found) => found,
+            Err(e) => {
+                reasons.push(format!("trace {trace_id}: {e:#}"));
+                continue;
+            }
+        };
+        let on_path = found.len() + 1 == path.len()
+            && found.iter().zip(path.windows(2)).all(|(hop, pair)| {
+                is_pod_of(&hop.client, namespace, pair[0])
+                    && is_pod_of(&hop.server, namespace, pair[1])
+            })
+            && found.windows(2).all(|w| w[1].follows(&w[0]));
+        if on_path {
+            return Ok(Verified {
+                trace_id: trace_id.clone(),
+                hops: found,
+                checked: traces.len(),
+            });
+        }
+        let got: Vec<String> = found.iter().map(Hop::to_string).collect();
+        reasons.push(format!(
+            "trace {trace_id}: hops [{}], want {} (each hop the child of the one before)",
+            got.join(", "),
+            path.join(" -> ")
+        ));
+    }
+    reasons.truncate(5);
+    anyhow::bail!(
+        "none of {} traces has four proxy spans on every hop of {}:\n{}",
+        traces.len(),
+        path.join(" -> "),
+        reasons.join("\n")
+    )
 }
 
 #[cfg(test)]

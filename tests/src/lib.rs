@@ -33,6 +33,7 @@ pub mod lab;
 pub mod metrics;
 pub mod mockotlp;
 pub mod netns;
+pub mod node;
 pub mod otlp;
 pub mod otlp_metrics;
 pub mod pod;

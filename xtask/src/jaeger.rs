@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
-use crate::hops::{self, Hop, HopKind, HopSpan};
+use crate::hops::{HopKind, HopSpan};
 
 /// The answer of `/api/traces`.
 #[derive(Debug, Deserialize)]
@@ -163,76 +163,10 @@ pub fn parse(json: &str) -> anyhow::Result<Vec<HopSpan>> {
     Ok(out)
 }
 
-/// A trace through the demo app that passed the check.
-#[derive(Debug)]
-pub struct Verified {
-    /// The trace.
-    pub trace_id: String,
-    /// Its hops, in order.
-    pub hops: Vec<Hop>,
-    /// Traces checked.
-    pub checked: usize,
-}
-
-/// True when `pod_ref` (`namespace/name`) is a pod of Deployment `deployment` in
-/// `namespace` (`<deployment>-<replicaset hash>-<suffix>`).
-fn is_pod_of(pod_ref: &str, namespace: &str, deployment: &str) -> bool {
-    pod_ref
-        .split_once('/')
-        .is_some_and(|(ns, pod)| ns == namespace && pod.starts_with(&format!("{deployment}-")))
-}
-
-/// Finds a trace whose proxy spans form complete four-span hops along `path`
-/// (Deployments in `namespace`, e.g. loadgen → frontend → backend), each hop the
-/// child of the one before (the apps forward the context they receive). Other
-/// traces may be incomplete (requests made while pods were being enrolled); when
-/// none passes, the error says why for each.
-pub fn verify(spans: &[HopSpan], namespace: &str, path: &[&str]) -> anyhow::Result<Verified> {
-    let traces = hops::by_trace(spans);
-    if traces.is_empty() {
-        bail!("no traces yet");
-    }
-    let mut reasons = Vec::new();
-    for (trace_id, spans) in &traces {
-        let found = match hops::hops(spans) {
-            Ok(found) => found,
-            Err(e) => {
-                reasons.push(format!("trace {trace_id}: {e:#}"));
-                continue;
-            }
-        };
-        let on_path = found.len() + 1 == path.len()
-            && found.iter().zip(path.windows(2)).all(|(hop, pair)| {
-                is_pod_of(&hop.client, namespace, pair[0])
-                    && is_pod_of(&hop.server, namespace, pair[1])
-            })
-            && found.windows(2).all(|w| w[1].follows(&w[0]));
-        if on_path {
-            return Ok(Verified {
-                trace_id: trace_id.clone(),
-                hops: found,
-                checked: traces.len(),
-            });
-        }
-        let got: Vec<String> = found.iter().map(Hop::to_string).collect();
-        reasons.push(format!(
-            "trace {trace_id}: hops [{}], want {} (each hop the child of the one before)",
-            got.join(", "),
-            path.join(" -> ")
-        ));
-    }
-    reasons.truncate(5);
-    bail!(
-        "none of {} traces has four proxy spans on every hop of {}:\n{}",
-        traces.len(),
-        path.join(" -> "),
-        reasons.join("\n")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hops::{verify_path, Hop};
 
     /// A recorded `/api/traces?service=hoptrace-proxy` answer, written by hand
     /// after Jaeger's JSON format: a complete trace of the demo app, one captured
@@ -265,7 +199,7 @@ mod tests {
     #[test]
     fn finds_the_complete_demo_trace() {
         let spans = parse(RECORDED).expect("parse");
-        let v = verify(&spans, "hoptrace-demo", PATH).expect("a complete trace");
+        let v = verify_path(&spans, "hoptrace-demo", PATH).expect("a complete trace");
         assert_eq!(v.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v.checked, 3);
         let hops: Vec<String> = v.hops.iter().map(Hop::to_string).collect();
@@ -285,16 +219,16 @@ mod tests {
             .into_iter()
             .filter(|s| s.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736")
             .collect();
-        let err = verify(&spans, "hoptrace-demo", PATH)
+        let err = verify_path(&spans, "hoptrace-demo", PATH)
             .expect_err("no complete trace")
             .to_string();
         assert!(err.contains("none of 2 traces"), "{err}");
         assert!(err.contains("has no inbound SERVER child"), "{err}");
         assert!(err.contains("want loadgen -> frontend -> backend"), "{err}");
-        assert!(verify(&[], "hoptrace-demo", PATH).is_err());
+        assert!(verify_path(&[], "hoptrace-demo", PATH).is_err());
         // The other namespace: nothing matches.
         let all = parse(RECORDED).expect("parse");
-        assert!(verify(&all, "default", PATH).is_err());
+        assert!(verify_path(&all, "default", PATH).is_err());
     }
 
     #[test]

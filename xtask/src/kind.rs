@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{image, jaeger, run};
+use crate::{hops, image, jaeger, run};
 
 /// The cluster name (`name:` in deploy/kind/cluster.yaml).
 const CLUSTER: &str = "hoptrace";
@@ -145,7 +145,7 @@ fn deploy_and_verify(root: &Path, reused: bool) -> anyhow::Result<()> {
         let path = format!("/api/traces?service={PROXY_SERVICE}&lookback=1h&limit=50");
         let outcome = http_get(forward.addr, &path)
             .and_then(|body| jaeger::parse(&body))
-            .and_then(|spans| jaeger::verify(&spans, DEMO_NS, DEMO_PATH));
+            .and_then(|spans| hops::verify_path(&spans, DEMO_NS, DEMO_PATH));
         match outcome {
             Ok(v) => {
                 println!(

@@ -11,13 +11,16 @@
 //! - `image`: the agent's container image (`deploy/Dockerfile`); needs a Docker engine.
 //! - `kind`: the agent, Jaeger and a demo app in a two-node kind cluster, checked
 //!   end to end through Jaeger's API; needs a Docker engine, kind and kubectl.
+//! - `cluster`: the same check without Docker, on a real one-node cluster of this
+//!   machine (kubelet, containerd, the control plane of the discovery tests);
+//!   `kube-node` builds its kubelet, kube-controller-manager and kube-scheduler.
 //! - `bench [--rounds N] [--duration SECS] [--quick] [--callgrind] [--scaling] ...`: the
 //!   release agent against a direct path, the sidecar model and an L4 relay in the lab,
 //!   instructions per request under callgrind, one agent serving many pods (docs/BENCH.md).
 //! - `vm-test [--kernel 6.1] [--tests ...]`: lab tests inside a qemu VM running a
 //!   Debian kernel, against the agent built here (docs/KERNELS.md).
 
-mod apiserver;
+mod cluster;
 mod fuzz;
 
 // The four-spans-per-hop check shared with the lab tests. Compiled from the tests
@@ -28,6 +31,7 @@ mod hops;
 mod image;
 mod jaeger;
 mod kind;
+mod kube;
 mod setup;
 mod vm;
 
@@ -55,6 +59,9 @@ enum Cmd {
     /// ~/.cache/hoptrace/kube/.
     /// `setup` runs it.
     KubeApiserver,
+    /// Build kubelet, kube-controller-manager and kube-scheduler (the one-node cluster
+    /// of `cluster`) from the same source, unless cached next to kube-apiserver.
+    KubeNode,
     /// Build the eBPF programs and the release `hoptrace` binary.
     Build,
     /// Run setup, then all tests: unit tests and the netns-lab end-to-end tests (root).
@@ -86,6 +93,14 @@ enum Cmd {
     /// engine, kind and kubectl).
     Kind {
         /// Leave the cluster running afterwards (it is deleted otherwise).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the agent's DaemonSet and the demo app as real pods on a one-node cluster
+    /// of this machine (no Docker: kubelet, containerd, bridge CNI; root) and check
+    /// one trace with four proxy spans per hop. Installs what it needs.
+    Cluster {
+        /// Keep the cluster running until Ctrl-C (it is torn down otherwise).
         #[arg(long)]
         keep: bool,
     },
@@ -212,8 +227,15 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::KubeApiserver => {
-            let bin = apiserver::ensure()?;
-            println!("{}", bin.display());
+            for bin in kube::ensure(&[kube::APISERVER])? {
+                println!("{}", bin.display());
+            }
+            Ok(())
+        }
+        Cmd::KubeNode => {
+            for bin in kube::ensure(kube::NODE)? {
+                println!("{}", bin.display());
+            }
             Ok(())
         }
         Cmd::Build => {
@@ -234,7 +256,7 @@ fn main() -> anyhow::Result<()> {
                 .args(["test", "--no-fail-fast"])
                 .env("HOPTRACE_BIN", &bin)
                 .env("HOPTRACE_LABAPP", root.join("target/debug/labapp"))
-                .env("HOPTRACE_KUBE_APISERVER", apiserver::binary()?);
+                .env("HOPTRACE_KUBE_APISERVER", kube::binary(kube::APISERVER)?);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
             }
@@ -263,6 +285,10 @@ fn main() -> anyhow::Result<()> {
             image::build(&root, &tag)
         }
         Cmd::Kind { keep } => kind::run_kind(&root, keep),
+        Cmd::Cluster { keep } => {
+            require_root("the cluster runs containerd and a kubelet and loads eBPF programs")?;
+            cluster::run(&root, keep)
+        }
         Cmd::Bench(args) => bench(&root, &args),
         Cmd::Fuzz { seconds, target } => fuzz::run_fuzz(&root, seconds, target.as_deref()),
         Cmd::VmTest(args) => vm::run(&root, &args),

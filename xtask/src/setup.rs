@@ -82,7 +82,7 @@ pub fn run() -> anyhow::Result<()> {
     python_packages()?;
     node_packages()?;
     // After the Debian packages: etcd; it installs Go 1.19 itself.
-    crate::apiserver::ensure()?;
+    crate::kube::ensure(&[crate::kube::APISERVER])?;
     println!("xtask setup: done");
     Ok(())
 }

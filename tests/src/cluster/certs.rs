@@ -1,6 +1,6 @@
 //! The control plane's keys and certificates (rcgen, ECDSA P-256), written as PEM
 //! files: a CA, the API server's serving certificate (`127.0.0.1`, `localhost`,
-//! `kubernetes.default.svc`), an admin client certificate (group `system:masters`)
+//! `kubernetes.default.svc`, and any further address asked for), an admin client certificate (group `system:masters`)
 //! and the service-account token signing key pair.
 
 use anyhow::{Context, Result};
@@ -31,8 +31,9 @@ pub struct Certs {
 }
 
 impl Certs {
-    /// Generates everything into `dir`.
-    pub fn generate(dir: &Path) -> Result<Certs> {
+    /// Generates everything into `dir`; the serving certificate also names `extra_ips`
+    /// (the address the API server listens on when it is not loopback).
+    pub fn generate(dir: &Path, extra_ips: &[std::net::IpAddr]) -> Result<Certs> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -67,13 +68,19 @@ impl Certs {
             let cert = params.signed_by(&key, &ca)?;
             Ok((cert.pem(), key.serialize_pem()))
         };
+        let mut sans: Vec<String> = [
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default.svc",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        sans.extend(extra_ips.iter().map(|ip| ip.to_string()));
+        let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
         let (serving_cert, serving_key) = leaf(
-            &[
-                "127.0.0.1",
-                "localhost",
-                "kubernetes",
-                "kubernetes.default.svc",
-            ],
+            &sans,
             "kube-apiserver",
             None,
             ExtendedKeyUsagePurpose::ServerAuth,

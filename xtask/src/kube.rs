@@ -1,10 +1,15 @@
-//! `cargo xtask kube-apiserver` (also run by `cargo xtask setup`): builds the real
-//! Kubernetes API server the discovery tests run against (tests/tests/k8s_real.rs),
-//! from Debian's `kubernetes` source package, once, and caches it.
+//! `cargo xtask kube-apiserver` (also run by `cargo xtask setup`) and
+//! `cargo xtask kube-node`: build Kubernetes binaries from Debian's `kubernetes`
+//! source package, once, and cache them: the real API server the discovery tests run
+//! against (tests/tests/k8s_real.rs), and the kubelet, kube-controller-manager and
+//! kube-scheduler of the one-node cluster of `cargo xtask cluster`
+//! (tests/src/node.rs). One call builds every binary asked for that is missing, from
+//! one unpacked source tree.
 //!
-//! The result is cached outside the checkout, so that CI's fresh clones reuse it:
-//! `${XDG_CACHE_HOME:-~/.cache}/hoptrace/kube/kube-apiserver-v1.20.2` (tests/src/cluster.rs
-//! looks there). When it exists and reports the expected version nothing is done.
+//! The results are cached outside the checkout, so that CI's fresh clones reuse them:
+//! `${XDG_CACHE_HOME:-~/.cache}/hoptrace/kube/<name>-v1.20.2` (tests/src/cluster.rs
+//! and tests/src/node.rs look there). A binary that exists and reports the expected
+//! version is not built again.
 //! The build itself happens under `target/kube/` of the workspace: a private apt
 //! configuration (its own `deb-src` list and package lists; the machine's apt sources
 //! are not touched), the downloaded source package, and the unpacked source, GOPATH
@@ -15,11 +20,15 @@
 //! 2. the reflect2 fix for Go ≥ 1.18 (`xtask/patches/`): the vendored
 //!    `modern-go/reflect2` 1.0.1 calls `reflect.mapiterinit` with the pre-1.18
 //!    signature and crashes (nil pointer in `mapiternext`) when iterating a map;
-//! 3. `pkg/generated/openapi/zz_generated.openapi.go`, absent from the tarball,
-//!    generated with the vendored `openapi-gen` over every package tagged
-//!    `+k8s:openapi-gen=` (the selection of Kubernetes' `Makefile.generated_files`);
-//! 4. `go build ./cmd/kube-apiserver` with the version stamped in (`-X` ldflags;
-//!    without them `/version` says v0.0.0).
+//! 3. for kube-apiserver only: `pkg/generated/openapi/zz_generated.openapi.go`,
+//!    absent from the tarball, generated with the vendored `openapi-gen` over every
+//!    package tagged `+k8s:openapi-gen=` (the selection of Kubernetes'
+//!    `Makefile.generated_files`); the other binaries do not import it;
+//! 4. `go build ./cmd/<name>` with the version stamped in (`-X` ldflags; without
+//!    them `/version` says v0.0.0), statically (`CGO_ENABLED=0`).
+//!
+//! On 2 cores: kube-apiserver about 2.5 minutes; kubelet about 4, then
+//! kube-scheduler and kube-controller-manager 1.5 more (they share most packages).
 //!
 //! etcd comes from Debian's `etcd-server` (3.4), installed by `cargo xtask setup`.
 
@@ -33,9 +42,13 @@ use anyhow::{bail, Context as _};
 
 use crate::run as exec;
 
-/// The Kubernetes version the tests run against (tests/src/kube/mod.rs looks for the
-/// binary under this name).
+/// The Kubernetes version the tests run against (tests/src/cluster.rs looks for the
+/// binaries under this name).
 pub const KUBE_VERSION: &str = "v1.20.2";
+/// The API server of the discovery tests.
+pub const APISERVER: &str = "kube-apiserver";
+/// The node's binaries (`cargo xtask kube-node`, `cargo xtask cluster`).
+pub const NODE: &[&str] = &["kubelet", "kube-controller-manager", "kube-scheduler"];
 /// Debian bookworm's source package that holds it.
 const DEBIAN_VERSION: &str = "1.20.5+really1.20.2-1.1+deb12u1";
 /// Debian's Go that builds it (golang-1.19-go installs here, without /usr/bin/go).
@@ -52,18 +65,19 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
     Ok(crate::workspace_root()?.join("target/kube"))
 }
 
-/// The cached binary's path: `${XDG_CACHE_HOME:-$HOME/.cache}/hoptrace/kube/`.
-pub fn binary() -> anyhow::Result<PathBuf> {
+/// The cached binary `name`'s path: `${XDG_CACHE_HOME:-$HOME/.cache}/hoptrace/kube/`.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
     };
     Ok(cache
         .join("hoptrace/kube")
-        .join(format!("kube-apiserver-{KUBE_VERSION}")))
+        .join(format!("{name}-{KUBE_VERSION}")))
 }
 
-/// True when `bin` runs and says it is [`KUBE_VERSION`].
+/// True when `bin` runs and says it is [`KUBE_VERSION`] (`Kubernetes v1.20.2`; the
+/// kubelet and the others print the same).
 fn is_built(bin: &Path) -> bool {
     Command::new(bin)
         .arg("--version")
@@ -75,17 +89,31 @@ fn is_built(bin: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Builds and caches kube-apiserver unless the cached one is there.
-pub fn ensure() -> anyhow::Result<PathBuf> {
-    let bin = binary()?;
-    if is_built(&bin) {
-        return Ok(bin);
+/// Builds and caches each of `names` (`kube-apiserver`, `kubelet`, ...) unless the
+/// cached one is there; returns their paths.
+pub fn ensure(names: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    let bins = names
+        .iter()
+        .map(|n| binary(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let missing: Vec<(&str, &PathBuf)> = names
+        .iter()
+        .copied()
+        .zip(&bins)
+        .filter(|(_, bin)| !is_built(bin))
+        .collect();
+    if missing.is_empty() {
+        return Ok(bins);
     }
     let started = Instant::now();
     packages()?;
     let cache = cache_dir()?;
     let src = fetch_source(&cache)?;
-    println!("xtask: building kube-apiserver {KUBE_VERSION} from Debian's source (a few minutes on 2 cores)");
+    let list: Vec<&str> = missing.iter().map(|(n, _)| *n).collect();
+    println!(
+        "xtask: building {} {KUBE_VERSION} from Debian's source (a few minutes each on 2 cores)",
+        list.join(", ")
+    );
     let gopath = cache.join("gopath");
     let link = gopath.join("src/k8s.io/kubernetes");
     std::fs::create_dir_all(gopath.join("src/k8s.io"))?;
@@ -111,27 +139,29 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     };
     let tools = cache.join("tools");
     std::fs::create_dir_all(&tools)?;
-    let openapi_gen = tools.join("openapi-gen");
-    exec(&mut go(&[
-        "build",
-        "-o",
-        path_str(&openapi_gen)?,
-        "./vendor/k8s.io/kube-openapi/cmd/openapi-gen",
-    ]))?;
-    let inputs = openapi_packages(&src)?;
-    exec(
-        Command::new(&openapi_gen)
-            .args(["--logtostderr", "-i", &inputs.join(",")])
-            .args(["-p", "k8s.io/kubernetes/pkg/generated/openapi"])
-            .args(["-O", "zz_generated.openapi"])
-            .args(["-h", "vendor/k8s.io/code-generator/hack/boilerplate.go.txt"])
-            .args(["-r", path_str(&tools.join("openapi-violations.report"))?])
-            .current_dir(&link)
-            .env("PWD", &link)
-            .env("GOPATH", &gopath)
-            .env("GO111MODULE", "off")
-            .env("GOROOT", GO_ROOT),
-    )?;
+    if list.contains(&APISERVER) {
+        let openapi_gen = tools.join("openapi-gen");
+        exec(&mut go(&[
+            "build",
+            "-o",
+            path_str(&openapi_gen)?,
+            "./vendor/k8s.io/kube-openapi/cmd/openapi-gen",
+        ]))?;
+        let inputs = openapi_packages(&src)?;
+        exec(
+            Command::new(&openapi_gen)
+                .args(["--logtostderr", "-i", &inputs.join(",")])
+                .args(["-p", "k8s.io/kubernetes/pkg/generated/openapi"])
+                .args(["-O", "zz_generated.openapi"])
+                .args(["-h", "vendor/k8s.io/code-generator/hack/boilerplate.go.txt"])
+                .args(["-r", path_str(&tools.join("openapi-violations.report"))?])
+                .current_dir(&link)
+                .env("PWD", &link)
+                .env("GOPATH", &gopath)
+                .env("GO111MODULE", "off")
+                .env("GOROOT", GO_ROOT),
+        )?;
+    }
     let mut ldflags = vec!["-s".to_string(), "-w".to_string()];
     for pkg in ["component-base/version", "client-go/pkg/version"] {
         let p = format!("k8s.io/kubernetes/vendor/k8s.io/{pkg}");
@@ -145,23 +175,31 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
             ldflags.push(format!("-X {p}.{var}={val}"));
         }
     }
-    let tmp = bin.with_file_name(format!("kube-apiserver-{KUBE_VERSION}.partial"));
-    std::fs::create_dir_all(bin.parent().context("binary path has a parent")?)?;
-    exec(&mut go(&[
-        "build",
-        "-p",
-        "2",
-        "-trimpath",
-        "-ldflags",
-        &ldflags.join(" "),
-        "-o",
-        path_str(&tmp)?,
-        "./cmd/kube-apiserver",
-    ]))?;
-    std::fs::rename(&tmp, &bin)?;
-    if !is_built(&bin) {
-        bail!(
-            "{} was built but does not report {KUBE_VERSION}",
+    for (name, bin) in &missing {
+        let tmp = bin.with_file_name(format!("{name}-{KUBE_VERSION}.partial"));
+        std::fs::create_dir_all(bin.parent().context("binary path has a parent")?)?;
+        let one = Instant::now();
+        exec(&mut go(&[
+            "build",
+            "-p",
+            "2",
+            "-trimpath",
+            "-ldflags",
+            &ldflags.join(" "),
+            "-o",
+            path_str(&tmp)?,
+            &format!("./cmd/{name}"),
+        ]))?;
+        std::fs::rename(&tmp, bin)?;
+        if !is_built(bin) {
+            bail!(
+                "{} was built but does not report {KUBE_VERSION}",
+                bin.display()
+            );
+        }
+        println!(
+            "xtask: {name} built in {:.0} s: {}",
+            one.elapsed().as_secs_f64(),
             bin.display()
         );
     }
@@ -171,11 +209,11 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     println!(
-        "xtask: kube-apiserver {KUBE_VERSION} built in {:.0} s: {}",
-        started.elapsed().as_secs_f64(),
-        bin.display()
+        "xtask: {} {KUBE_VERSION} built in {:.0} s",
+        list.join(", "),
+        started.elapsed().as_secs_f64()
     );
-    Ok(bin)
+    Ok(bins)
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {
