@@ -35,6 +35,7 @@ pub mod mockotlp;
 pub mod netns;
 pub mod otlp;
 pub mod otlp_metrics;
+pub mod plainapp;
 pub mod pod;
 pub mod pyapp;
 mod state;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod propchain;
 pub mod pychain;
 pub mod realkube;
 

@@ -1,0 +1,463 @@
+//! Context propagation by the agent (issue 13), end to end: apps that forward no
+//! header and use no tracing library still produce one connected trace when their
+//! pod opts in with `context_propagation: auto`.
+//!
+//! Lab (tests/common/propchain.rs): client (node-1) → web (node-1, opted in) →
+//! backend.py (node-2), one agent per node exporting to the OTLP receiver. The
+//! client sends every request with its own sampled W3C trace; web calls
+//! `/echo/<tag>/<i>` on the backend with no trace header.
+//!
+//! Contract: a context-less outbound request of an opted-in pod is linked to the
+//! inbound request that caused it (the only one in flight, or the only one the
+//! writing thread is serving) and gets the usual four proxy spans under that
+//! request's inbound CLIENT span; otherwise it is forwarded untouched (never a
+//! wrong parent). `hoptrace_propagation_total{result="linked|ambiguous|none"}`
+//! counts each one; a request that carries its own context is never touched.
+
+mod common;
+
+use common::propchain::*;
+use hoptrace_tests::plainapp::{LoadOptions, LoadRun, WebKind};
+use hoptrace_tests::{assert_eventually, require_root, ClientOptions, ReceivedSpan};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How long the metric may take to count a finished request.
+const COUNTED: Duration = Duration::from_secs(30);
+
+/// The propagation counter of `web` at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    linked: f64,
+    ambiguous: f64,
+    none: f64,
+}
+
+impl Counts {
+    fn now(p: &PropLab) -> Counts {
+        Counts {
+            linked: p.propagation("linked"),
+            ambiguous: p.propagation("ambiguous"),
+            none: p.propagation("none"),
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.linked + self.ambiguous + self.none
+    }
+
+    fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            linked: self.linked - before.linked,
+            ambiguous: self.ambiguous - before.ambiguous,
+            none: self.none - before.none,
+        }
+    }
+}
+
+/// What a load run through the plain web produced.
+#[derive(Debug)]
+struct Tally {
+    /// Backend calls made (requests × calls).
+    calls: usize,
+    /// The metric's counts for this run.
+    counts: Counts,
+    /// web→backend hops found in the requests' traces.
+    linked_hops: usize,
+    /// Backend calls that arrived with a traceparent (all must be the right trace).
+    backend_with_context: usize,
+}
+
+/// After `run`: waits until the metric counted every backend call and the spans of
+/// every linked one arrived, then checks that no backend hop (by proxy span or by
+/// what backend.py received) is in another request's trace or under another parent.
+fn tally(p: &PropLab, run: &LoadRun, calls: usize, before: &Counts) -> Tally {
+    let total = run.requests.len() * calls;
+    assert_eventually!(
+        Counts::now(p).since(before).total() >= total as f64,
+        COUNTED,
+        "propagation metric of web counted {} of {total} backend calls:\n{}",
+        Counts::now(p).since(before).total(),
+        propagation_samples(&p.agent1, "web")
+    );
+    let counts = Counts::now(p).since(before);
+    assert_eq!(
+        counts.total(),
+        total as f64,
+        "linked+ambiguous+none must equal the backend calls: {counts:?}"
+    );
+    let tid: HashMap<&str, &str> = run
+        .requests
+        .iter()
+        .map(|r| (r.tag.as_str(), r.trace_id.as_str()))
+        .collect();
+    let traces: HashSet<&str> = tid.values().copied().collect();
+    let ours = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| traces.contains(s.trace_id.as_str()))
+            .cloned()
+            .collect()
+    };
+    let want = 4 * run.requests.len() + 4 * counts.linked as usize;
+    assert_eventually!(
+        ours(&p.otlp.spans()).len() >= want,
+        SPAN_WAIT * 3,
+        "{} of {want} proxy spans arrived (4 per request, 4 per linked call)",
+        ours(&p.otlp.spans()).len()
+    );
+    settle();
+    let all = p.otlp.spans();
+    let spans = ours(&all);
+    assert_eq!(spans.len(), want, "proxy spans of the run's traces");
+
+    // No proxy span of a backend call anywhere but in its own request's trace.
+    let mut wrong = Vec::new();
+    for s in &all {
+        let Some(tag) = s.attr("url.path").and_then(|p| p.strip_prefix("/echo/")) else {
+            continue;
+        };
+        let tag = tag.split('/').next().unwrap_or_default();
+        if let Some(t) = tid.get(tag) {
+            if s.trace_id != *t {
+                wrong.push(format!(
+                    "span {} of /echo/{tag} in trace {}, want {t}",
+                    s.span_id, s.trace_id
+                ));
+            }
+        }
+    }
+    // Every backend hop under its own request's client→web hop.
+    let hops = hops_of(&spans);
+    let first: HashMap<&str, &hoptrace_tests::hops::Hop> = hops
+        .iter()
+        .filter(|h| h.client == "lab/client")
+        .map(|h| (h.trace_id.as_str(), h))
+        .collect();
+    assert_eq!(
+        first.len(),
+        run.requests.len(),
+        "a client→web hop per request"
+    );
+    let mut linked_hops = 0;
+    for hop in hops.iter().filter(|h| h.client == "lab/web") {
+        linked_hops += 1;
+        match first.get(hop.trace_id.as_str()) {
+            Some(f) if hop.follows(f) => {}
+            _ => wrong.push(format!(
+                "backend hop {:?} in trace {} is not under its client→web hop",
+                hop.spans, hop.trace_id
+            )),
+        }
+    }
+    // What backend.py received: a context only of its own request.
+    let mut backend_with_context = 0;
+    for req in &run.requests {
+        let answer = req.answer().expect("web answer");
+        assert_eq!(answer.calls.len(), calls, "{}: {:?}", req.tag, answer.calls);
+        for call in &answer.calls {
+            let seen = call.backend().expect("backend answer");
+            if let Some(tp) = seen.header("traceparent") {
+                backend_with_context += 1;
+                if seen.trace_id != req.trace_id {
+                    wrong.push(format!(
+                        "{} reached backend.py with {tp} (request {} has trace {})",
+                        call.path, req.tag, req.trace_id
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong parents:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(
+        linked_hops, counts.linked as usize,
+        "backend hops vs linked {counts:?}"
+    );
+    assert_eq!(
+        backend_with_context, linked_hops,
+        "backend calls with a context vs linked hops"
+    );
+    Tally {
+        calls: total,
+        counts,
+        linked_hops,
+        backend_with_context,
+    }
+}
+
+/// One request with `calls` backend calls through the plain web: the trace is
+/// whole and the metric counts exactly `calls` linked.
+fn whole(p: &PropLab, tag: &str, calls: usize) {
+    let before = Counts::now(p);
+    let run = p.load(&LoadOptions {
+        calls,
+        prefix: tag.into(),
+        ..Default::default()
+    });
+    check_whole(&p.otlp, &run.requests[0], calls);
+    assert_eventually!(
+        Counts::now(p).since(&before).linked >= calls as f64,
+        COUNTED,
+        "linked {:?} after {calls} linked calls",
+        Counts::now(p).since(&before)
+    );
+    let counts = Counts::now(p).since(&before);
+    assert_eq!((counts.ambiguous, counts.none), (0.0, 0.0), "{counts:?}");
+    assert_eq!(counts.linked, calls as f64, "{counts:?}");
+}
+
+#[test]
+fn threaded_python_web_trace_is_whole() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab(WebApp::Plain(WebKind::Threaded), true);
+    whole(&p, "py", 1);
+}
+
+#[test]
+fn java_thread_pool_web_trace_is_whole_with_two_calls() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab(WebApp::Plain(WebKind::JavaPool), true);
+    whole(&p, "java", 1);
+    whole(&p, "javatwo", 2);
+}
+
+#[test]
+fn threaded_web_under_load_has_no_wrong_parent() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab(WebApp::Plain(WebKind::Threaded), true);
+    let before = Counts::now(&p);
+    let start = Instant::now();
+    let run = p.load(&LoadOptions {
+        count: 500,
+        concurrency: 128,
+        prefix: "load".into(),
+        ..Default::default()
+    });
+    let t = tally(&p, &run, 1, &before);
+    println!(
+        "threaded Python web, 500 requests at concurrency 128 ({:.1?} of load, {:.1?} in all): \
+         linked {}/{} = {:.1}% (ambiguous {}, none {}); backend calls with a context {}",
+        run.elapsed,
+        start.elapsed(),
+        t.linked_hops,
+        t.calls,
+        100.0 * t.linked_hops as f64 / t.calls as f64,
+        t.counts.ambiguous,
+        t.counts.none,
+        t.backend_with_context
+    );
+    assert!(t.linked_hops > 0, "nothing linked: {t:?}");
+}
+
+#[test]
+fn event_loop_web_is_ambiguous_under_concurrency_and_linked_alone() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab(WebApp::Plain(WebKind::NodeLoop), true);
+    let before = Counts::now(&p);
+    let run = p.load(&LoadOptions {
+        count: 50,
+        concurrency: 50,
+        delay_ms: 300,
+        prefix: "loop".into(),
+        ..Default::default()
+    });
+    let t = tally(&p, &run, 1, &before);
+    println!(
+        "Node.js event loop, 50 requests at concurrency 50 (300 ms apart from their calls): \
+         linked {}/{} (ambiguous {}, none {})",
+        t.linked_hops, t.calls, t.counts.ambiguous, t.counts.none
+    );
+    assert!(
+        t.counts.ambiguous > 0.0,
+        "an event loop serving 50 requests at once: {t:?}"
+    );
+
+    let before = Counts::now(&p);
+    let run = p.load(&LoadOptions {
+        count: 10,
+        prefix: "seq".into(),
+        ..Default::default()
+    });
+    let t = tally(&p, &run, 1, &before);
+    println!(
+        "Node.js event loop, 10 requests one at a time: linked {}/{}",
+        t.linked_hops, t.calls
+    );
+    assert_eq!(
+        t.linked_hops, 10,
+        "one request at a time: every call linked: {t:?}"
+    );
+    for req in run.requests.iter().take(2) {
+        check_whole(&p.otlp, req, 1);
+    }
+}
+
+#[test]
+fn sdk_context_is_left_untouched() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab(WebApp::Otel, true);
+    let Web::Otel(web) = &p.web else {
+        unreachable!()
+    };
+    let run =
+        p.py.client(
+            &p.client_pod,
+            &web.url("/work/otel"),
+            &ClientOptions::default(),
+        )
+        .expect("client.py");
+    let req = &run.requests[0];
+    assert_eq!(req.status, 200, "{req:?}");
+    let tid = req.trace_id().expect("trace id");
+    let spans = exactly(&p.otlp, tid, 8);
+    let hops = hops_of(&spans);
+    assert_eq!(hops.len(), 2);
+    let web_spans = web.wait_for_trace(tid, 2, SPAN_WAIT).expect("web.py spans");
+    let web_client = web_spans
+        .iter()
+        .find(|s| s.kind == "CLIENT")
+        .unwrap_or_else(|| panic!("no CLIENT span of web.py: {web_spans:?}"));
+    assert_eq!(
+        hops[1].parent_span_id, web_client.span_id,
+        "the web→backend hop must stay under web.py's own CLIENT span (not {})",
+        hops[0].spans[3]
+    );
+    assert!(!hops[1].follows(&hops[0]));
+    assert_eq!(
+        p.propagation_total(),
+        0.0,
+        "{}",
+        propagation_samples(&p.agent1, "web")
+    );
+}
+
+#[test]
+fn opted_out_pod_is_left_as_today() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab(WebApp::Plain(WebKind::Threaded), false);
+    let run = p.load(&LoadOptions {
+        count: 3,
+        prefix: "out".into(),
+        ..Default::default()
+    });
+    for req in &run.requests {
+        let spans = exactly(&p.otlp, &req.trace_id, 4);
+        let hops = hops_of(&spans);
+        assert_eq!(
+            (hops.len(), hops[0].client.as_str()),
+            (1, "lab/client"),
+            "only the client→web hop"
+        );
+        let answer = req.answer().expect("web answer");
+        let seen = answer.calls[0].backend().expect("backend answer");
+        for h in ["traceparent", "b3", "x-b3-traceid"] {
+            assert_eq!(
+                seen.header(h),
+                None,
+                "{} reached backend.py with {h}",
+                req.tag
+            );
+        }
+    }
+    let all = p.otlp.spans();
+    let echo: Vec<&ReceivedSpan> = all
+        .iter()
+        .filter(|s| s.attr("url.path").is_some_and(|u| u.starts_with("/echo/")))
+        .collect();
+    assert!(
+        echo.is_empty(),
+        "proxy spans of backend calls from an opted-out pod: {echo:?}"
+    );
+    assert_eq!(
+        p.propagation_total(),
+        0.0,
+        "{}",
+        propagation_samples(&p.agent1, "web")
+    );
+}
+
+/// The plain apps themselves, without agents: each web calls the backend as asked
+/// and sends no trace header (so whatever context backend.py sees in the other
+/// tests was put there by the agent).
+#[test]
+fn plain_apps_forward_no_header() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = hoptrace_tests::Lab::new().expect("create lab");
+    lab.add_node("node-1").expect("node-1");
+    lab.add_node("node-2").expect("node-2");
+    let client = lab.add_pod("node-1", "client").expect("client pod");
+    let backend_pod = lab.add_pod("node-2", "backend").expect("backend pod");
+    let py = hoptrace_tests::PyApps::new(&lab).expect("python test apps");
+    let plain = hoptrace_tests::plainapp::PlainApps::new(&lab).expect("plain apps");
+    let backend = py.backend(&backend_pod, 8080).expect("backend.py");
+    for (i, kind) in [WebKind::Threaded, WebKind::JavaPool, WebKind::NodeLoop]
+        .into_iter()
+        .enumerate()
+    {
+        let pod = lab.add_pod("node-1", &format!("web{i}")).expect("web pod");
+        let web = plain
+            .web(kind, &pod, 8080, &backend.url(""))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let run = plain
+            .load(
+                &client,
+                &web,
+                &LoadOptions {
+                    count: 8,
+                    concurrency: 4,
+                    calls: 2,
+                    delay_ms: 20,
+                    prefix: format!("{}-", kind.name()),
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", web.log()));
+        for req in &run.requests {
+            assert_eq!(req.status, 200, "{}: {req:?}\n{}", kind.name(), web.log());
+            let answer = req.answer().expect("web answer");
+            assert_eq!(
+                answer.header("traceparent"),
+                Some(format!("00-{}-{}-01", req.trace_id, req.span_id).as_str()),
+                "{}: the web got the client's context as sent",
+                kind.name()
+            );
+            let paths: Vec<&str> = answer.calls.iter().map(|c| c.path.as_str()).collect();
+            let want: Vec<String> = (0..2).map(|i| format!("/echo/{}/{i}", req.tag)).collect();
+            assert_eq!(paths, want, "{}", kind.name());
+            for call in &answer.calls {
+                let seen = call.backend().expect("backend answer");
+                assert_eq!(seen.path, call.path);
+                for (name, _) in &seen.headers {
+                    let name = name.to_ascii_lowercase();
+                    assert!(
+                        name != "traceparent"
+                            && name != "tracestate"
+                            && name != "b3"
+                            && !name.starts_with("x-b3-"),
+                        "{} sent {name} to the backend: {:?}",
+                        kind.name(),
+                        seen.headers
+                    );
+                }
+            }
+        }
+    }
+}
