@@ -244,6 +244,7 @@ fn threaded_web_under_load_has_no_wrong_parent() {
         prefix: "load".into(),
         ..Default::default()
     });
+    eprintln!("500 requests at concurrency 128 answered in {:.1?}", run.elapsed);
     let t = tally(&p, &run, 1, &before);
     println!(
         "threaded Python web, 500 requests at concurrency 128 ({:.1?} of load, {:.1?} in all): \
