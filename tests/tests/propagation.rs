@@ -78,7 +78,7 @@ fn tally(p: &PropLab, run: &LoadRun, calls: usize, before: &Counts) -> Tally {
         COUNTED,
         "propagation metric of web counted {} of {total} backend calls:\n{}",
         Counts::now(p).since(before).total(),
-        propagation_samples(&p.agent1, "web")
+        propagation_samples(p.web_agent(), "web")
     );
     let counts = Counts::now(p).since(before);
     assert_eq!(
@@ -221,6 +221,15 @@ fn threaded_python_web_trace_is_whole() {
 }
 
 #[test]
+fn threaded_python_web_on_the_backends_node_trace_is_whole() {
+    if !require_root() {
+        return;
+    }
+    let p = prop_lab_on(WebApp::Plain(WebKind::Threaded), true, "node-2");
+    whole(&p, "py2", 2);
+}
+
+#[test]
 fn java_thread_pool_web_trace_is_whole_with_two_calls() {
     if !require_root() {
         return;
@@ -244,7 +253,10 @@ fn threaded_web_under_load_has_no_wrong_parent() {
         prefix: "load".into(),
         ..Default::default()
     });
-    eprintln!("500 requests at concurrency 128 answered in {:.1?}", run.elapsed);
+    eprintln!(
+        "500 requests at concurrency 128 answered in {:.1?}",
+        run.elapsed
+    );
     let t = tally(&p, &run, 1, &before);
     println!(
         "threaded Python web, 500 requests at concurrency 128 ({:.1?} of load, {:.1?} in all): \
@@ -343,7 +355,7 @@ fn sdk_context_is_left_untouched() {
         p.propagation_total(),
         0.0,
         "{}",
-        propagation_samples(&p.agent1, "web")
+        propagation_samples(p.web_agent(), "web")
     );
 }
 
@@ -390,7 +402,7 @@ fn opted_out_pod_is_left_as_today() {
         p.propagation_total(),
         0.0,
         "{}",
-        propagation_samples(&p.agent1, "web")
+        propagation_samples(p.web_agent(), "web")
     );
 }
 

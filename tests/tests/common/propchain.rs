@@ -1,6 +1,6 @@
-//! The lab of the context-propagation tests (issue 13): `client` and `web` on
-//! node-1, `backend` (the instrumented backend.py) on node-2, one agent per node
-//! exporting to an OTLP receiver. `web` runs a plain app (tests/apps/plain_web.*,
+//! The lab of the context-propagation tests (issue 13): `client` on node-1, `web`
+//! on node-1 (or node-2: [`prop_lab_on`]), `backend` (the instrumented backend.py)
+//! on node-2, one agent per node exporting to an OTLP receiver. `web` runs a plain app (tests/apps/plain_web.*,
 //! no tracing library, forwards nothing) or the instrumented web.py, and is opted
 //! in with `context_propagation: auto` unless the test says otherwise.
 
@@ -56,14 +56,20 @@ pub struct PropLab {
     pub lab: Lab,
 }
 
-/// Builds the lab with `app` in `web` (opted in when `opt_in`), starts
+/// Builds the lab with `app` in `web` on node-1 (opted in when `opt_in`), starts
 /// backend.py, the web app and both agents, and waits for them.
 pub fn prop_lab(app: WebApp, opt_in: bool) -> PropLab {
+    prop_lab_on(app, opt_in, "node-1")
+}
+
+/// Like [`prop_lab`] with `web` on `web_node`: on node-1 the client→web hop is
+/// served in one pass and web→backend crosses nodes; on node-2 the other way round.
+pub fn prop_lab_on(app: WebApp, opt_in: bool, web_node: &str) -> PropLab {
     let mut lab = Lab::new().expect("create lab");
     lab.add_node("node-1").expect("node-1");
     lab.add_node("node-2").expect("node-2");
     let client_pod = lab.add_pod("node-1", "client").expect("client pod");
-    lab.add_pod("node-1", "web").expect("web pod");
+    lab.add_pod(web_node, "web").expect("web pod");
     let web_pod = lab
         .set_context_propagation("web", opt_in)
         .expect("opt web in");
@@ -131,9 +137,18 @@ impl PropLab {
         run
     }
 
-    /// `hoptrace_propagation_total{namespace="lab",pod="web",result}` on node-1's agent.
+    /// The agent of web's node.
+    pub fn web_agent(&self) -> &Agent {
+        if self.web_pod.node == "node-1" {
+            &self.agent1
+        } else {
+            &self.agent2
+        }
+    }
+
+    /// `hoptrace_propagation_total{namespace="lab",pod="web",result}` on web's agent.
     pub fn propagation(&self, result: &str) -> f64 {
-        propagation(&self.agent1, "web", result)
+        propagation(self.web_agent(), "web", result)
     }
 
     /// linked + ambiguous + none for `web`.
