@@ -2,12 +2,13 @@
 """Concurrent load client for the context-propagation tests (no tracing library).
 
     plain_load.py --base http://10.1.1.3:8080 --count 500 --concurrency 128 \
-        [--calls N] [--delay-ms D] [--prefix r]
+        [--calls N] [--delay-ms D] [--prefix r] [--propagation tracecontext|b3|b3multi]
 
 Sends COUNT requests ``GET /work/<prefix><i>?calls=N&delay_ms=D`` from
 CONCURRENCY threads (each with its own keep-alive connection, all started
-together), every request with its own sampled W3C context: a fresh random
-trace id and parent span id in ``traceparent: 00-<trace>-<span>-01``.
+together), every request with its own sampled context: a fresh random trace id
+and parent span id in ``traceparent: 00-<trace>-<span>-01`` (default), or
+``b3: <trace>-<span>-1``, or ``X-B3-TraceId``, ``X-B3-SpanId``, ``X-B3-Sampled: 1``.
 Prints one JSON line per request, in request order::
 
     {"tag": "r7", "trace_id": "<32 hex>", "span_id": "<16 hex>", "status": 200,
@@ -34,6 +35,7 @@ def main():
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--prefix", default="r")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--propagation", default="tracecontext", choices=["tracecontext", "b3", "b3multi"])
     args = parser.parse_args()
 
     base = urlsplit(args.base)
@@ -56,8 +58,13 @@ def main():
             out = {"tag": tag, "trace_id": trace_id, "span_id": span_id,
                    "status": 0, "body": None, "error": None}
             path = f"/work/{tag}?calls={args.calls}&delay_ms={args.delay_ms}"
-            headers = {"traceparent": f"00-{trace_id}-{span_id}-01",
-                       "User-Agent": "hoptrace-plainload/1.0"}
+            headers = {"User-Agent": "hoptrace-plainload/1.0"}
+            if args.propagation == "b3":
+                headers["b3"] = f"{trace_id}-{span_id}-1"
+            elif args.propagation == "b3multi":
+                headers.update({"X-B3-TraceId": trace_id, "X-B3-SpanId": span_id, "X-B3-Sampled": "1"})
+            else:
+                headers["traceparent"] = f"00-{trace_id}-{span_id}-01"
             for attempt in range(2):
                 try:
                     if conn is None:

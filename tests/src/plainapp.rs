@@ -17,7 +17,7 @@
 //! compiled once per [`PlainApps`] into `<lab tmp>/plain-java/`.
 
 use crate::pyapp::{self, AppAnswer};
-use crate::{Lab, Pod, PodProcess};
+use crate::{Lab, Pod, PodProcess, Propagation};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -116,6 +116,8 @@ pub struct LoadOptions {
     pub delay_ms: u64,
     /// Tag prefix: request i is `/work/<prefix><i>` (default `r`).
     pub prefix: String,
+    /// The format of each request's context (default W3C `traceparent`).
+    pub propagation: Propagation,
 }
 
 impl Default for LoadOptions {
@@ -126,6 +128,7 @@ impl Default for LoadOptions {
             calls: 1,
             delay_ms: 0,
             prefix: "r".into(),
+            propagation: Propagation::TraceContext,
         }
     }
 }
@@ -321,6 +324,7 @@ impl PlainApps {
             .args(["--calls", &opts.calls.to_string()])
             .args(["--delay-ms", &opts.delay_ms.to_string()])
             .args(["--prefix", &opts.prefix])
+            .args(["--propagation", opts.propagation.env_value()])
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

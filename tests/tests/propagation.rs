@@ -18,7 +18,7 @@ mod common;
 
 use common::propchain::*;
 use hoptrace_tests::plainapp::{LoadOptions, LoadRun, WebKind};
-use hoptrace_tests::{assert_eventually, require_root, ClientOptions, ReceivedSpan};
+use hoptrace_tests::{assert_eventually, require_root, ClientOptions, Propagation, ReceivedSpan};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -197,9 +197,10 @@ fn whole(p: &PropLab, tag: &str, calls: usize) {
     let run = p.load(&LoadOptions {
         calls,
         prefix: tag.into(),
+        propagation: p.propagation,
         ..Default::default()
     });
-    check_whole(&p.otlp, &run.requests[0], calls);
+    check_whole(&p.otlp, &run.requests[0], calls, p.propagation);
     assert_eventually!(
         Counts::now(p).since(&before).linked >= calls as f64,
         COUNTED,
@@ -227,6 +228,22 @@ fn threaded_python_web_on_the_backends_node_trace_is_whole() {
     }
     let p = prop_lab_on(WebApp::Plain(WebKind::Threaded), true, "node-2");
     whole(&p, "py2", 2);
+}
+
+#[test]
+fn b3_contexts_are_added_in_b3() {
+    if !require_root() {
+        return;
+    }
+    for propagation in [Propagation::B3Single, Propagation::B3Multi] {
+        let p = prop_lab_with(
+            WebApp::Plain(WebKind::Threaded),
+            true,
+            "node-1",
+            propagation,
+        );
+        whole(&p, propagation.env_value(), 1);
+    }
 }
 
 #[test]
@@ -314,7 +331,7 @@ fn event_loop_web_is_ambiguous_under_concurrency_and_linked_alone() {
         "one request at a time: every call linked: {t:?}"
     );
     for req in run.requests.iter().take(2) {
-        check_whole(&p.otlp, req, 1);
+        check_whole(&p.otlp, req, 1, Propagation::TraceContext);
     }
 }
 
@@ -440,6 +457,7 @@ fn plain_apps_forward_no_header() {
                     calls: 2,
                     delay_ms: 20,
                     prefix: format!("{}-", kind.name()),
+                    ..Default::default()
                 },
             )
             .unwrap_or_else(|e| panic!("{e:#}\n{}", web.log()));

@@ -11,7 +11,9 @@ use hoptrace_tests::plainapp::{
     LoadOptions, LoadRequest, LoadRun, PlainApps, PlainServer, WebKind,
 };
 use hoptrace_tests::pyapp::PyServer;
-use hoptrace_tests::{Agent, Lab, OtlpReceiver, Pod, PyApps, ReceiverOptions, LAB_NAMESPACE};
+use hoptrace_tests::{
+    Agent, Lab, OtlpReceiver, Pod, Propagation, PyApps, ReceiverOptions, LAB_NAMESPACE,
+};
 
 /// The propagation counter on the agents' `/metrics`.
 pub const PROPAGATION: &str = "hoptrace_propagation_total";
@@ -49,6 +51,8 @@ pub struct PropLab {
     pub plain: PlainApps,
     /// Starts the instrumented apps.
     pub py: PyApps,
+    /// The trace-context format of the apps (and what the client should send).
+    pub propagation: Propagation,
     /// Pods.
     pub client_pod: Pod,
     pub web_pod: Pod,
@@ -65,6 +69,17 @@ pub fn prop_lab(app: WebApp, opt_in: bool) -> PropLab {
 /// Like [`prop_lab`] with `web` on `web_node`: on node-1 the client→web hop is
 /// served in one pass and web→backend crosses nodes; on node-2 the other way round.
 pub fn prop_lab_on(app: WebApp, opt_in: bool, web_node: &str) -> PropLab {
+    prop_lab_with(app, opt_in, web_node, Propagation::TraceContext)
+}
+
+/// Like [`prop_lab_on`], with backend.py (and web.py) reading and writing
+/// `propagation` (the format the load client should send: [`PropLab::propagation`]).
+pub fn prop_lab_with(
+    app: WebApp,
+    opt_in: bool,
+    web_node: &str,
+    propagation: Propagation,
+) -> PropLab {
     let mut lab = Lab::new().expect("create lab");
     lab.add_node("node-1").expect("node-1");
     lab.add_node("node-2").expect("node-2");
@@ -74,7 +89,9 @@ pub fn prop_lab_on(app: WebApp, opt_in: bool, web_node: &str) -> PropLab {
         .set_context_propagation("web", opt_in)
         .expect("opt web in");
     let backend_pod = lab.add_pod("node-2", "backend").expect("backend pod");
-    let py = PyApps::new(&lab).expect("python test apps (run `cargo xtask setup`)");
+    let py = PyApps::new(&lab)
+        .expect("python test apps (run `cargo xtask setup`)")
+        .with_propagation(propagation);
     let plain = PlainApps::new(&lab).expect("plain apps");
     let backend = py.backend(&backend_pod, APP_PORT).expect("backend.py");
     let web = match app {
@@ -99,6 +116,7 @@ pub fn prop_lab_on(app: WebApp, opt_in: bool, web_node: &str) -> PropLab {
         backend,
         plain,
         py,
+        propagation,
         client_pod,
         web_pod,
         backend_pod,
@@ -216,8 +234,14 @@ pub fn exactly(otlp: &OtlpReceiver, tid: &str, n: usize) -> Vec<ReceivedSpan> {
 /// linked: 4 + 4·calls proxy spans in the request's trace; the client→web hop under
 /// the client's span; every web→backend hop (path `/echo/<tag>/<i>`) a child of the
 /// client→web hop's inbound CLIENT span (the context web received); backend.py's
-/// SERVER span a child of its hop's inbound CLIENT span. Returns the hops.
-pub fn check_whole(otlp: &OtlpReceiver, req: &LoadRequest, calls: usize) -> Vec<Hop> {
+/// SERVER span a child of its hop's inbound CLIENT span; web received the
+/// context in `propagation`, the format the client sent. Returns the hops.
+pub fn check_whole(
+    otlp: &OtlpReceiver,
+    req: &LoadRequest,
+    calls: usize,
+    propagation: Propagation,
+) -> Vec<Hop> {
     let tid = &req.trace_id;
     let spans = exactly(otlp, tid, 4 + 4 * calls);
     let ctx = || format!("\nspans of trace {tid}:\n{}", summarize(&spans));
@@ -241,13 +265,26 @@ pub fn check_whole(otlp: &OtlpReceiver, req: &LoadRequest, calls: usize) -> Vec<
         format!("/work/{}", req.tag)
     );
     let answer = req.answer().expect("web answer");
-    let got = answer
-        .header("traceparent")
-        .unwrap_or_else(|| panic!("web got no traceparent: {:?}", answer.headers));
+    let parent = &first.spans[3];
+    let h = |name: &str| answer.header(name).map(str::to_owned);
+    let (got, want) = match propagation {
+        Propagation::TraceContext => (h("traceparent"), Some(format!("00-{tid}-{parent}-01"))),
+        Propagation::B3Single => (
+            h("b3").map(|v| v.split('-').take(3).collect::<Vec<_>>().join("-")),
+            Some(format!("{tid}-{parent}-1")),
+        ),
+        Propagation::B3Multi => (
+            h("x-b3-traceid")
+                .zip(h("x-b3-spanid"))
+                .map(|(t, s)| format!("{t}-{s}")),
+            Some(format!("{tid}-{parent}")),
+        ),
+    };
     assert_eq!(
         got,
-        format!("00-{tid}-{}-01", first.spans[3]),
-        "web must receive the context of the inbound CLIENT span{}",
+        want,
+        "web must receive the context of the inbound CLIENT span ({propagation:?}): {:?}{}",
+        answer.headers,
         ctx()
     );
     assert_eq!(answer.calls.len(), calls, "{answer:?}");
