@@ -17,8 +17,13 @@
 mod common;
 
 use common::propchain::*;
-use hoptrace_tests::plainapp::{LoadOptions, LoadRun, WebKind};
-use hoptrace_tests::{assert_eventually, require_root, ClientOptions, Propagation, ReceivedSpan};
+use common::pychain::APP_PORT;
+use common::realkube::{agent_listens_in, lab_with_control_plane, start_agent, KubePod};
+use hoptrace_tests::plainapp::{LoadOptions, LoadRun, PlainApps, WebKind};
+use hoptrace_tests::{
+    assert_eventually, require_root, ClientOptions, OtlpReceiver, Propagation, PyApps,
+    ReceivedSpan, ReceiverOptions,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -428,72 +433,53 @@ fn opted_out_pod_is_left_as_today() {
     );
 }
 
-/// The plain apps themselves, without agents: each web calls the backend as asked
-/// and sends no trace header (so whatever context backend.py sees in the other
-/// tests was put there by the agent).
+/// In Kubernetes the pod annotation `hoptrace.io/context-propagation: auto` opts
+/// the pod in (real API server, tests/common/realkube.rs; one node, so both hops are
+/// served in one pass): the trace through the plain Python web is whole.
 #[test]
-fn plain_apps_forward_no_header() {
+fn kubernetes_annotation_opts_in() {
     if !require_root() {
         return;
     }
-    let mut lab = hoptrace_tests::Lab::new().expect("create lab");
-    lab.add_node("node-1").expect("node-1");
-    lab.add_node("node-2").expect("node-2");
-    let client = lab.add_pod("node-1", "client").expect("client pod");
-    let backend_pod = lab.add_pod("node-2", "backend").expect("backend pod");
-    let py = hoptrace_tests::PyApps::new(&lab).expect("python test apps");
-    let plain = hoptrace_tests::plainapp::PlainApps::new(&lab).expect("plain apps");
-    let backend = py.backend(&backend_pod, 8080).expect("backend.py");
-    for (i, kind) in [WebKind::Threaded, WebKind::JavaPool, WebKind::NodeLoop]
-        .into_iter()
-        .enumerate()
-    {
-        let pod = lab.add_pod("node-1", &format!("web{i}")).expect("web pod");
-        let web = plain
-            .web(kind, &pod, 8080, &backend.url(""))
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let run = plain
-            .load(
-                &client,
-                &web,
-                &LoadOptions {
-                    count: 8,
-                    concurrency: 4,
-                    calls: 2,
-                    delay_ms: 20,
-                    prefix: format!("{}-", kind.name()),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", web.log()));
-        for req in &run.requests {
-            assert_eq!(req.status, 200, "{}: {req:?}\n{}", kind.name(), web.log());
-            let answer = req.answer().expect("web answer");
-            assert_eq!(
-                answer.header("traceparent"),
-                Some(format!("00-{}-{}-01", req.trace_id, req.span_id).as_str()),
-                "{}: the web got the client's context as sent",
-                kind.name()
-            );
-            let paths: Vec<&str> = answer.calls.iter().map(|c| c.path.as_str()).collect();
-            let want: Vec<String> = (0..2).map(|i| format!("/echo/{}/{i}", req.tag)).collect();
-            assert_eq!(paths, want, "{}", kind.name());
-            for call in &answer.calls {
-                let seen = call.backend().expect("backend answer");
-                assert_eq!(seen.path, call.path);
-                for (name, _) in &seen.headers {
-                    let name = name.to_ascii_lowercase();
-                    assert!(
-                        name != "traceparent"
-                            && name != "tracestate"
-                            && name != "b3"
-                            && !name.starts_with("x-b3-"),
-                        "{} sent {name} to the backend: {:?}",
-                        kind.name(),
-                        seen.headers
-                    );
-                }
-            }
-        }
+    let (mut lab, root, cp) = lab_with_control_plane();
+    cp.admin().create_namespace("lab", &[]).expect("namespace");
+    let inject = ("hoptrace.io/inject", "enabled");
+    let auto = ("hoptrace.io/context-propagation", "auto");
+    let add = |lab: &mut hoptrace_tests::Lab, name: &str, annotations: &[(&str, &str)]| {
+        KubePod::add(lab, &cp, &root, ("lab", name), name, annotations)
+    };
+    let client = add(&mut lab, "client", &[inject]);
+    let web = add(&mut lab, "web", &[inject, auto]);
+    let backend = add(&mut lab, "backend", &[inject]);
+    let py = PyApps::new(&lab).expect("python test apps");
+    let plain = PlainApps::new(&lab).expect("plain apps");
+    let backend_app = py.backend(&backend.pod, APP_PORT).expect("backend.py");
+    let web_app = plain
+        .web(WebKind::Threaded, &web.pod, APP_PORT, &backend_app.url(""))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("OTLP receiver");
+    let args = otlp.agent_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = start_agent(&lab, &cp, &root, &args);
+    agent.wait_ready(common::READY).expect("agent ready");
+    for pod in [&client, &web, &backend] {
+        assert_eventually!(
+            agent_listens_in(&pod.pod),
+            COUNTED,
+            "the agent's listeners in lab/{}",
+            pod.name
+        );
     }
+    let run = plain
+        .load(&client.pod, &web_app, &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(run.requests[0].status, 200, "{:?}", run.requests[0]);
+    check_whole(&otlp, &run.requests[0], 1, Propagation::TraceContext);
+    assert_eventually!(
+        propagation(&agent, "web", "linked") == 1.0,
+        COUNTED,
+        "{}",
+        propagation_samples(&agent, "web")
+    );
+    assert_eq!(propagation(&agent, "backend", "linked"), 0.0);
 }
