@@ -13,7 +13,9 @@
 //
 //     {"app": "plain_web_java", "tag": "<tag>", "thread": "<pool thread>",
 //      "headers": [[name, value], ...],
-//      "calls": [{"path": "/echo/<tag>/0", "status": 200, "body": <backend JSON>, "error": null}]}
+//      "calls": [{"path": "/echo/<tag>/0", "status": 200, "in_flight": 3, "body": <backend JSON>, "error": null}]}
+//
+// in_flight is how many requests the app was serving when it made the call.
 
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
@@ -31,6 +33,8 @@ import java.util.concurrent.Executors;
 
 public class PlainWeb {
     static String backend = "";
+    static final java.util.concurrent.atomic.AtomicInteger inFlight =
+            new java.util.concurrent.atomic.AtomicInteger();
 
     public static void main(String[] args) throws Exception {
         String listen = "0.0.0.0:8080";
@@ -54,6 +58,15 @@ public class PlainWeb {
     }
 
     static void handle(HttpExchange ex) throws IOException {
+        inFlight.incrementAndGet();
+        try {
+            work(ex);
+        } finally {
+            inFlight.decrementAndGet();
+        }
+    }
+
+    static void work(HttpExchange ex) throws IOException {
         try {
             String path = ex.getRequestURI().getPath();
             String[] parts = path.split("/");
@@ -80,6 +93,7 @@ public class PlainWeb {
                 int status = 0;
                 String body = "null";
                 String error = "null";
+                int at = inFlight.get();
                 try {
                     HttpURLConnection c = (HttpURLConnection) new URL(backend + callPath).openConnection();
                     c.setConnectTimeout(20000);
@@ -95,6 +109,7 @@ public class PlainWeb {
                 if (i > 0) out.append(", ");
                 out.append("{\"path\": ").append(quote(callPath))
                         .append(", \"status\": ").append(status)
+                        .append(", \"in_flight\": ").append(at)
                         .append(", \"body\": ").append(body)
                         .append(", \"error\": ").append(error).append('}');
             }

@@ -12,7 +12,9 @@
 //
 //     {"app": "plain_web_js", "tag": "<tag>", "thread": "main",
 //      "headers": [[name, value], ...],
-//      "calls": [{"path": "/echo/<tag>/0", "status": 200, "body": <backend JSON>, "error": null}]}
+//      "calls": [{"path": "/echo/<tag>/0", "status": 200, "in_flight": 3, "body": <backend JSON>, "error": null}]}
+//
+// in_flight is how many requests the app was serving when it made the call.
 "use strict";
 
 const http = require("http");
@@ -29,7 +31,10 @@ if (!backend) {
   process.exit(2);
 }
 
+let inFlight = 0;
+
 function call(path) {
+  const at = inFlight;
   return new Promise((resolve) => {
     const req = http.get(backend + path, { timeout: 20000 }, (res) => {
       const chunks = [];
@@ -42,12 +47,12 @@ function call(path) {
         } catch (e) {
           body = text;
         }
-        resolve({ path, status: res.statusCode, body, error: null });
+        resolve({ path, status: res.statusCode, in_flight: at, body, error: null });
       });
-      res.on("error", (e) => resolve({ path, status: 0, body: null, error: String(e) }));
+      res.on("error", (e) => resolve({ path, status: 0, in_flight: at, body: null, error: String(e) }));
     });
     req.on("timeout", () => req.destroy(new Error("timeout")));
-    req.on("error", (e) => resolve({ path, status: 0, body: null, error: String(e) }));
+    req.on("error", (e) => resolve({ path, status: 0, in_flight: at, body: null, error: String(e) }));
   });
 }
 
@@ -85,7 +90,10 @@ async function handle(req, res) {
 const server = http.createServer((req, res) => {
   req.resume();
   req.on("end", () => {
-    handle(req, res).catch((e) => reply(res, 500, { app: "plain_web_js", error: String(e) }));
+    inFlight++;
+    handle(req, res)
+      .catch((e) => reply(res, 500, { app: "plain_web_js", error: String(e) }))
+      .finally(() => inFlight--);
   });
 });
 server.keepAliveTimeout = 60000;

@@ -13,10 +13,11 @@ answers JSON::
 
     {"app": "plain_web", "tag": "<tag>", "thread": "<handler thread>",
      "headers": [[name, value], ...],          # as received
-     "calls": [{"path": "/echo/<tag>/0", "status": 200,
+     "calls": [{"path": "/echo/<tag>/0", "status": 200, "in_flight": 3,
                 "body": <backend JSON or text>, "error": null}, ...]}
 
-Any other path answers 404.
+``in_flight`` is how many requests the app was serving when it made the call
+(this one included). Any other path answers 404.
 """
 
 import argparse
@@ -37,6 +38,17 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 1024
 
 
+_lock = threading.Lock()
+_in_flight = 0
+
+
+def in_flight(delta):
+    global _in_flight
+    with _lock:
+        _in_flight += delta
+        return _in_flight
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -53,8 +65,13 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) != 3 or parts[1] != "work" or not parts[2]:
             self.reply(404, {"app": "plain_web", "error": "not found"})
             return
-        tag = parts[2]
-        query = parse_qs(url.query)
+        in_flight(1)
+        try:
+            self.work(parts[2], parse_qs(url.query))
+        finally:
+            in_flight(-1)
+
+    def work(self, tag, query):
         calls = int(query.get("calls", ["1"])[0])
         delay_ms = int(query.get("delay_ms", ["0"])[0])
         if delay_ms:
@@ -62,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
         out = []
         for i in range(calls):
             path = f"/echo/{tag}/{i}"
-            call = {"path": path, "status": 0, "body": None, "error": None}
+            call = {"path": path, "status": 0, "in_flight": in_flight(0), "body": None, "error": None}
             try:
                 with urllib.request.urlopen(self.backend + path, timeout=20) as r:
                     call["status"] = r.status

@@ -83,6 +83,9 @@ pub struct WebCall {
     pub path: String,
     /// The backend's status (0 when the call failed).
     pub status: u16,
+    /// How many requests the web app was serving when it made the call (this one
+    /// included; Node: requests between their head and their answer).
+    pub in_flight: u32,
     /// The backend's answer (JSON, or text).
     #[serde(default)]
     pub body: serde_json::Value,
@@ -360,7 +363,7 @@ mod tests {
         let line = r#"{"tag": "r3", "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331",
             "status": 200, "error": null, "body": {"app": "plain_web", "tag": "r3", "thread": "Thread-4",
             "headers": [["Host", "10.1.1.3:8080"], ["traceparent", "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"]],
-            "calls": [{"path": "/echo/r3/0", "status": 200, "error": null,
+            "calls": [{"path": "/echo/r3/0", "status": 200, "in_flight": 2, "error": null,
                        "body": {"app": "backend", "method": "GET", "path": "/echo/r3/0", "headers": [], "peer": "10.1.1.3:4000",
                                 "status": 200, "trace_id": "ab", "span_id": "cd", "parent_span_id": "ef", "sampled": true}}]}}"#;
         let req: LoadRequest = serde_json::from_str(&line.replace('\n', " ")).expect("line");

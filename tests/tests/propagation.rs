@@ -27,6 +27,12 @@ use hoptrace_tests::{
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+/// Requests of the load test, each in its own trace.
+const LOAD_REQUESTS: usize = 500;
+/// Client threads, each with its own connection (the threaded web serves each
+/// connection on its own thread): all requests are sent at once.
+const LOAD_CONCURRENCY: usize = 500;
+
 /// How long the metric may take to count a finished request.
 const COUNTED: Duration = Duration::from_secs(30);
 
@@ -69,8 +75,12 @@ struct Tally {
     counts: Counts,
     /// web→backend hops found in the requests' traces.
     linked_hops: usize,
-    /// Backend calls that arrived with a traceparent (all must be the right trace).
-    backend_with_context: usize,
+    /// Backend calls the web made while serving more than one request.
+    overlapped: usize,
+    /// Of them, those that arrived with a context.
+    overlapped_linked: usize,
+    /// The most requests the web served at once at a call.
+    max_in_flight: u32,
 }
 
 /// After `run`: waits until the metric counted every backend call and the spans of
@@ -157,13 +167,17 @@ fn tally(p: &PropLab, run: &LoadRun, calls: usize, before: &Counts) -> Tally {
     }
     // What backend.py received: a context only of its own request.
     let mut backend_with_context = 0;
+    let (mut overlapped, mut overlapped_linked, mut max_in_flight) = (0, 0, 0);
     for req in &run.requests {
         let answer = req.answer().expect("web answer");
         assert_eq!(answer.calls.len(), calls, "{}: {:?}", req.tag, answer.calls);
         for call in &answer.calls {
             let seen = call.backend().expect("backend answer");
+            max_in_flight = max_in_flight.max(call.in_flight);
+            overlapped += usize::from(call.in_flight > 1);
             if let Some(tp) = seen.header("traceparent") {
                 backend_with_context += 1;
+                overlapped_linked += usize::from(call.in_flight > 1);
                 if seen.trace_id != req.trace_id {
                     wrong.push(format!(
                         "{} reached backend.py with {tp} (request {} has trace {})",
@@ -191,7 +205,9 @@ fn tally(p: &PropLab, run: &LoadRun, calls: usize, before: &Counts) -> Tally {
         calls: total,
         counts,
         linked_hops,
-        backend_with_context,
+        overlapped,
+        overlapped_linked,
+        max_in_flight,
     }
 }
 
@@ -270,19 +286,20 @@ fn threaded_web_under_load_has_no_wrong_parent() {
     let before = Counts::now(&p);
     let start = Instant::now();
     let run = p.load(&LoadOptions {
-        count: 500,
-        concurrency: 128,
+        count: LOAD_REQUESTS,
+        concurrency: LOAD_CONCURRENCY,
         prefix: "load".into(),
         ..Default::default()
     });
     eprintln!(
-        "500 requests at concurrency 128 answered in {:.1?}",
+        "{LOAD_REQUESTS} requests at concurrency {LOAD_CONCURRENCY} answered in {:.1?}",
         run.elapsed
     );
     let t = tally(&p, &run, 1, &before);
     println!(
-        "threaded Python web, 500 requests at concurrency 128 ({:.1?} of load, {:.1?} in all): \
-         linked {}/{} = {:.1}% (ambiguous {}, none {}); backend calls with a context {}",
+        "threaded Python web, {LOAD_REQUESTS} requests at concurrency {LOAD_CONCURRENCY} \
+         ({:.1?} of load, {:.1?} in all): linked {}/{} = {:.1}% (ambiguous {}, none {}); \
+         {} calls made while the web served several requests (at most {}), {} of them linked",
         run.elapsed,
         start.elapsed(),
         t.linked_hops,
@@ -290,7 +307,13 @@ fn threaded_web_under_load_has_no_wrong_parent() {
         100.0 * t.linked_hops as f64 / t.calls as f64,
         t.counts.ambiguous,
         t.counts.none,
-        t.backend_with_context
+        t.overlapped,
+        t.max_in_flight,
+        t.overlapped_linked
+    );
+    assert!(
+        t.max_in_flight > 1,
+        "the requests did not overlap in the web: {t:?}"
     );
     assert!(t.linked_hops > 0, "nothing linked: {t:?}");
 }
@@ -312,8 +335,8 @@ fn event_loop_web_is_ambiguous_under_concurrency_and_linked_alone() {
     let t = tally(&p, &run, 1, &before);
     println!(
         "Node.js event loop, 50 requests at concurrency 50 (300 ms apart from their calls): \
-         linked {}/{} (ambiguous {}, none {})",
-        t.linked_hops, t.calls, t.counts.ambiguous, t.counts.none
+         linked {}/{} (ambiguous {}, none {}); at most {} requests in flight at a call",
+        t.linked_hops, t.calls, t.counts.ambiguous, t.counts.none, t.max_in_flight
     );
     assert!(
         t.counts.ambiguous > 0.0,
