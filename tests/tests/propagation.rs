@@ -17,199 +17,21 @@
 mod common;
 
 use common::propchain::*;
+use common::proptally::{tally, Counts, COUNTED};
 use common::pychain::APP_PORT;
 use common::realkube::{agent_listens_in, lab_with_control_plane, start_agent, KubePod};
-use hoptrace_tests::plainapp::{LoadOptions, LoadRun, PlainApps, WebKind};
+use hoptrace_tests::plainapp::{LoadOptions, PlainApps, WebKind};
 use hoptrace_tests::{
     assert_eventually, require_root, ClientOptions, OtlpReceiver, Propagation, PyApps,
     ReceivedSpan, ReceiverOptions,
 };
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Requests of the load test, each in its own trace.
 const LOAD_REQUESTS: usize = 500;
 /// Client threads, each with its own connection (the threaded web serves each
 /// connection on its own thread): all requests are sent at once.
 const LOAD_CONCURRENCY: usize = 500;
-
-/// How long the metric may take to count a finished request.
-const COUNTED: Duration = Duration::from_secs(30);
-
-/// The propagation counter of `web` at one moment.
-#[derive(Clone, Copy, Debug, Default)]
-struct Counts {
-    linked: f64,
-    ambiguous: f64,
-    none: f64,
-}
-
-impl Counts {
-    fn now(p: &PropLab) -> Counts {
-        Counts {
-            linked: p.propagation("linked"),
-            ambiguous: p.propagation("ambiguous"),
-            none: p.propagation("none"),
-        }
-    }
-
-    fn total(&self) -> f64 {
-        self.linked + self.ambiguous + self.none
-    }
-
-    fn since(&self, before: &Counts) -> Counts {
-        Counts {
-            linked: self.linked - before.linked,
-            ambiguous: self.ambiguous - before.ambiguous,
-            none: self.none - before.none,
-        }
-    }
-}
-
-/// What a load run through the plain web produced.
-#[derive(Debug)]
-struct Tally {
-    /// Backend calls made (requests × calls).
-    calls: usize,
-    /// The metric's counts for this run.
-    counts: Counts,
-    /// web→backend hops found in the requests' traces.
-    linked_hops: usize,
-    /// Backend calls the web made while serving more than one request.
-    overlapped: usize,
-    /// Of them, those that arrived with a context.
-    overlapped_linked: usize,
-    /// The most requests the web served at once at a call.
-    max_in_flight: u32,
-}
-
-/// After `run`: waits until the metric counted every backend call and the spans of
-/// every linked one arrived, then checks that no backend hop (by proxy span or by
-/// what backend.py received) is in another request's trace or under another parent.
-fn tally(p: &PropLab, run: &LoadRun, calls: usize, before: &Counts) -> Tally {
-    let total = run.requests.len() * calls;
-    assert_eventually!(
-        Counts::now(p).since(before).total() >= total as f64,
-        COUNTED,
-        "propagation metric of web counted {} of {total} backend calls:\n{}",
-        Counts::now(p).since(before).total(),
-        propagation_samples(p.web_agent(), "web")
-    );
-    let counts = Counts::now(p).since(before);
-    assert_eq!(
-        counts.total(),
-        total as f64,
-        "linked+ambiguous+none must equal the backend calls: {counts:?}"
-    );
-    let tid: HashMap<&str, &str> = run
-        .requests
-        .iter()
-        .map(|r| (r.tag.as_str(), r.trace_id.as_str()))
-        .collect();
-    let traces: HashSet<&str> = tid.values().copied().collect();
-    let ours = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
-        spans
-            .iter()
-            .filter(|s| traces.contains(s.trace_id.as_str()))
-            .cloned()
-            .collect()
-    };
-    let want = 4 * run.requests.len() + 4 * counts.linked as usize;
-    assert_eventually!(
-        ours(&p.otlp.spans()).len() >= want,
-        SPAN_WAIT * 3,
-        "{} of {want} proxy spans arrived (4 per request, 4 per linked call)",
-        ours(&p.otlp.spans()).len()
-    );
-    settle();
-    let all = p.otlp.spans();
-    let spans = ours(&all);
-    assert_eq!(spans.len(), want, "proxy spans of the run's traces");
-
-    // No proxy span of a backend call anywhere but in its own request's trace.
-    let mut wrong = Vec::new();
-    for s in &all {
-        let Some(tag) = s.attr("url.path").and_then(|p| p.strip_prefix("/echo/")) else {
-            continue;
-        };
-        let tag = tag.split('/').next().unwrap_or_default();
-        if let Some(t) = tid.get(tag) {
-            if s.trace_id != *t {
-                wrong.push(format!(
-                    "span {} of /echo/{tag} in trace {}, want {t}",
-                    s.span_id, s.trace_id
-                ));
-            }
-        }
-    }
-    // Every backend hop under its own request's client→web hop.
-    let hops = hops_of(&spans);
-    let first: HashMap<&str, &hoptrace_tests::hops::Hop> = hops
-        .iter()
-        .filter(|h| h.client == "lab/client")
-        .map(|h| (h.trace_id.as_str(), h))
-        .collect();
-    assert_eq!(
-        first.len(),
-        run.requests.len(),
-        "a client→web hop per request"
-    );
-    let mut linked_hops = 0;
-    for hop in hops.iter().filter(|h| h.client == "lab/web") {
-        linked_hops += 1;
-        match first.get(hop.trace_id.as_str()) {
-            Some(f) if hop.follows(f) => {}
-            _ => wrong.push(format!(
-                "backend hop {:?} in trace {} is not under its client→web hop",
-                hop.spans, hop.trace_id
-            )),
-        }
-    }
-    // What backend.py received: a context only of its own request.
-    let mut backend_with_context = 0;
-    let (mut overlapped, mut overlapped_linked, mut max_in_flight) = (0, 0, 0);
-    for req in &run.requests {
-        let answer = req.answer().expect("web answer");
-        assert_eq!(answer.calls.len(), calls, "{}: {:?}", req.tag, answer.calls);
-        for call in &answer.calls {
-            let seen = call.backend().expect("backend answer");
-            max_in_flight = max_in_flight.max(call.in_flight);
-            overlapped += usize::from(call.in_flight > 1);
-            if let Some(tp) = seen.header("traceparent") {
-                backend_with_context += 1;
-                overlapped_linked += usize::from(call.in_flight > 1);
-                if seen.trace_id != req.trace_id {
-                    wrong.push(format!(
-                        "{} reached backend.py with {tp} (request {} has trace {})",
-                        call.path, req.tag, req.trace_id
-                    ));
-                }
-            }
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} wrong parents:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
-    assert_eq!(
-        linked_hops, counts.linked as usize,
-        "backend hops vs linked {counts:?}"
-    );
-    assert_eq!(
-        backend_with_context, linked_hops,
-        "backend calls with a context vs linked hops"
-    );
-    Tally {
-        calls: total,
-        counts,
-        linked_hops,
-        overlapped,
-        overlapped_linked,
-        max_in_flight,
-    }
-}
 
 /// One request with `calls` backend calls through the plain web: the trace is
 /// whole and the metric counts exactly `calls` linked.
@@ -277,12 +99,11 @@ fn java_thread_pool_web_trace_is_whole_with_two_calls() {
     whole(&p, "javatwo", 2);
 }
 
-#[test]
-fn threaded_web_under_load_has_no_wrong_parent() {
-    if !require_root() {
-        return;
-    }
-    let p = prop_lab(WebApp::Plain(WebKind::Threaded), true);
+/// [`LOAD_REQUESTS`] requests at [`LOAD_CONCURRENCY`] through the plain web `kind`:
+/// 0 wrong parents (in [`tally`]), the requests overlapped in the web, something
+/// linked; prints the linked share.
+fn under_load(kind: WebKind, label: &str) {
+    let p = prop_lab(WebApp::Plain(kind), true);
     let before = Counts::now(&p);
     let start = Instant::now();
     let run = p.load(&LoadOptions {
@@ -292,12 +113,12 @@ fn threaded_web_under_load_has_no_wrong_parent() {
         ..Default::default()
     });
     eprintln!(
-        "{LOAD_REQUESTS} requests at concurrency {LOAD_CONCURRENCY} answered in {:.1?}",
+        "{label}: {LOAD_REQUESTS} requests at concurrency {LOAD_CONCURRENCY} answered in {:.1?}",
         run.elapsed
     );
     let t = tally(&p, &run, 1, &before);
     println!(
-        "threaded Python web, {LOAD_REQUESTS} requests at concurrency {LOAD_CONCURRENCY} \
+        "{label}, {LOAD_REQUESTS} requests at concurrency {LOAD_CONCURRENCY} \
          ({:.1?} of load, {:.1?} in all): linked {}/{} = {:.1}% (ambiguous {}, none {}); \
          {} calls made while the web served several requests (at most {}), {} of them linked",
         run.elapsed,
@@ -316,6 +137,22 @@ fn threaded_web_under_load_has_no_wrong_parent() {
         "the requests did not overlap in the web: {t:?}"
     );
     assert!(t.linked_hops > 0, "nothing linked: {t:?}");
+}
+
+#[test]
+fn threaded_web_under_load_has_no_wrong_parent() {
+    if !require_root() {
+        return;
+    }
+    under_load(WebKind::Threaded, "threaded Python web");
+}
+
+#[test]
+fn java_pool_web_under_load_has_no_wrong_parent() {
+    if !require_root() {
+        return;
+    }
+    under_load(WebKind::JavaPool, "Java thread-pool web");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod hostile;
 pub mod propchain;
+pub mod proptally;
 pub mod pychain;
 pub mod realkube;
 
