@@ -112,6 +112,9 @@ def ids(span):
 class AppServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 overflows under the concurrent load of
+    # the propagation tests (a connect then waits for a SYN retransmit).
+    request_queue_size = 1024
 
     def __init__(self, listen, handler):
         host, port = split_hostport(listen)

@@ -274,6 +274,7 @@ impl Lab {
             cgroup: cgroup.to_path_buf(),
             ipv4: Ipv4Addr::new(10, a, n.index, k),
             ipv6: v6.then(|| ipv6(a, n.index, k)),
+            context_propagation: false,
         };
         netns::add(&ns)?;
         self.pods.push(pod.clone());
@@ -318,6 +319,18 @@ impl Lab {
         std::fs::create_dir_all(&pod.cgroup)
             .with_context(|| format!("creating {}", pod.cgroup.display()))?;
         Ok(pod)
+    }
+
+    /// Turns `context_propagation: auto` on (or off) for pod `name` in the workload
+    /// files written from now on ([`Lab::write_workloads`]); returns the updated pod.
+    pub fn set_context_propagation(&mut self, name: &str, auto: bool) -> Result<Pod> {
+        let pod = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name:?} in the lab"))?;
+        pod.context_propagation = auto;
+        Ok(pod.clone())
     }
 
     /// The node called `name`.

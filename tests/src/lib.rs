@@ -36,6 +36,7 @@ pub mod netns;
 pub mod node;
 pub mod otlp;
 pub mod otlp_metrics;
+pub mod plainapp;
 pub mod pod;
 pub mod pyapp;
 mod state;

@@ -30,6 +30,10 @@ pub struct Pod {
     pub ipv4: Ipv4Addr,
     /// IPv6 address of eth0 (dual-stack labs only).
     pub ipv6: Option<Ipv6Addr>,
+    /// The workload file says `context_propagation: auto` for this pod (issue 13:
+    /// the agent links the pod's context-less outbound requests to the inbound
+    /// request that caused them). Off by default; see [`crate::Lab::set_context_propagation`].
+    pub context_propagation: bool,
 }
 
 impl Pod {

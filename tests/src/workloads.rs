@@ -18,6 +18,10 @@ use std::path::Path;
 ///     netns: /var/run/netns/ht<id>-client
 /// ```
 ///
+/// A pod with [`Pod::context_propagation`] gets `    context_propagation: auto`
+/// after its `netns:` line (issue 13); others get no such line (the agent's
+/// default, `off`).
+///
 /// `peers` (pods of other nodes) follow as entries with their own `node:` and
 /// addresses only: the agent does not enroll them, it names their addresses in its
 /// golden metrics. An empty list renders as `workloads: []`. Names are DNS labels
@@ -39,6 +43,9 @@ pub fn render(node: &str, pods: &[&Pod], peers: &[&Pod]) -> String {
             pod.cgroup.display(),
             pod.netns_path.display(),
         );
+        if pod.context_propagation {
+            out.push_str("    context_propagation: auto\n");
+        }
     }
     for pod in peers {
         let _ = write!(
@@ -88,6 +95,7 @@ mod tests {
             )),
             ipv4: "10.61.1.2".parse().expect("v4"),
             ipv6: v6.then(|| "fd00:61:1::2".parse().expect("v6")),
+            context_propagation: false,
         }
     }
 
@@ -113,6 +121,13 @@ mod tests {
         assert_eq!(w[0]["ips"][1], "fd00:61:1::2");
         assert_eq!(w[1]["name"], "server");
         assert_eq!(w[1]["ips"].as_sequence().map(Vec::len), Some(1));
+        let mut web = pod("web", false);
+        web.context_propagation = true;
+        let doc: serde_norway::Value =
+            serde_norway::from_str(&render("node-1", &[&a, &web], &[&b])).expect("valid yaml");
+        assert_eq!(doc["workloads"][1]["context_propagation"], "auto");
+        assert!(doc["workloads"][0].get("context_propagation").is_none());
+        assert!(doc["workloads"][2].get("context_propagation").is_none());
         let empty: serde_norway::Value =
             serde_norway::from_str(&render("node-1", &[], &[])).expect("valid yaml");
         assert_eq!(empty["workloads"].as_sequence().map(Vec::len), Some(0));

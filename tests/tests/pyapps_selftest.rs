@@ -2,11 +2,13 @@
 //! → web (node-1) → backend (node-2). The apps' spans must form one trace with
 //! the right parent chain in every propagation format, headers must arrive as
 //! sent, and the no-context / unsampled / error modes must do what the span
-//! tests rely on. The gRPC pair (grpc_client.py → grpc_server.py) likewise.
+//! tests rely on. The gRPC pair (grpc_client.py → grpc_server.py) likewise. The
+//! plain apps of the propagation tests (tests/apps/plain_web.*) send no trace header.
 
 mod common;
 
 use common::pychain::*;
+use hoptrace_tests::plainapp::{LoadOptions, WebKind};
 use hoptrace_tests::pyapp::{end_to_end, ClientRequest, CLIENT_USER_AGENT};
 use hoptrace_tests::traces::{check_nesting, expect_roles, linear_chain};
 use hoptrace_tests::{
@@ -385,5 +387,75 @@ fn grpc_apps_across_nodes() {
         }
         peers.dedup();
         assert_eq!(peers.len(), 1, "one connection for all calls: {peers:?}");
+    }
+}
+
+/// The plain apps themselves, without agents: each web calls the backend as asked
+/// and sends no trace header (so whatever context backend.py sees in the other
+/// tests was put there by the agent).
+#[test]
+fn plain_apps_forward_no_header() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = hoptrace_tests::Lab::new().expect("create lab");
+    lab.add_node("node-1").expect("node-1");
+    lab.add_node("node-2").expect("node-2");
+    let client = lab.add_pod("node-1", "client").expect("client pod");
+    let backend_pod = lab.add_pod("node-2", "backend").expect("backend pod");
+    let py = hoptrace_tests::PyApps::new(&lab).expect("python test apps");
+    let plain = hoptrace_tests::plainapp::PlainApps::new(&lab).expect("plain apps");
+    let backend = py.backend(&backend_pod, 8080).expect("backend.py");
+    for (i, kind) in [WebKind::Threaded, WebKind::JavaPool, WebKind::NodeLoop]
+        .into_iter()
+        .enumerate()
+    {
+        let pod = lab.add_pod("node-1", &format!("web{i}")).expect("web pod");
+        let web = plain
+            .web(kind, &pod, 8080, &backend.url(""))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let run = plain
+            .load(
+                &client,
+                &web,
+                &LoadOptions {
+                    count: 8,
+                    concurrency: 4,
+                    calls: 2,
+                    delay_ms: 20,
+                    prefix: format!("{}-", kind.name()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", web.log()));
+        for req in &run.requests {
+            assert_eq!(req.status, 200, "{}: {req:?}\n{}", kind.name(), web.log());
+            let answer = req.answer().expect("web answer");
+            assert_eq!(
+                answer.header("traceparent"),
+                Some(format!("00-{}-{}-01", req.trace_id, req.span_id).as_str()),
+                "{}: the web got the client's context as sent",
+                kind.name()
+            );
+            let paths: Vec<&str> = answer.calls.iter().map(|c| c.path.as_str()).collect();
+            let want: Vec<String> = (0..2).map(|i| format!("/echo/{}/{i}", req.tag)).collect();
+            assert_eq!(paths, want, "{}", kind.name());
+            for call in &answer.calls {
+                let seen = call.backend().expect("backend answer");
+                assert_eq!(seen.path, call.path);
+                for (name, _) in &seen.headers {
+                    let name = name.to_ascii_lowercase();
+                    assert!(
+                        name != "traceparent"
+                            && name != "tracestate"
+                            && name != "b3"
+                            && !name.starts_with("x-b3-"),
+                        "{} sent {name} to the backend: {:?}",
+                        kind.name(),
+                        seen.headers
+                    );
+                }
+            }
+        }
     }
 }

@@ -43,6 +43,11 @@ const DEBIAN: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("xz", "xz-utils"),
+    // The plain apps of the context-propagation tests (tests/tests/propagation.rs): a
+    // Java thread-pool server (tests/apps/PlainWeb.java, compiled by the test with
+    // javac) and a Node.js event-loop server (tests/apps/plain_web.js).
+    ("javac", "default-jdk-headless"),
+    ("node", "nodejs"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".

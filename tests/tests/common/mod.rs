@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod propchain;
+pub mod proptally;
 pub mod pychain;
 pub mod realkube;
 
