@@ -210,6 +210,12 @@ impl Propagation {
             Decision::Ambiguous | Decision::None => None,
         };
         drop(g);
+        tracing::debug!(
+            ?decision,
+            ?writer,
+            in_flight = candidates.len(),
+            "propagation: context-less outbound request"
+        );
         match (decision, link) {
             (Decision::Linked(_), Some(fields)) => {
                 self.metrics.linked.inc();
