@@ -299,6 +299,9 @@ fn hoptrace(
     args.push(format!("--http1-proxy={engine}"));
     args.push(format!("--same-node-one-pass={}", mode.one_pass));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if mode.propagation != bl.agent_mode.propagation {
+        bl.set_propagation(mode.propagation)?;
+    }
     for i in 0..bl.agents.len() {
         let node = bl.agents[i].0.node().to_owned();
         bl.agents[i].0.stop()?;

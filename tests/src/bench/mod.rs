@@ -98,6 +98,11 @@ pub enum Scenario {
     /// same-node hop in one pass saves (cross-node it is `hoptrace-http` again).
     #[serde(rename = "hoptrace-http-twopass")]
     HoptraceHttpTwoPass,
+    /// The same with both pods opted into context propagation
+    /// (`context_propagation: auto`): what the thread programs (every socket send and
+    /// receive of the node) and the in-flight bookkeeping cost.
+    #[serde(rename = "hoptrace-http-propagation")]
+    HoptraceHttpPropagation,
     /// TCP ping-pong, no proxy.
     #[serde(rename = "direct-tcp")]
     DirectTcp,
@@ -111,7 +116,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
@@ -119,6 +124,7 @@ impl Scenario {
         Scenario::HoptraceHttpNoMetrics,
         Scenario::HoptraceHttpHyper,
         Scenario::HoptraceHttpTwoPass,
+        Scenario::HoptraceHttpPropagation,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
@@ -134,6 +140,7 @@ impl Scenario {
             Scenario::HoptraceHttpNoMetrics => "hoptrace-http-nometrics",
             Scenario::HoptraceHttpHyper => "hoptrace-http-hyper",
             Scenario::HoptraceHttpTwoPass => "hoptrace-http-twopass",
+            Scenario::HoptraceHttpPropagation => "hoptrace-http-propagation",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
@@ -154,7 +161,8 @@ impl Scenario {
             | Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceHttpTwoPass => Workload::Http,
+            | Scenario::HoptraceHttpTwoPass
+            | Scenario::HoptraceHttpPropagation => Workload::Http,
             Scenario::DirectTcp | Scenario::L4Tcp | Scenario::HoptraceTcp => Workload::Tcp,
         }
     }
@@ -167,6 +175,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpNoMetrics
                 | Scenario::HoptraceHttpHyper
                 | Scenario::HoptraceHttpTwoPass
+                | Scenario::HoptraceHttpPropagation
                 | Scenario::HoptraceTcp
         )
     }
@@ -179,6 +188,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpNoMetrics
                 | Scenario::HoptraceHttpHyper
                 | Scenario::HoptraceHttpTwoPass
+                | Scenario::HoptraceHttpPropagation
         )
     }
 
@@ -188,6 +198,7 @@ impl Scenario {
             golden_metrics: self != Scenario::HoptraceHttpNoMetrics,
             lean_http1: self != Scenario::HoptraceHttpHyper,
             one_pass: self != Scenario::HoptraceHttpTwoPass,
+            propagation: self == Scenario::HoptraceHttpPropagation,
         }
     }
 }
@@ -201,6 +212,8 @@ pub struct AgentMode {
     pub lean_http1: bool,
     /// `--same-node-one-pass`.
     pub one_pass: bool,
+    /// `context_propagation: auto` for the enrolled pods (workload files).
+    pub propagation: bool,
 }
 
 impl Default for AgentMode {
@@ -209,6 +222,7 @@ impl Default for AgentMode {
             golden_metrics: true,
             lean_http1: true,
             one_pass: true,
+            propagation: false,
         }
     }
 }

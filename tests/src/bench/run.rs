@@ -180,12 +180,36 @@ impl BenchLab {
         args.push(format!("--http1-proxy={engine}"));
         args.push(format!("--same-node-one-pass={}", mode.one_pass));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if mode.propagation != self.agent_mode.propagation {
+            self.set_propagation(mode.propagation)?;
+        }
         for (agent, _) in &mut self.agents {
             agent.restart_with_args(&args)?;
             agent.wait_ready(READY_TIMEOUT)?;
         }
         self.agent_mode = mode;
         Ok(true)
+    }
+
+    /// Rewrites the workload files with `context_propagation: auto` on (or off) for
+    /// the enrolled pods (the agents read them when they restart).
+    pub fn set_propagation(&mut self, on: bool) -> Result<()> {
+        for name in [self.hclient.name.clone(), self.hserver.name.clone()] {
+            self.lab.set_context_propagation(&name, on)?;
+        }
+        for (agent, _) in &self.agents {
+            let node = agent.node().to_owned();
+            let pods: Vec<String> = self
+                .lab
+                .pods_on(&node)
+                .iter()
+                .filter(|p| p.name == self.hclient.name || p.name == self.hserver.name)
+                .map(|p| p.name.clone())
+                .collect();
+            let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+            self.lab.write_workloads_only(&node, &pods)?;
+        }
+        Ok(())
     }
 
     /// The `hoptrace run` flags of the memory phase's agent.
@@ -210,6 +234,7 @@ impl BenchLab {
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
+            | Scenario::HoptraceHttpPropagation
             | Scenario::HoptraceTcp => (&self.hclient, self.hserver.addr(port)),
         }
     }
@@ -227,6 +252,7 @@ impl BenchLab {
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
+            | Scenario::HoptraceHttpPropagation
             | Scenario::HoptraceTcp => self
                 .agents
                 .iter()
@@ -249,6 +275,7 @@ impl BenchLab {
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
+            | Scenario::HoptraceHttpPropagation
             | Scenario::HoptraceTcp => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
         }
     }

@@ -281,6 +281,10 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
     let one_pass = per_round(samples, h, Scenario::HoptraceHttpTwoPass, |a, b| {
         a.sat_cpu_us / b.sat_cpu_us
     });
+    // Requests per lab CPU-second with context propagation on, over the same off.
+    let propagation = per_round(samples, h, Scenario::HoptraceHttpPropagation, |off, on| {
+        off.sat_lab_cpu_us / on.sat_lab_cpu_us
+    });
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -366,6 +370,12 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
             target: "< 1x (one pass is cheaper)".into(),
             measured: format!("{one_pass:.3}x (median of per-round ratios)"),
             verdict: Verdict::of(one_pass, one_pass < 1.0),
+        },
+        Goal {
+            goal: "requests per lab CPU-second with context propagation on vs off (hoptrace-http-propagation vs hoptrace-http)".into(),
+            target: ">= 0.95x (propagation costs at most 5%)".into(),
+            measured: format!("{propagation:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(propagation, propagation >= 0.95),
         },
     ]
 }

@@ -63,8 +63,9 @@ fn medians_and_ratios() {
     // CPU 0.375x (met, met), spans ok (met), 160k spans/s without drops (met).
     let mut want = vec![Verdict::Met; 7];
     want[1] = Verdict::NotMet;
-    // No hoptrace-http-nometrics, -hyper or -twopass samples: not measured.
-    want.extend([Verdict::NotMeasured; 3]);
+    // No hoptrace-http-nometrics, -hyper, -twopass or -propagation samples: not
+    // measured.
+    want.extend([Verdict::NotMeasured; 4]);
     assert_eq!(verdicts, want, "{goals:#?}");
     assert!((s.per_cpu_s_vs_ref - 70.0 / 45.0).abs() < 1e-9);
     assert!((s.sat_lab_cpus - 40_000.0 * 45e-6).abs() < 1e-9);
