@@ -49,7 +49,18 @@ fn packages() -> anyhow::Result<()> {
 pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     if which::which("kubectl").is_err() {
-        bail!("kubectl is not installed (it applies the manifests, kustomize included); install kubectl ≥ 1.27");
+        // Debian's own kubectl (1.20) is too old for the overlays' kustomize; a newer
+        // one comes from an apt source the machine may have (e.g. Kubernetes' or the
+        // Google Cloud SDK's).
+        println!("xtask cluster: kubectl not found; trying `apt-get install kubectl`");
+        let _ = exec(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "kubectl"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        );
+        if which::which("kubectl").is_err() {
+            bail!("kubectl is not installed (it applies the manifests, kustomize included); install kubectl ≥ 1.27 (https://kubernetes.io/docs/tasks/tools/)");
+        }
     }
     setup::run()?;
     packages()?;

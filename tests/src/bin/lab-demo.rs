@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use hoptrace_tests::{
     forward::{self, Forwarder},
     otlp::{OtlpReceiver, ReceiverOptions},
+    plainapp::{PlainApps, WebKind},
     pyapp::ClientOptions,
     traces::{views, waterfall},
     Agent, Lab, LabApp, Propagation, PyApps,
@@ -138,9 +139,15 @@ fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
     let client = lab.add_pod("node-1", "client")?;
     let web = lab.add_pod("node-1", "web")?;
     let backend = lab.add_pod("node-2", "backend")?;
+    // An app that forwards no trace header, in a pod that opts into the agent's own
+    // context propagation (docs/TRACING.md).
+    let plainweb = lab.add_pod("node-1", "plainweb")?;
+    lab.set_context_propagation("plainweb", true)?;
     let apps = PyApps::new(&lab)?.with_propagation(Propagation::TraceContext);
     let backend_app = apps.backend(&backend, 8080)?;
     let web_app = apps.web(&web, 8080, &backend_app.url(""))?;
+    let plain = PlainApps::new(&lab)?;
+    let plain_web = plain.web(WebKind::Threaded, &plainweb, 8080, &backend_app.url(""))?;
     let mut agents = Vec::new();
     for node in ["node-1", "node-2"] {
         let file = lab.write_workloads(node)?;
@@ -181,6 +188,29 @@ fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
         print!("{}", waterfall(&all, 48));
     }
     println!("\n(app:* spans come from the apps' own OpenTelemetry SDK; proxy:<direction>:<pod> spans from hoptrace)");
+    println!("\n== context propagation: client -> plainweb (node-1: Python, no tracing library, forwards no header; `context_propagation: auto`) -> backend (node-2)");
+    let run = apps.client(
+        &client,
+        &plain_web.url("/work/demo"),
+        &ClientOptions {
+            count: 1,
+            ..Default::default()
+        },
+    )?;
+    for req in &run.requests {
+        let tid = req.trace_id()?.to_string();
+        let proxy = otlp.wait_for_trace(&tid, 8, Duration::from_secs(10))?;
+        let mut app_spans: Vec<_> = run
+            .spans
+            .iter()
+            .filter(|s| s.trace_id == tid)
+            .cloned()
+            .collect();
+        app_spans.extend(backend_app.wait_for_trace(&tid, 1, Duration::from_secs(10))?);
+        println!("\nGET /work/demo -> {}", req.status);
+        print!("{}", waterfall(&views(&app_spans, &proxy), 48));
+    }
+    println!("\n(plainweb has no span of its own: the agent linked its call to backend to the request it was serving)");
     if let Some(mut f) = forwarder {
         let requests = otlp.raw_requests();
         let n = requests.len();
@@ -203,6 +233,7 @@ fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
         keep,
     )?;
     drop(agents);
+    drop(plain_web);
     drop(web_app);
     drop(backend_app);
     lab.teardown().context("tearing the lab down")?;
