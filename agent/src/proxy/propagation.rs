@@ -28,6 +28,11 @@ use crate::{
 /// Threads remembered as serving several requests at once (event loops); past this
 /// many the set starts again.
 const MAX_MULTIPLEXING: usize = 4096;
+/// The most inbound requests in flight for which the by-thread rule looks up the
+/// kernel's facts (two map reads per request and decision, under the pod's lock);
+/// with more in flight a context-less outbound request is counted ambiguous, so one
+/// pod's burst cannot make each of its calls cost the node's agent unbounded work.
+pub const MAX_THREAD_RULE_IN_FLIGHT: usize = 256;
 /// How long a thread seen serving several requests at once is not trusted by the
 /// by-thread rule (seen again, the time starts again).
 const MULTIPLEXING_TTL: Duration = Duration::from_secs(10);
@@ -184,7 +189,8 @@ impl Propagation {
             .and_then(|s| self.datapath.last_use(s))
             .map(|u| u.thread);
         let mut g = self.lock();
-        let candidates: Vec<Reader> = if g.entries.len() > 1 && writer.is_some() {
+        let by_thread = (2..=MAX_THREAD_RULE_IN_FLIGHT).contains(&g.entries.len());
+        let candidates: Vec<Reader> = if by_thread && writer.is_some() {
             let datapath = &self.datapath;
             g.entries.iter_mut().map(|e| reader(datapath, e)).collect()
         } else {
