@@ -24,7 +24,8 @@ use anyhow::{bail, Context as _};
 
 /// The lab tests run in the VM by default: one of each kind of path (same node,
 /// cross node, four HTTP spans per hop, fail-open when the agent dies, the
-/// DaemonSet's exact capabilities and `hoptrace check`). TCG runs ~10-50x slower
+/// DaemonSet's exact capabilities and `hoptrace check`, context propagation — on 6.1,
+/// without the `sock_*_length` tracepoints, by exclusivity alone). TCG runs ~10-50x slower
 /// than the host, so the whole suite does not fit a CI budget.
 pub const DEFAULT_TESTS: &[&str] = &[
     "same_node",
@@ -32,6 +33,7 @@ pub const DEFAULT_TESTS: &[&str] = &[
     "http_spans:tracecontext_chain_has_four_spans_per_hop",
     "fail_open:agent_kill_fails_open_and_restart_resumes_steering",
     "capabilities",
+    "propagation:threaded_python_web_trace_is_whole",
 ];
 
 /// Modules the initramfs loads to mount the host's filesystem.
@@ -48,7 +50,8 @@ pub struct VmArgs {
     pub kernel: String,
     /// Comma-separated tests: `<test target>` or `<test target>:<name filter>`
     /// [default: same_node, cross_node, http_spans:tracecontext_chain_has_four_spans_per_hop,
-    /// fail_open:agent_kill_fails_open_and_restart_resumes_steering, capabilities].
+    /// fail_open:agent_kill_fails_open_and_restart_resumes_steering, capabilities,
+    /// propagation:threaded_python_web_trace_is_whole].
     #[arg(long, value_delimiter = ',')]
     pub tests: Vec<String>,
     /// qemu accelerator: `tcg` (works everywhere) or `kvm`.
