@@ -187,7 +187,10 @@ impl BenchLab {
             agent.restart_with_args(&args)?;
             agent.wait_ready(READY_TIMEOUT)?;
             // An opted-in pod has its propagation series from enrollment on.
-            let opted_in = agent.get("/metrics")?.body.contains("hoptrace_propagation_total");
+            let opted_in = agent
+                .get("/metrics")?
+                .body
+                .contains("hoptrace_propagation_total");
             anyhow::ensure!(
                 opted_in == mode.propagation,
                 "agent of {}: context propagation should be {} but /metrics says otherwise",
