@@ -35,14 +35,7 @@ fn packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask cluster: installing Debian packages {missing:?}");
-    exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    setup::apt_install("xtask cluster", &missing)
 }
 
 /// Runs the whole check; `keep` leaves the cluster running until Ctrl-C.
@@ -52,12 +45,8 @@ pub fn run(root: &Path, keep: bool) -> anyhow::Result<()> {
         // Debian's own kubectl (1.20) is too old for the overlays' kustomize; a newer
         // one comes from an apt source the machine may have (e.g. Kubernetes' or the
         // Google Cloud SDK's).
-        println!("xtask cluster: kubectl not found; trying `apt-get install kubectl`");
-        let _ = exec(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends", "kubectl"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        );
+        println!("xtask cluster: kubectl not found; trying apt");
+        let _ = setup::apt_install("xtask cluster", &["kubectl"]);
         if which::which("kubectl").is_err() {
             bail!("kubectl is not installed (it applies the manifests, kustomize included); install kubectl ≥ 1.27 (https://kubernetes.io/docs/tasks/tools/)");
         }

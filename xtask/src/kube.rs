@@ -244,14 +244,7 @@ fn packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask: installing Debian packages {missing:?}");
-    exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::setup::apt_install("xtask", &missing)
 }
 
 /// Downloads and unpacks the source package with a private apt configuration, applies

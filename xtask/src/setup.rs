@@ -191,16 +191,22 @@ fn debian_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask setup: installing Debian packages {missing:?}");
+    apt_install("xtask setup", &missing)
+}
+
+/// `apt-get update` and `apt-get install` of `packages` (`who` prefixes the message).
+/// Packages that would start a system service on install (nginx, haproxy, etcd-server,
+/// containerd) do not: a temporary policy-rc.d forbids it, unless the machine already
+/// has one, which then decides.
+pub fn apt_install(who: &str, packages: &[&str]) -> anyhow::Result<()> {
+    println!("{who}: installing Debian packages {packages:?}");
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    // nginx, haproxy and etcd-server would start their system services on install: a temporary
-    // policy-rc.d forbids that (unless the machine already has one, which then decides).
     let own_policy = !std::path::Path::new(POLICY_RC_D).exists();
     if own_policy {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::write(
             POLICY_RC_D,
-            "#!/bin/sh\n# written by cargo xtask setup\nexit 101\n",
+            "#!/bin/sh\n# written by cargo xtask\nexit 101\n",
         )
         .with_context(|| format!("writing {POLICY_RC_D}"))?;
         std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
@@ -208,7 +214,7 @@ fn debian_packages() -> anyhow::Result<()> {
     let result = exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
     if own_policy {

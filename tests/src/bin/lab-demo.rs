@@ -172,20 +172,9 @@ fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
         },
     )?;
     for req in &run.requests {
-        let tid = req.trace_id()?.to_string();
-        let proxy = otlp.wait_for_trace(&tid, 8, Duration::from_secs(10))?;
-        let mut app_spans: Vec<_> = run
-            .spans
-            .iter()
-            .filter(|s| s.trace_id == tid)
-            .cloned()
-            .collect();
-        app_spans.extend(web_app.wait_for_trace(&tid, 2, Duration::from_secs(10))?);
-        app_spans.extend(backend_app.wait_for_trace(&tid, 1, Duration::from_secs(10))?);
-        let all = views(&app_spans, &proxy);
-        all_app_spans.extend(app_spans.iter().cloned());
-        println!("\nGET /checkout -> {}", req.status);
-        print!("{}", waterfall(&all, 48));
+        let servers = [(&web_app, 2), (&backend_app, 1)];
+        let app_spans = print_trace(&otlp, &run, req, &servers, "GET /checkout")?;
+        all_app_spans.extend(app_spans);
     }
     println!("\n(app:* spans come from the apps' own OpenTelemetry SDK; proxy:<direction>:<pod> spans from hoptrace)");
     println!("\n== context propagation: client -> plainweb (node-1: Python, no tracing library, forwards no header; `context_propagation: auto`) -> backend (node-2)");
@@ -198,17 +187,7 @@ fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
         },
     )?;
     for req in &run.requests {
-        let tid = req.trace_id()?.to_string();
-        let proxy = otlp.wait_for_trace(&tid, 8, Duration::from_secs(10))?;
-        let mut app_spans: Vec<_> = run
-            .spans
-            .iter()
-            .filter(|s| s.trace_id == tid)
-            .cloned()
-            .collect();
-        app_spans.extend(backend_app.wait_for_trace(&tid, 1, Duration::from_secs(10))?);
-        println!("\nGET /work/demo -> {}", req.status);
-        print!("{}", waterfall(&views(&app_spans, &proxy), 48));
+        print_trace(&otlp, &run, req, &[(&backend_app, 1)], "GET /work/demo")?;
     }
     println!("\n(plainweb has no span of its own: the agent linked its call to backend to the request it was serving)");
     if let Some(mut f) = forwarder {
@@ -239,6 +218,32 @@ fn traces(forwarder: Option<Forwarder>, keep: bool) -> Result<()> {
     lab.teardown().context("tearing the lab down")?;
     println!("\nlab torn down");
     Ok(())
+}
+
+/// Prints the waterfall of `req`'s trace: the client's spans from `run`, each server's
+/// (with how many spans it records), and the agents' 8 proxy spans (two hops);
+/// returns the apps' spans.
+fn print_trace(
+    otlp: &OtlpReceiver,
+    run: &hoptrace_tests::pyapp::ClientRun,
+    req: &hoptrace_tests::pyapp::ClientRequest,
+    servers: &[(&hoptrace_tests::pyapp::PyServer, usize)],
+    label: &str,
+) -> Result<Vec<hoptrace_tests::pyapp::AppSpan>> {
+    let tid = req.trace_id()?.to_string();
+    let proxy = otlp.wait_for_trace(&tid, 8, Duration::from_secs(10))?;
+    let mut app_spans: Vec<_> = run
+        .spans
+        .iter()
+        .filter(|s| s.trace_id == tid)
+        .cloned()
+        .collect();
+    for (server, n) in servers {
+        app_spans.extend(server.wait_for_trace(&tid, *n, Duration::from_secs(10))?);
+    }
+    println!("\n{label} -> {}", req.status);
+    print!("{}", waterfall(&views(&app_spans, &proxy), 48));
+    Ok(app_spans)
 }
 
 /// Part three: `hoptrace dashboard` over both agents while the client keeps calling
