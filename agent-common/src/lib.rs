@@ -42,6 +42,11 @@ pub mod maps {
     /// sockets by 4-tuple (remote = the connecting side), so the agent can find the
     /// app's end of its inbound-leg connection.
     pub const APP_SOCKETS: &str = "APP_SOCKETS";
+    /// `SockHash<u64 socket cookie>`: both sockets of each opaque TCP connection the
+    /// agent splices in the kernel (docs/ARCHITECTURE.md, "Opaque TCP in the kernel").
+    pub const SPLICE_SOCKS: &str = "SPLICE_SOCKS";
+    /// `HashMap<u64 socket cookie, SplicePeer>`: where a spliced socket's bytes go.
+    pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
 }
 
 /// Program names (function names in agent-ebpf).
@@ -64,6 +69,9 @@ pub mod programs {
     pub const SOCK_SEND_TP: &str = "sock_send_length";
     /// See [`SOCK_SEND_TP`].
     pub const SOCK_RECV_TP: &str = "sock_recv_length";
+    /// `sk_skb/stream_verdict` on [`super::maps::SPLICE_SOCKS`]: each received
+    /// segment of a spliced socket goes out on its peer socket.
+    pub const SPLICE: &str = "hoptrace_splice";
     /// The global holding `skc_cookie`'s offset in `struct sock` (0: unknown).
     pub const SKC_COOKIE_OFFSET: &str = "SKC_COOKIE_OFFSET";
 }
@@ -119,6 +127,22 @@ pub struct SockThread {
     pub ns: u64,
     /// Inbound socket: `bpf_ktime_get_ns()` of the app's last write on it (0: none).
     pub write_ns: u64,
+}
+
+/// Capacity of [`maps::SPLICE_SOCKS`] and [`maps::SPLICE_PEERS`] (two per spliced
+/// connection); beyond it, connections are relayed in userspace.
+pub const SPLICE_MAX_ENTRIES: u32 = 65_536;
+
+/// Value of [`maps::SPLICE_PEERS`]: a spliced socket's peer, and the bytes the
+/// verdict program has sent it from this socket (written by that program only, under
+/// the receiving socket's lock).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplicePeer {
+    /// Socket cookie of the socket this one's bytes are redirected to.
+    pub peer: u64,
+    /// Bytes redirected so far.
+    pub bytes: u64,
 }
 
 /// An original destination as the application asked for it.
@@ -258,4 +282,5 @@ mod user {
     unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::Tuple {}
     unsafe impl aya::Pod for super::SockThread {}
+    unsafe impl aya::Pod for super::SplicePeer {}
 }

@@ -10,6 +10,7 @@ mod log;
 mod maps;
 mod sk_lookup;
 mod sock_ops;
+mod splice;
 mod threads;
 
 #[cfg(not(test))]

@@ -1,9 +1,9 @@
 //! Maps shared by the programs. Names must match `agent_common::maps`.
 
 use agent_common::{
-    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, SockThread, Tuple,
+    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, SockThread, SplicePeer, Tuple,
     BYPASS_MAX_ENTRIES, COUNTERS_LEN, LISTENERS_MAX_ENTRIES, ORIG_DST_MAX_ENTRIES,
-    PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES,
+    PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES, SPLICE_MAX_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -57,6 +57,17 @@ pub static SOCK_THREADS: LruHashMap<u64, SockThread> =
 #[map]
 pub static APP_SOCKETS: LruHashMap<Tuple, u64> =
     LruHashMap::with_max_entries(PROPAGATION_MAX_ENTRIES, 0);
+
+/// Both sockets of each opaque TCP connection spliced in the kernel, by socket cookie
+/// (the agent inserts them; closing a socket removes it).
+#[map]
+pub static SPLICE_SOCKS: SockHash<u64> = SockHash::with_max_entries(SPLICE_MAX_ENTRIES, 0);
+
+/// socket cookie → its peer and the bytes redirected to it (the agent inserts and
+/// removes; `hoptrace_splice` counts).
+#[map]
+pub static SPLICE_PEERS: HashMap<u64, SplicePeer> =
+    HashMap::with_max_entries(SPLICE_MAX_ENTRIES, 0);
 
 /// Per-CPU event counters, summed by the agent for `/metrics`.
 #[map]

@@ -45,6 +45,7 @@ fn limits(args: &RunArgs) -> Limits {
         pool_max_lifetime: args.pool_max_lifetime,
         lean_http1: args.http1_proxy == crate::config::Http1Proxy::Lean,
         one_pass: args.same_node_one_pass,
+        opaque_in_kernel: args.opaque_tcp == crate::config::OpaqueTcp::Kernel,
     }
 }
 

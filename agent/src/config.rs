@@ -224,6 +224,22 @@ pub struct RunArgs {
     /// Threads of the agent's async runtime; `0`: one per CPU the agent may run on.
     #[arg(long, env = "HOPTRACE_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+
+    /// How opaque TCP (not HTTP, or TLS) is relayed: `kernel` (default; the two
+    /// sockets are spliced by an eBPF program and the bytes never reach the agent;
+    /// falls back to `userspace` where the kernel cannot) or `userspace` (the agent
+    /// copies the bytes; for comparison in `cargo xtask bench`, docs/BENCH.md).
+    #[arg(long, env = "HOPTRACE_OPAQUE_TCP", value_enum, default_value_t = OpaqueTcp::Kernel)]
+    pub opaque_tcp: OpaqueTcp,
+}
+
+/// How opaque TCP is relayed (`--opaque-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpaqueTcp {
+    /// Spliced in the kernel (sockmap and a stream verdict program).
+    Kernel,
+    /// Copied by the agent.
+    Userspace,
 }
 
 /// The HTTP/1.1 proxy implementation (`--http1-proxy`).

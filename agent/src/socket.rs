@@ -161,23 +161,68 @@ fn setsockopt_int(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io:
 /// Linux 5.14+). The same value `bpf_get_netns_cookie()` returns in the kernel.
 pub fn netns_cookie(fd: &impl AsRawFd) -> io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let mut cookie: u64 = 0;
+    getsockopt_u64(fd, SO_NETNS_COOKIE)
+}
+
+/// The socket's cookie (`SO_COOKIE`): the value `bpf_get_socket_cookie()` returns for
+/// it in the kernel, unique for the socket's lifetime.
+pub fn socket_cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    const SO_COOKIE: libc::c_int = 57;
+    getsockopt_u64(fd, SO_COOKIE)
+}
+
+fn getsockopt_u64(fd: &impl AsRawFd, name: libc::c_int) -> io::Result<u64> {
+    let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd; out-pointers to stack values of the declared size.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
+            name,
+            (&mut value as *mut u64).cast(),
             &mut len,
         )
     };
     if rc == 0 {
-        Ok(cookie)
+        Ok(value)
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The bytes a connected TCP socket has taken for sending since it was opened: those
+/// the peer acknowledged (`tcpi_bytes_acked`) plus those still queued (`SIOCOUTQ`).
+/// Read in that order, so a concurrent acknowledgement can make it low, never high.
+pub fn tcp_bytes_taken(fd: &impl AsRawFd) -> io::Result<u64> {
+    // `struct tcp_info` up to `tcpi_bytes_acked` (Linux 4.1+): offset 120, 8 bytes.
+    const BYTES_ACKED: usize = 120;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: valid fd; out-pointer to a buffer of the declared size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < BYTES_ACKED + 8 {
+        return Err(io::Error::other("tcp_info without tcpi_bytes_acked"));
+    }
+    let mut acked = [0u8; 8];
+    acked.copy_from_slice(&info[BYTES_ACKED..BYTES_ACKED + 8]);
+    let mut queued: libc::c_int = 0;
+    // SAFETY: valid fd; SIOCOUTQ writes one int.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(acked) + u64::try_from(queued).unwrap_or(0))
 }
 
 /// Loopback listen address of a per-pod listener.

@@ -33,12 +33,14 @@ pub mod btf;
 mod counters;
 mod log;
 mod pod;
+mod splice;
 mod threads;
 
 pub use counters::KernelCounters;
 pub use log::LOG_TARGET;
 
 pub use pod::{AttachedPod, SteeringGuard};
+pub use splice::{SpliceError, Spliced};
 pub use threads::{AppSocket, LastUse, ThreadId, ThreadProbes};
 
 /// The compiled eBPF object, built by `build.rs`.
@@ -123,6 +125,8 @@ pub struct Datapath {
     listeners: Mutex<HashMap<MapData, ListenKey, u64>>,
     /// Context propagation's thread facts (`None`: the programs did not load).
     threads: Mutex<Option<threads::Threads>>,
+    /// Opaque TCP spliced in the kernel (`None`: the program did not load or attach).
+    splice: Mutex<Option<splice::Splicer>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -211,6 +215,15 @@ impl Datapath {
                 None
             }
         };
+        let splice = match splice::load(&mut ebpf) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!(
+                    "opaque TCP in the kernel: {err}; opaque connections are relayed in userspace (docs/KERNELS.md)"
+                );
+                None
+            }
+        };
         Ok(Self {
             control: Mutex::new(Control {
                 ebpf,
@@ -223,6 +236,7 @@ impl Datapath {
             bypass: Mutex::new(bypass),
             listeners: Mutex::new(listeners),
             threads: Mutex::new(threads),
+            splice: Mutex::new(splice),
         })
     }
 

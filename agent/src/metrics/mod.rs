@@ -60,6 +60,24 @@ pub struct LimitMetrics {
     pub timeouts: Counter,
 }
 
+/// Node-wide counts of opaque TCP connections by how they were relayed
+/// (`hoptrace_opaque_connections_total{relay}`).
+#[derive(Debug, Clone, Default)]
+pub struct OpaqueMetrics {
+    /// Spliced in the kernel (docs/ARCHITECTURE.md, "Opaque TCP in the kernel").
+    pub kernel: Counter,
+    /// Relayed in userspace (`--opaque-tcp userspace`, or the kernel path unavailable
+    /// or refused for this connection).
+    pub userspace: Counter,
+}
+
+/// Labels of `hoptrace_opaque_connections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// `kernel` | `userspace`.
+    pub relay: &'static str,
+}
+
 /// One pod's `hoptrace_propagation_total` counters (context propagation by the agent).
 #[derive(Debug, Clone, Default)]
 pub struct PropagationMetrics {
@@ -117,6 +135,7 @@ pub struct Metrics {
     kube_watch_errors: Family<ResourceLabels, Counter>,
     kube_forbidden: Family<ResourceLabels, Gauge>,
     propagation: Family<PropagationLabels, Counter>,
+    opaque: OpaqueMetrics,
 }
 
 /// Metric handles for one pod and direction, cheap to clone into tasks.
@@ -141,6 +160,8 @@ pub struct ConnMetrics {
     pub refused_loop: Counter,
     /// Node-wide limit counters.
     pub limits: LimitMetrics,
+    /// Node-wide opaque TCP relay counters.
+    pub opaque: OpaqueMetrics,
 }
 
 impl Metrics {
@@ -240,6 +261,20 @@ impl Metrics {
             "Outbound requests without trace context of pods that propagate context (linked: the causing inbound request's context added; ambiguous: several could have caused it, untouched; none: no inbound request in flight, or it carried no context)",
             propagation.clone(),
         );
+        let relayed = Family::<RelayLabels, Counter>::default();
+        // One statement each: a `get_or_create` guard held across the next deadlocks.
+        let kernel = relayed
+            .get_or_create(&RelayLabels { relay: "kernel" })
+            .clone();
+        let userspace = relayed
+            .get_or_create(&RelayLabels { relay: "userspace" })
+            .clone();
+        let opaque = OpaqueMetrics { kernel, userspace };
+        registry.register(
+            "opaque_connections",
+            "Opaque TCP connections by relay (kernel: spliced by the eBPF program, the bytes never reach the agent; userspace: copied by the agent)",
+            relayed,
+        );
         for source in sources {
             source.register(&mut registry);
         }
@@ -258,6 +293,7 @@ impl Metrics {
             kube_watch_errors,
             kube_forbidden,
             propagation,
+            opaque,
         }
     }
 
@@ -282,6 +318,7 @@ impl Metrics {
             refused_limit: self.refused(pod, direction, "pod_limit"),
             refused_loop: self.refused(pod, direction, "self_connect"),
             limits: self.limits.clone(),
+            opaque: self.opaque.clone(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Limits {
     /// A connection to an enrolled pod of the same node is served in one pass: the
     /// outbound leg connects to the destination's app itself (`--same-node-one-pass`).
     pub one_pass: bool,
+    /// Opaque TCP is spliced in the kernel where it can be (`--opaque-tcp`).
+    pub opaque_in_kernel: bool,
 }
 
 /// Connections being proxied on the node; each holds an [`InFlightGuard`].

@@ -19,6 +19,7 @@ mod limits;
 pub mod local;
 pub mod pool;
 pub mod propagation;
+mod splice;
 mod tcp;
 
 pub use limits::{InFlightCount, Limits};
@@ -449,6 +450,7 @@ async fn proxy(
     // detection timeout), connect now and relay it opaquely.
     let idle = pod.limits.tcp_idle_timeout;
     let also = through.as_ref().map(|t| (t.metrics(), &t.edge));
+    let splice = pod.limits.opaque_in_kernel.then_some(&pod.datapath);
     let knows_http = match &through {
         Some(t) => t.dest.pool(Direction::Inbound).knows_http(&t.target),
         None => pod.pool(dir).knows_http(&target),
@@ -466,7 +468,7 @@ async fn proxy(
                 return Err(err);
             }
         };
-        return tcp::relay(client, upstream, m, &edge, idle, also).await;
+        return tcp::relay(client, upstream, m, &edge, idle, also, splice).await;
     }
     // Otherwise connect first, as a plain proxy would, then watch both sides: the
     // client's first bytes decide the protocol; if the server speaks first (SMTP,
@@ -501,7 +503,9 @@ async fn proxy(
         },
     };
     match protocol {
-        detect::Protocol::Opaque => tcp::relay(client, upstream, m, &edge, idle, also).await,
+        detect::Protocol::Opaque => {
+            tcp::relay(client, upstream, m, &edge, idle, also, splice).await
+        }
         p => serve_http(pod, client, conn(&edge), p, Some(upstream), through.clone()).await,
     }
 }

@@ -1,7 +1,11 @@
-//! Opaque TCP relay: byte-exact, half-close preserved, bounded buffers, idle timeout.
+//! Opaque TCP relay: byte-exact, half-close preserved, bounded buffers, idle timeout;
+//! spliced in the kernel where it can be ([`super::splice`]), else copied here.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -17,7 +21,7 @@ use tokio::{
 use super::ConnError;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::{golden::Edge, metrics::ConnMetrics};
+use crate::{ebpf::Datapath, golden::Edge, metrics::ConnMetrics};
 
 /// Per-direction buffer. Bounded: a slow reader stops us reading from the writer
 /// (backpressure through TCP windows), never an unbounded queue in the agent. It is
@@ -25,13 +29,10 @@ use crate::{golden::Edge, metrics::ConnMetrics};
 /// (not 64) keeps 1,000 busy connections at ~32 MiB of buffers.
 const BUF: usize = 16 * 1024;
 
-/// Copies both ways until both sides are done. When one side ends its stream (FIN),
-/// the other side's write half is shut down, and the reverse direction keeps flowing:
-/// half-close reaches the peer as it would without the agent. A connection with no
-/// byte in either direction for `idle` is closed ([`ConnError::Idle`]).
-///
-/// The bytes are counted in `m` and `edge`, and on a same-node hop served in one pass
-/// (`also`) in the destination's inbound metrics and edge too.
+/// Relays an opaque connection until both sides are done: in the kernel when `splice`
+/// is given and the kernel takes the two sockets ([`super::splice`]), else by copying
+/// ([`copy`]). The bytes are counted in `m` and `edge`, and on a same-node hop served
+/// in one pass (`also`) in the destination's inbound metrics and edge too.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
@@ -39,6 +40,7 @@ pub async fn relay(
     edge: &Edge,
     idle: Duration,
     also: Option<(&ConnMetrics, &Edge)>,
+    splice: Option<&Arc<Datapath>>,
 ) -> Result<(), ConnError> {
     let (edge_from_client, edge_from_server) = edge.tcp_byte_counters();
     let mut from_client = vec![m.bytes_from_client.clone(), edge_from_client];
@@ -49,6 +51,37 @@ pub async fn relay(
         from_server.extend([m2.bytes_from_server.clone(), s]);
     }
     let _ = client.set_nodelay(true);
+    match splice.and_then(|d| d.splice(&client, &upstream)) {
+        Some(Ok(spliced)) => {
+            m.opaque.kernel.inc();
+            let r = super::splice::relay(client, upstream, spliced, from_client, from_server, idle)
+                .await;
+            if matches!(r, Err(ConnError::Idle(_))) {
+                m.limits.timeouts.inc();
+            }
+            return r;
+        }
+        Some(Err(err)) => {
+            tracing::debug!("opaque TCP relayed in userspace: {err}");
+        }
+        None => {}
+    }
+    m.opaque.userspace.inc();
+    copy(client, upstream, m, idle, &from_client, &from_server).await
+}
+
+/// Copies both ways until both sides are done. When one side ends its stream (FIN),
+/// the other side's write half is shut down, and the reverse direction keeps flowing:
+/// half-close reaches the peer as it would without the agent. A connection with no
+/// byte in either direction for `idle` is closed ([`ConnError::Idle`]).
+async fn copy(
+    client: TcpStream,
+    upstream: TcpStream,
+    m: &ConnMetrics,
+    idle: Duration,
+    from_client: &[Counter],
+    from_server: &[Counter],
+) -> Result<(), ConnError> {
     let start = Instant::now();
     // Milliseconds after `start` of the last byte relayed in either direction.
     let last = AtomicU64::new(0);
@@ -56,8 +89,8 @@ pub async fn relay(
     let (mut ur, mut uw) = upstream.into_split();
     let both = async {
         tokio::try_join!(
-            copy_half(&mut cr, &mut uw, &from_client, &last, start),
-            copy_half(&mut ur, &mut cw, &from_server, &last, start),
+            copy_half(&mut cr, &mut uw, from_client, &last, start),
+            copy_half(&mut ur, &mut cw, from_server, &last, start),
         )
     };
     let watchdog = async {

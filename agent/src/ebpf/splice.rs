@@ -1,0 +1,154 @@
+//! Opaque TCP in the kernel (docs/ARCHITECTURE.md, "Opaque TCP in the kernel"): the
+//! two sockets of a relayed connection go into `SPLICE_SOCKS`, each with its peer in
+//! `SPLICE_PEERS`, and the `hoptrace_splice` stream verdict program sends what one
+//! receives out of the other. [`Spliced`] holds a connection's entries and removes them
+//! when dropped. When the program cannot be loaded or attached, [`Datapath::splice`]
+//! is `None` and connections are relayed in userspace, as before.
+
+use std::{os::fd::AsRawFd, sync::Arc};
+
+use agent_common::{maps, programs, SplicePeer};
+use aya::{
+    maps::{HashMap, MapData, SockHash},
+    programs::SkSkb,
+    Ebpf,
+};
+
+use super::{map_err, prog_err, Datapath, DatapathError};
+
+/// The maps, with the program attached to `socks` for as long as the object lives.
+pub(super) struct Splicer {
+    socks: SockHash<MapData, u64>,
+    peers: HashMap<MapData, u64, SplicePeer>,
+}
+
+/// Loads `hoptrace_splice` and attaches it to `SPLICE_SOCKS`.
+pub(super) fn load(ebpf: &mut Ebpf) -> Result<Splicer, DatapathError> {
+    let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
+    let socks: SockHash<MapData, u64> =
+        SockHash::try_from(take(maps::SPLICE_SOCKS)?).map_err(map_err(maps::SPLICE_SOCKS))?;
+    let peers =
+        HashMap::try_from(take(maps::SPLICE_PEERS)?).map_err(map_err(maps::SPLICE_PEERS))?;
+    let name = programs::SPLICE;
+    let prog: &mut SkSkb = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(name))?;
+    prog.load().map_err(prog_err(name))?;
+    // The link lives in the program, which lives in `Control::ebpf`: attached until
+    // the agent exits.
+    prog.attach(socks.fd()).map_err(prog_err(name))?;
+    Ok(Splicer { socks, peers })
+}
+
+/// One connection spliced in the kernel: `a`'s bytes go out of `b` and `b`'s out of
+/// `a` until this is dropped (or a socket is closed, which removes it from the map).
+#[derive(Debug)]
+pub struct Spliced {
+    datapath: Arc<Datapath>,
+    a: u64,
+    b: u64,
+}
+
+impl Spliced {
+    /// Bytes redirected so far: (from `a` to `b`, from `b` to `a`).
+    pub fn bytes(&self) -> (u64, u64) {
+        let splice = self.datapath.splicer();
+        let Some(s) = splice.as_ref() else {
+            return (0, 0);
+        };
+        let get = |k: u64| s.peers.get(&k, 0).map(|p| p.bytes).unwrap_or(0);
+        (get(self.a), get(self.b))
+    }
+}
+
+impl Drop for Spliced {
+    fn drop(&mut self) {
+        let mut splice = self.datapath.splicer();
+        if let Some(s) = splice.as_mut() {
+            s.remove(self.a, self.b);
+        }
+    }
+}
+
+impl Datapath {
+    fn splicer(&self) -> std::sync::MutexGuard<'_, Option<Splicer>> {
+        self.splice.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether opaque TCP can be spliced in the kernel here.
+    pub fn splice_available(&self) -> bool {
+        self.splicer().is_some()
+    }
+
+    /// Splices the connected TCP sockets `a` and `b`: from now on what either
+    /// receives, including what it had received and not yet been read, leaves through
+    /// the other. Nothing must read or write them but the kernel until the returned
+    /// guard is dropped, except for shutting down a write side. `None` when not
+    /// available; `Err` (nothing changed) when these sockets cannot be spliced (the map
+    /// is full, or a socket is no longer connected).
+    pub fn splice(
+        self: &Arc<Self>,
+        a: &impl AsRawFd,
+        b: &impl AsRawFd,
+    ) -> Option<Result<Spliced, SpliceError>> {
+        let mut splice = self.splicer();
+        let s = splice.as_mut()?;
+        Some(splice_in(self, s, a, b))
+    }
+}
+
+/// Why a connection could not be spliced; it is relayed in userspace instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// A socket's cookie could not be read.
+    #[error("SO_COOKIE: {0}")]
+    Cookie(std::io::Error),
+    /// A map update failed.
+    #[error(transparent)]
+    Map(DatapathError),
+}
+
+fn splice_in(
+    datapath: &Arc<Datapath>,
+    s: &mut Splicer,
+    a: &impl AsRawFd,
+    b: &impl AsRawFd,
+) -> Result<Spliced, SpliceError> {
+    let cookie = |fd: &dyn AsRawFd| {
+        crate::socket::socket_cookie(&fd.as_raw_fd()).map_err(SpliceError::Cookie)
+    };
+    let (ca, cb) = (cookie(a)?, cookie(b)?);
+    let peer = |peer| SplicePeer { peer, bytes: 0 };
+    let inserted = s
+        .peers
+        .insert(ca, peer(cb), 0)
+        .and_then(|()| s.peers.insert(cb, peer(ca), 0))
+        .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_PEERS)(e)))
+        .and_then(|()| {
+            s.socks
+                .insert(cb, b.as_raw_fd(), 0)
+                .and_then(|()| s.socks.insert(ca, a.as_raw_fd(), 0))
+                .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_SOCKS)(e)))
+        });
+    if let Err(err) = inserted {
+        // Undo what was inserted (the lock is held: not through the guard's drop).
+        s.remove(ca, cb);
+        return Err(err);
+    }
+    Ok(Spliced {
+        datapath: datapath.clone(),
+        a: ca,
+        b: cb,
+    })
+}
+
+impl Splicer {
+    fn remove(&mut self, a: u64, b: u64) {
+        for k in [a, b] {
+            let _ = self.socks.remove(&k);
+            let _ = self.peers.remove(&k);
+        }
+    }
+}
