@@ -47,6 +47,8 @@ pub mod maps {
     pub const SPLICE_SOCKS: &str = "SPLICE_SOCKS";
     /// `HashMap<u64 socket cookie, SplicePeer>`: where a spliced socket's bytes go.
     pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
+    /// `HashMap<u64 socket cookie, SpliceStats>`: what the program did with them.
+    pub const SPLICE_STATS: &str = "SPLICE_STATS";
 }
 
 /// Program names (function names in agent-ebpf).
@@ -133,16 +135,31 @@ pub struct SockThread {
 /// connection); beyond it, connections are relayed in userspace.
 pub const SPLICE_MAX_ENTRIES: u32 = 65_536;
 
-/// Value of [`maps::SPLICE_PEERS`]: a spliced socket's peer, and the bytes the
-/// verdict program has sent it from this socket (written by that program only, under
-/// the receiving socket's lock).
+/// Value of [`maps::SPLICE_PEERS`]: where a spliced socket's bytes go, and how many
+/// it may have sent there in all. Written by the agent only (it replaces the entry to
+/// raise the limit as the peer takes bytes); the program only reads it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SplicePeer {
     /// Socket cookie of the socket this one's bytes are redirected to.
     pub peer: u64,
-    /// Bytes redirected so far.
+    /// The program redirects a segment only while [`SpliceStats::bytes`] stays within
+    /// this; beyond, it pauses the direction (the peer's backlog is full).
+    pub limit: u64,
+}
+
+/// Value of [`maps::SPLICE_STATS`]: what the program did with a spliced socket's bytes.
+/// Written in place by the program only (the agent inserts it zeroed and reads it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// Bytes redirected to the peer.
     pub bytes: u64,
+    /// Non-zero once the program stopped redirecting (the limit was reached, or the
+    /// peer left the map): from then on every segment stays in this socket's own
+    /// queue, in order, charged to its receive buffer (TCP backpressure), for the agent
+    /// to relay in userspace.
+    pub paused: u64,
 }
 
 /// An original destination as the application asked for it.
@@ -283,4 +300,5 @@ mod user {
     unsafe impl aya::Pod for super::Tuple {}
     unsafe impl aya::Pod for super::SockThread {}
     unsafe impl aya::Pod for super::SplicePeer {}
+    unsafe impl aya::Pod for super::SpliceStats {}
 }

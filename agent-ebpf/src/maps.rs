@@ -1,9 +1,9 @@
 //! Maps shared by the programs. Names must match `agent_common::maps`.
 
 use agent_common::{
-    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, SockThread, SplicePeer, Tuple,
-    BYPASS_MAX_ENTRIES, COUNTERS_LEN, LISTENERS_MAX_ENTRIES, ORIG_DST_MAX_ENTRIES,
-    PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES, SPLICE_MAX_ENTRIES,
+    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, SockThread, SplicePeer,
+    SpliceStats, Tuple, BYPASS_MAX_ENTRIES, COUNTERS_LEN, LISTENERS_MAX_ENTRIES,
+    ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES, SPLICE_MAX_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -63,10 +63,15 @@ pub static APP_SOCKETS: LruHashMap<Tuple, u64> =
 #[map]
 pub static SPLICE_SOCKS: SockHash<u64> = SockHash::with_max_entries(SPLICE_MAX_ENTRIES, 0);
 
-/// socket cookie → its peer and the bytes redirected to it (the agent inserts and
-/// removes; `hoptrace_splice` counts).
+/// socket cookie → its peer and how far it may send to it (the agent writes).
 #[map]
 pub static SPLICE_PEERS: HashMap<u64, SplicePeer> =
+    HashMap::with_max_entries(SPLICE_MAX_ENTRIES, 0);
+
+/// socket cookie → bytes redirected and the pause flag (`hoptrace_splice` writes in
+/// place; the agent inserts, reads, removes).
+#[map]
+pub static SPLICE_STATS: HashMap<u64, SpliceStats> =
     HashMap::with_max_entries(SPLICE_MAX_ENTRIES, 0);
 
 /// Per-CPU event counters, summed by the agent for `/metrics`.

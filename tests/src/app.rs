@@ -1,4 +1,4 @@
-//! Driving the `labapp` test program (src/bin/labapp.rs) inside pods.
+//! Driving the `labapp` test program (src/bin/labapp/) inside pods.
 
 use crate::{Pod, PodProcess};
 use anyhow::{bail, Context, Result};
@@ -29,6 +29,26 @@ pub struct EchoReport {
     pub bytes: u64,
     /// The client's stderr (per-connection errors).
     pub stderr: String,
+}
+
+/// Result line of `labapp flood-client`.
+#[derive(Clone, Debug)]
+pub struct FloodReport {
+    /// Bytes the path between the apps had taken while the server read nothing.
+    pub buffered: u64,
+    /// The server received every byte, in order.
+    pub ok: bool,
+    /// The client's stderr.
+    pub stderr: String,
+}
+
+/// Result line of `labapp idle-client`.
+#[derive(Clone, Debug)]
+pub struct IdleReport {
+    /// How long after the last byte the connection was closed (or the wait, if open).
+    pub after: Duration,
+    /// `eof`, `reset` or `open`.
+    pub how: &'static str,
 }
 
 /// One attempt of `labapp connect-loop`.
@@ -68,7 +88,14 @@ impl LabApp {
     }
 
     fn server(&self, sub: &str, pod: &Pod, listen: SocketAddr) -> Result<PodProcess> {
-        let mut cmd = self.command(&[sub, "--listen", &listen.to_string()]);
+        self.server_with(&[sub], pod, listen)
+    }
+
+    fn server_with(&self, args: &[&str], pod: &Pod, listen: SocketAddr) -> Result<PodProcess> {
+        let listen_arg = listen.to_string();
+        let mut all = args.to_vec();
+        all.extend(["--listen", &listen_arg]);
+        let mut cmd = self.command(&all);
         cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
         let mut proc = pod.spawn(cmd)?;
         proc.wait_listening(listen.port(), LISTEN_TIMEOUT)?;
@@ -78,6 +105,61 @@ impl LabApp {
     /// Starts `echo-server --listen <listen>` in `pod` and waits until it listens.
     pub fn echo_server(&self, pod: &Pod, listen: SocketAddr) -> Result<PodProcess> {
         self.server("echo-server", pod, listen)
+    }
+
+    /// Starts `hold-server` in `pod`: each connection is read only after `hold`.
+    pub fn hold_server(&self, pod: &Pod, listen: SocketAddr, hold: Duration) -> Result<PodProcess> {
+        let ms = hold.as_millis().to_string();
+        self.server_with(&["hold-server", "--hold-ms", &ms], pod, listen)
+    }
+
+    /// Runs `flood-client` in `pod` against a hold-server at `addr`: `bytes` sent,
+    /// what the path had taken after `sample` noted. `Err` only when there is no report.
+    pub fn flood_client(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        bytes: u64,
+        sample: Duration,
+    ) -> Result<FloodReport> {
+        let (addr, bytes, ms) = (
+            addr.to_string(),
+            bytes.to_string(),
+            sample.as_millis().to_string(),
+        );
+        let args = [
+            "flood-client",
+            "--addr",
+            &addr,
+            "--bytes",
+            &bytes,
+            "--sample-ms",
+            &ms,
+        ];
+        let out = pod.run(self.command(&args), CLIENT_TIMEOUT)?;
+        let line = report_line(&out.stdout, "flood-client", &out.status, &out.stderr)?;
+        Ok(FloodReport {
+            buffered: json_u64(line, "buffered")?,
+            ok: line.contains("\"ok\":true"),
+            stderr: out.stderr,
+        })
+    }
+
+    /// Runs `idle-client` in `pod` against an echo-server at `addr`: how long until
+    /// the idle connection was closed (`None`: still open after `wait`) and how.
+    pub fn idle_client(&self, pod: &Pod, addr: SocketAddr, wait: Duration) -> Result<IdleReport> {
+        let (addr, ms) = (addr.to_string(), wait.as_millis().to_string());
+        let args = ["idle-client", "--addr", &addr, "--wait-ms", &ms];
+        let out = pod.run(self.command(&args), CLIENT_TIMEOUT)?;
+        let line = report_line(&out.stdout, "idle-client", &out.status, &out.stderr)?;
+        let how = ["eof", "reset", "open"]
+            .into_iter()
+            .find(|h| line.contains(&format!("\"how\":\"{h}\"")))
+            .with_context(|| format!("idle-client: no \"how\" in {line:?}"))?;
+        Ok(IdleReport {
+            after: Duration::from_millis(json_u64(line, "closed_after_ms")?),
+            how,
+        })
     }
 
     /// Starts `whoami-server --listen <listen>` in `pod` and waits until it listens.
@@ -283,6 +365,20 @@ pub fn parse_attempts(text: &str) -> Result<Vec<Attempt>> {
 }
 
 /// The unsigned integer value of `"key":` in a flat one-line JSON object.
+/// The last JSON line of a client's output.
+fn report_line<'a>(
+    stdout: &'a str,
+    what: &str,
+    status: &impl std::fmt::Display,
+    stderr: &str,
+) -> Result<&'a str> {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{what} printed no report ({status}): {}", stderr.trim()))
+}
+
 fn json_u64(line: &str, key: &str) -> Result<u64> {
     let pat = format!("\"{key}\":");
     let at = line

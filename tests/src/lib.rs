@@ -46,7 +46,7 @@ pub mod webdriver;
 pub mod workloads;
 
 pub use agent::Agent;
-pub use app::{Attempt, ConnectLoop, EchoReport, LabApp};
+pub use app::{Attempt, ConnectLoop, EchoReport, FloodReport, IdleReport, LabApp};
 pub use kubeapi::KubeApi;
 pub use lab::{Lab, LabOptions};
 pub use metrics::Metrics;

@@ -7,7 +7,7 @@
 
 use std::{os::fd::AsRawFd, sync::Arc};
 
-use agent_common::{maps, programs, SplicePeer};
+use agent_common::{maps, programs, SplicePeer, SpliceStats};
 use aya::{
     maps::{HashMap, MapData, SockHash},
     programs::SkSkb,
@@ -20,6 +20,7 @@ use super::{map_err, prog_err, Datapath, DatapathError};
 pub(super) struct Splicer {
     socks: SockHash<MapData, u64>,
     peers: HashMap<MapData, u64, SplicePeer>,
+    stats: HashMap<MapData, u64, SpliceStats>,
 }
 
 /// Loads `hoptrace_splice` and attaches it to `SPLICE_SOCKS`.
@@ -29,6 +30,8 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<Splicer, DatapathError> {
         SockHash::try_from(take(maps::SPLICE_SOCKS)?).map_err(map_err(maps::SPLICE_SOCKS))?;
     let peers =
         HashMap::try_from(take(maps::SPLICE_PEERS)?).map_err(map_err(maps::SPLICE_PEERS))?;
+    let stats =
+        HashMap::try_from(take(maps::SPLICE_STATS)?).map_err(map_err(maps::SPLICE_STATS))?;
     let name = programs::SPLICE;
     let prog: &mut SkSkb = ebpf
         .program_mut(name)
@@ -39,7 +42,11 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<Splicer, DatapathError> {
     // The link lives in the program, which lives in `Control::ebpf`: attached until
     // the agent exits.
     prog.attach(socks.fd()).map_err(prog_err(name))?;
-    Ok(Splicer { socks, peers })
+    Ok(Splicer {
+        socks,
+        peers,
+        stats,
+    })
 }
 
 /// One connection spliced in the kernel: `a`'s bytes go out of `b` and `b`'s out of
@@ -52,14 +59,41 @@ pub struct Spliced {
 }
 
 impl Spliced {
-    /// Bytes redirected so far: (from `a` to `b`, from `b` to `a`).
-    pub fn bytes(&self) -> (u64, u64) {
+    /// What the program did with each socket's bytes: (`a`'s, `b`'s).
+    pub fn stats(&self) -> (SpliceStats, SpliceStats) {
         let splice = self.datapath.splicer();
         let Some(s) = splice.as_ref() else {
-            return (0, 0);
+            return Default::default();
         };
-        let get = |k: u64| s.peers.get(&k, 0).map(|p| p.bytes).unwrap_or(0);
+        let get = |k: u64| s.stats.get(&k, 0).unwrap_or_default();
         (get(self.a), get(self.b))
+    }
+
+    /// Lets the program redirect up to `a` bytes from `a` (counted from the splice)
+    /// and `b` from `b`.
+    pub fn set_limits(&self, a: u64, b: u64) -> Result<(), DatapathError> {
+        let mut splice = self.datapath.splicer();
+        let Some(s) = splice.as_mut() else {
+            return Ok(());
+        };
+        for (k, peer, limit) in [(self.a, self.b, a), (self.b, self.a, b)] {
+            s.peers
+                .insert(k, SplicePeer { peer, limit }, 0)
+                .map_err(map_err(maps::SPLICE_PEERS))?;
+        }
+        Ok(())
+    }
+
+    /// Stops redirecting in both directions: the program pauses each at its next
+    /// segment. A segment it is redirecting right now may still be counted: take the
+    /// receiving socket's lock (any socket call that does) before the final counts.
+    pub fn stop(&self) {
+        let mut splice = self.datapath.splicer();
+        if let Some(s) = splice.as_mut() {
+            for k in [self.a, self.b] {
+                let _ = s.peers.remove(&k);
+            }
+        }
     }
 }
 
@@ -84,7 +118,7 @@ impl Datapath {
 
     /// Splices the connected TCP sockets `a` and `b`: from now on what either
     /// receives, including what it had received and not yet been read, leaves through
-    /// the other. Nothing must read or write them but the kernel until the returned
+    /// the other, up to `limit` bytes each until [`Spliced::set_limits`] raises it. Nothing must read or write them but the kernel until the returned
     /// guard is dropped, except for shutting down a write side. `None` when not
     /// available; `Err` (nothing changed) when these sockets cannot be spliced (the map
     /// is full, or a socket is no longer connected).
@@ -92,10 +126,11 @@ impl Datapath {
         self: &Arc<Self>,
         a: &impl AsRawFd,
         b: &impl AsRawFd,
+        limit: u64,
     ) -> Option<Result<Spliced, SpliceError>> {
         let mut splice = self.splicer();
         let s = splice.as_mut()?;
-        Some(splice_in(self, s, a, b))
+        Some(splice_in(self, s, a, b, limit))
     }
 }
 
@@ -115,17 +150,25 @@ fn splice_in(
     s: &mut Splicer,
     a: &impl AsRawFd,
     b: &impl AsRawFd,
+    limit: u64,
 ) -> Result<Spliced, SpliceError> {
     let cookie = |fd: &dyn AsRawFd| {
         crate::socket::socket_cookie(&fd.as_raw_fd()).map_err(SpliceError::Cookie)
     };
     let (ca, cb) = (cookie(a)?, cookie(b)?);
-    let peer = |peer| SplicePeer { peer, bytes: 0 };
+    let peer = |peer| SplicePeer { peer, limit };
+    let zero = SpliceStats::default();
     let inserted = s
-        .peers
-        .insert(ca, peer(cb), 0)
-        .and_then(|()| s.peers.insert(cb, peer(ca), 0))
-        .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_PEERS)(e)))
+        .stats
+        .insert(ca, zero, 0)
+        .and_then(|()| s.stats.insert(cb, zero, 0))
+        .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_STATS)(e)))
+        .and_then(|()| {
+            s.peers
+                .insert(ca, peer(cb), 0)
+                .and_then(|()| s.peers.insert(cb, peer(ca), 0))
+                .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_PEERS)(e)))
+        })
         .and_then(|()| {
             s.socks
                 .insert(cb, b.as_raw_fd(), 0)
@@ -149,6 +192,7 @@ impl Splicer {
         for k in [a, b] {
             let _ = self.socks.remove(&k);
             let _ = self.peers.remove(&k);
+            let _ = self.stats.remove(&k);
         }
     }
 }

@@ -69,12 +69,15 @@ pub struct OpaqueMetrics {
     /// Relayed in userspace (`--opaque-tcp userspace`, or the kernel path unavailable
     /// or refused for this connection).
     pub userspace: Counter,
+    /// Spliced, then moved to the userspace relay because a reader fell behind (the
+    /// kernel path holds at most a window per direction).
+    pub paused: Counter,
 }
 
 /// Labels of `hoptrace_opaque_connections_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RelayLabels {
-    /// `kernel` | `userspace`.
+    /// `kernel` | `userspace` | `kernel_paused`.
     pub relay: &'static str,
 }
 
@@ -269,10 +272,19 @@ impl Metrics {
         let userspace = relayed
             .get_or_create(&RelayLabels { relay: "userspace" })
             .clone();
-        let opaque = OpaqueMetrics { kernel, userspace };
+        let paused = relayed
+            .get_or_create(&RelayLabels {
+                relay: "kernel_paused",
+            })
+            .clone();
+        let opaque = OpaqueMetrics {
+            kernel,
+            userspace,
+            paused,
+        };
         registry.register(
             "opaque_connections",
-            "Opaque TCP connections by relay (kernel: spliced by the eBPF program, the bytes never reach the agent; userspace: copied by the agent)",
+            "Opaque TCP connections by relay (kernel: spliced by the eBPF program, the bytes never reach the agent; userspace: copied by the agent; kernel_paused: spliced connections moved to userspace because a reader fell behind)",
             relayed,
         );
         for source in sources {

@@ -6,8 +6,13 @@
 //! - **half-close**: a FIN from one side is passed on (the other socket's write side
 //!   shut down) only once that socket has taken every byte the program sent it, so the
 //!   FIN can never overtake data;
-//! - **idle timeout** and **byte metrics**, from the program's per-socket byte counts,
-//!   read once per [`TICK`];
+//! - **backpressure**: the program redirects only up to a limit that this loop raises
+//!   as the other socket takes the bytes ([`WINDOW`] ahead), read at an interval
+//!   between 5 ms (bytes flowing fast) and 1 s (idle). A direction whose reader falls
+//!   behind is paused by the program (its bytes then stay queued in the receiving
+//!   socket, charged to it: TCP's window closes) and the connection goes on in the
+//!   userspace relay once every redirected byte has been taken;
+//! - **idle timeout** and **byte metrics**, from the program's per-socket byte counts;
 //! - **resets**: an error on one side resets the other, as the userspace relay does.
 //!
 //! The agent is woken only by a FIN or an error: the sockets leave tokio's reactor and
@@ -21,21 +26,26 @@ use std::{
     time::Duration,
 };
 
+use agent_common::SpliceStats;
 use prometheus_client::metrics::counter::Counter;
 use tokio::{io::unix::AsyncFd, net::TcpStream, time::Instant};
 
 use super::ConnError;
-use crate::{ebpf::Spliced, socket::tcp_bytes_taken};
+use crate::{ebpf::Spliced, metrics::ConnMetrics, socket::tcp_bytes_taken};
 
-/// How often a spliced connection's byte counts are read (metrics, idle timeout).
-pub const TICK: Duration = Duration::from_secs(1);
+/// How far the program may run ahead of what the other socket has taken: the most a
+/// spliced direction holds in the kernel beyond the two sockets' own buffers.
+pub const WINDOW: u64 = 2 * 1024 * 1024;
+/// Bounds of the interval at which the counts are read and the limits raised: short
+/// while bytes flow fast (so the limit keeps ahead of a fast reader), long when idle.
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_secs(1);
 
-/// One direction of a spliced connection: the socket whose FIN ends it, and the one
-/// that FIN is passed on to.
+/// One direction of a spliced connection, by the index of its receiving socket.
 struct Half {
-    /// Its byte count at the last tick.
+    /// Bytes counted in the metrics so far.
     seen: u64,
-    /// Bytes the other socket had taken for sending before the splice.
+    /// What the other socket had taken for sending before the splice.
     base: u64,
     /// The FIN was passed on.
     done: bool,
@@ -44,11 +54,13 @@ struct Half {
 
 /// Relays `client` ↔ `upstream` in the kernel until both sides have ended their stream;
 /// the bytes are counted in `from_client` and `from_server`. `spliced` was made for
-/// these two sockets.
+/// these two sockets. A direction the program paused (its reader is slow) moves the
+/// connection to the userspace relay ([`super::tcp`]), counted in `m`.
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     spliced: Spliced,
+    m: &ConnMetrics,
     from_client: Vec<Counter>,
     from_server: Vec<Counter>,
     idle: Duration,
@@ -58,7 +70,25 @@ pub async fn relay(
         client.into_std().map_err(ConnError::Relay)?,
         upstream.into_std().map_err(ConnError::Relay)?,
     ];
-    let result = run(&socks, &spliced, from_client, from_server, idle).await;
+    let mut halves = [half(&socks[1], from_client)?, half(&socks[0], from_server)?];
+    let result = match run(&socks, &spliced, &mut halves, idle).await {
+        Ok(Outcome::Done) => Ok(()),
+        Ok(Outcome::Paused) => {
+            m.opaque.paused.inc();
+            let [a, b] = socks;
+            let (a, b) = (
+                TcpStream::from_std(a).map_err(ConnError::Relay)?,
+                TcpStream::from_std(b).map_err(ConnError::Relay)?,
+            );
+            let [h0, h1] = halves;
+            // The sockets stay in the map until the end: leaving it would drop what
+            // the program left in their queues.
+            let r = super::tcp::copy(a, b, m, idle, &h0.counters, &h1.counters).await;
+            drop(spliced);
+            return r;
+        }
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         // A reset (or a timeout) on one side is passed on as a reset to the other.
         for s in &socks {
@@ -70,28 +100,30 @@ pub async fn relay(
     result
 }
 
+fn half(to: &StdStream, counters: Vec<Counter>) -> Result<Half, ConnError> {
+    Ok(Half {
+        seen: 0,
+        base: tcp_bytes_taken(to).map_err(ConnError::Relay)?,
+        done: false,
+        counters,
+    })
+}
+
+enum Outcome {
+    /// Both sides ended their stream, every byte passed on.
+    Done,
+    /// The program paused a direction; every byte it redirected has been taken by the
+    /// other socket: what is left is in the sockets' own queues, for userspace.
+    Paused,
+}
+
 async fn run(
     socks: &[StdStream; 2],
     spliced: &Spliced,
-    from_client: Vec<Counter>,
-    from_server: Vec<Counter>,
+    halves: &mut [Half; 2],
     idle: Duration,
-) -> Result<(), ConnError> {
+) -> Result<Outcome, ConnError> {
     let watch = Watch::new(socks).map_err(ConnError::Relay)?;
-    let mut halves = [
-        Half {
-            seen: 0,
-            base: tcp_bytes_taken(&socks[1]).map_err(ConnError::Relay)?,
-            done: false,
-            counters: from_client,
-        },
-        Half {
-            seen: 0,
-            base: tcp_bytes_taken(&socks[0]).map_err(ConnError::Relay)?,
-            done: false,
-            counters: from_server,
-        },
-    ];
     // What the sockets received before the splice (the bytes detection peeked at, or
     // a server's greeting) is still queued: make the kernel run the program over it now
     // rather than at the next segment (setting SO_RCVLOWAT calls `sk_data_ready`).
@@ -99,7 +131,9 @@ async fn run(
         set_rcvlowat(s).map_err(ConnError::Relay)?;
     }
     let mut last_change = Instant::now();
-    let mut ticker = tokio::time::interval_at(Instant::now() + TICK, TICK);
+    let mut interval = POLL_MIN;
+    let mut limits = [WINDOW; 2];
+    let mut next = Instant::now() + interval;
     while !halves.iter().all(|h| h.done) {
         tokio::select! {
             ready = watch.fd.readable() => {
@@ -107,46 +141,92 @@ async fn run(
                 let events = watch.events().map_err(ConnError::Relay)?;
                 guard.clear_ready();
                 for from in events {
+                    if !end_of_stream(&socks[from]).map_err(ConnError::Relay)? {
+                        continue;
+                    }
+                    let stats = stats(spliced, from);
+                    if stats.paused != 0 {
+                        return pause(socks, spliced, halves, idle).await;
+                    }
                     let half = &mut halves[from];
-                    // After its FIN a socket can still be reset: that ends it all.
-                    if !end_of_stream(&socks[from], half.done).map_err(ConnError::Relay)?
-                        || half.done
-                    {
+                    if half.done {
                         continue;
                     }
                     let to = &socks[1 - from];
-                    let bytes = spliced_bytes(spliced, from);
-                    tracing::debug!(from, bytes, base = half.base, taken = ?tcp_bytes_taken(to).ok(), "spliced: end of stream");
-                    drain(to, half.base + bytes, idle).await?;
-                    tracing::debug!(from, taken = ?tcp_bytes_taken(to).ok(), "spliced: drained");
+                    drain(to, half.base + stats.bytes, idle).await?;
                     match to.shutdown(Shutdown::Write) {
                         Err(e) if e.kind() != io::ErrorKind::NotConnected => {
                             return Err(ConnError::Relay(e));
                         }
                         _ => {}
                     }
-                    count(half, bytes);
+                    count(half, stats.bytes);
                     half.done = true;
                 }
             }
-            _ = ticker.tick() => {
-                let (a, b) = spliced.bytes();
-                if a != halves[0].seen || b != halves[1].seen {
-                    last_change = Instant::now();
+            () = tokio::time::sleep_until(next) => {
+                let (a, b) = spliced.stats();
+                if a.paused != 0 || b.paused != 0 {
+                    return pause(socks, spliced, halves, idle).await;
                 }
-                count(&mut halves[0], a);
-                count(&mut halves[1], b);
-                if last_change.elapsed() >= idle {
+                let moved = a.bytes + b.bytes - halves[0].seen - halves[1].seen;
+                if moved > 0 {
+                    last_change = Instant::now();
+                } else if last_change.elapsed() >= idle {
                     return Err(ConnError::Idle(idle));
                 }
+                count(&mut halves[0], a.bytes);
+                count(&mut halves[1], b.bytes);
+                // Raise each limit to what the other socket has taken plus the window.
+                let mut new = limits;
+                for (i, l) in new.iter_mut().enumerate() {
+                    let taken = tcp_bytes_taken(&socks[1 - i]).map_err(ConnError::Relay)?;
+                    *l = taken.saturating_sub(halves[i].base) + WINDOW;
+                }
+                if new != limits {
+                    spliced
+                        .set_limits(new[0], new[1])
+                        .map_err(|e| ConnError::Relay(io::Error::other(e.to_string())))?;
+                    limits = new;
+                }
+                interval = if moved > WINDOW / 8 {
+                    (interval / 2).max(POLL_MIN)
+                } else if moved < WINDOW / 32 {
+                    (interval * 2).min(POLL_MAX)
+                } else {
+                    interval
+                };
+                next = Instant::now() + interval;
             }
         }
     }
-    Ok(())
+    Ok(Outcome::Done)
 }
 
-fn spliced_bytes(spliced: &Spliced, from: usize) -> u64 {
-    let (a, b) = spliced.bytes();
+/// Stops the program in both directions and waits until every byte it redirected has
+/// been taken by the other socket; what is left is in the sockets' own queues.
+async fn pause(
+    socks: &[StdStream; 2],
+    spliced: &Spliced,
+    halves: &mut [Half; 2],
+    idle: Duration,
+) -> Result<Outcome, ConnError> {
+    spliced.stop();
+    // Reading TCP_INFO takes each socket's lock: a program run that was redirecting a
+    // segment when the entries went has finished, and its count is in the stats.
+    for s in socks {
+        tcp_bytes_taken(s).map_err(ConnError::Relay)?;
+    }
+    let (a, b) = spliced.stats();
+    for (from, bytes) in [(0, a.bytes), (1, b.bytes)] {
+        drain(&socks[1 - from], halves[from].base + bytes, idle).await?;
+        count(&mut halves[from], bytes);
+    }
+    Ok(Outcome::Paused)
+}
+
+fn stats(spliced: &Spliced, from: usize) -> SpliceStats {
+    let (a, b) = spliced.stats();
     if from == 0 {
         a
     } else {
@@ -165,19 +245,17 @@ fn count(half: &mut Half, bytes: u64) {
     }
 }
 
-/// Whether `sock` saw its peer's FIN (the read returns 0; `false`: nothing yet). Bytes
-/// there mean the program could not send them on (the other socket is gone): an error,
-/// as is a reset. `peek`: the FIN was seen before, only look for an error.
-fn end_of_stream(sock: &StdStream, peek: bool) -> io::Result<bool> {
+/// Whether `sock` saw its peer's FIN (`false`: nothing yet, or bytes are queued in
+/// it: the program paused, which the caller finds in the stats). A reset is an error.
+/// Peeks only: nothing is taken from the socket.
+fn end_of_stream(sock: &StdStream) -> io::Result<bool> {
     let mut byte = [0u8; 1];
-    let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
+    let flags = libc::MSG_DONTWAIT | libc::MSG_PEEK;
     // SAFETY: valid fd, one-byte buffer.
     let n = unsafe { libc::recv(sock.as_raw_fd(), byte.as_mut_ptr().cast(), 1, flags) };
     match n {
         0 => Ok(true),
-        n if n > 0 => Err(io::Error::other(
-            "a spliced socket kept bytes its peer could not take",
-        )),
+        n if n > 0 => Ok(false),
         _ => {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {

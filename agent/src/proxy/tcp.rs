@@ -51,11 +51,12 @@ pub async fn relay(
         from_server.extend([m2.bytes_from_server.clone(), s]);
     }
     let _ = client.set_nodelay(true);
-    match splice.and_then(|d| d.splice(&client, &upstream)) {
+    match splice.and_then(|d| d.splice(&client, &upstream, super::splice::WINDOW)) {
         Some(Ok(spliced)) => {
             m.opaque.kernel.inc();
-            let r = super::splice::relay(client, upstream, spliced, from_client, from_server, idle)
-                .await;
+            let r =
+                super::splice::relay(client, upstream, spliced, m, from_client, from_server, idle)
+                    .await;
             if matches!(r, Err(ConnError::Idle(_))) {
                 m.limits.timeouts.inc();
             }
@@ -74,7 +75,7 @@ pub async fn relay(
 /// the other side's write half is shut down, and the reverse direction keeps flowing:
 /// half-close reaches the peer as it would without the agent. A connection with no
 /// byte in either direction for `idle` is closed ([`ConnError::Idle`]).
-async fn copy(
+pub(super) async fn copy(
     client: TcpStream,
     upstream: TcpStream,
     m: &ConnMetrics,

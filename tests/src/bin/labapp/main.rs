@@ -10,6 +10,9 @@
 //! labapp load --addr ADDR --proto http|tcp --duration-ms D --conns C [--rate R] [--trace-seed S]
 //!              [--requests N] [--distinct-paths] [--requests-per-conn K]
 //! labapp http-ok-server --listen ADDR
+//! labapp hold-server --listen ADDR --hold-ms H
+//! labapp flood-client --addr ADDR --bytes N --sample-ms S [--seed K]
+//! labapp idle-client --addr ADDR --wait-ms W
 //! ```
 //!
 //! * `echo-server` echoes bytes until EOF, then shuts down its write side (so a
@@ -35,6 +38,9 @@
 //!   `/p<i>x` all distinct with `--distinct-paths`; a new connection every K requests;
 //!   prints one JSON report.
 //! * `http-ok-server`: HTTP/1.1 keep-alive, `200 ok` to every request.
+//! * `hold-server`, `flood-client`, `idle-client`: see [`stream`].
+
+mod stream;
 
 use anyhow::{bail, Context, Result};
 use hoptrace_tests::clock::monotonic_ms;
@@ -73,6 +79,14 @@ fn run() -> Result<()> {
         "http-edge-server" => serve(flags.addr("listen")?, edge_conn),
         "http-edge-client" => edge_client(&flags),
         "load" => load(&flags),
+        "hold-server" => {
+            let hold = Duration::from_millis(flags.num("hold-ms", None)?);
+            serve_with(flags.addr("listen")?, move |s, _| {
+                stream::hold_conn(s, hold)
+            })
+        }
+        "flood-client" => stream::flood_client(&flags),
+        "idle-client" => stream::idle_client(&flags),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -127,6 +141,13 @@ impl Flags {
 }
 
 fn serve(listen: SocketAddr, handler: fn(TcpStream, SocketAddr)) -> Result<()> {
+    serve_with(listen, handler)
+}
+
+fn serve_with(
+    listen: SocketAddr,
+    handler: impl Fn(TcpStream, SocketAddr) + Clone + Send + 'static,
+) -> Result<()> {
     let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if listen.is_ipv6() {
@@ -142,6 +163,7 @@ fn serve(listen: SocketAddr, handler: fn(TcpStream, SocketAddr)) -> Result<()> {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
+                let handler = handler.clone();
                 std::thread::spawn(move || handler(stream, peer));
             }
             Err(e) => eprintln!("accept: {e}"),
