@@ -294,10 +294,7 @@ fn hoptrace(
     // The scenario's mode, spelled out as BenchLab::set_agent_mode does.
     let mode = s.agent_mode();
     let mut args = bl.agent_args();
-    args.push(format!("--golden-metrics={}", mode.golden_metrics));
-    let engine = if mode.lean_http1 { "lean" } else { "hyper" };
-    args.push(format!("--http1-proxy={engine}"));
-    args.push(format!("--same-node-one-pass={}", mode.one_pass));
+    args.extend(mode.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     if mode.propagation != bl.agent_mode.propagation {
         bl.set_propagation(mode.propagation)?;

@@ -109,14 +109,18 @@ pub enum Scenario {
     /// TCP ping-pong through one haproxy `mode tcp`.
     #[serde(rename = "l4-tcp")]
     L4Tcp,
-    /// TCP ping-pong through both agents (opaque relay).
+    /// TCP ping-pong through both agents (opaque, spliced in the kernel).
     #[serde(rename = "hoptrace-tcp")]
     HoptraceTcp,
+    /// The same with `--opaque-tcp userspace` (the agents copy the bytes, as before
+    /// the kernel splice): what splicing saves.
+    #[serde(rename = "hoptrace-tcp-userspace")]
+    HoptraceTcpUserspace,
 }
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
@@ -128,6 +132,7 @@ impl Scenario {
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
+        Scenario::HoptraceTcpUserspace,
     ];
 
     /// The name used in tables, JSON and `--scenarios`.
@@ -144,6 +149,7 @@ impl Scenario {
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
+            Scenario::HoptraceTcpUserspace => "hoptrace-tcp-userspace",
         }
     }
 
@@ -163,7 +169,10 @@ impl Scenario {
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation => Workload::Http,
-            Scenario::DirectTcp | Scenario::L4Tcp | Scenario::HoptraceTcp => Workload::Tcp,
+            Scenario::DirectTcp
+            | Scenario::L4Tcp
+            | Scenario::HoptraceTcp
+            | Scenario::HoptraceTcpUserspace => Workload::Tcp,
         }
     }
 
@@ -177,6 +186,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpTwoPass
                 | Scenario::HoptraceHttpPropagation
                 | Scenario::HoptraceTcp
+                | Scenario::HoptraceTcpUserspace
         )
     }
 
@@ -199,6 +209,7 @@ impl Scenario {
             lean_http1: self != Scenario::HoptraceHttpHyper,
             one_pass: self != Scenario::HoptraceHttpTwoPass,
             propagation: self == Scenario::HoptraceHttpPropagation,
+            opaque_in_kernel: self != Scenario::HoptraceTcpUserspace,
         }
     }
 }
@@ -214,6 +225,26 @@ pub struct AgentMode {
     pub one_pass: bool,
     /// `context_propagation: auto` for the enrolled pods (workload files).
     pub propagation: bool,
+    /// `--opaque-tcp kernel` (else `userspace`).
+    pub opaque_in_kernel: bool,
+}
+
+impl AgentMode {
+    /// The `hoptrace run` flags of this mode (propagation is in the workload files).
+    pub fn args(&self) -> Vec<String> {
+        let engine = if self.lean_http1 { "lean" } else { "hyper" };
+        let opaque = if self.opaque_in_kernel {
+            "kernel"
+        } else {
+            "userspace"
+        };
+        vec![
+            format!("--golden-metrics={}", self.golden_metrics),
+            format!("--http1-proxy={engine}"),
+            format!("--same-node-one-pass={}", self.one_pass),
+            format!("--opaque-tcp={opaque}"),
+        ]
+    }
 }
 
 impl Default for AgentMode {
@@ -223,6 +254,7 @@ impl Default for AgentMode {
             lean_http1: true,
             one_pass: true,
             propagation: false,
+            opaque_in_kernel: true,
         }
     }
 }

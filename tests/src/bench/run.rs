@@ -175,10 +175,7 @@ impl BenchLab {
             return Ok(false);
         }
         let mut args = self.agent_args();
-        args.push(format!("--golden-metrics={}", mode.golden_metrics));
-        let engine = if mode.lean_http1 { "lean" } else { "hyper" };
-        args.push(format!("--http1-proxy={engine}"));
-        args.push(format!("--same-node-one-pass={}", mode.one_pass));
+        args.extend(mode.args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         if mode.propagation != self.agent_mode.propagation {
             self.set_propagation(mode.propagation)?;
@@ -246,7 +243,8 @@ impl BenchLab {
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceTcp => (&self.hclient, self.hserver.addr(port)),
+            | Scenario::HoptraceTcp
+            | Scenario::HoptraceTcpUserspace => (&self.hclient, self.hserver.addr(port)),
         }
     }
 
@@ -264,7 +262,8 @@ impl BenchLab {
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceTcp => self
+            | Scenario::HoptraceTcp
+            | Scenario::HoptraceTcpUserspace => self
                 .agents
                 .iter()
                 .map(|(a, _)| self.lab.agent_cgroup(a.node()))
@@ -287,7 +286,8 @@ impl BenchLab {
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceTcp => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
+            | Scenario::HoptraceTcp
+            | Scenario::HoptraceTcpUserspace => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
         }
     }
 }

@@ -285,6 +285,17 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
     let propagation = per_round(samples, h, Scenario::HoptraceHttpPropagation, |off, on| {
         off.sat_lab_cpu_us / on.sat_lab_cpu_us
     });
+    // Opaque TCP: the agents' two legs against haproxy's one relay, and the kernel
+    // splice against the userspace relay (proxy CPU per message at saturation).
+    let tcp_vs_l4 = per_round(samples, Scenario::HoptraceTcp, Scenario::L4Tcp, |a, b| {
+        a.sat_cpu_us / b.sat_cpu_us
+    });
+    let splice = per_round(
+        samples,
+        Scenario::HoptraceTcp,
+        Scenario::HoptraceTcpUserspace,
+        |a, b| a.sat_cpu_us / b.sat_cpu_us,
+    );
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -376,6 +387,18 @@ pub fn scenario_goals(samples: &[Sample]) -> Vec<Goal> {
             target: ">= 0.95x (propagation costs at most 5%)".into(),
             measured: format!("{propagation:.3}x (median of per-round ratios)"),
             verdict: Verdict::of(propagation, propagation >= 0.95),
+        },
+        Goal {
+            goal: "opaque TCP hop (two agents) vs the L4 relay (one haproxy): proxy CPU per message at saturation (hoptrace-tcp vs l4-tcp)".into(),
+            target: "<= 1x".into(),
+            measured: format!("{tcp_vs_l4:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(tcp_vs_l4, tcp_vs_l4 <= 1.0),
+        },
+        Goal {
+            goal: "opaque TCP spliced in the kernel vs relayed in userspace: proxy CPU per message at saturation (hoptrace-tcp vs hoptrace-tcp-userspace)".into(),
+            target: "< 1x (splicing is cheaper)".into(),
+            measured: format!("{splice:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(splice, splice < 1.0),
         },
     ]
 }
