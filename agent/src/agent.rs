@@ -132,7 +132,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let (mut source, initial) = Source::open(&args.source()).await?;
 
     let ebpf_log = args.ebpf_log_enabled();
-    let datapath = Arc::new(Datapath::load(DatapathConfig { log: ebpf_log })?);
+    let datapath = Arc::new(Datapath::load(DatapathConfig {
+        log: ebpf_log,
+        splice: crate::kernel::has(crate::kernel::SPLICE_FEATURE),
+    })?);
     if ebpf_log {
         tracing::info!(
             "eBPF decision log on: steering decisions are logged at debug, target {}",

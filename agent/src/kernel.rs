@@ -121,12 +121,32 @@ pub const FEATURES: &[Feature] = &[
         required: true,
     },
     Feature {
+        what: SPLICE_FEATURE,
+        since: Release(6, 0),
+        used_for: "opaque TCP spliced in the kernel only (without it: relayed in userspace)",
+        required: false,
+    },
+    Feature {
         what: "sock_send_length and sock_recv_length tracepoints",
         since: Release(6, 3),
         used_for: "context propagation's by-thread rule only (without them: exclusivity alone)",
         required: false,
     },
 ];
+
+/// The feature the kernel splice of opaque TCP needs (docs/ARCHITECTURE.md, "Opaque
+/// TCP in the kernel"): its half-close and backpressure handling was written and tested
+/// against `tcp_read_skb`, so older kernels relay opaque TCP in userspace.
+pub const SPLICE_FEATURE: &str =
+    "sk_skb stream verdict programs on a sockhash, without a parser (tcp_read_skb)";
+
+/// Whether the running kernel has `what` (by release; `false` when unknown).
+pub fn has(what: &str) -> bool {
+    let Ok(release) = running_release() else {
+        return false;
+    };
+    missing(&release).is_ok_and(|m| !m.iter().any(|f| f.what == what))
+}
 
 /// The oldest release that has every required feature.
 pub fn minimum() -> Release {
@@ -203,9 +223,10 @@ mod tests {
             assert_eq!(missing(r).expect("parses"), Vec::<&Feature>::new(), "{r}");
             assert!(require(r).is_ok(), "{r}");
         }
-        // From the floor to 6.2 only the by-thread rule of context propagation is
-        // missing, an optional feature: they run.
-        for r in ["5.15.0-91-generic", "6.1.0-57-amd64", "6.2.16"] {
+        // From 6.0 to 6.2 only the by-thread rule of context propagation is missing,
+        // and before 6.0 the kernel splice of opaque TCP too: optional features, they
+        // run.
+        for r in ["6.1.0-57-amd64", "6.2.16"] {
             let names: Vec<&str> = missing(r).expect("parses").iter().map(|f| f.what).collect();
             assert_eq!(
                 names,
@@ -214,6 +235,19 @@ mod tests {
             );
             assert!(require(r).is_ok(), "{r}");
         }
+        let names: Vec<&str> = missing("5.15.0-91-generic")
+            .expect("parses")
+            .iter()
+            .map(|f| f.what)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                SPLICE_FEATURE,
+                "sock_send_length and sock_recv_length tracepoints"
+            ]
+        );
+        assert!(require("5.15.0-91-generic").is_ok());
     }
 
     #[test]
@@ -229,6 +263,7 @@ mod tests {
             [
                 "SO_NETNS_COOKIE socket option",
                 "bpf_get_netns_cookie() in sock_ops programs",
+                SPLICE_FEATURE,
                 "sock_send_length and sock_recv_length tracepoints"
             ]
         );
@@ -257,7 +292,7 @@ mod tests {
         // RHEL 8's 4.18: everything from 4.19 on.
         assert_eq!(
             missing("4.18.0-553.el8_10.x86_64").expect("parses").len(),
-            7
+            8
         );
         assert!(require("garbage").is_err());
     }

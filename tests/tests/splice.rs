@@ -82,7 +82,7 @@ fn spliced_connections_keep_backpressure() {
     if !require_root() {
         return;
     }
-    const TOTAL: u64 = 96 * MIB as u64;
+    const TOTAL: u64 = 192 * MIB as u64;
     let app = labapp!();
     let (lab, client, server) = client_server_lab(true);
     let hold = server.addr(HOLD_PORT);
@@ -134,12 +134,12 @@ fn spliced_connections_keep_backpressure() {
         through.buffered / 1024,
         copied.buffered / 1024
     );
-    // At most a window per agent beyond what the sockets themselves hold (each paused
-    // socket's receive buffer fills up to tcp_rmem's maximum, where the userspace
-    // relay's stops at its 16 KiB buffer), never the whole stream.
-    let bound = copied.buffered + 2 * (2 * MIB as u64 + 8 * MIB as u64);
+    // Bounded: each agent holds at most a window (2 MiB) beyond its two sockets'
+    // buffers (tcp_rmem/tcp_wmem maxima: up to tens of MiB on their own), and the
+    // writer is stopped long before the stream is through. Without the bound the whole
+    // stream went in (96 of 96 MiB in the first version).
     assert!(
-        through.buffered < bound.min(TOTAL / 2),
+        through.buffered < TOTAL / 4,
         "the spliced path took {} bytes while the server read nothing (userspace relay: {}, direct: {}): no backpressure",
         through.buffered,
         copied.buffered,

@@ -40,7 +40,7 @@ pub use counters::KernelCounters;
 pub use log::LOG_TARGET;
 
 pub use pod::{AttachedPod, SteeringGuard};
-pub use splice::{SpliceError, Spliced};
+pub use splice::{SpliceSocket, Spliced};
 pub use threads::{AppSocket, LastUse, ThreadId, ThreadProbes};
 
 /// The compiled eBPF object, built by `build.rs`.
@@ -74,6 +74,9 @@ pub enum DatapathError {
     /// The eBPF log (`--ebpf-log`) could not be started.
     #[error("eBPF log (--ebpf-log): {0}")]
     Log(String),
+    /// An optional feature this kernel's release does not have.
+    #[error("this kernel lacks {0} (`hoptrace check` lists the releases)")]
+    Unsupported(&'static str),
     /// The kernel's BTF could not be read (tracing programs need it).
     #[error("kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
     Btf(String),
@@ -140,6 +143,9 @@ impl std::fmt::Debug for Datapath {
 pub struct DatapathConfig {
     /// The programs log their steering decisions (`--ebpf-log`).
     pub log: bool,
+    /// The kernel can splice opaque TCP (`kernel::SPLICE_FEATURE`; else the program
+    /// is not loaded and opaque TCP is relayed in userspace).
+    pub splice: bool,
 }
 
 /// Loads the object and every program into the kernel (verifier included), without
@@ -215,7 +221,7 @@ impl Datapath {
                 None
             }
         };
-        let splice = match splice::load(&mut ebpf) {
+        let splice = match splice::load(&mut ebpf, config.splice) {
             Ok(s) => Some(s),
             Err(err) => {
                 tracing::warn!(

@@ -23,8 +23,14 @@ pub(super) struct Splicer {
     stats: HashMap<MapData, u64, SpliceStats>,
 }
 
-/// Loads `hoptrace_splice` and attaches it to `SPLICE_SOCKS`.
-pub(super) fn load(ebpf: &mut Ebpf) -> Result<Splicer, DatapathError> {
+/// Loads `hoptrace_splice` and attaches it to `SPLICE_SOCKS`; `supported`: the
+/// kernel's release has the feature (`DatapathConfig::splice`).
+pub(super) fn load(ebpf: &mut Ebpf, supported: bool) -> Result<Splicer, DatapathError> {
+    if !supported {
+        return Err(DatapathError::Unsupported(
+            "sk_skb stream verdict programs read through tcp_read_skb (Linux 6.0)",
+        ));
+    }
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
     let socks: SockHash<MapData, u64> =
         SockHash::try_from(take(maps::SPLICE_SOCKS)?).map_err(map_err(maps::SPLICE_SOCKS))?;
@@ -124,56 +130,51 @@ impl Datapath {
     /// is full, or a socket is no longer connected).
     pub fn splice(
         self: &Arc<Self>,
-        a: &impl AsRawFd,
-        b: &impl AsRawFd,
+        a: SpliceSocket<'_>,
+        b: SpliceSocket<'_>,
         limit: u64,
-    ) -> Option<Result<Spliced, SpliceError>> {
+    ) -> Option<Result<Spliced, DatapathError>> {
         let mut splice = self.splicer();
         let s = splice.as_mut()?;
         Some(splice_in(self, s, a, b, limit))
     }
 }
 
-/// Why a connection could not be spliced; it is relayed in userspace instead.
-#[derive(Debug, thiserror::Error)]
-pub enum SpliceError {
-    /// A socket's cookie could not be read.
-    #[error("SO_COOKIE: {0}")]
-    Cookie(std::io::Error),
-    /// A map update failed.
-    #[error(transparent)]
-    Map(DatapathError),
+/// A connected TCP socket to splice, with its cookie (`SO_COOKIE`).
+#[derive(Clone, Copy)]
+pub struct SpliceSocket<'a> {
+    /// The socket.
+    pub fd: &'a dyn AsRawFd,
+    /// Its cookie, the key the program knows it by.
+    pub cookie: u64,
 }
 
 fn splice_in(
     datapath: &Arc<Datapath>,
     s: &mut Splicer,
-    a: &impl AsRawFd,
-    b: &impl AsRawFd,
+    a: SpliceSocket<'_>,
+    b: SpliceSocket<'_>,
     limit: u64,
-) -> Result<Spliced, SpliceError> {
-    let cookie = |fd: &dyn AsRawFd| {
-        crate::socket::socket_cookie(&fd.as_raw_fd()).map_err(SpliceError::Cookie)
-    };
-    let (ca, cb) = (cookie(a)?, cookie(b)?);
+) -> Result<Spliced, DatapathError> {
+    let (ca, cb) = (a.cookie, b.cookie);
     let peer = |peer| SplicePeer { peer, limit };
     let zero = SpliceStats::default();
     let inserted = s
         .stats
         .insert(ca, zero, 0)
         .and_then(|()| s.stats.insert(cb, zero, 0))
-        .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_STATS)(e)))
+        .map_err(map_err(maps::SPLICE_STATS))
         .and_then(|()| {
             s.peers
                 .insert(ca, peer(cb), 0)
                 .and_then(|()| s.peers.insert(cb, peer(ca), 0))
-                .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_PEERS)(e)))
+                .map_err(map_err(maps::SPLICE_PEERS))
         })
         .and_then(|()| {
             s.socks
-                .insert(cb, b.as_raw_fd(), 0)
-                .and_then(|()| s.socks.insert(ca, a.as_raw_fd(), 0))
-                .map_err(|e| SpliceError::Map(map_err(maps::SPLICE_SOCKS)(e)))
+                .insert(cb, b.fd.as_raw_fd(), 0)
+                .and_then(|()| s.socks.insert(ca, a.fd.as_raw_fd(), 0))
+                .map_err(map_err(maps::SPLICE_SOCKS))
         });
     if let Err(err) = inserted {
         // Undo what was inserted (the lock is held: not through the guard's drop).

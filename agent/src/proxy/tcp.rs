@@ -21,7 +21,12 @@ use tokio::{
 use super::ConnError;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::{ebpf::Datapath, golden::Edge, metrics::ConnMetrics};
+use crate::{
+    ebpf::{Datapath, SpliceSocket, Spliced},
+    golden::Edge,
+    metrics::ConnMetrics,
+    socket::socket_cookie,
+};
 
 /// Per-direction buffer. Bounded: a slow reader stops us reading from the writer
 /// (backpressure through TCP windows), never an unbounded queue in the agent. It is
@@ -51,7 +56,7 @@ pub async fn relay(
         from_server.extend([m2.bytes_from_server.clone(), s]);
     }
     let _ = client.set_nodelay(true);
-    match splice.and_then(|d| d.splice(&client, &upstream, super::splice::WINDOW)) {
+    match splice.and_then(|d| splice_in(d, &client, &upstream)) {
         Some(Ok(spliced)) => {
             m.opaque.kernel.inc();
             let r =
@@ -69,6 +74,29 @@ pub async fn relay(
     }
     m.opaque.userspace.inc();
     copy(client, upstream, m, idle, &from_client, &from_server).await
+}
+
+/// Hands the two sockets to the kernel ([`Datapath::splice`]); `None`: not available.
+fn splice_in(
+    datapath: &Arc<Datapath>,
+    client: &TcpStream,
+    upstream: &TcpStream,
+) -> Option<Result<Spliced, String>> {
+    let (a, b) = match (socket_cookie(client), socket_cookie(upstream)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Some(Err(format!("SO_COOKIE: {e}"))),
+    };
+    let a = SpliceSocket {
+        fd: client,
+        cookie: a,
+    };
+    let b = SpliceSocket {
+        fd: upstream,
+        cookie: b,
+    };
+    datapath
+        .splice(a, b, super::splice::WINDOW)
+        .map(|r| r.map_err(|e| e.to_string()))
 }
 
 /// Copies both ways until both sides are done. When one side ends its stream (FIN),

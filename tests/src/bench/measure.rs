@@ -70,6 +70,7 @@ struct Cpu {
     proxies: Duration,
     lab: Duration,
     me: Duration,
+    machine: Duration,
 }
 
 fn cpu(bl: &BenchLab, cgroups: &[PathBuf]) -> Result<Cpu> {
@@ -81,6 +82,7 @@ fn cpu(bl: &BenchLab, cgroups: &[PathBuf]) -> Result<Cpu> {
         proxies,
         lab: procstat::cgroup_cpu(&bl.lab.cgroup_dir())?,
         me: procstat::process_cpu(),
+        machine: procstat::machine_cpu()?.0,
     })
 }
 
@@ -118,6 +120,7 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
         fixed_cpu_us: per_req(cpu2.proxies - cpu1.proxies, nfixed),
         sat_lab_cpu_us: per_req(cpu1.lab - cpu0.lab, nsat),
         fixed_lab_cpu_us: per_req(cpu2.lab - cpu1.lab, nfixed),
+        sat_machine_cpu_us: per_req(cpu1.machine.saturating_sub(cpu0.machine), nsat),
         proxy_pss: procstat::pss(&pids),
         proxy_rss: pids.iter().filter_map(|&p| procstat::rss(p).ok()).sum(),
         fixed,

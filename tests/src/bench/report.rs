@@ -99,16 +99,17 @@ fn rows(r: &BenchResult, w: Workload) -> impl Iterator<Item = &Summary> {
 fn capacity(out: &mut String, r: &BenchResult) {
     let _ = writeln!(
         out,
-        "| scenario | lab CPU µs/req | lab CPUs busy | req per lab CPU-s | × reference |"
+        "| scenario | lab CPU µs/req | machine CPU µs/req | lab CPUs busy | req per lab CPU-s | × reference |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
     for w in [Workload::Http, Workload::Tcp] {
         for s in rows(r, w) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} ({}) |",
+                "| {} | {} | {} | {} | {} | {} ({}) |",
                 s.scenario,
                 num(s.sat_lab_cpu_us, 1),
+                num(s.sat_machine_cpu_us, 1),
                 num(s.sat_lab_cpus, 2),
                 num(s.per_cpu_s, 0),
                 num(s.per_cpu_s_vs_ref, 2),
@@ -227,6 +228,8 @@ fn rounds(out: &mut String, r: &BenchResult) {
     let _ = writeln!(
         out,
         "\n### Per CPU at saturation\n\nLab CPU: user+system time of everything in the lab (client, server, proxies, agents; not the collector) per request. \
+         Machine CPU: busy time of all CPUs per request, softirqs and kernel workers included (they move a spliced connection's bytes, \
+         which no cgroup's time shows), and whatever else ran: compare it within a run. \
          Lab CPUs busy below {} means the run got only a share of a contended machine, and its rps says more about that share than about the path; \
          requests per lab CPU-second do not depend on it.\n",
         r.host.cpus
@@ -384,7 +387,7 @@ mod tests {
         );
         assert!(md.contains("| × l4-tcp |"), "{md}");
         assert!(
-            md.contains("| hoptrace-tcp | 0.0 | 0.00 | – | – (l4-tcp) |"),
+            md.contains("| hoptrace-tcp | 0.0 | 0.0 | 0.00 | – | – (l4-tcp) |"),
             "{md}"
         );
         assert!(md.contains("| 1 | 1000 / 100 |"), "{md}");

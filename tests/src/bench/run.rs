@@ -287,7 +287,9 @@ impl BenchLab {
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation
             | Scenario::HoptraceTcp
-            | Scenario::HoptraceTcpUserspace => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
+            | Scenario::HoptraceTcpUserspace => {
+                self.agents.iter().filter_map(|(a, _)| a.pid()).collect()
+            }
         }
     }
 }

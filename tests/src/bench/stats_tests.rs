@@ -63,9 +63,9 @@ fn medians_and_ratios() {
     // CPU 0.375x (met, met), spans ok (met), 160k spans/s without drops (met).
     let mut want = vec![Verdict::Met; 7];
     want[1] = Verdict::NotMet;
-    // No hoptrace-http-nometrics, -hyper, -twopass or -propagation samples: not
-    // measured.
-    want.extend([Verdict::NotMeasured; 4]);
+    // No hoptrace-http-nometrics, -hyper, -twopass or -propagation samples, nor
+    // TCP ones: not measured.
+    want.extend([Verdict::NotMeasured; 6]);
     assert_eq!(verdicts, want, "{goals:#?}");
     assert!((s.per_cpu_s_vs_ref - 70.0 / 45.0).abs() < 1e-9);
     assert!((s.sat_lab_cpus - 40_000.0 * 45e-6).abs() < 1e-9);
@@ -76,6 +76,40 @@ fn medians_and_ratios() {
     assert_eq!(goals[5].verdict, Verdict::NotMet);
     assert_eq!(goals[6].verdict, Verdict::NotMet);
     assert_eq!(goals[4].verdict, Verdict::Met);
+}
+
+#[test]
+fn opaque_tcp_goals_use_the_machine_cpu() {
+    let tcp = |s: Scenario, round: u32, machine: f64| Sample {
+        sat_machine_cpu_us: machine,
+        ..sample(s, round, 40_000.0, 100.0, 1.0)
+    };
+    let mut v = Vec::new();
+    for round in 1..=3 {
+        v.push(tcp(Scenario::L4Tcp, round, 40.0));
+        v.push(tcp(Scenario::HoptraceTcp, round, 36.0));
+        v.push(tcp(Scenario::HoptraceTcpUserspace, round, 60.0));
+    }
+    let goals = scenario_goals(&v);
+    let n = goals.len();
+    // 36/40 = 0.9x the L4 relay, 36/60 = 0.6x the userspace relay: both met, though
+    // the proxies' own CPU (1 µs each) would say nothing.
+    assert!(
+        goals[n - 2].measured.starts_with("0.900x"),
+        "{:?}",
+        goals[n - 2]
+    );
+    assert!(
+        goals[n - 1].measured.starts_with("0.600x"),
+        "{:?}",
+        goals[n - 1]
+    );
+    assert_eq!(goals[n - 2].verdict, Verdict::Met);
+    assert_eq!(goals[n - 1].verdict, Verdict::Met);
+    v.iter_mut()
+        .filter(|x| x.scenario == "hoptrace-tcp")
+        .for_each(|x| x.sat_machine_cpu_us = 44.0);
+    assert_eq!(scenario_goals(&v)[n - 2].verdict, Verdict::NotMet);
 }
 
 #[test]
