@@ -239,6 +239,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
+        // This loop runs on the main thread, which is no runtime worker: its heap
+        // (startup's: the kernel BTF parsed to load the programs, tens of MB at peak)
+        // is collected here, not when a worker parks.
+        collect_freed_memory();
         if let Some(desired) = source.poll(&metrics) {
             reconcile(&mut table, &desired);
         }

@@ -141,19 +141,31 @@ async fn run(
                 let events = watch.events().map_err(ConnError::Relay)?;
                 guard.clear_ready();
                 for from in events {
-                    if !end_of_stream(&socks[from]).map_err(ConnError::Relay)? {
-                        continue;
-                    }
+                    let eof = end_of_stream(&socks[from]).map_err(ConnError::Relay)?;
                     let stats = stats(spliced, from);
+                    tracing::debug!(from, ?eof, bytes = stats.bytes, paused = stats.paused, "spliced: event");
                     if stats.paused != 0 {
                         return pause(socks, spliced, halves, idle).await;
+                    }
+                    match eof {
+                        Eof::Yes => {}
+                        Eof::No => continue,
+                        Eof::Queued => {
+                            // Bytes the program has not seen (a kernel that runs it on
+                            // one segment per wake-up): run it again.
+                            set_rcvlowat(&socks[from]).map_err(ConnError::Relay)?;
+                            watch.retry(from);
+                            continue;
+                        }
                     }
                     let half = &mut halves[from];
                     if half.done {
                         continue;
                     }
                     let to = &socks[1 - from];
+                    tracing::debug!(from, target = half.base + stats.bytes, taken = ?tcp_bytes_taken(to).ok(), "spliced: end of stream, draining");
                     drain(to, half.base + stats.bytes, idle).await?;
+                    tracing::debug!(from, "spliced: drained, FIN passed on");
                     match to.shutdown(Shutdown::Write) {
                         Err(e) if e.kind() != io::ErrorKind::NotConnected => {
                             return Err(ConnError::Relay(e));
@@ -245,21 +257,31 @@ fn count(half: &mut Half, bytes: u64) {
     }
 }
 
-/// Whether `sock` saw its peer's FIN (`false`: nothing yet, or bytes are queued in
-/// it: the program paused, which the caller finds in the stats). A reset is an error.
-/// Peeks only: nothing is taken from the socket.
-fn end_of_stream(sock: &StdStream) -> io::Result<bool> {
+/// What a spliced socket's queue shows (peeked only: nothing is taken from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eof {
+    /// The peer's FIN, after every byte.
+    Yes,
+    /// Nothing yet.
+    No,
+    /// Bytes: the program paused (the caller finds it in the stats), or has not run on
+    /// them yet.
+    Queued,
+}
+
+/// Peeks at `sock`'s queue. A reset is an error.
+fn end_of_stream(sock: &StdStream) -> io::Result<Eof> {
     let mut byte = [0u8; 1];
     let flags = libc::MSG_DONTWAIT | libc::MSG_PEEK;
     // SAFETY: valid fd, one-byte buffer.
     let n = unsafe { libc::recv(sock.as_raw_fd(), byte.as_mut_ptr().cast(), 1, flags) };
     match n {
-        0 => Ok(true),
-        n if n > 0 => Ok(false),
+        0 => Ok(Eof::Yes),
+        n if n > 0 => Ok(Eof::Queued),
         _ => {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(false);
+                return Ok(Eof::No);
             }
             Err(err)
         }
@@ -312,6 +334,8 @@ fn set_rcvlowat(sock: &StdStream) -> io::Result<()> {
 /// them saw a FIN or an error.
 struct Watch {
     fd: AsyncFd<OwnedFd>,
+    /// The sockets' fds, by index.
+    rearm: [RawFd; 2],
 }
 
 impl Watch {
@@ -329,7 +353,30 @@ impl Watch {
         // SAFETY: `epoll` is an open fd owned by the `AsyncFd` from here on.
         let fd = unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            rearm: [socks[0].as_raw_fd(), socks[1].as_raw_fd()],
+        })
+    }
+
+    /// Looks at socket `index` again at the next wake-up even without a new event: the
+    /// interest is re-armed (an edge-triggered `EPOLL_CTL_MOD` reports what is ready).
+    fn retry(&self, index: usize) {
+        let _ = self.rearm.get(index).map(|&fd| {
+            let mut event = libc::epoll_event {
+                events: (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+                u64: index as u64,
+            };
+            // SAFETY: valid fds; the event is copied by the kernel.
+            unsafe {
+                libc::epoll_ctl(
+                    self.fd.get_ref().as_raw_fd(),
+                    libc::EPOLL_CTL_MOD,
+                    fd,
+                    &mut event,
+                )
+            }
+        });
     }
 
     /// The sockets (by index) with a FIN or an error since the last call.
