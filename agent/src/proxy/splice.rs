@@ -52,14 +52,30 @@ struct Half {
     counters: Vec<Counter>,
 }
 
+/// What each socket had taken for sending before the splice ([`tcp_bytes_taken`] of
+/// the client, then the upstream), read before it: a byte the program sends is never
+/// in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bases(pub u64, pub u64);
+
+impl Bases {
+    /// Reads them; call before [`crate::ebpf::Datapath::splice`].
+    pub fn read(client: &TcpStream, upstream: &TcpStream) -> io::Result<Self> {
+        Ok(Self(tcp_bytes_taken(client)?, tcp_bytes_taken(upstream)?))
+    }
+}
+
 /// Relays `client` ↔ `upstream` in the kernel until both sides have ended their stream;
 /// the bytes are counted in `from_client` and `from_server`. `spliced` was made for
-/// these two sockets. A direction the program paused (its reader is slow) moves the
-/// connection to the userspace relay ([`super::tcp`]), counted in `m`.
+/// these two sockets, after `bases` were read. A direction the program paused (its
+/// reader is slow) moves the connection to the userspace relay ([`super::tcp`]),
+/// counted in `m`.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     spliced: Spliced,
+    bases: Bases,
     m: &ConnMetrics,
     from_client: Vec<Counter>,
     from_server: Vec<Counter>,
@@ -70,7 +86,14 @@ pub async fn relay(
         client.into_std().map_err(ConnError::Relay)?,
         upstream.into_std().map_err(ConnError::Relay)?,
     ];
-    let mut halves = [half(&socks[1], from_client)?, half(&socks[0], from_server)?];
+    let half = |base, counters| Half {
+        seen: 0,
+        base,
+        done: false,
+        counters,
+    };
+    // Client → upstream: what the upstream had taken; upstream → client: the client.
+    let mut halves = [half(bases.1, from_client), half(bases.0, from_server)];
     let result = match run(&socks, &spliced, &mut halves, idle).await {
         Ok(Outcome::Done) => Ok(()),
         Ok(Outcome::Paused) => {
@@ -98,15 +121,6 @@ pub async fn relay(
     // The map entries go before the sockets close (they would leave the map anyway).
     drop(spliced);
     result
-}
-
-fn half(to: &StdStream, counters: Vec<Counter>) -> Result<Half, ConnError> {
-    Ok(Half {
-        seen: 0,
-        base: tcp_bytes_taken(to).map_err(ConnError::Relay)?,
-        done: false,
-        counters,
-    })
 }
 
 enum Outcome {

@@ -56,20 +56,32 @@ pub async fn relay(
         from_server.extend([m2.bytes_from_server.clone(), s]);
     }
     let _ = client.set_nodelay(true);
-    match splice.and_then(|d| splice_in(d, &client, &upstream)) {
-        Some(Ok(spliced)) => {
-            m.opaque.kernel.inc();
-            let r =
-                super::splice::relay(client, upstream, spliced, m, from_client, from_server, idle)
-                    .await;
-            if matches!(r, Err(ConnError::Idle(_))) {
-                m.limits.timeouts.inc();
+    // Read before the splice: afterwards the program may already be sending.
+    let bases = splice.map(|d| (d, super::splice::Bases::read(&client, &upstream)));
+    match bases {
+        Some((d, Ok(bases))) => match splice_in(d, &client, &upstream) {
+            Some(Ok(spliced)) => {
+                m.opaque.kernel.inc();
+                let r = super::splice::relay(
+                    client,
+                    upstream,
+                    spliced,
+                    bases,
+                    m,
+                    from_client,
+                    from_server,
+                    idle,
+                )
+                .await;
+                if matches!(r, Err(ConnError::Idle(_))) {
+                    m.limits.timeouts.inc();
+                }
+                return r;
             }
-            return r;
-        }
-        Some(Err(err)) => {
-            tracing::debug!("opaque TCP relayed in userspace: {err}");
-        }
+            Some(Err(err)) => tracing::debug!("opaque TCP relayed in userspace: {err}"),
+            None => {}
+        },
+        Some((_, Err(err))) => tracing::debug!("opaque TCP relayed in userspace: {err}"),
         None => {}
     }
     m.opaque.userspace.inc();
