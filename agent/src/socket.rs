@@ -138,7 +138,11 @@ fn set_ipv6_transparent(socket: &Socket) -> io::Result<()> {
 }
 
 /// Sets an integer socket option to 1.
-fn setsockopt_int(socket: &Socket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+pub fn setsockopt_int(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: valid fd, option value is a c_int that outlives the call.
     let rc = unsafe {

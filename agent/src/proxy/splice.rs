@@ -325,22 +325,7 @@ async fn drain(to: &StdStream, target: u64, idle: Duration) -> Result<(), ConnEr
 }
 
 fn set_rcvlowat(sock: &StdStream) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd; pointer to an int of the declared size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::socket::setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_RCVLOWAT)
 }
 
 /// An epoll set of the connection's two sockets, asking for `EPOLLRDHUP` only (errors
