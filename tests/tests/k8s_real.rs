@@ -147,7 +147,7 @@ fn enrollment_precedence_deletion_recreation_and_sandbox_change() {
         FOLLOW,
         "the pod's new sandbox is not enrolled (or the old one not released)"
     );
-    moving.assert_steered(&app, &agent, target, true);
+    moving.assert_steered_within(&app, &agent, target, FOLLOW);
     assert_eq!(workloads(&agent, "steered"), 2.0);
 }
 

@@ -195,7 +195,8 @@ async fn run(
                 if a.paused != 0 || b.paused != 0 {
                     return pause(socks, spliced, halves, idle).await;
                 }
-                let moved = a.bytes + b.bytes - halves[0].seen - halves[1].seen;
+                let moved = a.bytes.saturating_sub(halves[0].seen)
+                    + b.bytes.saturating_sub(halves[1].seen);
                 if moved > 0 {
                     last_change = Instant::now();
                 } else if last_change.elapsed() >= idle {

@@ -89,6 +89,34 @@ impl KubePod {
         )
     }
 
+    /// Right after a sandbox change: the agent listening in the new sandbox comes a
+    /// moment before its steering entry is written, so connections are made until one is
+    /// proxied (each must still connect), within `within`.
+    pub fn assert_steered_within(
+        &self,
+        app: &LabApp,
+        agent: &Agent,
+        target: SocketAddr,
+        within: Duration,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let before = self.accepted(agent);
+            app.whoami(&self.pod, target)
+                .unwrap_or_else(|e| panic!("connection from {} failed: {e:#}", self.name));
+            std::thread::sleep(Duration::from_millis(200));
+            if self.accepted(agent) > before {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}/{} not steered within {within:?}",
+                self.namespace,
+                self.name
+            );
+        }
+    }
+
     /// Connects from its sandbox to `target` and asserts whether the agent proxied it.
     pub fn assert_steered(&self, app: &LabApp, agent: &Agent, target: SocketAddr, steered: bool) {
         let before = self.accepted(agent);
