@@ -1,6 +1,6 @@
 //! OTLP attribute constructors (span attributes and pod resources).
 
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, ArrayValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 
 fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
@@ -17,15 +17,4 @@ pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
 /// An integer attribute.
 pub fn int(key: &str, value: i64) -> KeyValue {
     kv(key, Value::IntValue(value))
-}
-
-/// A string-array attribute.
-pub fn strings<'a>(key: &str, values: impl IntoIterator<Item = &'a str>) -> KeyValue {
-    let values = values
-        .into_iter()
-        .map(|v| AnyValue {
-            value: Some(Value::StringValue(v.to_string())),
-        })
-        .collect();
-    kv(key, Value::ArrayValue(ArrayValue { values }))
 }

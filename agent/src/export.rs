@@ -18,13 +18,11 @@ use std::{
 
 use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
-    common::v1::InstrumentationScope,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    collector::trace::v1::ExportTraceServiceResponse, common::v1::InstrumentationScope,
 };
 use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::{
     client::Grpc,
     codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -33,7 +31,11 @@ use tonic::{
     Code,
 };
 
-use crate::trace::span::{PodIdentity, ProxySpan, SpanSink};
+use crate::trace::{
+    queue::{SpanQueue, SpanSink},
+    span::{PodIdentity, PodSpans},
+    wire,
+};
 
 /// Errors setting up the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -230,16 +232,20 @@ pub fn start(config: ExportConfig, metrics: ExportMetrics) -> Result<SpanSink, E
     if config.gzip {
         client = client.send_compressed(CompressionEncoding::Gzip);
     }
+    let (sink, queue) = SpanSink::new(
+        config.queue_size,
+        config.batch_size,
+        metrics.dropped.clone(),
+    );
     let exporter = Exporter {
         client,
         metadata: metadata(&config.headers)?,
         config: Arc::new(config),
-        metrics: metrics.clone(),
+        metrics,
         last_error_log: Arc::default(),
     };
-    let (tx, rx) = mpsc::channel(exporter.config.queue_size.max(1));
-    tokio::spawn(exporter.run(rx));
-    Ok(SpanSink::new(tx, metrics.dropped))
+    tokio::spawn(exporter.run(queue));
+    Ok(sink)
 }
 
 /// Export requests in flight at once. One at a time, export throughput is capped at
@@ -260,32 +266,46 @@ struct Exporter {
 }
 
 impl Exporter {
-    /// Gathers batches from the queue and sends them, up to [`MAX_IN_FLIGHT`] requests
-    /// at once; while that many are in flight (a slow or absent collector), spans wait
-    /// in the bounded queue and what overflows it is dropped.
-    async fn run(self, mut rx: mpsc::Receiver<ProxySpan>) {
+    /// Sends what the queue gathers, up to [`MAX_IN_FLIGHT`] requests at once: a batch
+    /// as soon as one is queued, anything less once the flush interval has passed
+    /// since the export task saw its first span. While that many requests are in flight
+    /// (a slow or absent collector), spans wait in the bounded queue and what overflows
+    /// it is dropped. Returns once the queue is closed and drained.
+    async fn run(self, queue: Arc<SpanQueue>) {
         let scope = InstrumentationScope {
             name: "hoptrace".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
-        };
+        }
+        .encode_to_vec();
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let limits = Limits {
+            bytes: MAX_REQUEST_BYTES,
+            spans: queue.batch(),
+        };
         loop {
-            let mut batch = Vec::with_capacity(self.config.batch_size);
-            // Wait for the first span, then gather more until the batch is full or the
-            // flush interval passes.
-            match rx.recv().await {
-                Some(s) => batch.push(s),
-                None => return,
+            let (waiting, closed) = queue.state();
+            if waiting == 0 {
+                if closed {
+                    return;
+                }
+                queue.ready().await;
+                continue;
             }
-            let deadline = tokio::time::Instant::now() + self.config.flush_interval;
-            while batch.len() < self.config.batch_size {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(s)) => batch.push(s),
-                    Ok(None) | Err(_) => break,
+            if waiting < limits.spans && !closed {
+                let deadline = tokio::time::Instant::now() + self.config.flush_interval;
+                loop {
+                    tokio::select! {
+                        () = queue.ready() => {}
+                        () = tokio::time::sleep_until(deadline) => break,
+                    }
+                    let (waiting, closed) = queue.state();
+                    if waiting >= limits.spans || closed {
+                        break;
+                    }
                 }
             }
-            for request in encode(batch, &scope, MAX_REQUEST_BYTES) {
+            for request in encode(queue.take_batch(), &scope, limits) {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
@@ -392,19 +412,29 @@ struct Encoded {
     spans: usize,
 }
 
-/// The batch as export requests of at most `max` encoded bytes each (a single span
-/// larger than that goes alone): one `ResourceSpans` per pod, in order of first
-/// appearance, spans in batch order. The spans are moved, not copied.
-fn encode(batch: Vec<ProxySpan>, scope: &InstrumentationScope, max: usize) -> Vec<Encoded> {
+/// How large one export request may grow.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Encoded bytes at most (a single submission larger than that goes alone).
+    bytes: usize,
+    /// Spans at most (a single submission with more goes alone).
+    spans: usize,
+}
+
+/// The queued spans as export requests within `limits`: one `ResourceSpans` per pod,
+/// in order of first appearance, spans in submission order. `scope` is the encoded
+/// `InstrumentationScope`. The spans' bytes are copied once, into the request.
+fn encode(batch: Vec<PodSpans>, scope: &[u8], limits: Limits) -> Vec<Encoded> {
     let mut out = Vec::new();
     let mut current = Builder::default();
-    for ProxySpan { pod, span } in batch {
-        // Per span: its bytes plus the repeated-field tag and length prefix (≤ 6).
-        let size = span.encoded_len() + 6;
-        if current.spans > 0 && current.size + size > max {
+    for spans in batch {
+        let full = current.spans > 0
+            && (current.size + spans.bytes.len() + POD_FRAMING > limits.bytes
+                || current.spans + spans.count > limits.spans);
+        if full {
             out.push(std::mem::take(&mut current).finish(scope));
         }
-        current.push(pod, span, size);
+        current.push(spans, scope);
     }
     if current.spans > 0 {
         out.push(current.finish(scope));
@@ -412,45 +442,87 @@ fn encode(batch: Vec<ProxySpan>, scope: &InstrumentationScope, max: usize) -> Ve
     out
 }
 
-/// Spans grouped per pod for one request.
+/// Bytes of framing per pod at most besides its resource and scope: three tags and
+/// three lengths (`ResourceSpans`, `Resource`, `ScopeSpans`, `InstrumentationScope`).
+const POD_FRAMING: usize = 4 * (1 + 5);
+
+/// One pod's part of a request.
+struct PodPart {
+    pod: Arc<PodIdentity>,
+    resource: Vec<u8>,
+    spans: Vec<Vec<u8>>,
+    span_bytes: usize,
+}
+
+impl PodPart {
+    /// `ScopeSpans` content: the scope, then the spans as they were encoded.
+    fn scope_spans_len(&self, scope: &[u8]) -> usize {
+        wire::len_field_size(1, scope.len()) + self.span_bytes
+    }
+
+    /// `ResourceSpans` content.
+    fn resource_spans_len(&self, scope: &[u8]) -> usize {
+        wire::len_field_size(1, self.resource.len())
+            + wire::len_field_size(2, self.scope_spans_len(scope))
+    }
+}
+
+/// Spans grouped per pod for one request, and an upper bound of its encoded size.
 #[derive(Default)]
 struct Builder {
-    pods: Vec<(Arc<PodIdentity>, Vec<Span>)>,
+    pods: Vec<PodPart>,
     spans: usize,
     size: usize,
 }
 
 impl Builder {
-    fn push(&mut self, pod: Arc<PodIdentity>, span: Span, size: usize) {
-        match self.pods.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &pod)) {
-            Some((_, spans)) => spans.push(span),
+    fn push(&mut self, spans: PodSpans, scope: &[u8]) {
+        let PodSpans { pod, count, bytes } = spans;
+        self.spans += count;
+        self.size += bytes.len();
+        let part = match self.pods.iter_mut().position(|p| Arc::ptr_eq(&p.pod, &pod)) {
+            Some(i) => &mut self.pods[i],
             None => {
-                // A pod's resource and scope wrappers count once per request.
-                self.size += pod.resource.encoded_len() + 64;
-                self.pods.push((pod, vec![span]));
+                let resource = pod.resource.encode_to_vec();
+                self.size += resource.len() + scope.len() + POD_FRAMING;
+                self.pods.push(PodPart {
+                    pod,
+                    resource,
+                    spans: Vec::new(),
+                    span_bytes: 0,
+                });
+                let last = self.pods.len() - 1;
+                &mut self.pods[last]
             }
-        }
-        self.spans += 1;
-        self.size += size;
+        };
+        part.span_bytes += bytes.len();
+        part.spans.push(bytes);
     }
 
-    fn finish(self, scope: &InstrumentationScope) -> Encoded {
-        let resource_spans = self
+    /// `ExportTraceServiceRequest { resource_spans = 1: ResourceSpans { resource = 1,
+    /// scope_spans = 2: ScopeSpans { scope = 1, spans = 2… } } }`, each length known
+    /// before its content is written.
+    fn finish(self, scope: &[u8]) -> Encoded {
+        let total: usize = self
             .pods
-            .into_iter()
-            .map(|(pod, spans)| ResourceSpans {
-                resource: Some(pod.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope.clone()),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect();
-        let message = ExportTraceServiceRequest { resource_spans };
+            .iter()
+            .map(|p| wire::len_field_size(1, p.resource_spans_len(scope)))
+            .sum();
+        let mut b = Vec::with_capacity(total);
+        for part in &self.pods {
+            wire::len_prefix(&mut b, 1, part.resource_spans_len(scope));
+            wire::len_prefix(&mut b, 1, part.resource.len());
+            b.extend_from_slice(&part.resource);
+            wire::len_prefix(&mut b, 2, part.scope_spans_len(scope));
+            wire::len_prefix(&mut b, 1, scope.len());
+            b.extend_from_slice(scope);
+            for spans in &part.spans {
+                b.extend_from_slice(spans);
+            }
+        }
+        debug_assert_eq!(b.len(), total);
         Encoded {
-            bytes: message.encode_to_vec().into(),
+            bytes: b.into(),
             spans: self.spans,
         }
     }

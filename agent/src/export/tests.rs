@@ -1,13 +1,16 @@
 use super::*;
-use crate::attr;
 use crate::{
     trace::{
         context::{SpanId, TraceId},
         span::{Kind, PodIdentity, SpanParts, Status, HAS_IS_REMOTE, IS_REMOTE},
+        wire::Attributes,
     },
     workloads::PodKey,
 };
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{span::SpanKind, ScopeSpans, Span},
+};
 use tonic::Code;
 
 fn pod(name: &str) -> Arc<PodIdentity> {
@@ -20,25 +23,31 @@ fn pod(name: &str) -> Arc<PodIdentity> {
     })
 }
 
-fn parts(attr_len: usize, parent: Option<SpanId>) -> SpanParts {
-    SpanParts {
+/// One span with a `user_agent.original` of `attr_len` bytes, encoded.
+fn encoded(attr_len: usize, parent: Option<SpanId>) -> Vec<u8> {
+    let mut attributes = Attributes::default();
+    attributes.string("user_agent.original", &"u".repeat(attr_len));
+    let parts = SpanParts {
         trace_id: TraceId([1; 16]),
         span_id: SpanId([2; 8]),
         parent,
         flags: 1,
         kind: Kind::Server,
-        name: "GET".into(),
+        name: "GET",
         start: std::time::SystemTime::UNIX_EPOCH,
         end: std::time::SystemTime::UNIX_EPOCH,
-        attributes: vec![attr::string("user_agent.original", "u".repeat(attr_len))],
-        status: Status::Unset,
-    }
+        status: &Status::Unset,
+    };
+    let mut out = Vec::new();
+    parts.encode(&attributes, &mut out);
+    out
 }
 
-fn span(pod: &Arc<PodIdentity>, attr_len: usize, parent: Option<SpanId>) -> ProxySpan {
-    ProxySpan {
+fn span(pod: &Arc<PodIdentity>, attr_len: usize, parent: Option<SpanId>) -> PodSpans {
+    PodSpans {
         pod: pod.clone(),
-        span: parts(attr_len, parent).into_otlp(),
+        count: 1,
+        bytes: encoded(attr_len, parent),
     }
 }
 
@@ -46,12 +55,18 @@ fn decode(e: &Encoded) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest::decode(e.bytes.clone()).expect("a valid request")
 }
 
-fn scope() -> InstrumentationScope {
+fn scope() -> Vec<u8> {
     InstrumentationScope {
         name: "hoptrace".into(),
         ..Default::default()
     }
+    .encode_to_vec()
 }
+
+const LIMITS: Limits = Limits {
+    bytes: MAX_REQUEST_BYTES,
+    spans: 512,
+};
 
 #[test]
 fn classification_follows_the_otlp_retry_rules() {
@@ -93,8 +108,8 @@ fn classification_follows_the_otlp_retry_rules() {
 #[test]
 fn requests_stay_below_the_size_limit() {
     let p = pod("a");
-    let spans: Vec<ProxySpan> = (0..1000).map(|_| span(&p, 2048, None)).collect();
-    let requests = encode(spans, &scope(), MAX_REQUEST_BYTES);
+    let spans: Vec<PodSpans> = (0..1000).map(|_| span(&p, 2048, None)).collect();
+    let requests = encode(spans, &scope(), LIMITS);
     assert!(requests.len() > 1);
     assert_eq!(requests.iter().map(|r| r.spans).sum::<usize>(), 1000);
     for r in &requests {
@@ -103,20 +118,28 @@ fn requests_stay_below_the_size_limit() {
         assert_eq!(spans, r.spans);
     }
     // Small spans: one request.
-    let small: Vec<ProxySpan> = (0..512).map(|_| span(&p, 10, None)).collect();
-    assert_eq!(encode(small, &scope(), MAX_REQUEST_BYTES).len(), 1);
+    let small: Vec<PodSpans> = (0..512).map(|_| span(&p, 10, None)).collect();
+    assert_eq!(encode(small, &scope(), LIMITS).len(), 1);
     // A span over the limit on its own still goes (alone).
     let huge = vec![
         span(&p, 10, None),
         span(&p, MAX_REQUEST_BYTES, None),
         span(&p, 10, None),
     ];
-    let counts: Vec<usize> = encode(huge, &scope(), MAX_REQUEST_BYTES)
+    let counts: Vec<usize> = encode(huge, &scope(), LIMITS)
         .iter()
         .map(|r| r.spans)
         .collect();
     assert_eq!(counts, [1, 1, 1]);
-    assert!(encode(Vec::new(), &scope(), MAX_REQUEST_BYTES).is_empty());
+    assert!(encode(Vec::new(), &scope(), LIMITS).is_empty());
+    // At most `spans` spans per request.
+    let many: Vec<PodSpans> = (0..5).map(|_| span(&p, 10, None)).collect();
+    let limits = Limits { spans: 2, ..LIMITS };
+    let counts: Vec<usize> = encode(many, &scope(), limits)
+        .iter()
+        .map(|r| r.spans)
+        .collect();
+    assert_eq!(counts, [2, 2, 1]);
 }
 
 #[test]
@@ -129,7 +152,7 @@ fn one_resource_per_pod_in_one_request() {
         span(&b, 1, None),
         span(&a, 1, None),
     ];
-    let requests = encode(batch, &scope(), MAX_REQUEST_BYTES);
+    let requests = encode(batch, &scope(), LIMITS);
     assert_eq!(requests.len(), 1);
     let message = decode(&requests[0]);
     let rs = &message.resource_spans;
@@ -142,12 +165,18 @@ fn one_resource_per_pod_in_one_request() {
     );
 }
 
+fn decode_span(bytes: &[u8]) -> Span {
+    let mut s = ScopeSpans::decode(bytes).expect("spans").spans;
+    assert_eq!(s.len(), 1);
+    s.remove(0)
+}
+
 #[test]
 fn span_fields() {
-    let root = parts(1, None).into_otlp();
+    let root = decode_span(&encoded(1, None));
     assert!(root.parent_span_id.is_empty(), "a root span has no parent");
     assert_eq!(root.flags, 1 | HAS_IS_REMOTE);
-    let child = parts(1, Some(SpanId([9; 8]))).into_otlp();
+    let child = decode_span(&encoded(1, Some(SpanId([9; 8]))));
     assert_eq!(child.parent_span_id, vec![9; 8]);
     assert_eq!(
         child.flags,
@@ -156,6 +185,38 @@ fn span_fields() {
     );
     assert_eq!(child.kind, SpanKind::Server as i32);
     assert_eq!(child.trace_id, vec![1; 16]);
+    assert_eq!(child.name, "GET");
+    assert_eq!(child.attributes[0].key, "user_agent.original");
+}
+
+#[test]
+fn pods_resources_frame_the_spans_exactly() {
+    // Resources of different sizes (length prefixes of 1 and 2 bytes), several pods.
+    let big = Arc::new(PodIdentity::new(
+        PodKey {
+            namespace: "ns".into(),
+            name: "x".repeat(200),
+        },
+        Some("uid"),
+        "web",
+        Some("node-1"),
+        "svc",
+    ));
+    let batch = vec![
+        span(&big, 300, None),
+        span(&pod("a"), 1, None),
+        span(&big, 1, Some(SpanId([3; 8]))),
+    ];
+    let requests = encode(batch, &scope(), LIMITS);
+    let message = decode(&requests[0]);
+    assert_eq!(message.resource_spans.len(), 2);
+    assert_eq!(
+        message.resource_spans[0].resource.as_ref(),
+        Some(&big.resource)
+    );
+    let spans = &message.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[1].parent_span_id, vec![3; 8]);
 }
 
 #[test]

@@ -188,7 +188,7 @@ pub(super) fn leg_spans(
             identity: pod.identity.clone(),
             direction: dir.as_str(),
             dst: target.dst(),
-            client_ip,
+            client_address: client_ip.to_string(),
             truncated: pod.metrics(dir).limits.attributes_truncated.clone(),
         })
     })

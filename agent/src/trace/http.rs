@@ -7,7 +7,7 @@
 //! the returned body emits the spans at its end). docs/TRACING.md is the rulebook.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -18,16 +18,14 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Request, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt as _};
 use hyper::body::{Body, Frame};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
-
-use crate::attr;
 
 use super::{
     context::{self, SpanId, TraceContext, TraceId},
     span::{
-        capped, Kind, PodIdentity, ProxySpan, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES,
+        capped, Kind, PodIdentity, PodSpans, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES,
     },
+    wire::Attributes,
 };
 
 /// What the span layer knows about a request leg's connection (one per client
@@ -42,8 +40,8 @@ pub struct LegSpans {
     pub direction: &'static str,
     /// The destination (`server.port`; `server.address` without a Host).
     pub dst: SocketAddr,
-    /// The calling pod's address (`client.address`).
-    pub client_ip: IpAddr,
+    /// The calling pod's address (`client.address`), written once per connection.
+    pub client_address: String,
     /// Counts attribute values cut to the limit.
     pub truncated: Counter,
 }
@@ -134,7 +132,7 @@ pub fn begin<B>(
     let server_start = SystemTime::now();
     let traced = decide(req.headers_mut(), start_root)?;
     let leg = leg?.clone();
-    let attrs = RequestAttrs::new(&leg, RequestFacts::of(req), route.clone(), grpc);
+    let attrs = RequestAttrs::new(&leg, RequestFacts::of(req), route, grpc);
     Some(RequestSpans::new(leg, traced, attrs, server_start))
 }
 
@@ -152,57 +150,81 @@ pub fn begin_head(
 ) -> Option<RequestSpans> {
     let traced = decide(trace_headers, start_root)?;
     let leg = leg?.clone();
-    let attrs = RequestAttrs::new(&leg, facts, route.clone(), grpc);
+    let attrs = RequestAttrs::new(&leg, facts, route, grpc);
     Some(RequestSpans::new(leg, traced, attrs, server_start))
 }
 
-/// Attributes fixed at request time, each value capped at
+/// What a span takes from its request, fixed when the head arrives: the span name and
+/// the request's attributes, already encoded, each value capped at
 /// [`MAX_ATTRIBUTE_LEN`](super::span::MAX_ATTRIBUTE_LEN).
 struct RequestAttrs {
-    method: String,
-    path: String,
-    version: &'static str,
-    host: String,
-    user_agent: Option<String>,
-    /// The path template (docs/METRICS.md).
-    route: Arc<str>,
-    grpc: Option<(String, String)>,
+    /// `METHOD route`, or `service/method` for gRPC.
+    name: String,
+    /// The request's attributes (the response's are added at the end).
+    encoded: Attributes,
     /// Attributes whose values were cut.
     truncated: Vec<&'static str>,
 }
 
+/// Bytes the attributes of a typical request take, reserved up front.
+const TYPICAL_ATTRIBUTES: usize = 384;
+
 impl RequestAttrs {
-    fn new(leg: &LegSpans, req: RequestFacts<'_>, route: Arc<str>, is_grpc: bool) -> Self {
+    fn new(leg: &LegSpans, req: RequestFacts<'_>, route: &str, is_grpc: bool) -> Self {
         let mut truncated = Vec::new();
-        let host = req
-            .host
-            .map(|h| strip_port(h).to_string())
-            .unwrap_or_else(|| leg.dst.ip().to_string());
+        let mut dst_ip = String::new();
+        let host = match req.host {
+            Some(h) => strip_port(h),
+            None => {
+                use std::fmt::Write as _;
+                let _ = write!(dst_ip, "{}", leg.dst.ip());
+                dst_ip.as_str()
+            }
+        };
+        let method = capped(req.method, "http.request.method", &mut truncated);
         let path = capped(req.path, "url.path", &mut truncated);
+        let host = capped(host, "server.address", &mut truncated);
+        let user_agent = req
+            .user_agent
+            .map(|ua| capped(ua, "user_agent.original", &mut truncated));
         let grpc = is_grpc
-            .then(|| {
-                let mut parts = path.trim_start_matches('/').splitn(2, '/');
-                Some((parts.next()?.to_string(), parts.next()?.to_string()))
-            })
+            .then(|| path.trim_start_matches('/').split_once('/'))
             .flatten();
-        let attrs = Self {
-            method: capped(req.method, "http.request.method", &mut truncated),
-            version: match req.version {
+        let mut a = Attributes::with_capacity(TYPICAL_ATTRIBUTES + path.len());
+        a.string("http.request.method", method);
+        a.string("url.path", path);
+        a.string("http.route", route);
+        a.string("url.scheme", "http");
+        a.string("server.address", host);
+        a.int("server.port", i64::from(leg.dst.port()));
+        a.string("client.address", &leg.client_address);
+        a.string(
+            "network.protocol.version",
+            match req.version {
                 Version::HTTP_10 => "1.0",
                 Version::HTTP_2 => "2",
                 _ => "1.1",
             },
-            host: capped(&host, "server.address", &mut truncated),
-            user_agent: req
-                .user_agent
-                .map(|ua| capped(ua, "user_agent.original", &mut truncated)),
-            path,
-            route,
-            grpc,
-            truncated,
+        );
+        a.string("hoptrace.direction", leg.direction);
+        if let Some(ua) = user_agent {
+            a.string("user_agent.original", ua);
+        }
+        let name = match grpc {
+            Some((svc, method)) => {
+                a.string("rpc.system", "grpc");
+                a.string("rpc.service", svc);
+                a.string("rpc.method", method);
+                format!("{svc}/{method}")
+            }
+            None => format!("{method} {route}"),
         };
-        leg.truncated.inc_by(attrs.truncated.len() as u64);
-        attrs
+        leg.truncated.inc_by(truncated.len() as u64);
+        Self {
+            name,
+            encoded: a,
+            truncated,
+        }
     }
 }
 
@@ -299,44 +321,21 @@ impl RequestSpans {
         .boxed()
     }
 
-    /// The attributes both spans carry.
-    fn attributes(&self) -> Vec<KeyValue> {
-        let (leg, a) = (&self.leg, &self.attrs);
-        let mut attrs = vec![
-            attr::string("http.request.method", a.method.as_str()),
-            attr::string("url.path", a.path.as_str()),
-            attr::string("http.route", &*a.route),
-            attr::string("url.scheme", "http"),
-            attr::string("server.address", a.host.as_str()),
-            attr::int("server.port", i64::from(leg.dst.port())),
-            attr::string("client.address", leg.client_ip.to_string()),
-            attr::string("network.protocol.version", a.version),
-            attr::string("hoptrace.direction", leg.direction),
-        ];
-        if let Some(ua) = &a.user_agent {
-            attrs.push(attr::string("user_agent.original", ua.as_str()));
-        }
+    /// Adds the response's attributes to the request's: then `attrs.encoded` holds
+    /// what both spans carry.
+    fn finish_attributes(&mut self) {
+        let a = &mut self.attrs;
         if let Some(s) = self.status {
-            attrs.push(attr::int(
-                "http.response.status_code",
-                i64::from(s.as_u16()),
-            ));
-        }
-        if let Some((svc, method)) = &a.grpc {
-            attrs.push(attr::string("rpc.system", "grpc"));
-            attrs.push(attr::string("rpc.service", svc.as_str()));
-            attrs.push(attr::string("rpc.method", method.as_str()));
+            a.encoded
+                .int("http.response.status_code", i64::from(s.as_u16()));
         }
         if let Some(g) = self.grpc_status {
-            attrs.push(attr::int("rpc.grpc.status_code", g));
+            a.encoded.int("rpc.grpc.status_code", g);
         }
         if !a.truncated.is_empty() {
-            attrs.push(attr::strings(
-                TRUNCATED_ATTRIBUTES,
-                a.truncated.iter().copied(),
-            ));
+            a.encoded
+                .strings(TRUNCATED_ATTRIBUTES, a.truncated.iter().copied());
         }
-        attrs
     }
 
     /// A span's status (DESIGN §3.4): ERROR for a connection/stream error, a gRPC
@@ -360,49 +359,54 @@ impl RequestSpans {
     }
 
     /// Emits the SERVER and CLIENT spans; `error` is a connection/stream error. Both
-    /// are built in their OTLP form here, once; the attributes are cloned once, for
-    /// the second span.
+    /// are encoded here, once, into one buffer; the attributes written at request time
+    /// are copied into each as bytes.
     fn emit(self, error: Option<String>) {
         self.emit_at(SystemTime::now(), error);
     }
 
-    fn emit_at(self, end: SystemTime, error: Option<String>) {
-        let attributes = self.attributes();
-        let name = match &self.attrs.grpc {
-            Some((svc, method)) => format!("{svc}/{method}"),
-            None => format!("{} {}", self.attrs.method, self.attrs.route),
-        };
+    fn emit_at(mut self, end: SystemTime, error: Option<String>) {
+        self.finish_attributes();
         let t = &self.traced;
-        let server = SpanParts {
-            trace_id: t.ctx.trace_id,
-            span_id: t.server_id,
-            parent: (!t.root).then_some(t.ctx.span_id),
-            flags: t.ctx.flags(),
-            kind: Kind::Server,
-            name: name.clone(),
-            start: self.server_start,
-            end,
-            attributes: attributes.clone(),
-            status: self.status(Kind::Server, &error),
-        };
-        let client = SpanParts {
-            trace_id: t.ctx.trace_id,
-            span_id: t.client_id,
-            parent: Some(t.server_id),
-            flags: t.ctx.flags(),
-            kind: Kind::Client,
-            name,
-            start: self.client_start,
-            end,
-            attributes,
-            status: self.status(Kind::Client, &error),
-        };
-        for parts in [client, server] {
-            self.leg.sink.submit(ProxySpan {
-                pod: self.leg.identity.clone(),
-                span: parts.into_otlp(),
-            });
+        let (trace_id, flags) = (t.ctx.trace_id, t.ctx.flags());
+        let client = (
+            Kind::Client,
+            t.client_id,
+            Some(t.server_id),
+            self.client_start,
+        );
+        let server = (
+            Kind::Server,
+            t.server_id,
+            (!t.root).then_some(t.ctx.span_id),
+            self.server_start,
+        );
+        let statuses = [
+            self.status(Kind::Client, &error),
+            self.status(Kind::Server, &error),
+        ];
+        let attributes = &self.attrs.encoded;
+        let mut out = Vec::with_capacity(2 * (attributes.as_bytes().len() + 160));
+        for ((kind, span_id, parent, start), status) in [client, server].into_iter().zip(&statuses)
+        {
+            let parts = SpanParts {
+                trace_id,
+                span_id,
+                parent,
+                flags,
+                kind,
+                name: &self.attrs.name,
+                start,
+                end,
+                status,
+            };
+            parts.encode(attributes, &mut out);
         }
+        self.leg.sink.submit(PodSpans {
+            pod: self.leg.identity.clone(),
+            count: 2,
+            bytes: out,
+        });
     }
 }
 
@@ -504,6 +508,8 @@ impl<B: Body, F: Finish> Drop for SpanBody<B, F> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+    use prost::Message as _;
     use std::convert::Infallible;
 
     /// What a [`SpanBody`] reported: the grpc-status, and each end (its error).
@@ -601,10 +607,10 @@ mod tests {
     }
 
     /// A traced gRPC request with every optional attribute, and its emitted spans.
-    fn traced_grpc_request() -> (Vec<String>, Vec<ProxySpan>) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    fn traced_grpc_request() -> (Arc<PodIdentity>, Vec<Span>) {
+        let (sink, queue) = SpanSink::new(4, 4, Counter::default());
         let leg = Arc::new(LegSpans {
-            sink: SpanSink::new(tx, Counter::default()),
+            sink,
             identity: Arc::new(PodIdentity::new(
                 crate::pod::PodKey {
                     namespace: "ns".into(),
@@ -617,7 +623,7 @@ mod tests {
             )),
             direction: "inbound",
             dst: "10.0.0.2:8080".parse().expect("addr"),
-            client_ip: "10.0.0.1".parse().expect("ip"),
+            client_address: "10.0.0.1".into(),
             truncated: Counter::default(),
         });
         let mut req = Request::builder()
@@ -635,16 +641,24 @@ mod tests {
         spans.client_started();
         spans.status = Some(StatusCode::OK);
         spans.grpc_status = Some(5);
-        let keys = spans.attributes().into_iter().map(|kv| kv.key).collect();
         spans.emit(None);
-        let emitted = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        (keys, emitted)
+        let [emitted] = &queue.take_batch()[..] else {
+            panic!("one submission")
+        };
+        assert_eq!(emitted.count, 2);
+        let decoded = ScopeSpans::decode(&emitted.bytes[..]).expect("valid spans");
+        (emitted.pod.clone(), decoded.spans)
     }
 
     #[test]
     fn every_attribute_is_documented() {
         let doc = include_str!("../../../docs/TRACING.md");
-        let (keys, spans) = traced_grpc_request();
+        let (pod, spans) = traced_grpc_request();
+        let keys: Vec<&str> = spans[0]
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
         assert!(keys.len() >= 14, "{keys:?}");
         for key in &keys {
             assert!(
@@ -652,7 +666,7 @@ mod tests {
                 "span attribute {key} is not in docs/TRACING.md"
             );
         }
-        for kv in &spans[0].pod.resource.attributes {
+        for kv in &pod.resource.attributes {
             assert!(
                 doc.contains(&format!("`{}`", kv.key)),
                 "resource attribute {} is not in docs/TRACING.md",
@@ -668,7 +682,6 @@ mod tests {
         let [client, server] = &spans[..] else {
             panic!("{spans:?}")
         };
-        let (client, server) = (&client.span, &server.span);
         assert_eq!(client.kind, SpanKind::Client as i32);
         assert_eq!(server.kind, SpanKind::Server as i32);
         assert_eq!(client.parent_span_id, server.span_id);

@@ -1,6 +1,9 @@
-//! Tracing: trace-context formats (`context`), the span model and the queue to the
-//! exporter (`span`), and the span layer of an HTTP request leg (`http`).
+//! Tracing: trace-context formats (`context`), the span model (`span`), the span
+//! layer of an HTTP request leg (`http`), spans' protobuf encoding (`wire`) and the
+//! queue to the exporter (`queue`).
 
 pub mod context;
 pub mod http;
+pub mod queue;
 pub mod span;
+pub mod wire;

@@ -1,19 +1,19 @@
 //! The proxy span model (DESIGN §3.4): what one leg of one request produces, and the
 //! queue the data path hands finished spans to ([`SpanSink`]; drained by `export`).
 //!
-//! Attributes are OTLP protobuf values from the start (`attr`), built once per request
-//! leg and shared by its two spans, so export encodes them without converting.
+//! Spans are OTLP protobuf bytes from the start (`wire`): a request leg writes its
+//! attributes once, copies them into its two spans, and the export task frames the
+//! bytes without encoding again.
 
 use std::{sync::Arc, time::SystemTime};
 
-use opentelemetry_proto::tonic::{
-    common::v1::KeyValue,
-    trace::v1::{span::SpanKind, status::StatusCode, Span, Status as ProtoStatus},
-};
-use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use super::context::{SpanId, TraceId};
+pub use super::queue::SpanSink;
+use super::{
+    context::{SpanId, TraceId},
+    wire::{self, Attributes},
+};
 pub use crate::pod::PodIdentity;
 
 /// Resource attribute value of `service.name` unless configured otherwise.
@@ -44,10 +44,10 @@ pub const HAS_IS_REMOTE: u32 = 0x100;
 /// See [`HAS_IS_REMOTE`].
 pub const IS_REMOTE: u32 = 0x200;
 
-/// The parts of one span, turned into its OTLP form once ([`SpanParts::into_otlp`]):
-/// the span travels to the exporter in the form it is encoded in.
+/// The parts of one span, encoded once ([`SpanParts::encode`]) into the OTLP protobuf
+/// it travels to the collector in.
 #[derive(Debug)]
-pub struct SpanParts {
+pub struct SpanParts<'a> {
     /// Trace id.
     pub trace_id: TraceId,
     /// This span's id.
@@ -59,15 +59,13 @@ pub struct SpanParts {
     /// SERVER or CLIENT.
     pub kind: Kind,
     /// Span name.
-    pub name: String,
+    pub name: &'a str,
     /// Start time.
     pub start: SystemTime,
     /// End time (≥ start).
     pub end: SystemTime,
-    /// Semantic-convention attributes.
-    pub attributes: Vec<KeyValue>,
     /// Status.
-    pub status: Status,
+    pub status: &'a Status,
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -75,66 +73,47 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-impl SpanParts {
-    /// The OTLP span.
-    pub fn into_otlp(self) -> Span {
+impl SpanParts<'_> {
+    /// Appends the span with `attributes` to `out`, as one `ScopeSpans.spans` entry.
+    pub fn encode(&self, attributes: &Attributes, out: &mut Vec<u8>) {
         let remote = self.kind == Kind::Server && self.parent.is_some();
-        Span {
-            trace_id: self.trace_id.0.to_vec(),
-            span_id: self.span_id.0.to_vec(),
-            parent_span_id: self.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
-            flags: u32::from(self.flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 },
-            name: self.name,
-            kind: match self.kind {
-                Kind::Server => SpanKind::Server,
-                Kind::Client => SpanKind::Client,
-            } as i32,
-            start_time_unix_nano: nanos(self.start),
-            end_time_unix_nano: nanos(self.end),
-            attributes: self.attributes,
-            status: Some(match self.status {
-                Status::Unset => ProtoStatus {
-                    message: String::new(),
-                    code: StatusCode::Unset as i32,
-                },
-                Status::Error(message) => ProtoStatus {
-                    message,
-                    code: StatusCode::Error as i32,
-                },
-            }),
-            ..Default::default()
-        }
+        let (status_message, status_code) = match self.status {
+            Status::Unset => ("", StatusCode::Unset),
+            Status::Error(message) => (message.as_str(), StatusCode::Error),
+        };
+        let kind = match self.kind {
+            Kind::Server => SpanKind::Server,
+            Kind::Client => SpanKind::Client,
+        };
+        wire::span(
+            out,
+            &wire::SpanFields {
+                trace_id: &self.trace_id.0,
+                span_id: &self.span_id.0,
+                parent_span_id: self.parent.as_ref().map(|p| &p.0),
+                flags: u32::from(self.flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 },
+                name: self.name,
+                kind: kind as i32,
+                start_time_unix_nano: nanos(self.start),
+                end_time_unix_nano: nanos(self.end),
+                attributes,
+                status_message,
+                status_code: status_code as i32,
+            },
+        );
     }
 }
 
-/// One finished proxy span, in its OTLP form, with the pod it belongs to.
+/// Finished spans of one pod (a request leg's two), encoded as `ScopeSpans.spans`
+/// entries: the export task frames them as they are.
 #[derive(Debug, Clone)]
-pub struct ProxySpan {
-    /// The pod it serves (its resource).
+pub struct PodSpans {
+    /// The pod they serve (their resource).
     pub pod: Arc<PodIdentity>,
-    /// The span, ready to encode.
-    pub span: Span,
-}
-
-/// Where the data path submits finished spans. Cheap to clone; never waits.
-#[derive(Debug, Clone)]
-pub struct SpanSink {
-    tx: mpsc::Sender<ProxySpan>,
-    dropped: Counter,
-}
-
-impl SpanSink {
-    /// A sink feeding `tx`; spans that do not fit are counted in `dropped`.
-    pub fn new(tx: mpsc::Sender<ProxySpan>, dropped: Counter) -> Self {
-        Self { tx, dropped }
-    }
-
-    /// Queues a span without waiting; drops and counts it when the queue is full.
-    pub fn submit(&self, span: ProxySpan) {
-        if self.tx.try_send(span).is_err() {
-            self.dropped.inc();
-        }
-    }
+    /// How many spans `bytes` holds.
+    pub count: usize,
+    /// The encoded spans.
+    pub bytes: Vec<u8>,
 }
 
 /// Longest attribute value (bytes) the agent records. Longer values (a 300 KiB
@@ -148,16 +127,16 @@ pub const TRUNCATED_ATTRIBUTES: &str = "hoptrace.truncated_attributes";
 
 /// `value` cut to [`MAX_ATTRIBUTE_LEN`] bytes at a character boundary; `key` is added to
 /// `truncated` when it was cut.
-pub fn capped(value: &str, key: &'static str, truncated: &mut Vec<&'static str>) -> String {
+pub fn capped<'a>(value: &'a str, key: &'static str, truncated: &mut Vec<&'static str>) -> &'a str {
     if value.len() <= MAX_ATTRIBUTE_LEN {
-        return value.to_string();
+        return value;
     }
     let mut end = MAX_ATTRIBUTE_LEN;
     while !value.is_char_boundary(end) {
         end -= 1;
     }
     truncated.push(key);
-    value[..end].to_string()
+    &value[..end]
 }
 
 #[cfg(test)]

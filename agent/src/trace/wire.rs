@@ -1,0 +1,295 @@
+//! The OTLP protobuf wire format, written by hand for the span path.
+//!
+//! A traced request leg encodes its two spans straight into bytes, once, when its
+//! response is over: the attributes are written once and copied into both spans, and
+//! nothing on the way to the collector allocates per attribute or encodes again. The
+//! export task only frames the pods' span bytes into one `ExportTraceServiceRequest`
+//! (`export.rs`).
+//!
+//! The bytes are exactly what prost writes for the same `opentelemetry-proto`
+//! messages (fields in number order, proto3 defaults left out, `oneof` values always
+//! written): the tests compare them byte for byte and decode them with the official
+//! protos.
+
+/// Protobuf wire types.
+const VARINT: u32 = 0;
+const I64: u32 = 1;
+const LEN: u32 = 2;
+const I32: u32 = 5;
+
+/// Appends `v` as a varint.
+pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Bytes of `v` as a varint.
+pub fn varint_len(v: u64) -> usize {
+    // 1 byte per started 7 bits; 0 takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn tag(out: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(out, u64::from((field << 3) | wire));
+}
+
+/// Bytes of a length-delimited field of `len` bytes (tag, length, content).
+pub fn len_field_size(field: u32, len: usize) -> usize {
+    varint_len(u64::from(field << 3)) + varint_len(len as u64) + len
+}
+
+/// Appends the tag and length of a length-delimited field of `len` bytes; the caller
+/// appends the content.
+pub fn len_prefix(out: &mut Vec<u8>, field: u32, len: usize) {
+    tag(out, field, LEN);
+    varint(out, len as u64);
+}
+
+/// Appends a `bytes`/`string`/message field whose content is `b` (always, even empty).
+fn len_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+    len_prefix(out, field, b.len());
+    out.extend_from_slice(b);
+}
+
+/// A proto3 `string`/`bytes` field: left out when empty.
+fn opt_len_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+    if !b.is_empty() {
+        len_field(out, field, b);
+    }
+}
+
+/// A message field whose content `body` writes; its length is known only after, so
+/// the prefix is inserted before the content (a move of the content's few bytes).
+fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    tag(out, field, LEN);
+    let start = out.len();
+    body(out);
+    let len = out.len() - start;
+    let mut prefix = Vec::with_capacity(2);
+    varint(&mut prefix, len as u64);
+    out.splice(start..start, prefix);
+}
+
+/// Span attributes (`KeyValue`s, field 9 of `Span`), written once per request leg and
+/// copied as bytes into each of its spans.
+#[derive(Debug, Default, Clone)]
+pub struct Attributes(Vec<u8>);
+
+/// `Span.attributes`.
+const SPAN_ATTRIBUTES: u32 = 9;
+
+impl Attributes {
+    /// Room for `n` bytes of attributes.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
+    /// A string attribute.
+    pub fn string(&mut self, key: &str, value: &str) {
+        message(&mut self.0, SPAN_ATTRIBUTES, |kv| {
+            opt_len_field(kv, 1, key.as_bytes());
+            // AnyValue { string_value = 1 }
+            message(kv, 2, |v| len_field(v, 1, value.as_bytes()));
+        });
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &str, value: i64) {
+        message(&mut self.0, SPAN_ATTRIBUTES, |kv| {
+            opt_len_field(kv, 1, key.as_bytes());
+            // AnyValue { int_value = 3 }
+            message(kv, 2, |v| {
+                tag(v, 3, VARINT);
+                varint(v, value as u64);
+            });
+        });
+    }
+
+    /// A string-array attribute.
+    pub fn strings<'a>(&mut self, key: &str, values: impl IntoIterator<Item = &'a str>) {
+        message(&mut self.0, SPAN_ATTRIBUTES, |kv| {
+            opt_len_field(kv, 1, key.as_bytes());
+            // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue { string_value = 1 } } }
+            message(kv, 2, |v| {
+                message(v, 5, |array| {
+                    for s in values {
+                        message(array, 1, |any| len_field(any, 1, s.as_bytes()));
+                    }
+                })
+            });
+        });
+    }
+
+    /// The encoded attributes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One span's fields, borrowed for encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanFields<'a> {
+    /// 16 bytes.
+    pub trace_id: &'a [u8; 16],
+    /// 8 bytes.
+    pub span_id: &'a [u8; 8],
+    /// 8 bytes, or none for a root span.
+    pub parent_span_id: Option<&'a [u8; 8]>,
+    /// `Span.flags`.
+    pub flags: u32,
+    /// Span name.
+    pub name: &'a str,
+    /// `SpanKind` value.
+    pub kind: i32,
+    /// Nanoseconds since the epoch.
+    pub start_time_unix_nano: u64,
+    /// Nanoseconds since the epoch.
+    pub end_time_unix_nano: u64,
+    /// Encoded attributes.
+    pub attributes: &'a Attributes,
+    /// `Status.message`.
+    pub status_message: &'a str,
+    /// `Status.code` value.
+    pub status_code: i32,
+}
+
+/// `ScopeSpans.spans`: the field each span is framed in.
+pub const SCOPE_SPANS_SPANS: u32 = 2;
+
+/// Appends `span` as one `ScopeSpans.spans` entry (tag, length, `Span`): entries of one
+/// pod concatenate into its `ScopeSpans` as they are.
+pub fn span(out: &mut Vec<u8>, span: &SpanFields<'_>) {
+    message(out, SCOPE_SPANS_SPANS, |s| {
+        opt_len_field(s, 1, span.trace_id);
+        opt_len_field(s, 2, span.span_id);
+        if let Some(parent) = span.parent_span_id {
+            opt_len_field(s, 4, parent);
+        }
+        opt_len_field(s, 5, span.name.as_bytes());
+        if span.kind != 0 {
+            tag(s, 6, VARINT);
+            varint(s, span.kind as u64);
+        }
+        for (field, t) in [(7, span.start_time_unix_nano), (8, span.end_time_unix_nano)] {
+            if t != 0 {
+                tag(s, field, I64);
+                s.extend_from_slice(&t.to_le_bytes());
+            }
+        }
+        s.extend_from_slice(span.attributes.as_bytes());
+        message(s, 15, |st| {
+            opt_len_field(st, 2, span.status_message.as_bytes());
+            if span.status_code != 0 {
+                tag(st, 3, VARINT);
+                varint(st, span.status_code as u64);
+            }
+        });
+        if span.flags != 0 {
+            tag(s, 16, I32);
+            s.extend_from_slice(&span.flags.to_le_bytes());
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::{any_value::Value, AnyValue, ArrayValue, KeyValue},
+        trace::v1::{status::StatusCode, ScopeSpans, Span, Status},
+    };
+    use prost::Message as _;
+
+    use super::*;
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+        }
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX.into(), u64::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
+    }
+
+    /// Byte-equal to prost's encoding of the same messages, and decodable by it.
+    #[test]
+    fn spans_are_what_prost_writes() {
+        let long = "x".repeat(300);
+        let mut attrs = Attributes::default();
+        attrs.string("http.request.method", "GET");
+        attrs.string("url.path", &long);
+        attrs.string("empty", "");
+        attrs.int("server.port", 8080);
+        attrs.int("zero", 0);
+        attrs.int("negative", -3);
+        attrs.strings("hoptrace.truncated_attributes", ["url.path", "a"]);
+        let expected_attrs = vec![
+            kv("http.request.method", Value::StringValue("GET".into())),
+            kv("url.path", Value::StringValue(long.clone())),
+            kv("empty", Value::StringValue(String::new())),
+            kv("server.port", Value::IntValue(8080)),
+            kv("zero", Value::IntValue(0)),
+            kv("negative", Value::IntValue(-3)),
+            kv(
+                "hoptrace.truncated_attributes",
+                Value::ArrayValue(ArrayValue {
+                    values: ["url.path", "a"]
+                        .map(|s| AnyValue {
+                            value: Some(Value::StringValue(s.into())),
+                        })
+                        .to_vec(),
+                }),
+            ),
+        ];
+        let cases = [
+            (Some([9u8; 8]), 0x301, "GET /users/{id}", 2, "", 0),
+            (None, 0x100, "", 0, "HTTP 503", StatusCode::Error as i32),
+            (None, 0, "n", 3, "", StatusCode::Ok as i32),
+        ];
+        let mut bytes = Vec::new();
+        let mut expected = ScopeSpans::default();
+        for (parent, flags, name, kind, message, code) in cases {
+            let fields = SpanFields {
+                trace_id: &[1; 16],
+                span_id: &[2; 8],
+                parent_span_id: parent.as_ref(),
+                flags,
+                name,
+                kind,
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                end_time_unix_nano: 1_700_000_000_000_123_456,
+                attributes: &attrs,
+                status_message: message,
+                status_code: code,
+            };
+            span(&mut bytes, &fields);
+            expected.spans.push(Span {
+                trace_id: vec![1; 16],
+                span_id: vec![2; 8],
+                parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+                flags,
+                name: name.into(),
+                kind,
+                start_time_unix_nano: fields.start_time_unix_nano,
+                end_time_unix_nano: fields.end_time_unix_nano,
+                attributes: expected_attrs.clone(),
+                status: Some(Status {
+                    message: message.into(),
+                    code,
+                }),
+                ..Default::default()
+            });
+        }
+        assert_eq!(bytes, expected.encode_to_vec());
+        assert_eq!(ScopeSpans::decode(&bytes[..]).unwrap(), expected);
+    }
+}
