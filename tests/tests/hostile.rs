@@ -430,6 +430,67 @@ fn sigterm_lets_requests_in_flight_finish() {
     );
 }
 
+/// An idle keep-alive connection does not hold up a graceful stop: after SIGTERM the
+/// agent closes it once the shutdown grace (250 ms) has passed without a request, and
+/// exits. The lean path waits for the next request with one timer per connection that
+/// is re-armed lazily; this pins that the shutdown signal still reaches a waiting
+/// connection at once.
+#[test]
+fn sigterm_closes_idle_keep_alive_connections() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hostile::new(&["--header-read-timeout", "30s"]);
+    let to = h.victim.addr(HTTP_PORT).to_string();
+    let file = h.lab.tmp_dir().join("keepalive.req");
+    std::fs::write(&file, "GET / HTTP/1.1\r\nHost: victim\r\n\r\n").expect("write request");
+    let f = file.display().to_string();
+    let client = h
+        .attacker
+        .spawn({
+            let mut c = py(&[
+                "raw",
+                "--addr",
+                &to,
+                "--data-file",
+                &f,
+                "--read-all",
+                "--timeout",
+                "20",
+            ]);
+            c.stdout(std::process::Stdio::piped());
+            c
+        })
+        .expect("keep-alive client");
+    assert_eventually!(
+        accepted(&h.agent, "inbound", "victim") >= 1.0,
+        COUNTED,
+        "the request did not reach the agent"
+    );
+    // Let the response go out and the connection wait for its next request.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    h.agent.stop().expect("SIGTERM");
+    let took = t.elapsed();
+    let out = client
+        .wait_output(Duration::from_secs(25))
+        .expect("client output");
+    let r: Value = serde_json::from_str(out.stdout.trim()).expect("report");
+    assert_eq!(r["statuses"], serde_json::json!([200]), "{r}");
+    assert_eq!(
+        r["outcome"], "eof",
+        "the agent closed the idle connection: {r}"
+    );
+    assert!(
+        r["ms"].as_f64().is_some_and(|ms| ms < 5000.0),
+        "the connection stayed open after SIGTERM: {r}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the agent took {took:?} to exit"
+    );
+}
+
 /// Container runtimes often start processes with a soft descriptor limit of 1024 under
 /// a hard limit of a million: the agent raises its soft limit to the hard one at start.
 #[test]

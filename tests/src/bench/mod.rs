@@ -103,6 +103,10 @@ pub enum Scenario {
     /// receive of the node) and the in-flight bookkeeping cost.
     #[serde(rename = "hoptrace-http-propagation")]
     HoptraceHttpPropagation,
+    /// The same with each agent's runtime on one worker thread (`--worker-threads 1`)
+    /// instead of one per CPU: what the multi-threaded runtime's wake-ups cost.
+    #[serde(rename = "hoptrace-http-1worker")]
+    HoptraceHttpOneWorker,
     /// TCP ping-pong, no proxy.
     #[serde(rename = "direct-tcp")]
     DirectTcp,
@@ -120,7 +124,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
@@ -129,6 +133,7 @@ impl Scenario {
         Scenario::HoptraceHttpHyper,
         Scenario::HoptraceHttpTwoPass,
         Scenario::HoptraceHttpPropagation,
+        Scenario::HoptraceHttpOneWorker,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
@@ -146,6 +151,7 @@ impl Scenario {
             Scenario::HoptraceHttpHyper => "hoptrace-http-hyper",
             Scenario::HoptraceHttpTwoPass => "hoptrace-http-twopass",
             Scenario::HoptraceHttpPropagation => "hoptrace-http-propagation",
+            Scenario::HoptraceHttpOneWorker => "hoptrace-http-1worker",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
@@ -168,7 +174,8 @@ impl Scenario {
             | Scenario::HoptraceHttpNoMetrics
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
-            | Scenario::HoptraceHttpPropagation => Workload::Http,
+            | Scenario::HoptraceHttpPropagation
+            | Scenario::HoptraceHttpOneWorker => Workload::Http,
             Scenario::DirectTcp
             | Scenario::L4Tcp
             | Scenario::HoptraceTcp
@@ -178,16 +185,7 @@ impl Scenario {
 
     /// True for the scenarios served by the agents (enrolled pods).
     pub fn is_hoptrace(self) -> bool {
-        matches!(
-            self,
-            Scenario::HoptraceHttp
-                | Scenario::HoptraceHttpNoMetrics
-                | Scenario::HoptraceHttpHyper
-                | Scenario::HoptraceHttpTwoPass
-                | Scenario::HoptraceHttpPropagation
-                | Scenario::HoptraceTcp
-                | Scenario::HoptraceTcpUserspace
-        )
+        self.is_traced() || matches!(self, Scenario::HoptraceTcp | Scenario::HoptraceTcpUserspace)
     }
 
     /// True for the traced HTTP scenarios (spans are accounted).
@@ -199,6 +197,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpHyper
                 | Scenario::HoptraceHttpTwoPass
                 | Scenario::HoptraceHttpPropagation
+                | Scenario::HoptraceHttpOneWorker
         )
     }
 
@@ -210,6 +209,11 @@ impl Scenario {
             one_pass: self != Scenario::HoptraceHttpTwoPass,
             propagation: self == Scenario::HoptraceHttpPropagation,
             opaque_in_kernel: self != Scenario::HoptraceTcpUserspace,
+            worker_threads: if self == Scenario::HoptraceHttpOneWorker {
+                1
+            } else {
+                0
+            },
         }
     }
 }
@@ -227,6 +231,8 @@ pub struct AgentMode {
     pub propagation: bool,
     /// `--opaque-tcp kernel` (else `userspace`).
     pub opaque_in_kernel: bool,
+    /// `--worker-threads` (`0`: the agent's default, one per CPU).
+    pub worker_threads: usize,
 }
 
 impl AgentMode {
@@ -243,6 +249,7 @@ impl AgentMode {
             format!("--http1-proxy={engine}"),
             format!("--same-node-one-pass={}", self.one_pass),
             format!("--opaque-tcp={opaque}"),
+            format!("--worker-threads={}", self.worker_threads),
         ]
     }
 }
@@ -255,6 +262,7 @@ impl Default for AgentMode {
             one_pass: true,
             propagation: false,
             opaque_in_kernel: true,
+            worker_threads: 0,
         }
     }
 }

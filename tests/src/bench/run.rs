@@ -238,13 +238,7 @@ impl BenchLab {
             Scenario::Sidecar => (&self.client, loopback(SIDECAR_OUT_PORT)),
             Scenario::L4 => (&self.client, loopback(L4_HTTP_PORT)),
             Scenario::L4Tcp => (&self.client, loopback(L4_TCP_PORT)),
-            Scenario::HoptraceHttp
-            | Scenario::HoptraceHttpNoMetrics
-            | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceHttpTwoPass
-            | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceTcp
-            | Scenario::HoptraceTcpUserspace => (&self.hclient, self.hserver.addr(port)),
+            _ => (&self.hclient, self.hserver.addr(port)),
         }
     }
 
@@ -257,13 +251,7 @@ impl BenchLab {
                 self.sidecar_in.cgroup.clone(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.cgroup.clone()],
-            Scenario::HoptraceHttp
-            | Scenario::HoptraceHttpNoMetrics
-            | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceHttpTwoPass
-            | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceTcp
-            | Scenario::HoptraceTcpUserspace => self
+            _ => self
                 .agents
                 .iter()
                 .map(|(a, _)| self.lab.agent_cgroup(a.node()))
@@ -281,15 +269,7 @@ impl BenchLab {
                 self.sidecar_in.process.pid(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.process.pid()],
-            Scenario::HoptraceHttp
-            | Scenario::HoptraceHttpNoMetrics
-            | Scenario::HoptraceHttpHyper
-            | Scenario::HoptraceHttpTwoPass
-            | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceTcp
-            | Scenario::HoptraceTcpUserspace => {
-                self.agents.iter().filter_map(|(a, _)| a.pid()).collect()
-            }
+            _ => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod head;
 mod legs;
 mod rewind;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use tokio::{net::TcpStream, time::Instant};
@@ -63,6 +63,11 @@ struct Lean {
     req: RequestHead,
     resp: ResponseHead,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Resolves once the agent starts shutting down (`None` after it has); made once
+    /// per connection, so waiting for a request registers nothing new.
+    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The connection's one timer, re-armed only when it fires (see [`Lean::next_head`]).
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// A same-node hop served in one pass: the destination's inbound leg.
     through: Option<ThroughLeg>,
 }
@@ -125,6 +130,8 @@ pub async fn serve(
     });
     let mut lean = Lean {
         through,
+        stopping: Some(Box::pin(stopping(pod.shutdown.clone()))),
+        timer: Box::pin(tokio::time::sleep(pod.limits.header_read_timeout)),
         shutdown: pod.shutdown.clone(),
         request_bytes: conn.edge.request_body_counter(),
         pod,
@@ -156,16 +163,42 @@ pub async fn serve(
     }
 }
 
+/// Resolves when `shutdown` becomes `true`, or when its sender is gone (the agent is
+/// exiting without a graceful stop: idle connections need not be closed early).
+async fn stopping(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Waits for `stopping`; never resolves once it has (`None`).
+fn poll_stopping(
+    stopping: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match stopping {
+        Some(f) => f.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
+}
+
 impl Lean {
     /// Reads until a whole request head is buffered, within the header-read timeout
     /// (also the keep-alive idle time) and the HTTP idle timeout; at agent shutdown an
     /// idle connection is closed after [`SHUTDOWN_GRACE`].
+    ///
+    /// The deadline moves with every request, the timer does not: it stays armed at an
+    /// earlier deadline and, when it fires before the current one, is re-armed to it.
+    /// A busy connection thus touches the runtime's timer wheel about once per timeout
+    /// period, not twice per request (a timer registered and removed), and waiting for
+    /// the shutdown signal registers nothing per request either.
     async fn next_head(&mut self, client: &mut TcpStream) -> Result<Next, ConnError> {
         let limits = &self.pod.limits;
         let now = Instant::now();
         let header_deadline = now + limits.header_read_timeout;
         let idle_deadline = now + limits.http_idle_timeout;
-        let mut watch_shutdown = true;
+        let mut grace = (*self.shutdown.borrow()).then(|| Instant::now() + SHUTDOWN_GRACE);
         loop {
             if !self.cbuf.is_empty() {
                 match head::parse_request(&self.cbuf, MAX_HEAD, &mut self.req) {
@@ -177,11 +210,12 @@ impl Lean {
             if self.cbuf.capacity() - self.cbuf.len() < body::READ_SIZE / 4 {
                 self.cbuf.reserve(body::READ_SIZE);
             }
-            let stopping = *self.shutdown.borrow();
-            let deadline = if stopping && self.cbuf.is_empty() {
-                Instant::now() + SHUTDOWN_GRACE
-            } else {
-                header_deadline.min(idle_deadline)
+            // Once stopping, an idle connection (nothing of a request read) has the
+            // grace period left; one in the middle of a head keeps its deadlines.
+            let stopping = grace.is_some() && self.cbuf.is_empty();
+            let deadline = match grace {
+                Some(g) if self.cbuf.is_empty() => g,
+                _ => header_deadline.min(idle_deadline),
             };
             tokio::select! {
                 read = tokio::io::AsyncReadExt::read_buf(client, &mut self.cbuf) => match read {
@@ -189,16 +223,24 @@ impl Lean {
                     Ok(_) => {}
                     Err(e) => return Err(ConnError::Relay(e)),
                 },
-                () = tokio::time::sleep_until(deadline) => {
+                () = self.timer.as_mut() => {
+                    if Instant::now() < deadline {
+                        self.timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     return Ok(if !stopping && deadline == header_deadline {
                         Next::TimedOut
                     } else {
                         Next::Closed
                     });
                 }
-                changed = self.shutdown.changed(), if watch_shutdown && !stopping => {
-                    // The sender gone: the agent is exiting without a graceful stop.
-                    watch_shutdown = changed.is_ok();
+                () = poll_stopping(&mut self.stopping), if grace.is_none() => {
+                    self.stopping = None;
+                    let g = Instant::now() + SHUTDOWN_GRACE;
+                    grace = Some(g);
+                    if g < self.timer.deadline() {
+                        self.timer.as_mut().reset(g);
+                    }
                 }
             }
         }
