@@ -84,8 +84,6 @@ fn raise_fd_limit() {
 /// A worker that slept at least this long before its last wake-up is not serving a
 /// busy node: its next park may collect its heap.
 const IDLE_SLEEP: Duration = Duration::from_millis(100);
-/// A worker that never sleeps that long still collects this often.
-const BUSY_COLLECT: Duration = Duration::from_secs(30);
 
 /// When this thread last parked and collected, and whether its last sleep was long.
 #[derive(Clone, Copy, Default)]
@@ -101,30 +99,27 @@ thread_local! {
     };
 }
 
-/// Gives memory freed on this thread back to the OS (a forced mimalloc collection):
-/// when a runtime worker parks after a long sleep (the node is quiet), at most once a
-/// second, and at least every [`BUSY_COLLECT`]. mimalloc returns a freed block to the
+/// Gives memory freed on this thread back to the OS when a runtime worker parks, at
+/// most once a second: a forced mimalloc collection after a long sleep (the node is
+/// quiet), a normal one (freed pages go back after mimalloc's purge delay) while the
+/// worker is busy. mimalloc returns a freed block to the
 /// heap of the thread that allocated it; with tokio's work stealing a connection's
 /// memory is often freed on another worker, and waits there until its owner thread
 /// collects. Without collecting, part of a load peak stays resident
 /// (tests/tests/memory.rs). A forced collection takes 0.2 ms on average and up to
-/// 9 ms (measured under the bench's load): run at every park, once a second, it was a
-/// source of the p99 at moderate rates, where workers park between requests.
+/// 9 ms (measured under the bench's load): forced at every park, once a second, it was
+/// a source of the p99 at moderate rates, where workers park between requests.
 fn on_park() {
     let mut st = PARK.with(std::cell::Cell::get);
     let now = Instant::now();
     st.parked_at = Some(now);
-    let due = match st.collected {
-        None => true,
-        Some(t) => {
-            let since = now.duration_since(t);
-            (st.slept_long && since >= Duration::from_secs(1)) || since >= BUSY_COLLECT
-        }
-    };
-    if due {
+    if st
+        .collected
+        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+    {
         st.collected = Some(now);
+        collect_heap(st.slept_long);
         st.slept_long = false;
-        collect_heap();
     }
     PARK.with(|p| p.set(st));
 }
@@ -138,9 +133,11 @@ fn on_unpark() {
     });
 }
 
-fn collect_heap() {
+/// Collects this thread's heap; `force` also returns every freed page to the OS at
+/// once (else mimalloc's purge delay applies).
+fn collect_heap(force: bool) {
     // SAFETY: mi_collect has no preconditions; it only frees unused pages.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    unsafe { libmimalloc_sys::mi_collect(force) };
 }
 
 /// `hoptrace run`.
@@ -287,7 +284,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         // is collected here, not when a worker parks.
         if last_collect.elapsed() >= Duration::from_secs(1) {
             last_collect = Instant::now();
-            collect_heap();
+            collect_heap(true);
         }
         if let Some(desired) = source.poll(&metrics) {
             reconcile(&mut table, &desired);
