@@ -10,9 +10,14 @@
 pub mod peers;
 mod request;
 pub mod route;
+mod series;
 pub mod tap;
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
 
 use http::Method;
 use prometheus_client::{
@@ -255,6 +260,8 @@ pub struct Edge {
     labels: EdgeLabels,
     /// The enrolled pod's series, resolved once per connection (`None`: metrics off).
     pod: Option<Arc<PodSeries>>,
+    /// The edge's request series this connection used, resolved once.
+    series: Arc<Mutex<series::SeriesCache>>,
 }
 
 /// One pod's request series in one direction.
@@ -303,6 +310,7 @@ impl Golden {
         Edge {
             golden: self.clone(),
             pod,
+            series: Arc::default(),
             labels: EdgeLabels {
                 direction: dir.as_str(),
                 client_namespace: Name(client.namespace),
@@ -335,6 +343,12 @@ impl Golden {
 }
 
 impl Edge {
+    /// The connection's resolved series.
+    fn series(&self) -> MutexGuard<'_, series::SeriesCache> {
+        // Nothing is left half-done under this lock: a poisoned one is usable.
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A connection on this edge opened; the guard counts it until dropped.
     pub fn connection(&self) -> ConnectionGuard {
         if !self.golden.enabled {

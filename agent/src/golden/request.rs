@@ -8,7 +8,7 @@ use std::{
 
 use http::{Method, StatusCode};
 
-use super::{Edge, LatencyLabels, Name, RequestLabels, TapEvent};
+use super::{Edge, TapEvent};
 
 /// One request, recorded exactly once: when it is dropped (the response body done,
 /// or the exchange abandoned, which counts as a failure unless the response had
@@ -64,11 +64,8 @@ impl RequestObservation {
     /// The request carries trace context the agent records spans for; `trace_id`
     /// (its hex form) is asked for only while someone taps.
     pub fn traced(&mut self, trace_id: impl FnOnce() -> String) {
-        self.edge
-            .golden
-            .traced
-            .get_or_create(&self.edge.labels)
-            .inc();
+        let (g, labels) = (&self.edge.golden, &self.edge.labels);
+        self.edge.series().traced(g, labels).inc();
         if self.tap_path.is_some() {
             self.trace_id = Some(trace_id());
         }
@@ -125,28 +122,29 @@ impl Drop for RequestObservation {
         let outcome = self.outcome();
         let elapsed: Duration = self.start.elapsed();
         if g.enabled {
-            g.requests
-                .get_or_create(&RequestLabels {
-                    edge: self.edge.labels.clone(),
-                    route: Name(self.route.clone()),
-                    method: self.method,
-                    status_code: self.status.map_or(0, |s| s.as_u16()),
-                    outcome,
-                })
-                .inc();
-            let latency = LatencyLabels {
-                edge: self.edge.labels.clone(),
-                route: Name(self.route.clone()),
+            let status = self.status.map_or(0, |s| s.as_u16());
+            let mut cache = self.edge.series();
+            let series = cache.request(
+                g,
+                &self.edge.labels,
+                &self.route,
+                self.method,
+                status,
                 outcome,
-            };
+            );
+            series.requests.inc();
             if let Some(headers) = self.headers_after {
-                g.headers_latency
-                    .get_or_create(&latency)
+                series
+                    .headers(g, &self.edge.labels)
                     .observe(headers.as_secs_f64());
             }
-            g.latency
-                .get_or_create(&latency)
-                .observe(elapsed.as_secs_f64());
+            series.latency.observe(elapsed.as_secs_f64());
+            if self.response_bytes > 0 {
+                cache
+                    .response_bytes(g, &self.edge.labels)
+                    .inc_by(self.response_bytes);
+            }
+            drop(cache);
             if let Some(pod) = &self.edge.pod {
                 match outcome {
                     "success" => pod.success.inc(),
@@ -175,11 +173,6 @@ impl Drop for RequestObservation {
                 latency_ms: elapsed.as_secs_f64() * 1000.0,
                 trace_id: self.trace_id.take(),
             });
-        }
-        if self.response_bytes > 0 {
-            g.response_bytes
-                .get_or_create(&self.edge.labels)
-                .inc_by(self.response_bytes);
         }
     }
 }
