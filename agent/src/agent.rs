@@ -81,41 +81,56 @@ fn raise_fd_limit() {
     }
 }
 
-/// A worker that slept at least this long before its last wake-up is not serving a
-/// busy node: its next park may collect its heap.
-const IDLE_SLEEP: Duration = Duration::from_millis(100);
+/// A worker that slept at least this long (ms) before its last wake-up is not serving
+/// a busy node: its next park may collect its heap fully.
+const IDLE_SLEEP_MS: u64 = 100;
+/// A worker collects at most this often (ms).
+const COLLECT_EVERY_MS: u64 = 1000;
 
-/// When this thread last parked and collected, and whether its last sleep was long.
-#[derive(Clone, Copy, Default)]
+/// When this thread last parked and collected (coarse ms), and whether its last sleep
+/// was long.
+#[derive(Clone, Copy)]
 struct ParkState {
-    parked_at: Option<Instant>,
+    parked_at: u64,
     slept_long: bool,
-    collected: Option<Instant>,
+    collected: Option<u64>,
 }
 
 thread_local! {
     static PARK: std::cell::Cell<ParkState> = const {
-        std::cell::Cell::new(ParkState { parked_at: None, slept_long: false, collected: None })
+        std::cell::Cell::new(ParkState { parked_at: 0, slept_long: false, collected: None })
     };
+}
+
+/// Milliseconds of the coarse monotonic clock: a few instructions, where `Instant`
+/// reads the TSC; the park hooks run several times per request on a busy worker.
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
 /// Gives memory freed on this thread back to the OS when a runtime worker parks, at
 /// most once a second: a forced mimalloc collection after a long sleep (the node is
 /// quiet), a normal one (freed pages go back after mimalloc's purge delay) while the
-/// worker is busy. mimalloc returns a freed block to the
-/// heap of the thread that allocated it; with tokio's work stealing a connection's
-/// memory is often freed on another worker, and waits there until its owner thread
-/// collects. Without collecting, part of a load peak stays resident
-/// (tests/tests/memory.rs). A forced collection takes 0.2 ms on average and up to
-/// 9 ms (measured under the bench's load): forced at every park, once a second, it was
-/// a source of the p99 at moderate rates, where workers park between requests.
+/// worker is busy. mimalloc returns a freed block to the heap of the thread that
+/// allocated it; with tokio's work stealing a connection's memory is often freed on
+/// another worker, and waits there until its owner thread collects. Without
+/// collecting, part of a load peak stays resident (tests/tests/memory.rs). A forced
+/// collection takes 0.2 ms on average and up to 9 ms (measured under the bench's
+/// load): forced at every park, once a second, it was a source of the p99 at moderate
+/// rates, where workers park between requests.
 fn on_park() {
     let mut st = PARK.with(std::cell::Cell::get);
-    let now = Instant::now();
-    st.parked_at = Some(now);
+    let now = coarse_ms();
+    st.parked_at = now;
     if st
         .collected
-        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        .is_none_or(|t| now.saturating_sub(t) >= COLLECT_EVERY_MS)
     {
         st.collected = Some(now);
         collect_heap(st.slept_long);
@@ -128,7 +143,7 @@ fn on_park() {
 fn on_unpark() {
     PARK.with(|p| {
         let mut st = p.get();
-        st.slept_long = st.parked_at.is_some_and(|t| t.elapsed() >= IDLE_SLEEP);
+        st.slept_long = coarse_ms().saturating_sub(st.parked_at) >= IDLE_SLEEP_MS;
         p.set(st);
     });
 }

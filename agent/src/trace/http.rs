@@ -215,9 +215,9 @@ impl RequestAttrs {
                 a.string("rpc.system", "grpc");
                 a.string("rpc.service", svc);
                 a.string("rpc.method", method);
-                format!("{svc}/{method}")
+                [svc, "/", method].concat()
             }
-            None => format!("{method} {route}"),
+            None => [method, " ", route].concat(),
         };
         leg.truncated.inc_by(truncated.len() as u64);
         Self {

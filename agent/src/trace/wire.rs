@@ -61,16 +61,28 @@ fn opt_len_field(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     }
 }
 
-/// A message field whose content `body` writes; its length is known only after, so
-/// the prefix is inserted before the content (a move of the content's few bytes).
-fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    tag(out, field, LEN);
-    let start = out.len();
-    body(out);
-    let len = out.len() - start;
-    let mut prefix = Vec::with_capacity(2);
-    varint(&mut prefix, len as u64);
-    out.splice(start..start, prefix);
+/// Bytes of a proto3 `string`/`bytes` field (none when empty).
+fn opt_len_field_size(field: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len_field_size(field, len)
+    }
+}
+
+/// Bytes of a tagged varint field.
+fn varint_field_size(field: u32, v: u64) -> usize {
+    varint_len(u64::from(field << 3)) + varint_len(v)
+}
+
+/// `AnyValue { string_value = 1 }`: the content's length.
+fn any_string_len(value: &str) -> usize {
+    len_field_size(1, value.len())
+}
+
+/// `KeyValue { key = 1, value = 2 }`: the content's length, for a value of `any` bytes.
+fn key_value_len(key: &str, any: usize) -> usize {
+    opt_len_field_size(1, key.len()) + len_field_size(2, any)
 }
 
 /// Span attributes (`KeyValue`s, field 9 of `Span`), written once per request leg and
@@ -87,40 +99,43 @@ impl Attributes {
         Self(Vec::with_capacity(n))
     }
 
+    /// The `KeyValue` framing and key of an attribute whose `AnyValue` has `any` bytes;
+    /// the caller writes the `AnyValue`'s content.
+    fn key(&mut self, key: &str, any: usize) {
+        let out = &mut self.0;
+        len_prefix(out, SPAN_ATTRIBUTES, key_value_len(key, any));
+        opt_len_field(out, 1, key.as_bytes());
+        len_prefix(out, 2, any);
+    }
+
     /// A string attribute.
     pub fn string(&mut self, key: &str, value: &str) {
-        message(&mut self.0, SPAN_ATTRIBUTES, |kv| {
-            opt_len_field(kv, 1, key.as_bytes());
-            // AnyValue { string_value = 1 }
-            message(kv, 2, |v| len_field(v, 1, value.as_bytes()));
-        });
+        self.key(key, any_string_len(value));
+        len_field(&mut self.0, 1, value.as_bytes());
     }
 
     /// An integer attribute.
     pub fn int(&mut self, key: &str, value: i64) {
-        message(&mut self.0, SPAN_ATTRIBUTES, |kv| {
-            opt_len_field(kv, 1, key.as_bytes());
-            // AnyValue { int_value = 3 }
-            message(kv, 2, |v| {
-                tag(v, 3, VARINT);
-                varint(v, value as u64);
-            });
-        });
+        // AnyValue { int_value = 3 }
+        self.key(key, varint_field_size(3, value as u64));
+        tag(&mut self.0, 3, VARINT);
+        varint(&mut self.0, value as u64);
     }
 
     /// A string-array attribute.
-    pub fn strings<'a>(&mut self, key: &str, values: impl IntoIterator<Item = &'a str>) {
-        message(&mut self.0, SPAN_ATTRIBUTES, |kv| {
-            opt_len_field(kv, 1, key.as_bytes());
-            // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue { string_value = 1 } } }
-            message(kv, 2, |v| {
-                message(v, 5, |array| {
-                    for s in values {
-                        message(array, 1, |any| len_field(any, 1, s.as_bytes()));
-                    }
-                })
-            });
-        });
+    pub fn strings<'a>(&mut self, key: &str, values: impl IntoIterator<Item = &'a str> + Clone) {
+        // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue { string_value = 1 } } }
+        let array: usize = values
+            .clone()
+            .into_iter()
+            .map(|s| len_field_size(1, any_string_len(s)))
+            .sum();
+        self.key(key, len_field_size(5, array));
+        len_prefix(&mut self.0, 5, array);
+        for s in values {
+            len_prefix(&mut self.0, 1, any_string_len(s));
+            len_field(&mut self.0, 1, s.as_bytes());
+        }
     }
 
     /// The encoded attributes.
@@ -159,39 +174,72 @@ pub struct SpanFields<'a> {
 /// `ScopeSpans.spans`: the field each span is framed in.
 pub const SCOPE_SPANS_SPANS: u32 = 2;
 
+/// `Status { message = 2, code = 3 }`: the content's length.
+fn status_len(span: &SpanFields<'_>) -> usize {
+    let code = if span.status_code != 0 {
+        varint_field_size(3, span.status_code as u64)
+    } else {
+        0
+    };
+    opt_len_field_size(2, span.status_message.len()) + code
+}
+
+/// The `Span`'s content length.
+fn span_len(span: &SpanFields<'_>) -> usize {
+    let kind = if span.kind != 0 {
+        varint_field_size(6, span.kind as u64)
+    } else {
+        0
+    };
+    let time = |t: u64| if t != 0 { 1 + 8 } else { 0 };
+    opt_len_field_size(1, span.trace_id.len())
+        + opt_len_field_size(2, span.span_id.len())
+        + span
+            .parent_span_id
+            .map_or(0, |p| opt_len_field_size(4, p.len()))
+        + opt_len_field_size(5, span.name.len())
+        + kind
+        + time(span.start_time_unix_nano)
+        + time(span.end_time_unix_nano)
+        + span.attributes.as_bytes().len()
+        + len_field_size(15, status_len(span))
+        + if span.flags != 0 { 2 + 4 } else { 0 }
+}
+
 /// Appends `span` as one `ScopeSpans.spans` entry (tag, length, `Span`): entries of one
-/// pod concatenate into its `ScopeSpans` as they are.
+/// pod concatenate into its `ScopeSpans` as they are. Every length is computed before
+/// its content is written: nothing is moved.
 pub fn span(out: &mut Vec<u8>, span: &SpanFields<'_>) {
-    message(out, SCOPE_SPANS_SPANS, |s| {
-        opt_len_field(s, 1, span.trace_id);
-        opt_len_field(s, 2, span.span_id);
-        if let Some(parent) = span.parent_span_id {
-            opt_len_field(s, 4, parent);
+    let len = span_len(span);
+    out.reserve(len_field_size(SCOPE_SPANS_SPANS, len));
+    len_prefix(out, SCOPE_SPANS_SPANS, len);
+    opt_len_field(out, 1, span.trace_id);
+    opt_len_field(out, 2, span.span_id);
+    if let Some(parent) = span.parent_span_id {
+        opt_len_field(out, 4, parent);
+    }
+    opt_len_field(out, 5, span.name.as_bytes());
+    if span.kind != 0 {
+        tag(out, 6, VARINT);
+        varint(out, span.kind as u64);
+    }
+    for (field, t) in [(7, span.start_time_unix_nano), (8, span.end_time_unix_nano)] {
+        if t != 0 {
+            tag(out, field, I64);
+            out.extend_from_slice(&t.to_le_bytes());
         }
-        opt_len_field(s, 5, span.name.as_bytes());
-        if span.kind != 0 {
-            tag(s, 6, VARINT);
-            varint(s, span.kind as u64);
-        }
-        for (field, t) in [(7, span.start_time_unix_nano), (8, span.end_time_unix_nano)] {
-            if t != 0 {
-                tag(s, field, I64);
-                s.extend_from_slice(&t.to_le_bytes());
-            }
-        }
-        s.extend_from_slice(span.attributes.as_bytes());
-        message(s, 15, |st| {
-            opt_len_field(st, 2, span.status_message.as_bytes());
-            if span.status_code != 0 {
-                tag(st, 3, VARINT);
-                varint(st, span.status_code as u64);
-            }
-        });
-        if span.flags != 0 {
-            tag(s, 16, I32);
-            s.extend_from_slice(&span.flags.to_le_bytes());
-        }
-    });
+    }
+    out.extend_from_slice(span.attributes.as_bytes());
+    len_prefix(out, 15, status_len(span));
+    opt_len_field(out, 2, span.status_message.as_bytes());
+    if span.status_code != 0 {
+        tag(out, 3, VARINT);
+        varint(out, span.status_code as u64);
+    }
+    if span.flags != 0 {
+        tag(out, 16, I32);
+        out.extend_from_slice(&span.flags.to_le_bytes());
+    }
 }
 
 #[cfg(test)]
