@@ -86,6 +86,8 @@ fn raise_fd_limit() {
 const IDLE_SLEEP_MS: u64 = 100;
 /// A worker collects at most this often (ms).
 const COLLECT_EVERY_MS: u64 = 1000;
+/// A busy worker's collection is forced at least this often (ms).
+const FORCE_EVERY_MS: u64 = 5000;
 
 /// When this thread last parked and collected (coarse ms), and whether its last sleep
 /// was long.
@@ -94,11 +96,12 @@ struct ParkState {
     parked_at: u64,
     slept_long: bool,
     collected: Option<u64>,
+    forced: u64,
 }
 
 thread_local! {
     static PARK: std::cell::Cell<ParkState> = const {
-        std::cell::Cell::new(ParkState { parked_at: 0, slept_long: false, collected: None })
+        std::cell::Cell::new(ParkState { parked_at: 0, slept_long: false, collected: None, forced: 0 })
     };
 }
 
@@ -115,9 +118,9 @@ fn coarse_ms() -> u64 {
 }
 
 /// Gives memory freed on this thread back to the OS when a runtime worker parks, at
-/// most once a second: a forced mimalloc collection after a long sleep (the node is
-/// quiet), a normal one (freed pages go back after mimalloc's purge delay) while the
-/// worker is busy. mimalloc returns a freed block to the heap of the thread that
+/// most once a second: a forced mimalloc collection (every freed page back at once)
+/// after a long sleep (the node is quiet) and every 5 s, else a normal one (freed
+/// pages go back after mimalloc's purge delay). mimalloc returns a freed block to the heap of the thread that
 /// allocated it; with tokio's work stealing a connection's memory is often freed on
 /// another worker, and waits there until its owner thread collects. Without
 /// collecting, part of a load peak stays resident (tests/tests/memory.rs). A forced
@@ -133,7 +136,11 @@ fn on_park() {
         .is_none_or(|t| now.saturating_sub(t) >= COLLECT_EVERY_MS)
     {
         st.collected = Some(now);
-        collect_heap(st.slept_long);
+        let force = st.slept_long || now.saturating_sub(st.forced) >= FORCE_EVERY_MS;
+        if force {
+            st.forced = now;
+        }
+        collect_heap(force);
         st.slept_long = false;
     }
     PARK.with(|p| p.set(st));
@@ -285,7 +292,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(workloads::POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_retry = Instant::now();
-    let mut last_collect = Instant::now();
+    let mut last_collect: Option<Instant> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
@@ -297,8 +304,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         // This loop runs on the main thread, which is no runtime worker: its heap
         // (startup's: the kernel BTF parsed to load the programs, tens of MB at peak)
         // is collected here, not when a worker parks.
-        if last_collect.elapsed() >= Duration::from_secs(1) {
-            last_collect = Instant::now();
+        if last_collect.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_collect = Some(Instant::now());
             collect_heap(true);
         }
         if let Some(desired) = source.poll(&metrics) {

@@ -207,6 +207,15 @@ fn run() -> Result<bool> {
     result.host.bench_pct = 100.0 * ((lab1 - lab0) + (self1 - self0)).as_secs_f64() / total;
     result.host.loadavg_after = loadavg();
 
+    // The agents as the rounds left them: measured before the default mode is restored,
+    // which restarts them when the last scenario ran them in another mode (a fresh
+    // agent's RSS is no figure of memory after load).
+    let mut mem = memory::MemoryResult::default();
+    if opts.rounds > 0 {
+        for (agent, pods) in &bl.agents {
+            mem.loaded.push(memory::loaded(agent, *pods)?);
+        }
+    }
     bl.set_agent_mode(Default::default())?;
     if profile {
         println!("bench: profiling both agents under one hoptrace-http saturation run");
@@ -218,12 +227,6 @@ fn run() -> Result<bool> {
             p.requests
         );
         print!("{}", std::fs::read_to_string(&p.top).unwrap_or_default());
-    }
-    let mut mem = memory::MemoryResult::default();
-    if opts.rounds > 0 {
-        for (agent, pods) in &bl.agents {
-            mem.loaded.push(memory::loaded(agent, *pods)?);
-        }
     }
     if let Some(sc) = &extra.scaling {
         println!(

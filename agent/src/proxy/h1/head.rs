@@ -126,6 +126,13 @@ fn start_line(buf: &[u8]) -> Span {
     Span { start: 0, end }
 }
 
+/// Whether a line of `head` ends in a LF without the CR before it (one pass).
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
 /// Whether a `Content-Length` value is digits only (no sign, no list).
 fn content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
@@ -166,8 +173,7 @@ pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request 
     }
     // httparse accepts lines ended by a bare LF; an app might not read them the same
     // way, so such a head is hyper's (which writes it again with CRLF).
-    let lf = buf[..len].iter().filter(|b| **b == b'\n').count();
-    if lf != buf[..len].windows(2).filter(|w| w == b"\r\n").count() {
+    if has_bare_lf(&buf[..len]) {
         return Request::Fallback("bare LF");
     }
     head.len = len;
