@@ -14,6 +14,7 @@
 //! | `sidecar` | client → nginx on the client pod's loopback → nginx in the server pod (keepalive upstreams both) → app on the server pod's loopback |
 //! | `l4` | client → haproxy `mode tcp` on the client pod's loopback → server:8080 |
 //! | `hoptrace-http` | hclient → (agent node-1, outbound) → (agent node-2, inbound) → hserver:8080, every request with a sampled `traceparent`, four spans exported |
+//! | `hoptrace-http-nometrics`, `-hyper`, `-twopass`, `-propagation`, `-1worker` | the same path with the agents restarted in another mode ([`Scenario::agent_mode`]) |
 //! | `direct-tcp`, `l4-tcp`, `hoptrace-tcp` | the same paths for a non-HTTP ping-pong (64 bytes each way, echoed) on port 7000 |
 //!
 //! Per scenario and round: saturation throughput (`wrk` for HTTP, [`loadgen`]
