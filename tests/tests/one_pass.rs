@@ -133,10 +133,12 @@ fn same_node_opaque_tcp_in_one_relay() {
         accepted(&agent, "outbound", "client"),
         accepted(&agent, "inbound", "server"),
     );
+    // Less than the splice window per connection: no pause (docs/ARCHITECTURE.md, "An
+    // open question about the pause"); the pause is splice.rs's backpressure test.
     let r = app
-        .echo_client(&client, target, 4 * MIB, 2, true)
+        .echo_client(&client, target, MIB, 2, true)
         .expect("echo client --half-close");
-    assert_echo(&r, 2, 4 * MIB);
+    assert_echo(&r, 2, MIB);
     assert_counted(&agent, "outbound", "client", out0, 2);
     assert_counted(&agent, "inbound", "server", in0, 2);
     assert_eq!(
