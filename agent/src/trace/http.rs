@@ -61,11 +61,24 @@ struct Traced {
 /// - not sampled: ids rewritten so the next hop's parent is new, no span;
 /// - sampled: the forwarded header carries the CLIENT span as parent.
 fn decide(headers: &mut HeaderMap, start_root: bool) -> Option<Traced> {
-    let (root, ctx) = match context::extract(headers) {
+    let found = context::extract(headers);
+    decide_with(found, start_root, |ctx, span| {
+        context::inject(headers, ctx, span)
+    })
+}
+
+/// [`decide`] on the context `found` in a request; `inject` rewrites the request's
+/// trace header to carry `ctx` with the given span as parent.
+fn decide_with(
+    found: Option<TraceContext>,
+    start_root: bool,
+    mut inject: impl FnMut(&TraceContext, SpanId),
+) -> Option<Traced> {
+    let (root, ctx) = match found {
         None if start_root => (true, context::new_root(true)),
         None => return None,
         Some(ctx) if !ctx.sampled() => {
-            context::inject(headers, &ctx, SpanId::random());
+            inject(&ctx, SpanId::random());
             return None;
         }
         Some(ctx) => (false, ctx),
@@ -76,7 +89,7 @@ fn decide(headers: &mut HeaderMap, start_root: bool) -> Option<Traced> {
         server_id: SpanId::random(),
         client_id: SpanId::random(),
     };
-    context::inject(headers, &t.ctx, t.client_id);
+    inject(&t.ctx, t.client_id);
     Some(t)
 }
 
@@ -152,6 +165,32 @@ pub fn begin_head(
     let leg = leg?.clone();
     let attrs = RequestAttrs::new(&leg, facts, route, grpc);
     Some(RequestSpans::new(leg, traced, attrs, server_start))
+}
+
+/// [`begin_head`] for the common head whose only trace-context field is one
+/// `traceparent` of [`TRACEPARENT_LEN`](context::TRACEPARENT_LEN) bytes: the same
+/// decision, with the rewritten value (always that long) written back into `value`, so
+/// the head keeps its bytes and no `HeaderMap` is built. `None` when `value` is not a
+/// valid `traceparent` (nothing changed): the caller takes [`begin_head`], whose rules
+/// cover it.
+pub fn begin_traceparent(
+    leg: Option<&Arc<LegSpans>>,
+    value: &mut [u8; context::TRACEPARENT_LEN],
+    facts: RequestFacts<'_>,
+    server_start: SystemTime,
+    start_root: bool,
+    route: &Arc<str>,
+    grpc: bool,
+) -> Option<Option<RequestSpans>> {
+    let found = context::w3c_context(std::str::from_utf8(value).ok()?)?;
+    let traced = decide_with(Some(found), start_root, |ctx, span| {
+        context::write_traceparent(value, &ctx.trace_id, &span, ctx.flags())
+    });
+    Some(traced.and_then(|traced| {
+        let leg = leg?.clone();
+        let attrs = RequestAttrs::new(&leg, facts, route, grpc);
+        Some(RequestSpans::new(leg, traced, attrs, server_start))
+    }))
 }
 
 /// What a span takes from its request, fixed when the head arrives: the span name and
@@ -709,5 +748,77 @@ mod tests {
         assert_eq!(strip_port("web:8080"), "web");
         assert_eq!(strip_port("web"), "web");
         assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
+    }
+
+    /// The in-place `traceparent` path decides and rewrites as the `HeaderMap` one does.
+    #[test]
+    fn begin_traceparent_rewrites_as_begin_head_does() {
+        let facts = RequestFacts {
+            method: "GET",
+            path: "/",
+            version: Version::HTTP_11,
+            host: None,
+            user_agent: None,
+        };
+        let route: Arc<str> = Arc::from("/");
+        let tid = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let sid = "00f067aa0ba902b7";
+        for (value, flags) in [
+            (format!("00-{tid}-{sid}-01"), Some(0x01)),
+            (format!("00-{tid}-{sid}-00"), Some(0x00)),
+            (format!("00-{tid}-{sid}-09"), Some(0x09)),
+            (format!("01-{tid}-{sid}-ff"), Some(0x03)),
+            (format!("00-{}-{sid}-01", tid.to_uppercase()), None),
+            (format!("00-{}-{sid}-01", "0".repeat(32)), None),
+            (format!("ff-{tid}-{sid}-01"), None),
+        ] {
+            let mut bytes: [u8; context::TRACEPARENT_LEN] =
+                value.as_bytes().try_into().expect("55 bytes");
+            let fast = begin_traceparent(
+                None,
+                &mut bytes,
+                facts,
+                SystemTime::now(),
+                false,
+                &route,
+                false,
+            );
+            let mut map = HeaderMap::new();
+            map.insert(
+                context::TRACEPARENT,
+                HeaderValue::from_str(&value).expect("value"),
+            );
+            let general = begin_head(
+                None,
+                &mut map,
+                facts,
+                SystemTime::now(),
+                false,
+                &route,
+                false,
+            );
+            assert!(general.is_none(), "no leg, no spans");
+            let Some(flags) = flags else {
+                assert!(fast.is_none(), "{value}: not valid");
+                assert_eq!(&bytes[..], value.as_bytes(), "{value}: untouched");
+                assert_eq!(
+                    map[context::TRACEPARENT],
+                    value.as_str(),
+                    "{value}: untouched"
+                );
+                continue;
+            };
+            assert!(matches!(fast, Some(None)), "{value}: valid, no leg");
+            let fast = context::parse_traceparent(std::str::from_utf8(&bytes).expect("ascii"))
+                .expect("rewritten value");
+            let general = map[context::TRACEPARENT].to_str().expect("ascii");
+            let general = context::parse_traceparent(general).expect("rewritten value");
+            for (id, span, f) in [fast, general] {
+                assert_eq!(id.to_hex(), tid, "{value}: same trace");
+                assert_ne!(span.to_hex(), sid, "{value}: a new parent");
+                assert_eq!(f, flags, "{value}: flags");
+            }
+            assert!(bytes.starts_with(b"00-"), "{value}: written as version 00");
+        }
     }
 }

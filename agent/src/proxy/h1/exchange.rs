@@ -10,14 +10,17 @@ use tokio::{io::AsyncReadExt as _, io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
     body::{self, BodyState},
-    head::{self, write_head, Framing},
+    head::{self, write_head, write_head_fields, Framing},
     legs::{LegRequest, Legs},
     Lean, MAX_RESPONSE_HEAD,
 };
 use crate::{
     pod::Direction,
     proxy::{propagation::Link, ConnError},
-    trace::http::{begin_head, RequestFacts},
+    trace::{
+        context::{TRACEPARENT, TRACEPARENT_LEN},
+        http::{begin_head, begin_traceparent, RequestFacts},
+    },
 };
 
 /// The largest request body the lean path reads whole before sending it on; a larger
@@ -90,6 +93,17 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
+/// The head's trace-context fields as a map; `None` when one is not a valid field.
+fn trace_fields(req: &head::RequestHead, buf: &[u8]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(req.trace.len() + 1);
+    for f in &req.trace {
+        let n = HeaderName::from_bytes(f.name.get(buf)).ok()?;
+        let v = HeaderValue::from_bytes(f.value.get(buf)).ok()?;
+        map.append(n, v);
+    }
+    Some(map)
+}
+
 /// Whether the rewritten trace fields fit where the old ones are: same names in the
 /// same order, same value lengths.
 fn same_shape(map: &HeaderMap, old: &[head::Field], buf: &[u8]) -> bool {
@@ -128,17 +142,25 @@ impl Lean {
                 }
             }
         }
-        if trace.is_none() && (!req.trace.is_empty() || start_root || start_root2) {
-            let mut map = HeaderMap::with_capacity(req.trace.len() + 1);
-            for f in &req.trace {
-                let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(f.name.get(buf)),
-                    HeaderValue::from_bytes(f.value.get(buf)),
-                ) else {
-                    return Ok(After::Fallback("trace field"));
-                };
-                map.append(n, v);
+        // The common head, one `traceparent` and nothing that reads the fields as a map
+        // (a one-pass hop, a propagating pod's inbound request): rewritten in place.
+        let lone = match (&trace, req.trace.as_slice()) {
+            (None, [f])
+                if self.through.is_none()
+                    && !(self.conn.dir == Direction::Inbound && pod.propagation.is_some())
+                    && f.name.get(buf).eq_ignore_ascii_case(TRACEPARENT.as_bytes()) =>
+            {
+                <[u8; TRACEPARENT_LEN]>::try_from(f.value.get(buf))
+                    .ok()
+                    .map(|v| (f.value, v))
             }
+            _ => None,
+        };
+        if trace.is_none() && lone.is_none() && (!req.trace.is_empty() || start_root || start_root2)
+        {
+            let Some(map) = trace_fields(req, buf) else {
+                return Ok(After::Fallback("trace field"));
+            };
             trace = Some(map);
         }
         let target = req.target.str(buf);
@@ -150,13 +172,39 @@ impl Lean {
             user_agent: req.user_agent.map(|u| u.str(buf)),
         };
         let observed = self.conn.edge.request(&method, target, req.grpc);
-        let spans = match trace.as_mut() {
-            Some(map) => {
-                let route = observed.route().clone();
-                let leg = self.spans.as_ref();
-                begin_head(leg, map, facts, server_start, start_root, &route, req.grpc)
+        let route = observed.route().clone();
+        let leg = self.spans.as_ref();
+        let mut rewritten = None;
+        let spans = if let Some(map) = trace.as_mut() {
+            begin_head(leg, map, facts, server_start, start_root, &route, req.grpc)
+        } else if let Some((at, mut value)) = lone {
+            let grpc = req.grpc;
+            match begin_traceparent(
+                leg,
+                &mut value,
+                facts,
+                server_start,
+                start_root,
+                &route,
+                grpc,
+            ) {
+                Some(spans) => {
+                    rewritten = Some((at, value));
+                    spans
+                }
+                // Not a valid value: the general rules decide.
+                None => {
+                    let Some(mut map) = trace_fields(req, buf) else {
+                        return Ok(After::Fallback("trace field"));
+                    };
+                    let spans =
+                        begin_head(leg, &mut map, facts, server_start, start_root, &route, grpc);
+                    trace = Some(map);
+                    spans
+                }
             }
-            None => None,
+        } else {
+            None
         };
         let mut legs = Legs {
             first: LegRequest::new(spans, observed),
@@ -189,6 +237,9 @@ impl Lean {
             None => None,
         }
         .map(|prop| prop.inbound(trace.clone(), true));
+        if let Some((at, value)) = rewritten {
+            self.cbuf[at.start..at.end].copy_from_slice(&value);
+        }
         self.build_request_head(trace.as_ref());
         let close_after = self.req.close;
         let head_request = method == Method::HEAD;
@@ -284,13 +335,17 @@ impl Lean {
             self.out.extend_from_slice(&self.cbuf[..len]);
         } else {
             write_head(&mut self.out, &self.cbuf, self.req.line, &self.req.fields);
-            if let Some(map) = trace {
-                for (n, v) in map {
-                    self.out.extend_from_slice(n.as_str().as_bytes());
-                    self.out.extend_from_slice(b": ");
-                    self.out.extend_from_slice(v.as_bytes());
-                    self.out.extend_from_slice(b"\r\n");
+            match trace {
+                Some(map) => {
+                    for (n, v) in map {
+                        self.out.extend_from_slice(n.as_str().as_bytes());
+                        self.out.extend_from_slice(b": ");
+                        self.out.extend_from_slice(v.as_bytes());
+                        self.out.extend_from_slice(b"\r\n");
+                    }
                 }
+                // Trace fields rewritten in place, if any.
+                None => write_head_fields(&mut self.out, &self.cbuf, &self.req.trace),
             }
             self.out.extend_from_slice(b"\r\n");
         }

@@ -390,6 +390,11 @@ pub fn parse_response(
 pub fn write_head(out: &mut Vec<u8>, buf: &[u8], line: Span, fields: &[Field]) {
     out.extend_from_slice(line.get(buf));
     out.extend_from_slice(b"\r\n");
+    write_head_fields(out, buf, fields);
+}
+
+/// Appends `fields` (in `buf`) to a head being written, each `name: value\r\n`.
+pub fn write_head_fields(out: &mut Vec<u8>, buf: &[u8], fields: &[Field]) {
     for f in fields {
         out.extend_from_slice(f.name.get(buf));
         out.extend_from_slice(b": ");

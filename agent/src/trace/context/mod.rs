@@ -20,7 +20,7 @@ mod w3c;
 pub use b3::parse_b3_single;
 use b3::{b3_trace_hex, extract_b3_multi, extract_b3_single, format_b3_single};
 use w3c::extract_w3c;
-pub use w3c::{format_traceparent, parse_traceparent};
+pub use w3c::{format_traceparent, parse_traceparent, w3c_context, write_traceparent};
 
 /// `traceparent` header name (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
@@ -62,7 +62,8 @@ const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM_TRACE_ID;
 
 /// Length of a version-00 `traceparent` value, and the minimum length of any
 /// version's value.
-const TRACEPARENT_LEN: usize = 55;
+/// The length of a version-00 `traceparent` value.
+pub const TRACEPARENT_LEN: usize = 55;
 
 /// 16-byte trace id, never all-zero when valid.
 ///
@@ -409,13 +410,19 @@ fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    // Hex digits are ASCII: this never falls back.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `bytes` as lowercase hex into `out` (`2 * bytes.len()` long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for (&b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    s
 }
 
 #[cfg(test)]

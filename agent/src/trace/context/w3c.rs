@@ -7,12 +7,25 @@ use super::*;
 /// Formats a W3C `traceparent` value, always version `00`:
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, lowercase.
 pub fn format_traceparent(trace_id: &TraceId, span_id: &SpanId, flags: u8) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        trace_id.to_hex(),
-        span_id.to_hex(),
-        flags
-    )
+    let mut out = [0u8; TRACEPARENT_LEN];
+    write_traceparent(&mut out, trace_id, span_id, flags);
+    // Hex digits and `-` are ASCII: this never falls back.
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
+}
+
+/// Writes [`format_traceparent`]'s value into `out`, without allocating.
+pub fn write_traceparent(
+    out: &mut [u8; TRACEPARENT_LEN],
+    trace_id: &TraceId,
+    span_id: &SpanId,
+    flags: u8,
+) {
+    out[..3].copy_from_slice(b"00-");
+    hex_into(&trace_id.0, &mut out[3..35]);
+    out[35] = b'-';
+    hex_into(&span_id.0, &mut out[36..52]);
+    out[52] = b'-';
+    hex_into(&[flags], &mut out[53..55]);
 }
 
 /// Parses one `traceparent` value (W3C Trace Context, "traceparent Header Field
@@ -56,7 +69,11 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, u8)> {
 }
 
 pub(super) fn extract_w3c(headers: &HeaderMap) -> Option<TraceContext> {
-    let value = single_header(headers, TRACEPARENT).present()?;
+    w3c_context(single_header(headers, TRACEPARENT).present()?)
+}
+
+/// The context of one `traceparent` value ([`parse_traceparent`]).
+pub fn w3c_context(value: &str) -> Option<TraceContext> {
     let (trace_id, span_id, flags) = parse_traceparent(value)?;
     Some(TraceContext {
         trace_id,
