@@ -183,14 +183,14 @@ pub(super) fn leg_spans(
     client_ip: IpAddr,
 ) -> Option<Arc<LegSpans>> {
     pod.spans.as_ref().map(|sink| {
-        Arc::new(LegSpans {
-            sink: sink.clone(),
-            identity: pod.identity.clone(),
-            direction: dir.as_str(),
-            dst: target.dst(),
-            client_address: client_ip.to_string(),
-            truncated: pod.metrics(dir).limits.attributes_truncated.clone(),
-        })
+        Arc::new(LegSpans::new(
+            sink.clone(),
+            pod.identity.clone(),
+            dir.as_str(),
+            target.dst(),
+            client_ip,
+            pod.metrics(dir).limits.attributes_truncated.clone(),
+        ))
     })
 }
 

@@ -121,7 +121,7 @@ struct Entry {
 /// The upstream connections of one pod and direction. Shared (`Arc`) so that its
 /// sweeper task can close idle connections without keeping the pool alive.
 pub struct Pool {
-    entries: Mutex<HashMap<PoolKey, Entry>>,
+    entries: Mutex<HashMap<PoolKey, Entry, foldhash::fast::RandomState>>,
     /// A sweeper task is running (started by the first check-in, ends when empty).
     sweeping: AtomicBool,
     /// Connections are not reused past this age (`Limits::pool_max_lifetime`): a
@@ -146,7 +146,10 @@ impl Pool {
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<PoolKey, Entry>) -> R) -> R {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<PoolKey, Entry, foldhash::fast::RandomState>) -> R,
+    ) -> R {
         // A panic while holding the lock leaves the map consistent (every operation is
         // a single push/pop/retain), so a poisoned lock is still usable.
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,7 +7,7 @@
 //! the returned body emits the spans at its end). docs/TRACING.md is the rulebook.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -40,10 +40,37 @@ pub struct LegSpans {
     pub direction: &'static str,
     /// The destination (`server.port`; `server.address` without a Host).
     pub dst: SocketAddr,
-    /// The calling pod's address (`client.address`), written once per connection.
-    pub client_address: String,
+    /// The attributes every request of the connection has (`url.scheme`,
+    /// `server.port`, `client.address`, `hoptrace.direction`), encoded once.
+    fixed: Attributes,
     /// Counts attribute values cut to the limit.
     pub truncated: Counter,
+}
+
+impl LegSpans {
+    /// The span layer of a connection from `client` to `dst`.
+    pub fn new(
+        sink: SpanSink,
+        identity: Arc<PodIdentity>,
+        direction: &'static str,
+        dst: SocketAddr,
+        client: IpAddr,
+        truncated: Counter,
+    ) -> Self {
+        let mut fixed = Attributes::with_capacity(128);
+        fixed.string("url.scheme", "http");
+        fixed.int("server.port", i64::from(dst.port()));
+        fixed.string("client.address", &client.to_string());
+        fixed.string("hoptrace.direction", direction);
+        Self {
+            sink,
+            identity,
+            direction,
+            dst,
+            fixed,
+            truncated,
+        }
+    }
 }
 
 /// The trace decision for one request.
@@ -229,14 +256,12 @@ impl RequestAttrs {
         let grpc = is_grpc
             .then(|| path.trim_start_matches('/').split_once('/'))
             .flatten();
-        let mut a = Attributes::with_capacity(TYPICAL_ATTRIBUTES + path.len());
+        let mut a = Attributes::with_capacity(TYPICAL_ATTRIBUTES + path.len() + leg.fixed.len());
         a.string("http.request.method", method);
         a.string("url.path", path);
         a.string("http.route", route);
-        a.string("url.scheme", "http");
         a.string("server.address", host);
-        a.int("server.port", i64::from(leg.dst.port()));
-        a.string("client.address", &leg.client_address);
+        a.extend(&leg.fixed);
         a.string(
             "network.protocol.version",
             match req.version {
@@ -245,7 +270,6 @@ impl RequestAttrs {
                 _ => "1.1",
             },
         );
-        a.string("hoptrace.direction", leg.direction);
         if let Some(ua) = user_agent {
             a.string("user_agent.original", ua);
         }
@@ -648,9 +672,9 @@ mod tests {
     /// A traced gRPC request with every optional attribute, and its emitted spans.
     fn traced_grpc_request() -> (Arc<PodIdentity>, Vec<Span>) {
         let (sink, queue) = SpanSink::new(4, 4, Counter::default());
-        let leg = Arc::new(LegSpans {
+        let leg = Arc::new(LegSpans::new(
             sink,
-            identity: Arc::new(PodIdentity::new(
+            Arc::new(PodIdentity::new(
                 crate::pod::PodKey {
                     namespace: "ns".into(),
                     name: "web-1".into(),
@@ -660,11 +684,11 @@ mod tests {
                 Some("node-1"),
                 "hoptrace-proxy",
             )),
-            direction: "inbound",
-            dst: "10.0.0.2:8080".parse().expect("addr"),
-            client_address: "10.0.0.1".into(),
-            truncated: Counter::default(),
-        });
+            "inbound",
+            "10.0.0.2:8080".parse().expect("addr"),
+            "10.0.0.1".parse().expect("ip"),
+            Counter::default(),
+        ));
         let mut req = Request::builder()
             .uri(format!("/pkg.Svc/{}", "m".repeat(3000)))
             .header(

@@ -85,6 +85,41 @@ fn key_value_len(key: &str, any: usize) -> usize {
     opt_len_field_size(1, key.len()) + len_field_size(2, any)
 }
 
+/// Framing bytes gathered on the stack and appended in one copy: two length-delimited
+/// prefixes at most (each a tag and a length, at most 15 bytes).
+#[derive(Default)]
+struct Staging {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Staging {
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.push(v as u8);
+    }
+
+    /// The tag and length of a length-delimited field.
+    fn prefix(&mut self, field: u32, len: usize) {
+        self.varint(u64::from((field << 3) | LEN));
+        self.varint(len as u64);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Span attributes (`KeyValue`s, field 9 of `Span`), written once per request leg and
 /// copied as bytes into each of its spans.
 #[derive(Debug, Default, Clone)]
@@ -99,19 +134,46 @@ impl Attributes {
         Self(Vec::with_capacity(n))
     }
 
-    /// The `KeyValue` framing and key of an attribute whose `AnyValue` has `any` bytes;
-    /// the caller writes the `AnyValue`'s content.
+    /// The `KeyValue` framing and key of an attribute whose `AnyValue` has `any` bytes,
+    /// with room reserved for the whole attribute; the caller writes the `AnyValue`
+    /// (its content only: `AnyValue`'s own framing is written here).
     fn key(&mut self, key: &str, any: usize) {
-        let out = &mut self.0;
-        len_prefix(out, SPAN_ATTRIBUTES, key_value_len(key, any));
-        opt_len_field(out, 1, key.as_bytes());
-        len_prefix(out, 2, any);
+        let kv = key_value_len(key, any);
+        self.0.reserve(len_field_size(SPAN_ATTRIBUTES, kv));
+        let mut s = Staging::default();
+        s.prefix(SPAN_ATTRIBUTES, kv);
+        if !key.is_empty() {
+            s.prefix(1, key.len());
+        }
+        self.0.extend_from_slice(s.bytes());
+        self.0.extend_from_slice(key.as_bytes());
+        let mut s = Staging::default();
+        s.prefix(2, any);
+        self.0.extend_from_slice(s.bytes());
     }
 
     /// A string attribute.
     pub fn string(&mut self, key: &str, value: &str) {
         self.key(key, any_string_len(value));
-        len_field(&mut self.0, 1, value.as_bytes());
+        let mut s = Staging::default();
+        s.prefix(1, value.len());
+        self.0.extend_from_slice(s.bytes());
+        self.0.extend_from_slice(value.as_bytes());
+    }
+
+    /// Appends attributes encoded elsewhere (a connection's, written once).
+    pub fn extend(&mut self, other: &Attributes) {
+        self.0.extend_from_slice(&other.0);
+    }
+
+    /// Bytes encoded so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No attribute yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// An integer attribute.
