@@ -85,19 +85,42 @@ fn key_value_len(key: &str, any: usize) -> usize {
     opt_len_field_size(1, key.len()) + len_field_size(2, any)
 }
 
-/// Framing bytes gathered on the stack and appended in one copy: two length-delimited
-/// prefixes at most (each a tag and a length, at most 15 bytes).
-#[derive(Default)]
+/// Bytes an attribute may take to be staged whole ([`Staging`]).
+const STAGED: usize = 96;
+/// Bytes of one length-delimited prefix at most (a 1-byte tag, a 10-byte length).
+const PREFIX_MAX: usize = 11;
+
+/// An attribute's bytes gathered on the stack and appended to the `Vec` in one copy:
+/// at most [`STAGED`] bytes, or (a long attribute) its framing only, at most two
+/// length-delimited prefixes (and a short key) at a time.
 struct Staging {
-    buf: [u8; 32],
+    buf: [u8; STAGED],
     len: usize,
+}
+
+impl Default for Staging {
+    fn default() -> Self {
+        Self {
+            buf: [0; STAGED],
+            len: 0,
+        }
+    }
 }
 
 impl Staging {
     fn push(&mut self, b: u8) {
+        debug_assert!(self.len < STAGED, "staged past its buffer");
         if let Some(slot) = self.buf.get_mut(self.len) {
             *slot = b;
             self.len += 1;
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        debug_assert!(self.len + b.len() <= STAGED, "staged past its buffer");
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + b.len()) {
+            dst.copy_from_slice(b);
+            self.len += b.len();
         }
     }
 
@@ -145,20 +168,41 @@ impl Attributes {
         if !key.is_empty() {
             s.prefix(1, key.len());
         }
-        self.0.extend_from_slice(s.bytes());
-        self.0.extend_from_slice(key.as_bytes());
-        let mut s = Staging::default();
+        if s.len + key.len() + PREFIX_MAX > STAGED {
+            // A long key: copied in place.
+            self.0.extend_from_slice(s.bytes());
+            self.0.extend_from_slice(key.as_bytes());
+            s = Staging::default();
+        } else {
+            s.put(key.as_bytes());
+        }
         s.prefix(2, any);
         self.0.extend_from_slice(s.bytes());
     }
 
     /// A string attribute.
     pub fn string(&mut self, key: &str, value: &str) {
-        self.key(key, any_string_len(value));
+        let any = any_string_len(value);
+        let kv = key_value_len(key, any);
         let mut s = Staging::default();
+        if len_field_size(SPAN_ATTRIBUTES, kv) > STAGED {
+            // A long key or value: framing staged, key and value copied in place.
+            self.key(key, any);
+            s.prefix(1, value.len());
+            self.0.extend_from_slice(s.bytes());
+            self.0.extend_from_slice(value.as_bytes());
+            return;
+        }
+        // The common short attribute: staged whole, appended in one copy.
+        s.prefix(SPAN_ATTRIBUTES, kv);
+        if !key.is_empty() {
+            s.prefix(1, key.len());
+        }
+        s.put(key.as_bytes());
+        s.prefix(2, any);
         s.prefix(1, value.len());
+        s.put(value.as_bytes());
         self.0.extend_from_slice(s.bytes());
-        self.0.extend_from_slice(value.as_bytes());
     }
 
     /// Appends attributes encoded elsewhere (a connection's, written once).

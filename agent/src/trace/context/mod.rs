@@ -389,13 +389,16 @@ fn trim_ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// Lowercase hex digit values; `0xff` for every other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    t
+};
 
 /// Decodes exactly `2 * N` lowercase hex digits.
 fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
@@ -403,10 +406,17 @@ fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
+    // Any invalid digit sets high bits here; checked once, after the loop.
+    let mut invalid = 0u8;
     for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        let (hi, lo) = (
+            HEX_VALUES[usize::from(pair[0])],
+            HEX_VALUES[usize::from(pair[1])],
+        );
+        invalid |= hi | lo;
+        *byte = (hi << 4) | (lo & 0x0f);
     }
-    Some(out)
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
