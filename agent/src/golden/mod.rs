@@ -30,7 +30,7 @@ use crate::pod::{Direction, PodKey};
 pub use peers::{Peer, PeerIndex};
 use request::method_label;
 pub use request::RequestObservation;
-pub use route::RouteTable;
+pub use route::{RouteCache, RouteTable};
 pub use tap::{Tap, TapEvent};
 
 /// Latency buckets (seconds): 1 ms to 10 s, as Linkerd's and OpenTelemetry's defaults
@@ -393,8 +393,20 @@ impl Edge {
     /// A request on this edge begins: its route is resolved (and capped) now.
     /// `target`: the request's path and query (origin form).
     pub fn request(&self, method: &Method, target: &str, grpc: bool) -> RequestObservation {
+        self.request_cached(&mut RouteCache::default(), method, target, grpc)
+    }
+
+    /// [`Edge::request`] with the connection's route cache.
+    pub fn request_cached(
+        &self,
+        cache: &mut RouteCache,
+        method: &Method,
+        target: &str,
+        grpc: bool,
+    ) -> RequestObservation {
         let path = target.split_once('?').map_or(target, |(p, _)| p);
-        let route = self.golden.routes.route(&self.labels.server.0, path, grpc);
+        let server = &self.labels.server.0;
+        let route = self.golden.routes.route_cached(cache, server, path, grpc);
         // The raw path only while someone taps.
         let tap_path = self.golden.tap.watched().then(|| {
             let p = if target.is_empty() { "/" } else { target };

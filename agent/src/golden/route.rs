@@ -84,6 +84,19 @@ pub struct RouteTable {
     by_server: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
 }
 
+/// One connection's last path and its route ([`RouteTable::route_cached`]). A route,
+/// once given to a path, stays that path's route (the table only grows, and forgets a
+/// server only once it is gone), so the cache is never stale.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    last: Option<(String, bool, Arc<str>)>,
+}
+
+impl RouteCache {
+    /// Paths longer than this are not kept.
+    const MAX_PATH: usize = 256;
+}
+
 impl RouteTable {
     /// The route for `path` at `server`: its template, or [`OVERFLOW`] once the
     /// server has [`MAX_ROUTES`] others.
@@ -99,6 +112,37 @@ impl RouteTable {
         }
         let r: Arc<str> = Arc::from(t);
         routes.insert(r.clone());
+        r
+    }
+
+    /// [`RouteTable::route`] through a connection's `cache` of its last path: a client
+    /// that asks for the same path again (the usual keep-alive loop) skips the
+    /// template and the table.
+    pub fn route_cached(
+        &self,
+        cache: &mut RouteCache,
+        server: &Arc<str>,
+        path: &str,
+        grpc: bool,
+    ) -> Arc<str> {
+        if let Some((p, g, r)) = &cache.last {
+            if *g == grpc && p.as_str() == path {
+                return r.clone();
+            }
+        }
+        let r = self.route(server, path, grpc);
+        // Long paths are not kept: the cache stays small.
+        if path.len() <= RouteCache::MAX_PATH {
+            let (p, g, route) = cache
+                .last
+                .get_or_insert_with(|| (String::new(), grpc, r.clone()));
+            p.clear();
+            p.push_str(path);
+            *g = grpc;
+            *route = r.clone();
+        } else {
+            cache.last = None;
+        }
         r
     }
 
@@ -156,5 +200,27 @@ mod tests {
         assert_eq!(&*table.route(&a, "/p0x/5", false), "/p0x/{id}");
         table.retain(|s| s == "b");
         assert_eq!(&*table.route(&a, "/new/1", false), "/new/{id}");
+    }
+
+    /// The cached lookup answers what the table answers, path after path.
+    #[test]
+    fn cached_routes_are_the_tables() {
+        let (cached, plain) = (RouteTable::default(), RouteTable::default());
+        let a: Arc<str> = Arc::from("a");
+        let mut cache = RouteCache::default();
+        let long = format!("/{}", "x".repeat(400));
+        let mut paths: Vec<(String, bool)> = Vec::new();
+        for i in 0..(MAX_ROUTES + 20) {
+            paths.push((format!("/w{i}/1"), false));
+            paths.push((format!("/w{i}/1"), false));
+            paths.push((format!("/w{i}/1"), true));
+            paths.push((long.clone(), false));
+            paths.push((long.clone(), false));
+        }
+        for (path, grpc) in &paths {
+            let want = plain.route(&a, path, *grpc);
+            let got = cached.route_cached(&mut cache, &a, path, *grpc);
+            assert_eq!(got, want, "{path} grpc={grpc}");
+        }
     }
 }

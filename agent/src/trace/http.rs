@@ -110,11 +110,12 @@ fn decide_with(
         }
         Some(ctx) => (false, ctx),
     };
+    let (server_id, client_id) = SpanId::random_pair();
     let t = Traced {
         root,
         ctx,
-        server_id: SpanId::random(),
-        client_id: SpanId::random(),
+        server_id,
+        client_id,
     };
     inject(&t.ctx, t.client_id);
     Some(t)

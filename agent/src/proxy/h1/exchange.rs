@@ -171,7 +171,7 @@ impl Lean {
             host: req.host.map(|h| h.str(buf)),
             user_agent: req.user_agent.map(|u| u.str(buf)),
         };
-        let observed = self.conn.edge.request(&method, target, req.grpc);
+        let observed = (self.conn.edge).request_cached(&mut self.routes, &method, target, req.grpc);
         let route = observed.route().clone();
         let leg = self.spans.as_ref();
         let mut rewritten = None;
@@ -211,13 +211,14 @@ impl Lean {
             second: None,
             cause: None,
         };
-        if let Some(t) = &self.through {
+        if let Some(t) = &mut self.through {
             // The destination's inbound leg starts where the caller's CLIENT span does,
             // and reads the context the first leg just wrote.
             if let Some(s) = legs.first.spans.as_mut() {
                 s.client_started();
             }
-            let observed = t.through.edge.request(&method, target, req.grpc);
+            let observed =
+                (t.through.edge).request_cached(&mut t.routes, &method, target, req.grpc);
             let spans = match trace.as_mut() {
                 Some(map) => {
                     let route = observed.route().clone();

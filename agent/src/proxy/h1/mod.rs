@@ -70,6 +70,8 @@ struct Lean {
     timer: Pin<Box<tokio::time::Sleep>>,
     /// A same-node hop served in one pass: the destination's inbound leg.
     through: Option<ThroughLeg>,
+    /// The connection's last path and route.
+    routes: crate::golden::RouteCache,
 }
 
 /// The destination's inbound leg of a one-pass hop, as the lean path uses it.
@@ -78,6 +80,7 @@ struct ThroughLeg {
     spans: Option<Arc<crate::trace::http::LegSpans>>,
     key: super::pool::PoolKey,
     request_bytes: prometheus_client::metrics::counter::Counter,
+    routes: crate::golden::RouteCache,
 }
 
 impl Lean {
@@ -126,10 +129,12 @@ pub async fn serve(
         ),
         key: super::pool::PoolKey::new(&t.target, false),
         request_bytes: t.edge.request_body_counter(),
+        routes: Default::default(),
         through: t,
     });
     let mut lean = Lean {
         through,
+        routes: Default::default(),
         stopping: Some(Box::pin(stopping(pod.shutdown.clone()))),
         timer: Box::pin(tokio::time::sleep(pod.limits.header_read_timeout)),
         shutdown: pod.shutdown.clone(),

@@ -156,6 +156,20 @@ impl SpanId {
     pub fn is_valid(&self) -> bool {
         self.0.iter().any(|&b| b != 0)
     }
+
+    /// Two random, valid ids from one draw of the generator.
+    pub fn random_pair() -> (Self, Self) {
+        loop {
+            let bytes = rand::random::<[u8; 16]>();
+            let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+            a.copy_from_slice(&bytes[..8]);
+            b.copy_from_slice(&bytes[8..]);
+            let (a, b) = (SpanId(a), SpanId(b));
+            if a.is_valid() && b.is_valid() {
+                return (a, b);
+            }
+        }
+    }
 }
 
 impl fmt::Display for TraceId {
