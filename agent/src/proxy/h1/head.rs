@@ -10,6 +10,8 @@
 //! or a head over the buffer — is [`Request::Fallback`]: the connection goes on in
 //! hyper, which answers it exactly as before.
 
+use std::mem::MaybeUninit;
+
 use crate::trace::context;
 
 /// Header fields a head may have for the lean path (hyper's limit is 100).
@@ -153,9 +155,10 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// so a connection allocates its field lists once). `max` is the largest head the lean
 /// path buffers: a partial head already that long falls back.
 pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Left uninitialised: httparse writes the fields it finds (no 2 KiB to zero).
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max => return Request::Fallback("head"),
         Ok(httparse::Status::Partial) => return Request::Partial,
@@ -290,9 +293,14 @@ pub fn parse_response(
     head_request: bool,
     head: &mut ResponseHead,
 ) -> Response {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max => {
             return Response::Invalid("response head too large")
