@@ -91,8 +91,8 @@ const STAGED: usize = 96;
 const PREFIX_MAX: usize = 11;
 
 /// An attribute's bytes gathered on the stack and appended to the `Vec` in one copy:
-/// at most [`STAGED`] bytes, or (a long attribute) its framing only, at most two
-/// length-delimited prefixes (and a short key) at a time.
+/// at most [`STAGED`] bytes; a key or value that would not fit is appended on its own
+/// ([`Attributes::stage_key`] leaves room for two more prefixes after the key).
 struct Staging {
     buf: [u8; STAGED],
     len: usize,
@@ -161,6 +161,13 @@ impl Attributes {
     /// with room reserved for the whole attribute; the caller writes the `AnyValue`
     /// (its content only: `AnyValue`'s own framing is written here).
     fn key(&mut self, key: &str, any: usize) {
+        let s = self.stage_key(key, any);
+        self.0.extend_from_slice(s.bytes());
+    }
+
+    /// Reserves room for a whole attribute and stages its framing, key and `AnyValue`
+    /// prefix (a key too long to stage is appended at once, its framing before it).
+    fn stage_key(&mut self, key: &str, any: usize) -> Staging {
         let kv = key_value_len(key, any);
         self.0.reserve(len_field_size(SPAN_ATTRIBUTES, kv));
         let mut s = Staging::default();
@@ -168,8 +175,7 @@ impl Attributes {
         if !key.is_empty() {
             s.prefix(1, key.len());
         }
-        if s.len + key.len() + PREFIX_MAX > STAGED {
-            // A long key: copied in place.
+        if s.len + key.len() + 2 * PREFIX_MAX > STAGED {
             self.0.extend_from_slice(s.bytes());
             self.0.extend_from_slice(key.as_bytes());
             s = Staging::default();
@@ -177,32 +183,20 @@ impl Attributes {
             s.put(key.as_bytes());
         }
         s.prefix(2, any);
-        self.0.extend_from_slice(s.bytes());
+        s
     }
 
-    /// A string attribute.
+    /// A string attribute: a short one staged whole and appended in one copy.
     pub fn string(&mut self, key: &str, value: &str) {
-        let any = any_string_len(value);
-        let kv = key_value_len(key, any);
-        let mut s = Staging::default();
-        if len_field_size(SPAN_ATTRIBUTES, kv) > STAGED {
-            // A long key or value: framing staged, key and value copied in place.
-            self.key(key, any);
-            s.prefix(1, value.len());
+        let mut s = self.stage_key(key, any_string_len(value));
+        s.prefix(1, value.len());
+        if s.len + value.len() <= STAGED {
+            s.put(value.as_bytes());
+            self.0.extend_from_slice(s.bytes());
+        } else {
             self.0.extend_from_slice(s.bytes());
             self.0.extend_from_slice(value.as_bytes());
-            return;
         }
-        // The common short attribute: staged whole, appended in one copy.
-        s.prefix(SPAN_ATTRIBUTES, kv);
-        if !key.is_empty() {
-            s.prefix(1, key.len());
-        }
-        s.put(key.as_bytes());
-        s.prefix(2, any);
-        s.prefix(1, value.len());
-        s.put(value.as_bytes());
-        self.0.extend_from_slice(s.bytes());
     }
 
     /// Appends attributes encoded elsewhere (a connection's, written once).
@@ -386,7 +380,14 @@ mod tests {
         attrs.int("zero", 0);
         attrs.int("negative", -3);
         attrs.strings("hoptrace.truncated_attributes", ["url.path", "a"]);
-        let expected_attrs = vec![
+        // Around the stack buffer's size: a long key, values that just fit or just not.
+        let long_key = "k".repeat(120);
+        let sizes = [50, 60, 70, 80, 90];
+        attrs.string(&long_key, "v");
+        for n in sizes {
+            attrs.string("url.scheme", &"y".repeat(n));
+        }
+        let mut expected_attrs = vec![
             kv("http.request.method", Value::StringValue("GET".into())),
             kv("url.path", Value::StringValue(long.clone())),
             kv("empty", Value::StringValue(String::new())),
@@ -403,7 +404,11 @@ mod tests {
                         .to_vec(),
                 }),
             ),
+            kv(&long_key, Value::StringValue("v".into())),
         ];
+        for n in sizes {
+            expected_attrs.push(kv("url.scheme", Value::StringValue("y".repeat(n))));
+        }
         let cases = [
             (Some([9u8; 8]), 0x301, "GET /users/{id}", 2, "", 0),
             (None, 0x100, "", 0, "HTTP 503", StatusCode::Error as i32),

@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     pod::Direction,
-    proxy::{propagation::Link, ConnError},
+    proxy::{
+        propagation::{Link, Propagation},
+        ConnError,
+    },
     trace::{
         context::{TRACEPARENT, TRACEPARENT_LEN},
         http::{begin_head, begin_traceparent, RequestFacts},
@@ -147,7 +150,7 @@ impl Lean {
         let lone = match (&trace, req.trace.as_slice()) {
             (None, [f])
                 if self.through.is_none()
-                    && !(self.conn.dir == Direction::Inbound && pod.propagation.is_some())
+                    && self.cause_propagation().is_none()
                     && f.name.get(buf).eq_ignore_ascii_case(TRACEPARENT.as_bytes()) =>
             {
                 <[u8; TRACEPARENT_LEN]>::try_from(f.value.get(buf))
@@ -232,12 +235,9 @@ impl Lean {
         }
         // The request as the app receives it, registered while it is in flight in a pod
         // that propagates context (the destination's, on a one-pass hop).
-        legs.cause = match &self.through {
-            Some(t) => t.through.dest.propagation.as_ref(),
-            None if self.conn.dir == Direction::Inbound => pod.propagation.as_ref(),
-            None => None,
-        }
-        .map(|prop| prop.inbound(trace.clone(), true));
+        legs.cause = self
+            .cause_propagation()
+            .map(|prop| prop.inbound(trace.clone(), true));
         if let Some((at, value)) = rewritten {
             self.cbuf[at.start..at.end].copy_from_slice(&value);
         }
@@ -281,6 +281,16 @@ impl Lean {
             }
         };
         self.response(client, up, opened, legs, close_after).await
+    }
+
+    /// The pod whose app receives the request, when it propagates context: the
+    /// destination's on a one-pass hop, this pod's on an inbound leg.
+    fn cause_propagation(&self) -> Option<&std::sync::Arc<Propagation>> {
+        match &self.through {
+            Some(t) => t.through.dest.propagation.as_ref(),
+            None if self.conn.dir == Direction::Inbound => self.pod.propagation.as_ref(),
+            None => None,
+        }
     }
 
     /// Makes sure the request's body is in `cbuf` after its head: `Some((bytes, data
