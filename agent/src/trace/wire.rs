@@ -161,16 +161,16 @@ impl Attributes {
     /// with room reserved for the whole attribute; the caller writes the `AnyValue`
     /// (its content only: `AnyValue`'s own framing is written here).
     fn key(&mut self, key: &str, any: usize) {
-        let s = self.stage_key(key, any);
+        let mut s = Staging::default();
+        self.stage_key(&mut s, key, any);
         self.0.extend_from_slice(s.bytes());
     }
 
     /// Reserves room for a whole attribute and stages its framing, key and `AnyValue`
     /// prefix (a key too long to stage is appended at once, its framing before it).
-    fn stage_key(&mut self, key: &str, any: usize) -> Staging {
+    fn stage_key(&mut self, s: &mut Staging, key: &str, any: usize) {
         let kv = key_value_len(key, any);
         self.0.reserve(len_field_size(SPAN_ATTRIBUTES, kv));
-        let mut s = Staging::default();
         s.prefix(SPAN_ATTRIBUTES, kv);
         if !key.is_empty() {
             s.prefix(1, key.len());
@@ -178,17 +178,17 @@ impl Attributes {
         if s.len + key.len() + 2 * PREFIX_MAX > STAGED {
             self.0.extend_from_slice(s.bytes());
             self.0.extend_from_slice(key.as_bytes());
-            s = Staging::default();
+            s.len = 0;
         } else {
             s.put(key.as_bytes());
         }
         s.prefix(2, any);
-        s
     }
 
     /// A string attribute: a short one staged whole and appended in one copy.
     pub fn string(&mut self, key: &str, value: &str) {
-        let mut s = self.stage_key(key, any_string_len(value));
+        let mut s = Staging::default();
+        self.stage_key(&mut s, key, any_string_len(value));
         s.prefix(1, value.len());
         if s.len + value.len() <= STAGED {
             s.put(value.as_bytes());
