@@ -111,3 +111,50 @@ pub fn inode(ns: &Path) -> Result<u64> {
         .with_context(|| format!("stat {}", ns.display()))?
         .ino())
 }
+
+/// True when a TCP socket in netns `ns` is listening on one of `ports` (any address,
+/// IPv4 or IPv6). Reads the namespace's socket table (`/proc/thread-self/net/tcp{,6}`)
+/// instead of connecting, so the probe is never counted as a connection by the agent.
+pub fn listens_on(ns: &Path, ports: &[u16]) -> Result<bool> {
+    in_netns(ns, || {
+        for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+            let text =
+                std::fs::read_to_string(table).with_context(|| format!("reading {table}"))?;
+            if text.lines().skip(1).any(|line| listening_on(line, ports)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+}
+
+/// One row of `/proc/net/tcp{,6}`: `sl local_address rem_address st ...`, the local
+/// address as `HEXADDR:HEXPORT` and the state `0A` for LISTEN.
+fn listening_on(line: &str, ports: &[u16]) -> bool {
+    let mut fields = line.split_whitespace().skip(1);
+    let (Some(local), Some(_remote), Some(state)) = (fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    let port = local
+        .rsplit_once(':')
+        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    state == "0A" && port.is_some_and(|p| ports.contains(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_on;
+
+    #[test]
+    fn socket_table_rows() {
+        let listen = "   0: 0100007F:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        let est = "   1: 0100007F:3A99 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1";
+        let v6 = "   0: 00000000000000000000000001000000:3A9E 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0";
+        assert!(listening_on(listen, &[15001]));
+        assert!(!listening_on(listen, &[15006]));
+        assert!(!listening_on(est, &[15001]));
+        assert!(listening_on(v6, &[15001, 15006]));
+        assert!(!listening_on("garbage", &[15001]));
+    }
+}

@@ -7,13 +7,14 @@
 
 mod common;
 
+use common::realkube::agent_listens_in;
 use common::*;
 use hoptrace_tests::kubeapi::{namespace, pod, PodSpec, Resource};
 use hoptrace_tests::metrics::ACCEPTED;
-use hoptrace_tests::{assert_eventually, labapp, netns, require_root};
+use hoptrace_tests::{assert_eventually, labapp, require_root};
 use hoptrace_tests::{Agent, KubeApi, Lab, LabApp, Pod, PodProcess, LAB_NAMESPACE};
 use serde_json::Value;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -142,20 +143,6 @@ fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 fn workloads(agent: &Agent, state: &str) -> f64 {
     metric(agent, "hoptrace_workloads", &[("state", state)])
-}
-
-/// True when something accepts on the agent's outbound or inbound port in `pod`'s netns.
-fn agent_listens_in(pod: &Pod) -> bool {
-    netns::in_netns(&pod.netns_path, || {
-        Ok([15001u16, 15006].iter().any(|port| {
-            TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], *port)),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-        }))
-    })
-    .expect("probing the pod's netns")
 }
 
 fn start_agent(lab: &Lab, api: &KubeApi, root: &Path) -> Agent {

@@ -129,7 +129,7 @@ fn enrollment_precedence_deletion_recreation_and_sandbox_change() {
         FOLLOW,
         "the recreated pod is not enrolled"
     );
-    reborn.assert_steered(&app, &agent, target, true);
+    reborn.assert_steered_within(&app, &agent, target, COUNTED);
     forced.assert_steered(&app, &agent, target, false);
 
     // Same pod (UID), new sandbox: a new network namespace and address.
@@ -198,7 +198,7 @@ fn api_server_restart_with_expired_history_relists() {
         RECOVER,
         "the agent did not follow the restarted API server"
     );
-    newcomer.assert_steered(&app, &agent, target, true);
+    newcomer.assert_steered_within(&app, &agent, target, COUNTED);
     gone.assert_steered(&app, &agent, target, false);
     assert!(
         !log_lines(&agent, "resource version expired, listing again").is_empty(),
@@ -366,7 +366,7 @@ fn permission_revoked_while_running() {
         RECOVER,
         "the pod added after the permission came back is not enrolled"
     );
-    late.assert_steered(&app, &agent, target, true);
+    late.assert_steered_within(&app, &agent, target, COUNTED);
 }
 
 /// The API server is down when the agent starts: not ready, errors counted and logged

@@ -19,7 +19,7 @@ mod common;
 use common::propchain::*;
 use common::proptally::{tally, Counts, COUNTED};
 use common::pychain::APP_PORT;
-use common::realkube::{agent_listens_in, lab_with_control_plane, start_agent, KubePod};
+use common::realkube::{lab_with_control_plane, start_agent, workloads, KubePod};
 use hoptrace_tests::plainapp::{LoadOptions, PlainApps, WebKind};
 use hoptrace_tests::{
     assert_eventually, require_root, ClientOptions, OtlpReceiver, Propagation, PyApps,
@@ -344,14 +344,12 @@ fn kubernetes_annotation_opts_in() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = start_agent(&lab, &cp, &root, &args);
     agent.wait_ready(common::READY).expect("agent ready");
-    for pod in [&client, &web, &backend] {
-        assert_eventually!(
-            agent_listens_in(&pod.pod),
-            COUNTED,
-            "the agent's listeners in lab/{}",
-            pod.name
-        );
-    }
+    // The gauge counts a pod once its steering entry is written (after its listeners).
+    assert_eventually!(
+        workloads(&agent, "steered") == 3.0,
+        COUNTED,
+        "the three pods are not all steered"
+    );
     let run = plain
         .load(&client.pod, &web_app, &LoadOptions::default())
         .unwrap_or_else(|e| panic!("{e:#}"));

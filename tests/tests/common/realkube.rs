@@ -6,7 +6,7 @@ use super::{COUNTED, READY};
 use hoptrace_tests::cluster::ControlPlane;
 use hoptrace_tests::metrics::ACCEPTED;
 use hoptrace_tests::{assert_eventually, netns, Agent, Lab, LabApp, Pod, PodProcess};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -177,18 +177,12 @@ pub fn ready_status(agent: &Agent) -> u16 {
     agent.get("/ready").map(|r| r.status).unwrap_or(0)
 }
 
-/// True when something accepts on the agent's outbound or inbound port in `pod`'s netns.
+/// True when the agent listens on its outbound or inbound port in `pod`'s netns. It
+/// reads the netns's socket table rather than connecting, so the probe never shows up
+/// in the agent's connection counts. The listeners come a moment before the steering
+/// entry: after a new enrollment, check steering with [`KubePod::assert_steered_within`].
 pub fn agent_listens_in(pod: &Pod) -> bool {
-    netns::in_netns(&pod.netns_path, || {
-        Ok([15001u16, 15006].iter().any(|port| {
-            TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], *port)),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-        }))
-    })
-    .expect("probing the pod's netns")
+    netns::listens_on(&pod.netns_path, &[15001, 15006]).expect("reading the pod's sockets")
 }
 
 /// The lines of the agent's log that contain `needle`.
