@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::{
     admin::{self, AdminState},
     config::RunArgs,
+    cores::Cores,
     ebpf::{Datapath, DatapathConfig},
     enrollment::{PodTable, TableConfig, DRAIN, RETRY},
     export::{self, ExportConfig},
@@ -25,8 +26,9 @@ use crate::{
 };
 
 /// What enrollment takes from the command line.
-fn table_config(args: &RunArgs) -> TableConfig {
+fn table_config(args: &RunArgs, cores: Arc<Cores>) -> TableConfig {
     TableConfig {
+        cores,
         outbound_port: args.outbound_port,
         inbound_port: args.inbound_port,
         node: args.node_name.clone(),
@@ -81,87 +83,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// A worker that slept at least this long (ms) before its last wake-up is not serving
-/// a busy node: its next park may collect its heap fully.
-const IDLE_SLEEP_MS: u64 = 100;
-/// A worker collects at most this often (ms).
-const COLLECT_EVERY_MS: u64 = 1000;
-/// A busy worker's collection is forced at least this often (ms).
-const FORCE_EVERY_MS: u64 = 5000;
-
-/// When this thread last parked and collected (coarse ms), and whether its last sleep
-/// was long.
-#[derive(Clone, Copy)]
-struct ParkState {
-    parked_at: u64,
-    slept_long: bool,
-    collected: Option<u64>,
-    forced: u64,
-}
-
-thread_local! {
-    static PARK: std::cell::Cell<ParkState> = const {
-        std::cell::Cell::new(ParkState { parked_at: 0, slept_long: false, collected: None, forced: 0 })
-    };
-}
-
-/// Milliseconds of the coarse monotonic clock: a few instructions, where `Instant`
-/// reads the TSC; the park hooks run several times per request on a busy worker.
-fn coarse_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
-}
-
-/// Gives memory freed on this thread back to the OS when a runtime worker parks, at
-/// most once a second: a forced mimalloc collection (every freed page back at once)
-/// after a long sleep (the node is quiet) and every 5 s, else a normal one (freed
-/// pages go back after mimalloc's purge delay). mimalloc returns a freed block to the heap of the thread that
-/// allocated it; with tokio's work stealing a connection's memory is often freed on
-/// another worker, and waits there until its owner thread collects. Without
-/// collecting, part of a load peak stays resident (tests/tests/memory.rs). A forced
-/// collection takes 0.2 ms on average and up to 9 ms (measured under the bench's
-/// load): forced at every park, once a second, it was a source of the p99 at moderate
-/// rates, where workers park between requests.
-fn on_park() {
-    let mut st = PARK.with(std::cell::Cell::get);
-    let now = coarse_ms();
-    st.parked_at = now;
-    if st
-        .collected
-        .is_none_or(|t| now.saturating_sub(t) >= COLLECT_EVERY_MS)
-    {
-        st.collected = Some(now);
-        let force = st.slept_long || now.saturating_sub(st.forced) >= FORCE_EVERY_MS;
-        if force {
-            st.forced = now;
-        }
-        collect_heap(force);
-        st.slept_long = false;
-    }
-    PARK.with(|p| p.set(st));
-}
-
-/// Notes whether the sleep that just ended was long.
-fn on_unpark() {
-    PARK.with(|p| {
-        let mut st = p.get();
-        st.slept_long = coarse_ms().saturating_sub(st.parked_at) >= IDLE_SLEEP_MS;
-        p.set(st);
-    });
-}
-
-/// Collects this thread's heap; `force` also returns every freed page to the OS at
-/// once (else mimalloc's purge delay applies).
-fn collect_heap(force: bool) {
-    // SAFETY: mi_collect has no preconditions; it only frees unused pages.
-    unsafe { libmimalloc_sys::mi_collect(force) };
-}
-
 /// `hoptrace run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // On a kernel without every feature the agent would half-work: refuse (check.rs).
@@ -175,21 +96,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     // Capture the host netns on the main thread, before any worker thread exists.
     netns::init_host().context("reading the agent's own network namespace")?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        rt.worker_threads(args.worker_threads);
-    }
-    let rt = rt
-        .enable_all()
-        .thread_name("hoptrace")
-        .on_thread_park(on_park)
-        .on_thread_unpark(on_unpark)
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(run_async(args))
+    // The data path's threads, one per core (cores.rs); the control plane runs on
+    // this thread's own runtime.
+    let cores = Cores::start(args.worker_threads).context("starting the data path's threads")?;
+    let rt = crate::cores::runtime().context("starting the async runtime")?;
+    let result = rt.block_on(run_async(args, cores.clone()));
+    // Connections still open after the grace period close with their cores' tasks.
+    drop(rt);
+    drop(cores);
+    result
 }
 
-async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
     let (mut source, initial) = Source::open(&args.source()).await?;
 
     let ebpf_log = args.ebpf_log_enabled();
@@ -257,7 +175,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let mut table = PodTable::new(
         datapath.clone(),
         metrics.clone(),
-        table_config(&args),
+        table_config(&args, cores),
         Some(spans),
         shutdown_rx,
         golden.clone(),
@@ -301,12 +219,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        // This loop runs on the main thread, which is no runtime worker: its heap
-        // (startup's: the kernel BTF parsed to load the programs, tens of MB at peak)
-        // is collected here, not when a worker parks.
+        // This loop runs on the main thread (the control plane): its heap (startup's:
+        // the kernel BTF parsed to load the programs, tens of MB at peak) is collected
+        // here every second, sooner than its park would.
         if last_collect.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             last_collect = Some(Instant::now());
-            collect_heap(true);
+            crate::park::collect_heap(true);
         }
         if let Some(desired) = source.poll(&metrics) {
             reconcile(&mut table, &desired);

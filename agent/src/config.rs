@@ -221,7 +221,8 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_SAME_NODE_ONE_PASS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub same_node_one_pass: bool,
 
-    /// Threads of the agent's async runtime; `0`: one per CPU the agent may run on.
+    /// Data path threads (one single-threaded runtime each, docs/ARCHITECTURE.md
+    /// "Threads"); `0`: one per CPU the agent may run on.
     #[arg(long, env = "HOPTRACE_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 

@@ -18,6 +18,7 @@ use agent_common::{PodSteer, STEER_PROPAGATE, STEER_V4, STEER_V6};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{
+    cores::Cores,
     ebpf::{AttachedPod, Datapath, DatapathError, SteeringGuard},
     golden::{Golden, Peer},
     inpod, listeners,
@@ -98,6 +99,8 @@ struct Enrolled {
 /// What enrollment needs from the command line.
 #[derive(Debug, Clone)]
 pub struct TableConfig {
+    /// The data path's threads (accept loops and connections run there).
+    pub cores: Arc<Cores>,
     /// Outbound listener port in each pod.
     pub outbound_port: u16,
     /// Inbound listener port in each pod.
@@ -127,6 +130,7 @@ pub struct PodTable {
     inflight: Arc<InFlightCount>,
     golden: Arc<Golden>,
     local: Arc<LocalPods>,
+    cores: Arc<Cores>,
 }
 
 impl PodTable {
@@ -155,6 +159,7 @@ impl PodTable {
             shutdown,
             inflight: Arc::default(),
             local: Arc::default(),
+            cores: config.cores,
         }
     }
 
@@ -340,8 +345,11 @@ impl PodTable {
             propagation,
         });
         // The accept loops own the listeners; the raw fds above stay valid while they run.
+        // Each pod's accept loops start on the next cores in turn.
         let listeners = PodListeners::start(
             ctx.clone(),
+            &self.cores,
+            self.next_index as usize,
             std::iter::once(out_v4).chain(out_v6).collect(),
             std::iter::once(in_v4).chain(in_v6).collect(),
         )?;

@@ -266,6 +266,29 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Context switches (voluntary + involuntary) of each of the agent's threads
+    /// whose name starts with `prefix`, by thread name (`/proc/PID/task/*/status`).
+    pub fn thread_switches(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        let pid = self.pid().context("the agent is not running")?;
+        let mut out = std::collections::BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = std::fs::read_to_string(task?.path().join("status"))?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+            };
+            let Some(comm) = field("Name:").filter(|n| n.starts_with(prefix)) else {
+                continue;
+            };
+            let count = |name| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let n = count("voluntary_ctxt_switches:") + count("nonvoluntary_ctxt_switches:");
+            out.insert(comm.to_owned(), n);
+        }
+        Ok(out)
+    }
+
     /// The admin address (`127.0.0.1:<port>`) of the current process.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin

@@ -33,6 +33,7 @@ use std::{
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::{
+    cores::{self, Cores, OnCore},
     ebpf::{AppSocket, Datapath},
     golden::{Edge, Golden, Peer},
     metrics::ConnMetrics,
@@ -237,23 +238,30 @@ pub struct PodListeners {
 }
 
 impl PodListeners {
-    /// Starts accept loops for the given listeners. On error the loops already
-    /// started are stopped again (by drop).
+    /// Starts accept loops for the given listeners on the data path's cores, the
+    /// first on core `first` and the next ones on the following cores. On error the
+    /// loops already started are stopped again (by drop).
     pub fn start(
         pod: Arc<PodContext>,
+        cores: &Arc<Cores>,
+        first: usize,
         outbound: Vec<std::net::TcpListener>,
         inbound: Vec<std::net::TcpListener>,
     ) -> std::io::Result<Self> {
         let mut this = Self::default();
-        for (listeners, dir) in [
-            (outbound, Direction::Outbound),
-            (inbound, Direction::Inbound),
-        ] {
-            for l in listeners {
-                let l = tokio::net::TcpListener::from_std(l)?;
-                this.tasks
-                    .push(tokio::spawn(accept_loop(l, pod.clone(), dir)));
-            }
+        let all = outbound
+            .into_iter()
+            .map(|l| (l, Direction::Outbound))
+            .chain(inbound.into_iter().map(|l| (l, Direction::Inbound)));
+        for (i, (l, dir)) in all.enumerate() {
+            let handle = cores.handle(first.wrapping_add(i));
+            // Registered with that core's event loop.
+            let l = {
+                let _on_core = handle.enter();
+                tokio::net::TcpListener::from_std(l)?
+            };
+            this.tasks
+                .push(handle.spawn(accept_loop(l, pod.clone(), cores.clone(), dir)));
         }
         Ok(this)
     }
@@ -267,7 +275,12 @@ impl Drop for PodListeners {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, pod: Arc<PodContext>, dir: Direction) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    pod: Arc<PodContext>,
+    cores: Arc<Cores>,
+    dir: Direction,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -281,22 +294,27 @@ async fn accept_loop(listener: tokio::net::TcpListener, pod: Arc<PodContext>, di
                     continue;
                 };
                 let inflight = pod.node_inflight.enter();
-                let pod = pod.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let _inflight = inflight;
-                    let m = pod.metrics(dir);
-                    m.active.inc();
-                    let result = match dir {
-                        Direction::Outbound => outbound(&pod, stream, peer).await,
-                        Direction::Inbound => inbound(&pod, stream).await,
-                    };
-                    m.active.dec();
-                    if let Err(err) = result {
-                        m.failed.inc();
-                        tracing::debug!(pod = %pod.key, direction = dir.as_str(), %peer, "{err}");
+                let (core, on_core) = cores.pick();
+                let serve = Serve {
+                    pod: pod.clone(),
+                    dir,
+                    peer,
+                    slot,
+                    inflight,
+                    on_core,
+                };
+                if Some(core) == cores::current() {
+                    tokio::spawn(serve.run(stream));
+                } else {
+                    // Handed over: the socket leaves this core's event loop and joins
+                    // the other's, where the connection runs from now on.
+                    match stream.into_std() {
+                        Ok(std) => {
+                            cores.handle(core).spawn(serve.run_std(std));
+                        }
+                        Err(err) => tracing::debug!(pod = %pod.key, "hand-over: {err}"),
                     }
-                });
+                }
             }
             Err(err) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the kernel keeps
@@ -304,6 +322,48 @@ async fn accept_loop(listener: tokio::net::TcpListener, pod: Arc<PodContext>, di
                 tracing::warn!(pod = %pod.key, direction = dir.as_str(), "accept: {err}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// One accepted connection with what it holds while it runs.
+struct Serve {
+    pod: Arc<PodContext>,
+    dir: Direction,
+    peer: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    inflight: limits::InFlightGuard,
+    on_core: OnCore,
+}
+
+impl Serve {
+    /// Runs a connection handed over from another core.
+    async fn run_std(self, stream: std::net::TcpStream) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.run(stream).await,
+            Err(err) => tracing::debug!(pod = %self.pod.key, "hand-over: {err}"),
+        }
+    }
+
+    async fn run(self, stream: TcpStream) {
+        let Serve {
+            pod,
+            dir,
+            peer,
+            slot: _slot,
+            inflight: _inflight,
+            on_core: _on_core,
+        } = self;
+        let m = pod.metrics(dir);
+        m.active.inc();
+        let result = match dir {
+            Direction::Outbound => outbound(&pod, stream, peer).await,
+            Direction::Inbound => inbound(&pod, stream).await,
+        };
+        m.active.dec();
+        if let Err(err) = result {
+            m.failed.inc();
+            tracing::debug!(pod = %pod.key, direction = dir.as_str(), %peer, "{err}");
         }
     }
 }

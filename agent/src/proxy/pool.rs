@@ -52,6 +52,9 @@ pub struct PoolKey {
     dst: SocketAddr,
     /// Prior-knowledge HTTP/2.
     h2: bool,
+    /// The data path core of the connection (`crate::cores`): a connection is
+    /// registered with its core's event loop and used only there.
+    core: Option<usize>,
 }
 
 impl PoolKey {
@@ -65,6 +68,7 @@ impl PoolKey {
             source,
             dst: target.dst(),
             h2,
+            core: crate::cores::current(),
         }
     }
 }
