@@ -96,6 +96,7 @@ impl Cores {
         for index in 0..n {
             let rt = runtime()?;
             let handle = rt.handle().clone();
+            handle.spawn(wake_up_regularly());
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name(format!("hoptrace-core-{index}"))
@@ -169,6 +170,18 @@ impl Drop for Cores {
                 }
             }
         }
+    }
+}
+
+/// A core with nothing to do sleeps in `epoll_wait` with no timer armed, and its
+/// heap is collected only when it parks: this wakes it once a second, so a core that
+/// went quiet after a load gives its freed memory back within two seconds (its next
+/// park after a sleep that long is a forced collection, `park.rs`).
+async fn wake_up_regularly() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

@@ -72,7 +72,8 @@ impl BenchResult {
         self.goals = if self.samples.is_empty() {
             Vec::new()
         } else {
-            stats::scenario_goals(&self.samples)
+            let same_node = self.options.as_ref().is_some_and(|o| o.same_node);
+            stats::scenario_goals(&self.samples, same_node)
         };
         if let Some(m) = &self.memory {
             self.goals.extend(memory::goals(m));
@@ -260,9 +261,10 @@ fn memory_and_goals(out: &mut String, r: &BenchResult) {
         for a in &m.loaded {
             let _ = writeln!(
                 out,
-                "Agent {} after the rounds: RSS {:.1} MB, peak {:.1} MB ({} pod(s) enrolled).",
+                "Agent {} after the rounds: RSS {:.1} MB right after, {:.1} MB after 2 s of quiet, peak {:.1} MB ({} pod(s) enrolled).",
                 a.node,
                 a.rss as f64 / 1e6,
+                a.settled_rss as f64 / 1e6,
                 a.peak_rss as f64 / 1e6,
                 a.pods
             );

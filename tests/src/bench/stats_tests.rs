@@ -57,7 +57,7 @@ fn medians_and_ratios() {
         (15.0, 30.0, 10.0)
     );
 
-    let goals = scenario_goals(&v);
+    let goals = scenario_goals(&v, false);
     let verdicts: Vec<Verdict> = goals.iter().map(|g| g.verdict).collect();
     // 2.0x tput (met), per CPU-s 70/45 = 1.56x (not met), added 100/300 (met),
     // CPU 0.375x (met, met), spans ok (met), 160k spans/s without drops (met).
@@ -72,7 +72,7 @@ fn medians_and_ratios() {
 
     v[2].spans = vec![spans(false)];
     v[1].sat_cpu_us = 20.0; // round 1 sidecar CPU halves: the median ratio is unchanged
-    let goals = scenario_goals(&v);
+    let goals = scenario_goals(&v, false);
     assert_eq!(goals[5].verdict, Verdict::NotMet);
     assert_eq!(goals[6].verdict, Verdict::NotMet);
     assert_eq!(goals[4].verdict, Verdict::Met);
@@ -90,7 +90,7 @@ fn opaque_tcp_goals_use_the_machine_cpu() {
         v.push(tcp(Scenario::HoptraceTcp, round, 36.0));
         v.push(tcp(Scenario::HoptraceTcpUserspace, round, 60.0));
     }
-    let goals = scenario_goals(&v);
+    let goals = scenario_goals(&v, false);
     let n = goals.len();
     // 36/40 = 0.9x the L4 relay, 36/60 = 0.6x the userspace relay: both met, though
     // the proxies' own CPU (1 µs each) would say nothing.
@@ -109,14 +109,41 @@ fn opaque_tcp_goals_use_the_machine_cpu() {
     v.iter_mut()
         .filter(|x| x.scenario == "hoptrace-tcp")
         .for_each(|x| x.sat_machine_cpu_us = 44.0);
-    assert_eq!(scenario_goals(&v)[n - 2].verdict, Verdict::NotMet);
+    assert_eq!(scenario_goals(&v, false)[n - 2].verdict, Verdict::NotMet);
 }
 
 #[test]
 fn missing_scenarios_are_not_measured() {
     let v = vec![sample(Scenario::Direct, 1, 1.0, 1.0, 0.0)];
-    for g in scenario_goals(&v) {
+    for g in scenario_goals(&v, false) {
         assert_eq!(g.verdict, Verdict::NotMeasured, "{g:?}");
     }
     assert!(!spans(false).ok() && spans(true).ok());
+}
+
+#[test]
+fn one_pass_is_judged_only_on_a_same_node_run() {
+    let mut v = Vec::new();
+    for round in 1..=3 {
+        v.push(sample(Scenario::Sidecar, round, 40_000.0, 300.0, 30.0));
+        v.push(sample(Scenario::HoptraceHttp, round, 40_000.0, 300.0, 27.0));
+        v.push(sample(
+            Scenario::HoptraceHttpTwoPass,
+            round,
+            40_000.0,
+            300.0,
+            30.0,
+        ));
+    }
+    let one_pass = |same_node| {
+        scenario_goals(&v, same_node)
+            .into_iter()
+            .find(|g| g.goal.contains("one pass vs two"))
+            .expect("the one-pass goal")
+    };
+    // Cross-node, both scenarios run the same path: a ratio, but no verdict.
+    let cross = one_pass(false);
+    assert_eq!(cross.verdict, Verdict::NotMeasured);
+    assert!(cross.measured.contains("--same-node"), "{cross:?}");
+    assert_eq!(one_pass(true).verdict, Verdict::Met);
 }

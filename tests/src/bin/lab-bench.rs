@@ -215,6 +215,9 @@ fn run() -> Result<bool> {
         for (agent, pods) in &bl.agents {
             mem.loaded.push(memory::loaded(agent, *pods)?);
         }
+        for ((agent, _), loaded) in bl.agents.iter().zip(&mut mem.loaded) {
+            memory::settle(agent, loaded)?;
+        }
     }
     bl.set_agent_mode(Default::default())?;
     if profile {
