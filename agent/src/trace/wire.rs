@@ -185,8 +185,24 @@ impl Attributes {
         s.prefix(2, any);
     }
 
-    /// A string attribute: a short one staged whole and appended in one copy.
+    /// A string attribute: the common one, whose every length fits in one byte, written
+    /// straight (four framing bytes, the key, four more, the value); any other staged
+    /// and appended in one copy.
     pub fn string(&mut self, key: &str, value: &str) {
+        // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }: each part's
+        // length below 128 when the whole `KeyValue`'s is.
+        let any = 2 + value.len();
+        let kv = 2 + key.len() + 2 + any;
+        if !key.is_empty() && kv < 0x80 {
+            let lenf = |field: u32| ((field << 3) | LEN) as u8;
+            self.0.reserve(2 + kv);
+            let v = &mut self.0;
+            v.extend_from_slice(&[lenf(SPAN_ATTRIBUTES), kv as u8, lenf(1), key.len() as u8]);
+            v.extend_from_slice(key.as_bytes());
+            v.extend_from_slice(&[lenf(2), any as u8, lenf(1), value.len() as u8]);
+            v.extend_from_slice(value.as_bytes());
+            return;
+        }
         let mut s = Staging::default();
         self.stage_key(&mut s, key, any_string_len(value));
         s.prefix(1, value.len());
@@ -382,7 +398,8 @@ mod tests {
         attrs.strings("hoptrace.truncated_attributes", ["url.path", "a"]);
         // Around the stack buffer's size: a long key, values that just fit or just not.
         let long_key = "k".repeat(120);
-        let sizes = [50, 60, 70, 80, 90];
+        // And around the one-byte lengths' limit ("url.scheme": 127 bytes at 111).
+        let sizes = [50, 60, 70, 80, 90, 110, 111, 112, 113, 127, 128, 200];
         attrs.string(&long_key, "v");
         for n in sizes {
             attrs.string("url.scheme", &"y".repeat(n));

@@ -209,11 +209,12 @@ impl Lean {
         } else {
             None
         };
-        let mut legs = Legs {
+        // Boxed: the record is ~900 bytes and moves through several calls per request.
+        let mut legs = Box::new(Legs {
             first: LegRequest::new(spans, observed),
             second: None,
             cause: None,
-        };
+        });
         if let Some(t) = &mut self.through {
             // The destination's inbound leg starts where the caller's CLIENT span does,
             // and reads the context the first leg just wrote.
@@ -436,7 +437,7 @@ impl Lean {
         client: &mut TcpStream,
         mut up: TcpStream,
         opened: Instant,
-        mut legs: Legs,
+        mut legs: Box<Legs>,
         close_after: bool,
     ) -> Result<After, ConnError> {
         let Ok(status) = StatusCode::from_u16(self.resp.status) else {
@@ -447,11 +448,7 @@ impl Lean {
         let framing = self.resp.framing.unwrap_or(Framing::UntilClose);
         let closing = close_after || *self.shutdown.borrow() || framing == Framing::UntilClose;
         self.out.clear();
-        write_head(&mut self.out, &self.rbuf, self.resp.line, &self.resp.fields);
-        if closing {
-            self.out.extend_from_slice(b"connection: close\r\n");
-        }
-        self.out.extend_from_slice(b"\r\n");
+        self.resp.write(&mut self.out, &self.rbuf, closing);
         self.rbuf.advance(self.resp.len);
         let mut state = BodyState::new(framing);
         let relayed = body::forward(
@@ -487,7 +484,7 @@ impl Lean {
     async fn bad_gateway(
         &mut self,
         client: &mut TcpStream,
-        legs: Legs,
+        legs: Box<Legs>,
         err: impl std::fmt::Display,
         close: bool,
     ) -> Result<After, ConnError> {

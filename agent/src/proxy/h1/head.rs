@@ -128,11 +128,10 @@ fn start_line(buf: &[u8]) -> Span {
     Span { start: 0, end }
 }
 
-/// Whether a line of `head` ends in a LF without the CR before it (one pass).
+/// Whether a line of `head` ends in a LF without the CR before it (only the LFs are
+/// looked at, found by a SIMD search).
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// Whether a `Content-Length` value is digits only (no sign, no list).
@@ -272,6 +271,9 @@ pub struct ResponseHead {
     /// Fields the proxy does not forward (`Connection`, `Keep-Alive`, and the ones
     /// `Connection` names).
     pub dropped: usize,
+    /// Every line ends in CRLF: with nothing dropped, the head can be sent on as it
+    /// came ([`ResponseHead::write`]).
+    pub crlf: bool,
 }
 
 /// What a response buffer holds.
@@ -390,7 +392,27 @@ pub fn parse_response(
     }
     head.reusable = reusable;
     head.framing = Some(framing);
+    head.crlf = !has_bare_lf(&buf[..len]);
     Response::Complete
+}
+
+impl ResponseHead {
+    /// Appends the head as it is sent on (from `buf`, where it was parsed), with
+    /// `Connection: close` added when `close`: the bytes as they came when nothing is
+    /// dropped and every line ends in CRLF, else the status line and the fields kept,
+    /// each written again.
+    pub fn write(&self, out: &mut Vec<u8>, buf: &[u8], close: bool) {
+        if self.dropped == 0 && self.crlf {
+            // Without the final CRLF, which is written after `Connection`.
+            out.extend_from_slice(&buf[..self.len - 2]);
+        } else {
+            write_head(out, buf, self.line, &self.fields);
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Appends `line` and the fields to `out` (the caller adds its own fields and the

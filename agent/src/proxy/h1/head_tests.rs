@@ -173,3 +173,34 @@ fn responses_are_framed_as_rfc_9112_says() {
         Response::Partial
     );
 }
+
+#[test]
+fn response_heads_go_on_as_they_came_unless_something_is_dropped() {
+    let write = |raw: &str, close: bool| {
+        let (r, h) = resp(raw, false);
+        assert_eq!(r, Response::Complete, "{raw:?}");
+        let mut out = Vec::new();
+        h.write(&mut out, raw.as_bytes(), close);
+        String::from_utf8(out).expect("utf-8")
+    };
+    // Nothing dropped, CRLF throughout: the same bytes, spacing and case kept.
+    let raw = "HTTP/1.1 200 OK\r\nServer:nginx\r\ncontent-length:  2\r\n\r\n";
+    assert_eq!(write(raw, false), raw);
+    assert_eq!(
+        write(raw, true),
+        "HTTP/1.1 200 OK\r\nServer:nginx\r\ncontent-length:  2\r\nconnection: close\r\n\r\n"
+    );
+    // A dropped field: written again without it.
+    assert_eq!(
+        write(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+            false
+        ),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    );
+    // A bare LF anywhere: written again with CRLF.
+    assert_eq!(
+        write("HTTP/1.1 200 OK\r\nA: b\nContent-Length: 0\r\n\r\n", true),
+        "HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+    );
+}

@@ -67,28 +67,30 @@ impl Legs {
         self.each(|l| l.observed.response_data(n as usize));
     }
 
-    /// The response is over at `end` (`error`: why it did not complete).
-    pub fn complete(self, end: SystemTime, error: Option<String>) {
-        drop(self.cause);
-        for mut l in [Some(self.first), self.second].into_iter().flatten() {
+    /// The response is over at `end` (`error`: why it did not complete). The legs are
+    /// completed where they are (boxed, not moved); their observations are recorded
+    /// when the box drops.
+    pub fn complete(mut self: Box<Self>, end: SystemTime, error: Option<String>) {
+        drop(self.cause.take());
+        self.each(|l| {
             if error.is_none() {
                 l.observed.complete();
             }
-            if let Some(s) = l.spans {
+            if let Some(s) = l.spans.take() {
                 s.complete(end, error.clone());
             }
-        }
+        });
     }
 
     /// No response came: the proxy answers `status` itself.
-    pub fn failed(self, status: StatusCode, error: String) {
-        drop(self.cause);
-        for mut l in [Some(self.first), self.second].into_iter().flatten() {
-            if let Some(s) = l.spans {
+    pub fn failed(mut self: Box<Self>, status: StatusCode, error: String) {
+        drop(self.cause.take());
+        self.each(|l| {
+            if let Some(s) = l.spans.take() {
                 s.failed(status, error.clone());
             }
             l.observed.response(status, None);
             l.observed.complete();
-        }
+        });
     }
 }

@@ -222,7 +222,10 @@ impl Lean {
                 Some(g) if self.cbuf.is_empty() => g,
                 _ => header_deadline.min(idle_deadline),
             };
+            // In order: bytes that are here win over a deadline or the shutdown signal,
+            // and no random branch order is drawn per request.
             tokio::select! {
+                biased;
                 read = tokio::io::AsyncReadExt::read_buf(client, &mut self.cbuf) => match read {
                     Ok(0) => return Ok(Next::Closed),
                     Ok(_) => {}
