@@ -331,21 +331,27 @@ impl Lean {
         }
     }
 
-    /// The request head as it goes upstream, into `out`: the received bytes with the
-    /// trace value overwritten in place when it keeps its length, else rebuilt without
-    /// `Connection` and with the rewritten trace fields last.
+    /// The request head as it goes upstream, into `out`: the received bytes without the
+    /// `Connection` lines, the trace values overwritten in place when they keep their
+    /// length; else rebuilt without `Connection` and with the rewritten trace fields
+    /// last.
     fn build_request_head(&mut self, trace: Option<&HeaderMap>) {
         self.out.clear();
         let len = self.req.len;
         let fits = trace.is_none_or(|map| same_shape(map, &self.req.trace, &self.cbuf));
-        if self.req.dropped == 0 && fits {
+        if fits {
             if let Some(map) = trace {
                 for ((_, v), f) in map.iter().zip(&self.req.trace) {
                     self.cbuf[f.value.start..f.value.end].copy_from_slice(v.as_bytes());
                 }
             }
-            self.out.extend_from_slice(&self.cbuf[..len]);
-        } else {
+        }
+        if !(fits
+            && self
+                .req
+                .dropped
+                .copy_without(&mut self.out, &self.cbuf, len))
+        {
             write_head(&mut self.out, &self.cbuf, self.req.line, &self.req.fields);
             match trace {
                 Some(map) => {

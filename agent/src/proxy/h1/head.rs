@@ -68,6 +68,58 @@ pub struct Field {
     pub value: Span,
 }
 
+/// The fields a head loses on the way (`Connection` and the ones like it): how many,
+/// and the lines of the first [`Dropped::KNOWN`], so that the head can go on as it came
+/// without them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Dropped {
+    count: usize,
+    /// Each line from its name to its LF, in order.
+    lines: [Span; Dropped::KNOWN],
+}
+
+impl Dropped {
+    /// Lines remembered; a head dropping more is written again field by field.
+    pub const KNOWN: usize = 4;
+
+    /// Fields dropped.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// Notes that `field` (of the head in `buf`) is dropped.
+    fn add(&mut self, buf: &[u8], field: &Field) {
+        if let Some(line) = self.lines.get_mut(self.count) {
+            // A value never holds a LF: the line ends at the first one after it.
+            let lf = memchr::memchr(b'\n', &buf[field.value.end..]).unwrap_or(0);
+            *line = Span {
+                start: field.name.start,
+                end: field.value.end + lf + 1,
+            };
+        }
+        self.count += 1;
+    }
+
+    /// Appends `buf[..end]` without the dropped lines; `false` (nothing appended) when
+    /// some were not remembered.
+    pub fn copy_without(&self, out: &mut Vec<u8>, buf: &[u8], end: usize) -> bool {
+        let Some(lines) = self.lines.get(..self.count) else {
+            return false;
+        };
+        let mut at = 0;
+        for l in lines {
+            out.extend_from_slice(&buf[at..l.start]);
+            at = l.end;
+        }
+        out.extend_from_slice(&buf[at..end]);
+        true
+    }
+}
+
 /// A request head the lean path forwards.
 #[derive(Debug, Default)]
 pub struct RequestHead {
@@ -94,7 +146,7 @@ pub struct RequestHead {
     /// Trace-context fields (W3C `traceparent`, B3), in order.
     pub trace: Vec<Field>,
     /// Fields the proxy does not forward (`Connection`).
-    pub dropped: usize,
+    pub dropped: Dropped,
 }
 
 /// What a request buffer holds.
@@ -128,10 +180,17 @@ fn start_line(buf: &[u8]) -> Span {
     Span { start: 0, end }
 }
 
-/// Whether a line of `head` ends in a LF without the CR before it (only the LFs are
-/// looked at, found by a SIMD search).
+/// Whether a line of `head` ends in a LF without the CR before it: one pass without
+/// early exit over byte pairs, which the compiler turns into SIMD.
 fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+    let Some(first) = head.first() else {
+        return false;
+    };
+    let pairs = head[1..].iter().zip(head);
+    *first == b'\n'
+        || pairs.fold(false, |bad, (b, prev)| {
+            bad | (*b == b'\n') & (*prev != b'\r')
+        })
 }
 
 /// Whether a `Content-Length` value is digits only (no sign, no list).
@@ -188,7 +247,7 @@ pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request 
     head.close = false;
     head.fields.clear();
     head.trace.clear();
-    head.dropped = 0;
+    head.dropped.clear();
     let mut length = None;
     let mut chunked = false;
     for h in req.headers.iter() {
@@ -215,7 +274,7 @@ pub fn parse_request(buf: &[u8], max: usize, head: &mut RequestHead) -> Request 
                     return Request::Fallback("connection");
                 }
             }
-            head.dropped += 1;
+            head.dropped.add(buf, &field);
             continue;
         } else if eq(name, "te") {
             if !h.value.trim_ascii().eq_ignore_ascii_case(b"trailers") {
@@ -270,9 +329,9 @@ pub struct ResponseHead {
     pub fields: Vec<Field>,
     /// Fields the proxy does not forward (`Connection`, `Keep-Alive`, and the ones
     /// `Connection` names).
-    pub dropped: usize,
-    /// Every line ends in CRLF: with nothing dropped, the head can be sent on as it
-    /// came ([`ResponseHead::write`]).
+    pub dropped: Dropped,
+    /// Every line ends in CRLF: the head can go on as it came, without the dropped
+    /// fields ([`ResponseHead::write`]).
     pub crlf: bool,
 }
 
@@ -320,7 +379,7 @@ pub fn parse_response(
     head.status = status;
     head.line = start_line(buf);
     head.fields.clear();
-    head.dropped = 0;
+    head.dropped.clear();
     let mut reusable = resp.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = None;
@@ -344,6 +403,10 @@ pub fn parse_response(
     }
     for h in resp.headers.iter() {
         let name = h.name;
+        let field = Field {
+            name: Span::of(buf, name.as_bytes()),
+            value: Span::of(buf, h.value),
+        };
         if eq(name, "connection")
             || eq(name, "keep-alive")
             || eq(name, "proxy-connection")
@@ -351,7 +414,7 @@ pub fn parse_response(
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
         {
-            head.dropped += 1;
+            head.dropped.add(buf, &field);
             continue;
         }
         if eq(name, "content-length") {
@@ -370,10 +433,7 @@ pub fn parse_response(
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
         }
-        head.fields.push(Field {
-            name: Span::of(buf, name.as_bytes()),
-            value: Span::of(buf, h.value),
-        });
+        head.fields.push(field);
     }
     let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
     {
@@ -398,14 +458,12 @@ pub fn parse_response(
 
 impl ResponseHead {
     /// Appends the head as it is sent on (from `buf`, where it was parsed), with
-    /// `Connection: close` added when `close`: the bytes as they came when nothing is
-    /// dropped and every line ends in CRLF, else the status line and the fields kept,
-    /// each written again.
+    /// `Connection: close` added when `close`: the bytes as they came without the
+    /// dropped fields' lines when every line ends in CRLF, else the status line and the
+    /// fields kept, each written again.
     pub fn write(&self, out: &mut Vec<u8>, buf: &[u8], close: bool) {
-        if self.dropped == 0 && self.crlf {
-            // Without the final CRLF, which is written after `Connection`.
-            out.extend_from_slice(&buf[..self.len - 2]);
-        } else {
+        // Without the final CRLF, which is written after `Connection`.
+        if !(self.crlf && self.dropped.copy_without(out, buf, self.len - 2)) {
             write_head(out, buf, self.line, &self.fields);
         }
         if close {

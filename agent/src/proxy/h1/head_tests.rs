@@ -28,7 +28,7 @@ fn plain_requests_are_lean() {
     assert_eq!(h.trace.len(), 1);
     assert_eq!(h.trace[0].name.str(b), "traceparent");
     assert_eq!(h.fields.len(), 2, "Host and User-Agent; Connection dropped");
-    assert_eq!(h.dropped, 1);
+    assert_eq!(h.dropped.count(), 1);
     assert!(!h.close);
     assert_eq!(h.framing, Some(Framing::Empty));
 
@@ -96,7 +96,7 @@ fn responses_are_framed_as_rfc_9112_says() {
     assert_eq!(h.status, 200);
     assert_eq!(h.framing, Some(Framing::Length(2)));
     assert!(h.reusable);
-    assert_eq!(h.dropped, 2);
+    assert_eq!(h.dropped.count(), 2);
     let mut out = Vec::new();
     write_head(&mut out, raw.as_bytes(), h.line, &h.fields);
     assert_eq!(
@@ -145,7 +145,7 @@ fn responses_are_framed_as_rfc_9112_says() {
         false,
     );
     assert!(!h.reusable);
-    assert_eq!(h.dropped, 2, "Connection and the field it names");
+    assert_eq!(h.dropped.count(), 2, "Connection and the field it names");
     // A bare-LF response head is written again with CRLF.
     let raw = "HTTP/1.1 200 OK\nA: b\nContent-Length: 0\n\n";
     let (r, h) = resp(raw, false);
@@ -203,4 +203,27 @@ fn response_heads_go_on_as_they_came_unless_something_is_dropped() {
         write("HTTP/1.1 200 OK\r\nA: b\nContent-Length: 0\r\n\r\n", true),
         "HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
     );
+}
+
+#[test]
+fn dropped_lines_are_cut_out_of_the_bytes() {
+    let raw =
+        "GET / HTTP/1.1\r\nConnection: keep-alive\r\nHost: a\r\nconnection:close \r\nX: y\r\n\r\n";
+    let (r, h) = req(raw);
+    assert!(matches!(r, Request::Lean));
+    assert_eq!(h.dropped.count(), 2);
+    let mut out = Vec::new();
+    assert!(h.dropped.copy_without(&mut out, raw.as_bytes(), h.len));
+    assert_eq!(out, b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\n");
+    // More dropped lines than remembered: the caller writes the head again.
+    let many = format!(
+        "HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n",
+        "Keep-Alive: 1\r\n".repeat(Dropped::KNOWN + 1)
+    );
+    let (_, h) = resp(&many, false);
+    let mut out = Vec::new();
+    assert!(!h.dropped.copy_without(&mut out, many.as_bytes(), h.len));
+    assert!(out.is_empty());
+    h.write(&mut out, many.as_bytes(), false);
+    assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
 }
