@@ -306,7 +306,8 @@ impl Lean {
         client: &mut TcpStream,
     ) -> Result<Option<(usize, u64)>, ConnError> {
         let framing = self.req.framing.unwrap_or(Framing::Empty);
-        let deadline = tokio::time::Instant::now() + self.pod.limits.header_read_timeout;
+        // Read the clock only when a body has to be waited for.
+        let mut deadline = None;
         loop {
             let mut probe = BodyState::new(framing);
             match probe.consume(&self.cbuf[self.req.len..]) {
@@ -319,6 +320,8 @@ impl Lean {
                 return Ok(None);
             }
             self.cbuf.reserve(body::READ_SIZE);
+            let limit = self.pod.limits.header_read_timeout;
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
             match tokio::time::timeout_at(deadline, client.read_buf(&mut self.cbuf)).await {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(_)) => {}
