@@ -15,18 +15,19 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Request, StatusCode, Version};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt as _};
 use hyper::body::{Body, Frame};
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
     context::{self, SpanId, TraceContext, TraceId},
-    span::{
-        capped, Kind, PodIdentity, PodSpans, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES,
-    },
+    span::{Kind, PodIdentity, PodSpans, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES},
     wire::Attributes,
 };
+
+pub use super::attrs::RequestFacts;
+use super::attrs::{LastRequest, Leg, RequestAttrs};
 
 /// What the span layer knows about a request leg's connection (one per client
 /// connection, shared by its requests).
@@ -45,6 +46,8 @@ pub struct LegSpans {
     fixed: Attributes,
     /// Counts attribute values cut to the limit.
     pub truncated: Counter,
+    /// The connection's last request attributes.
+    last: LastRequest,
 }
 
 impl LegSpans {
@@ -69,7 +72,18 @@ impl LegSpans {
             dst,
             fixed,
             truncated,
+            last: LastRequest::default(),
         }
+    }
+
+    /// The attributes of a request on this connection leg (the last request's when it
+    /// was the same).
+    fn attrs(&self, req: RequestFacts<'_>, route: &Arc<str>, grpc: bool) -> RequestAttrs {
+        let leg = Leg {
+            fixed: &self.fixed,
+            dst: self.dst,
+        };
+        self.last.attrs(leg, req, route, grpc, &self.truncated)
     }
 }
 
@@ -121,42 +135,6 @@ fn decide_with(
     Some(t)
 }
 
-/// What the span attributes take from a request head (hyper's `Request` or the lean
-/// HTTP/1 path's parsed head).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    /// The method token.
-    pub method: &'a str,
-    /// The path, without the query.
-    pub path: &'a str,
-    /// The HTTP version.
-    pub version: Version,
-    /// The target's host: the URI's authority, else the `Host` field (a port is removed).
-    pub host: Option<&'a str>,
-    /// `User-Agent`.
-    pub user_agent: Option<&'a str>,
-}
-
-impl<'a> RequestFacts<'a> {
-    /// The facts of a hyper request.
-    pub fn of<B>(req: &'a Request<B>) -> Self {
-        Self {
-            method: req.method().as_str(),
-            path: req.uri().path(),
-            version: req.version(),
-            host: req.uri().host().or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-            }),
-            user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok()),
-        }
-    }
-}
-
 /// Makes the trace decision for a request whose head just arrived (rewriting its trace
 /// header) and, when it is traced and spans are exported, starts its spans. The
 /// attributes are gathered here, before the proxy changes the request.
@@ -173,7 +151,7 @@ pub fn begin<B>(
     let server_start = SystemTime::now();
     let traced = decide(req.headers_mut(), start_root)?;
     let leg = leg?.clone();
-    let attrs = RequestAttrs::new(&leg, RequestFacts::of(req), route, grpc);
+    let attrs = leg.attrs(RequestFacts::of(req), route, grpc);
     Some(RequestSpans::new(leg, traced, attrs, server_start))
 }
 
@@ -191,7 +169,7 @@ pub fn begin_head(
 ) -> Option<RequestSpans> {
     let traced = decide(trace_headers, start_root)?;
     let leg = leg?.clone();
-    let attrs = RequestAttrs::new(&leg, facts, route, grpc);
+    let attrs = leg.attrs(facts, route, grpc);
     Some(RequestSpans::new(leg, traced, attrs, server_start))
 }
 
@@ -216,91 +194,9 @@ pub fn begin_traceparent(
     });
     Some(traced.and_then(|traced| {
         let leg = leg?.clone();
-        let attrs = RequestAttrs::new(&leg, facts, route, grpc);
+        let attrs = leg.attrs(facts, route, grpc);
         Some(RequestSpans::new(leg, traced, attrs, server_start))
     }))
-}
-
-/// What a span takes from its request, fixed when the head arrives: the span name and
-/// the request's attributes, already encoded, each value capped at
-/// [`MAX_ATTRIBUTE_LEN`](super::span::MAX_ATTRIBUTE_LEN).
-struct RequestAttrs {
-    /// `METHOD route`, or `service/method` for gRPC.
-    name: String,
-    /// The request's attributes (the response's are added at the end).
-    encoded: Attributes,
-    /// Attributes whose values were cut.
-    truncated: Vec<&'static str>,
-}
-
-/// Bytes the attributes of a typical request take, reserved up front.
-const TYPICAL_ATTRIBUTES: usize = 384;
-
-impl RequestAttrs {
-    fn new(leg: &LegSpans, req: RequestFacts<'_>, route: &str, is_grpc: bool) -> Self {
-        let mut truncated = Vec::new();
-        let mut dst_ip = String::new();
-        let host = match req.host {
-            Some(h) => strip_port(h),
-            None => {
-                use std::fmt::Write as _;
-                let _ = write!(dst_ip, "{}", leg.dst.ip());
-                dst_ip.as_str()
-            }
-        };
-        let method = capped(req.method, "http.request.method", &mut truncated);
-        let path = capped(req.path, "url.path", &mut truncated);
-        let host = capped(host, "server.address", &mut truncated);
-        let user_agent = req
-            .user_agent
-            .map(|ua| capped(ua, "user_agent.original", &mut truncated));
-        let grpc = is_grpc
-            .then(|| path.trim_start_matches('/').split_once('/'))
-            .flatten();
-        let mut a = Attributes::with_capacity(TYPICAL_ATTRIBUTES + path.len() + leg.fixed.len());
-        a.string("http.request.method", method);
-        a.string("url.path", path);
-        a.string("http.route", route);
-        a.string("server.address", host);
-        a.extend(&leg.fixed);
-        a.string(
-            "network.protocol.version",
-            match req.version {
-                Version::HTTP_10 => "1.0",
-                Version::HTTP_2 => "2",
-                _ => "1.1",
-            },
-        );
-        if let Some(ua) = user_agent {
-            a.string("user_agent.original", ua);
-        }
-        let name = match grpc {
-            Some((svc, method)) => {
-                a.string("rpc.system", "grpc");
-                a.string("rpc.service", svc);
-                a.string("rpc.method", method);
-                [svc, "/", method].concat()
-            }
-            None => [method, " ", route].concat(),
-        };
-        leg.truncated.inc_by(truncated.len() as u64);
-        Self {
-            name,
-            encoded: a,
-            truncated,
-        }
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map(|h| h.trim_start_matches('['))
-            .unwrap_or(host);
-    }
-    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
 /// The grpc-status of a trailers-only response (status in the headers) or of trailers.
@@ -571,7 +467,7 @@ impl<B: Body, F: Finish> Drop for SpanBody<B, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderValue, Version};
     use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
     use prost::Message as _;
     use std::convert::Infallible;
@@ -766,13 +662,6 @@ mod tests {
                 Some(StatusCode::Error as i32)
             );
         }
-    }
-
-    #[test]
-    fn host_port_is_stripped() {
-        assert_eq!(strip_port("web:8080"), "web");
-        assert_eq!(strip_port("web"), "web");
-        assert_eq!(strip_port("[fd00::1]:80"), "fd00::1");
     }
 
     /// The in-place `traceparent` path decides and rewrites as the `HeaderMap` one does.
