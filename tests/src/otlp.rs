@@ -484,9 +484,41 @@ pub struct OtlpReceiver {
     shared: Arc<Shared>,
     metrics: crate::otlp_metrics::MetricsStore,
     running: Option<Running>,
+    /// The receiver's threads (kernel thread ids), for [`OtlpReceiver::idle_while`].
+    threads: Arc<Mutex<Vec<libc::pid_t>>>,
+}
+
+/// While held, the receiver's threads run at the idle scheduling class
+/// ([`OtlpReceiver::idle_while`]); back to normal on drop.
+pub struct IdlePriority<'a>(&'a OtlpReceiver);
+
+impl Drop for IdlePriority<'_> {
+    fn drop(&mut self) {
+        self.0.schedule(libc::SCHED_OTHER);
+    }
 }
 
 impl OtlpReceiver {
+    /// Runs the receiver's threads at `SCHED_IDLE` until the guard drops: they then
+    /// take only CPU time nothing else on the machine wants, as a collector on
+    /// another machine takes none of this one's. For the bench's fixed-rate runs, where
+    /// the machine has idle time to spare (at saturation the receiver would starve and
+    /// the agents drop spans). Best effort: a thread that cannot be moved is left as
+    /// it was.
+    pub fn idle_while(&self) -> IdlePriority<'_> {
+        self.schedule(libc::SCHED_IDLE);
+        IdlePriority(self)
+    }
+
+    fn schedule(&self, policy: libc::c_int) {
+        let param = libc::sched_param { sched_priority: 0 };
+        for &tid in self.threads.lock().expect("lock").iter() {
+            // SAFETY: a thread id and a valid sched_param; a thread that has exited
+            // answers ESRCH, which changes nothing.
+            unsafe { libc::sched_setscheduler(tid, policy, &param) };
+        }
+    }
+
     /// Generates certificates if `opts.tls` asks for them, binds and starts serving.
     pub fn start(opts: ReceiverOptions) -> Result<OtlpReceiver> {
         let (pki, dir) = match opts.tls {
@@ -512,6 +544,7 @@ impl OtlpReceiver {
             }),
             metrics: Default::default(),
             running: None,
+            threads: Default::default(),
         };
         receiver.launch()?;
         Ok(receiver)
@@ -521,12 +554,22 @@ impl OtlpReceiver {
         if self.running.is_some() {
             return Ok(());
         }
+        let threads = self.threads.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
+            .on_thread_start(move || {
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                threads.lock().expect("lock").push(tid);
+            })
             .enable_all()
             .build()
             .context("building the receiver's tokio runtime")?;
+        // A task run to its end: the worker thread has started (and noted its id).
+        runtime
+            .block_on(runtime.spawn(async {}))
+            .context("starting the receiver's worker")?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(self.addr))
             .with_context(|| format!("OTLP receiver: binding {}", self.addr))?;
@@ -1038,6 +1081,30 @@ mod tests {
             .wait_for_spans(1, Duration::from_millis(50))
             .unwrap_err();
         assert!(format!("{err:#}").contains("1 spans not seen"), "{err:#}");
+    }
+
+    /// `idle_while` moves the receiver's threads to SCHED_IDLE and back, and the
+    /// receiver still answers meanwhile.
+    #[test]
+    fn idle_priority_while_held() {
+        let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("start");
+        let policies = || -> Vec<libc::c_int> {
+            let tids = otlp.threads.lock().expect("lock").clone();
+            assert!(!tids.is_empty(), "the receiver's threads are known");
+            // SAFETY: a thread id; -1 for one that exited.
+            tids.iter()
+                .map(|&t| unsafe { libc::sched_getscheduler(t) })
+                .filter(|p| *p >= 0)
+                .collect()
+        };
+        assert!(policies().iter().all(|p| *p == libc::SCHED_OTHER));
+        {
+            let _idle = otlp.idle_while();
+            assert!(policies().iter().all(|p| *p == libc::SCHED_IDLE));
+            Client::plain(otlp.endpoint()).export(2).expect("export");
+            assert_eq!(otlp.wait_for_spans(2, WAIT).expect("spans").len(), 2);
+        }
+        assert!(policies().iter().all(|p| *p == libc::SCHED_OTHER));
     }
 
     #[test]

@@ -101,10 +101,16 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
     let span1 = spans(bl, traced)?;
 
     let seed = (u64::from(round) << 40) | ((s as u64 + 1) << 32) | u64::from(rand::random::<u16>());
-    let fixed = load(bl, opts, s, Some(opts.rate), Some(seed))?;
-    if traced {
-        wait_received(bl, Some(span1.received + 4 * fixed.requests));
-    }
+    let fixed = {
+        // The receiver stands in for a collector elsewhere: at the fixed rate it takes
+        // only the CPU time the lab leaves idle, so it delays no request it measures.
+        let _idle = bl.otlp.idle_while();
+        let fixed = load(bl, opts, s, Some(opts.rate), Some(seed))?;
+        if traced {
+            wait_received(bl, Some(span1.received + 4 * fixed.requests));
+        }
+        fixed
+    };
     let cpu2 = cpu(bl, &cgroups)?;
     let span2 = spans(bl, traced)?;
 

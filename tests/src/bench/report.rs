@@ -164,7 +164,7 @@ pub fn markdown(r: &BenchResult) -> String {
     let _ = writeln!(
         out,
         "{} rounds, {} s per run, scenarios interleaved; medians over rounds; ratios per round against the same round's baseline. \
-         Saturation: {} connections (wrk for HTTP, `labapp load` closed loop for TCP). Fixed rate: {} req/s open loop on up to {} connections, latency from each request's scheduled send time. \
+         Saturation: {} connections (wrk for HTTP, `labapp load` closed loop for TCP). Fixed rate: {} req/s open loop on up to {} connections, latency from each request's scheduled send time; the OTLP receiver (this process, standing in for a collector elsewhere) runs at `SCHED_IDLE` during these runs. \
          Proxy CPU: user+system time of the proxies' cgroups per answered request (sidecar: both nginx; hoptrace: both agents). Server pods on {}.\n",
         o.rounds,
         o.duration_secs,
