@@ -285,19 +285,20 @@ impl LabApp {
     }
 
     /// Starts `connect-loop` in `pod` (a fresh connection to a whoami-server
-    /// every `interval_ms` for `duration_ms`), its stdout going to `out`.
+    /// every `interval_ms` for `duration_ms`, each given `timeout_ms` to connect and
+    /// to be answered), its stdout going to `out`.
     pub fn connect_loop(
         &self,
         pod: &Pod,
         addr: SocketAddr,
-        interval_ms: u64,
-        duration_ms: u64,
+        (interval_ms, duration_ms, timeout_ms): (u64, u64, u64),
         out: &Path,
     ) -> Result<ConnectLoop> {
-        let (a, i, d) = (
+        let (a, i, d, t) = (
             addr.to_string(),
             interval_ms.to_string(),
             duration_ms.to_string(),
+            timeout_ms.to_string(),
         );
         let mut cmd = self.command(&[
             "connect-loop",
@@ -307,6 +308,8 @@ impl LabApp {
             &i,
             "--duration-ms",
             &d,
+            "--timeout-ms",
+            &t,
         ]);
         let file =
             std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;

@@ -97,7 +97,7 @@ impl Hostile {
         agent.wait_ready(READY).expect("agent ready");
         let out = lab.tmp_dir().join("bg-loop.out");
         let bg = app
-            .connect_loop(&bgc, bgs.addr(WHOAMI_PORT), 50, 600_000, &out)
+            .connect_loop(&bgc, bgs.addr(WHOAMI_PORT), (50, 600_000, 2000), &out)
             .expect("background loop");
         assert_eventually!(
             accepted(&agent, "outbound", "bg-client") >= 3.0,

@@ -4,7 +4,7 @@
 //! labapp echo-server   --listen ADDR
 //! labapp whoami-server --listen ADDR
 //! labapp echo-client   --addr ADDR --bytes N --conns C [--half-close] [--seed S]
-//! labapp connect-loop  --addr ADDR --interval-ms I --duration-ms D [--count N]
+//! labapp connect-loop  --addr ADDR --interval-ms I --duration-ms D [--count N] [--timeout-ms T]
 //! labapp http-edge-server --listen ADDR
 //! labapp http-edge-client --addr ADDR --trace-seed S
 //! labapp load --addr ADDR --proto http|tcp --duration-ms D --conns C [--rate R] [--trace-seed S]
@@ -25,7 +25,8 @@
 //!   sending and then requires the echo followed by EOF. Prints
 //!   `{"ok":..,"failed":..,"bytes":..}` and exits 1 if any connection failed.
 //! * `connect-loop` opens a fresh connection every I ms for D ms (at least
-//!   one; at most N with `--count`), reads the answer to EOF, and prints
+//!   one; at most N with `--count`), each given T ms (default 2000) to connect
+//!   and T ms per read, reads the answer to EOF, and prints
 //!   `<CLOCK_MONOTONIC ms> ok <answer>` or `<ms> error <reason>` per attempt.
 //! * `http-edge-server` / `http-edge-client`: HTTP/1.1 chunked streaming,
 //!   trailers and `Expect: 100-continue` on the wire (see `hoptrace_tests::h1edge`).
@@ -54,7 +55,8 @@ use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const LOOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// `connect-loop`'s default time to connect, and to read the answer, per attempt.
+const LOOP_TIMEOUT_MS: u64 = 2000;
 const CHUNK: usize = 64 * 1024;
 
 fn main() {
@@ -400,12 +402,13 @@ fn connect_loop(flags: &Flags) -> Result<()> {
     let interval = Duration::from_millis(flags.num("interval-ms", None)?);
     let duration = Duration::from_millis(flags.num("duration-ms", None)?);
     let count = flags.num("count", Some(u64::MAX))?;
+    let timeout = Duration::from_millis(flags.num("timeout-ms", Some(LOOP_TIMEOUT_MS))?);
     let start = Instant::now();
     let mut out = std::io::stdout().lock();
     for n in 0..count {
         let began = Instant::now();
         let t = monotonic_ms();
-        match attempt(addr) {
+        match attempt(addr, timeout) {
             Ok(answer) => writeln!(out, "{t} ok {answer}")?,
             Err(reason) => writeln!(out, "{t} error {}", reason.replace('\n', " "))?,
         }
@@ -419,11 +422,11 @@ fn connect_loop(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
-fn attempt(addr: SocketAddr) -> Result<String, String> {
+fn attempt(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut stream =
-        TcpStream::connect_timeout(&addr, LOOP_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     stream
-        .set_read_timeout(Some(LOOP_TIMEOUT))
+        .set_read_timeout(Some(timeout))
         .map_err(|e| format!("set timeout: {e}"))?;
     let mut answer = Vec::new();
     stream
