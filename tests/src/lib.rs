@@ -35,6 +35,7 @@ pub mod mockotlp;
 pub mod netns;
 pub mod node;
 pub mod otlp;
+mod otlp_count;
 pub mod otlp_metrics;
 pub mod plainapp;
 pub mod pod;

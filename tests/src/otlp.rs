@@ -394,10 +394,11 @@ struct State {
 }
 
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
-    /// Copied from [`ReceiverOptions::keep_spans`].
+    /// Copied from [`ReceiverOptions::keep_spans`]: serve
+    /// [`CountingTraceService`](crate::otlp_count::CountingTraceService).
     count_only: bool,
 }
 
@@ -406,6 +407,37 @@ impl Shared {
         // A panic while holding the lock can't leave State inconsistent in a
         // way that matters to a test: keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes one export request of `count` spans (with its spans and the request
+    /// itself when they are kept); `UNAVAILABLE` in reject mode, nothing counted.
+    pub(crate) fn record(
+        &self,
+        count: usize,
+        headers: BTreeMap<String, String>,
+        kept: Option<(Vec<ReceivedSpan>, ExportTraceServiceRequest)>,
+    ) -> Result<(), tonic::Status> {
+        let mut st = self.lock();
+        st.requests += 1;
+        st.last_headers = headers;
+        let reject = st.reject;
+        if reject {
+            st.rejected += 1;
+        } else {
+            st.span_count += count;
+            if let Some((spans, raw)) = kept {
+                st.spans.extend(spans);
+                st.raw.push(raw);
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+        if reject {
+            return Err(tonic::Status::unavailable(
+                "hoptrace test receiver: rejecting exports (set_reject)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -419,17 +451,6 @@ impl TraceService for Service {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut headers: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in request.metadata().clone().into_headers().iter() {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            headers
-                .entry(name.as_str().to_owned())
-                .and_modify(|v| {
-                    v.push_str(", ");
-                    v.push_str(&value);
-                })
-                .or_insert(value);
-        }
         let count: usize = request
             .get_ref()
             .resource_spans
@@ -437,35 +458,31 @@ impl TraceService for Service {
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
-        let spans = if self.shared.count_only {
-            Vec::new()
-        } else {
-            flatten(request.get_ref())
-        };
-        let mut st = self.shared.lock();
-        st.requests += 1;
-        st.last_headers = headers;
-        let reject = st.reject;
-        if reject {
-            st.rejected += 1;
-        } else {
-            st.span_count += count;
-            if !self.shared.count_only {
-                st.spans.extend(spans);
-                st.raw.push(request.into_inner());
-            }
-        }
-        drop(st);
-        self.shared.changed.notify_all();
-        if reject {
-            return Err(tonic::Status::unavailable(
-                "hoptrace test receiver: rejecting exports (set_reject)",
-            ));
-        }
+        let headers = headers_of(request.metadata());
+        let spans = flatten(request.get_ref());
+        self.shared
+            .record(count, headers, Some((spans, request.into_inner())))?;
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
     }
+}
+
+/// An export request's metadata as header name -> value (repeated names joined
+/// with ", ").
+pub(crate) fn headers_of(metadata: &tonic::metadata::MetadataMap) -> BTreeMap<String, String> {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in metadata.clone().into_headers().iter() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    headers
 }
 
 /// The running server: its own runtime (dropping it drops the listener and
@@ -587,11 +604,17 @@ impl OtlpReceiver {
                 .tls_config(tls)
                 .context("OTLP receiver TLS config")?;
         }
-        let service = TraceServiceServer::new(Service {
-            shared: self.shared.clone(),
-        })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(64 * 1024 * 1024);
+        let (full, counting) = if self.shared.count_only {
+            let counting = crate::otlp_count::CountingTraceService::new(self.shared.clone());
+            (None, Some(counting))
+        } else {
+            let full = TraceServiceServer::new(Service {
+                shared: self.shared.clone(),
+            })
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 * 1024 * 1024);
+            (Some(full), None)
+        };
         let incoming = {
             let _guard = runtime.enter();
             TcpIncoming::from(listener).with_nodelay(Some(true))
@@ -600,7 +623,8 @@ impl OtlpReceiver {
         let metrics = self.metrics.service();
         runtime.spawn(async move {
             if let Err(e) = builder
-                .add_service(service)
+                .add_optional_service(full)
+                .add_optional_service(counting)
                 .add_service(metrics)
                 .serve_with_incoming(incoming)
                 .await
@@ -1120,6 +1144,34 @@ mod tests {
                 .map(String::as_str),
             Some("gzip")
         );
+    }
+
+    #[test]
+    fn count_only_counts_spans_plain_and_gzip_and_honours_reject() {
+        let otlp = OtlpReceiver::start(ReceiverOptions {
+            keep_spans: false,
+            ..ReceiverOptions::default()
+        })
+        .expect("start");
+        let mut client = Client::plain(otlp.endpoint());
+        client.export(3).expect("plain export");
+        client.gzip = true;
+        client.export(5).expect("gzip export");
+        assert_eq!(otlp.wait_for_requests(2, WAIT).expect("requests"), 2);
+        assert_eq!(otlp.span_count(), 8);
+        assert!(otlp.spans().is_empty(), "count-only receiver kept spans");
+        assert_eq!(
+            otlp.received_headers()
+                .get("grpc-encoding")
+                .map(String::as_str),
+            Some("gzip")
+        );
+        otlp.set_reject(true);
+        let err = client
+            .export(2)
+            .expect_err("export accepted in reject mode");
+        assert!(err.starts_with("Unavailable"), "{err}");
+        assert_eq!((otlp.span_count(), otlp.rejected()), (8, 1));
     }
 
     #[test]
