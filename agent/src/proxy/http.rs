@@ -238,9 +238,10 @@ async fn proxy_request(
     // The app end of hyper's upstream connection is not known here: the request counts
     // for exclusivity only.
     let cause = match &leg.pod.propagation {
-        Some(prop) if leg.dir == Direction::Inbound => {
-            Some(prop.inbound(Some(propagation::trace_fields(req.headers())), false))
-        }
+        Some(prop) if leg.dir == Direction::Inbound => Some(prop.inbound(
+            propagation::Forwarded::fields(propagation::trace_fields(req.headers())),
+            false,
+        )),
         _ => None,
     };
     let down_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));

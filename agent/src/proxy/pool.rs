@@ -91,17 +91,47 @@ impl H1Conn {
     }
 }
 
-/// An idle HTTP/1 connection of the lean path (`proxy::h1`): the socket itself.
+/// An upstream connection of the lean HTTP/1 path (`proxy::h1`): the socket, when it
+/// was opened, and its addresses once asked for.
+#[derive(Debug)]
+pub struct RawUpstream {
+    pub stream: TcpStream,
+    pub opened: Instant,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl RawUpstream {
+    /// A connection opened now.
+    pub fn new(stream: TcpStream) -> Self {
+        RawUpstream {
+            stream,
+            opened: Instant::now(),
+            addrs: None,
+        }
+    }
+
+    /// Its (local, peer) addresses: asked of the kernel once per connection (two
+    /// syscalls), not once per request.
+    pub fn addrs(&mut self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        if let Some(a) = self.addrs {
+            return Ok(a);
+        }
+        let a = (self.stream.local_addr()?, self.stream.peer_addr()?);
+        self.addrs = Some(a);
+        Ok(a)
+    }
+}
+
+/// An idle HTTP/1 connection of the lean path.
 struct RawConn {
-    stream: TcpStream,
+    up: RawUpstream,
     last_used: Instant,
-    opened: Instant,
 }
 
 impl RawConn {
     fn keep(&self, now: Instant, max_lifetime: Duration) -> bool {
         now.duration_since(self.last_used) <= IDLE_TIMEOUT
-            && now.duration_since(self.opened) <= max_lifetime
+            && now.duration_since(self.up.opened) <= max_lifetime
     }
 }
 
@@ -221,9 +251,8 @@ impl Pool {
         self.start_sweeper();
     }
 
-    /// Takes an idle connection of the lean HTTP/1 path, if one is open, with the time
-    /// it was opened.
-    pub fn checkout_raw(&self, key: &PoolKey) -> Option<(TcpStream, Instant)> {
+    /// Takes an idle connection of the lean HTTP/1 path, if one is open.
+    pub fn checkout_raw(&self, key: &PoolKey) -> Option<RawUpstream> {
         let now = Instant::now();
         let max = self.max_lifetime;
         self.with(|map| {
@@ -231,8 +260,8 @@ impl Pool {
             entry.last_http = Some(now);
             // Most recently used first; closed or expired ones are dropped on the way.
             while let Some(c) = entry.raw.pop() {
-                if c.keep(now, max) && still_open(&c.stream) {
-                    return Some((c.stream, c.opened));
+                if c.keep(now, max) && still_open(&c.up.stream) {
+                    return Some(c.up);
                 }
             }
             None
@@ -242,20 +271,16 @@ impl Pool {
     /// Returns a connection of the lean HTTP/1 path after its response ended with the
     /// connection reusable. Dropped instead when past its lifetime or the key is full.
     /// Must run inside the tokio runtime (starts the sweeper).
-    pub fn checkin_raw(self: &Arc<Self>, key: PoolKey, stream: TcpStream, opened: Instant) {
+    pub fn checkin_raw(self: &Arc<Self>, key: PoolKey, up: RawUpstream) {
         let now = Instant::now();
-        if now.duration_since(opened) > self.max_lifetime {
+        if now.duration_since(up.opened) > self.max_lifetime {
             return;
         }
         self.with(|map| {
             let entry = map.entry(key).or_default();
             entry.last_http = Some(now);
             if entry.raw.len() < MAX_PER_KEY {
-                entry.raw.push(RawConn {
-                    stream,
-                    last_used: now,
-                    opened,
-                });
+                entry.raw.push(RawConn { up, last_used: now });
             }
         });
         self.start_sweeper();

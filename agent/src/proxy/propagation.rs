@@ -17,12 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 use crate::{
     ebpf::{AppSocket, Datapath, ThreadId, ThreadProbes},
     metrics::PropagationMetrics,
-    trace::context,
+    trace::context::{self, TRACEPARENT, TRACEPARENT_LEN},
 };
 
 /// Threads remembered as serving several requests at once (event loops); past this
@@ -55,11 +55,43 @@ enum AppEnd {
     },
 }
 
+/// The trace-context fields an inbound request was forwarded to the app with.
+#[derive(Debug, Clone)]
+pub enum Forwarded {
+    /// Any set of fields.
+    Fields(Arc<HeaderMap>),
+    /// One `traceparent` field with this value (the common request, rewritten in
+    /// place by the lean path): no map is built unless an outbound request is linked
+    /// to it.
+    Traceparent([u8; TRACEPARENT_LEN]),
+}
+
+impl Forwarded {
+    /// `fields` as forwarded; `None` when there are none.
+    pub fn fields(fields: HeaderMap) -> Option<Forwarded> {
+        (!fields.is_empty()).then(|| Forwarded::Fields(Arc::new(fields)))
+    }
+
+    /// The fields as a map, for the outbound request that takes them.
+    fn to_map(&self) -> Option<Arc<HeaderMap>> {
+        match self {
+            Forwarded::Fields(map) => Some(map.clone()),
+            Forwarded::Traceparent(value) => {
+                // Validated when it was parsed (ASCII hex and dashes).
+                let value = HeaderValue::from_bytes(value).ok()?;
+                let mut map = HeaderMap::with_capacity(1);
+                map.insert(TRACEPARENT, value);
+                Some(Arc::new(map))
+            }
+        }
+    }
+}
+
 /// One inbound request in flight to the app.
 struct Entry {
     id: u64,
     /// The trace fields as forwarded to the app (`None`: it carried no context).
-    context: Option<Arc<HeaderMap>>,
+    context: Option<Forwarded>,
     app: AppEnd,
 }
 
@@ -160,13 +192,13 @@ impl Propagation {
     /// Registers an inbound request about to be handed to the app, with the trace
     /// fields it is forwarded with. `lean`: the caller will say which connection it is
     /// written on ([`InboundGuard::sending_on`]); else its app end stays unknown.
-    pub fn inbound(self: &Arc<Self>, context: Option<HeaderMap>, lean: bool) -> InboundGuard {
+    pub fn inbound(self: &Arc<Self>, context: Option<Forwarded>, lean: bool) -> InboundGuard {
         let mut g = self.lock();
         let id = g.next_id;
         g.next_id += 1;
         g.entries.push(Entry {
             id,
-            context: context.filter(|c| !c.is_empty()).map(Arc::new),
+            context,
             app: if lean {
                 AppEnd::Pending
             } else {
@@ -216,6 +248,7 @@ impl Propagation {
             Decision::Ambiguous | Decision::None => None,
         };
         drop(g);
+        let link = link.and_then(|f| f.to_map());
         tracing::debug!(
             ?decision,
             ?writer,
@@ -395,6 +428,26 @@ mod tests {
 
     const T1: ThreadId = ThreadId(101);
     const T2: ThreadId = ThreadId(102);
+
+    /// A request forwarded with one rewritten `traceparent` hands an outbound request
+    /// exactly that field, as the map of any other forwarded fields would; no fields,
+    /// nothing to hand.
+    #[test]
+    fn forwarded_traceparent_becomes_the_same_field() {
+        let value = *b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let map = Forwarded::Traceparent(value).to_map().expect("map");
+        assert_eq!(map.len(), 1);
+        assert_eq!(
+            map.get("traceparent").map(|v| v.as_bytes()),
+            Some(&value[..])
+        );
+        let mut fields = HeaderMap::new();
+        fields.insert("traceparent", HeaderValue::from_static("x"));
+        fields.insert("tracestate", HeaderValue::from_static("a=b"));
+        let forwarded = Forwarded::fields(fields.clone()).expect("fields");
+        assert_eq!(forwarded.to_map().as_deref(), Some(&fields));
+        assert!(Forwarded::fields(HeaderMap::new()).is_none());
+    }
 
     /// Read by `t` at `read`, answered at `answered`.
     fn by(t: ThreadId, read: u64, answered: Option<u64>) -> Reader {

@@ -2,7 +2,7 @@
 //! on, the upstream connection (pooled, or the one from detection, or new), the
 //! response relayed, the spans and golden metrics recorded.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Buf as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -17,7 +17,8 @@ use super::{
 use crate::{
     pod::Direction,
     proxy::{
-        propagation::{Link, Propagation},
+        pool::RawUpstream,
+        propagation::{Forwarded, Link, Propagation},
         ConnError,
     },
     trace::{
@@ -146,11 +147,10 @@ impl Lean {
             }
         }
         // The common head, one `traceparent` and nothing that reads the fields as a map
-        // (a one-pass hop, a propagating pod's inbound request): rewritten in place.
+        // (a one-pass hop does): rewritten in place.
         let lone = match (&trace, req.trace.as_slice()) {
             (None, [f])
                 if self.through.is_none()
-                    && self.cause_propagation().is_none()
                     && f.name.get(buf).eq_ignore_ascii_case(TRACEPARENT.as_bytes()) =>
             {
                 <[u8; TRACEPARENT_LEN]>::try_from(f.value.get(buf))
@@ -234,15 +234,21 @@ impl Lean {
             };
             legs.second = Some(LegRequest::new(spans, observed));
         }
-        // The request as the app receives it, registered while it is in flight in a pod
-        // that propagates context (the destination's, on a one-pass hop).
-        legs.cause = self
-            .cause_propagation()
-            .map(|prop| prop.inbound(trace.clone(), true));
-        if let Some((at, value)) = rewritten {
-            self.cbuf[at.start..at.end].copy_from_slice(&value);
+        if let Some((at, value)) = &rewritten {
+            self.cbuf[at.start..at.end].copy_from_slice(value);
         }
         self.build_request_head(trace.as_ref());
+        // The request as the app receives it, registered while it is in flight in a pod
+        // that propagates context (the destination's, on a one-pass hop); before it is
+        // written.
+        if let Some(prop) = self.cause_propagation() {
+            let forwarded = match (rewritten, trace) {
+                (Some((_, value)), _) => Some(Forwarded::Traceparent(value)),
+                (None, Some(map)) => Forwarded::fields(map),
+                (None, None) => None,
+            };
+            legs.cause = Some(prop.inbound(forwarded, true));
+        }
         let close_after = self.req.close;
         let head_request = method == Method::HEAD;
 
@@ -257,23 +263,26 @@ impl Lean {
         legs.client_started();
         let idem = idempotent(&method);
         let mut attempt = 0;
-        let (up, opened) = loop {
+        let up = loop {
             attempt += 1;
-            let (mut up, opened, reused) = match self.upstream().await {
+            let (mut up, reused) = match self.upstream().await {
                 Ok(u) => u,
                 Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             };
             if let Some(cause) = &legs.cause {
-                if let (Ok(from), Ok(to)) = (up.local_addr(), up.peer_addr()) {
+                if let Ok((from, to)) = up.addrs() {
                     cause.sending_on(from, to);
                 }
             }
-            let sent = match up.write_all(&self.out).await {
-                Ok(()) => self.response_head(&mut up, client, head_request).await,
+            let sent = match up.stream.write_all(&self.out).await {
+                Ok(()) => {
+                    self.response_head(&mut up.stream, client, head_request)
+                        .await
+                }
                 Err(e) => Err(HeadError::Write(e)),
             };
             match sent {
-                Ok(()) => break (up, opened),
+                Ok(()) => break up,
                 Err(e) if reused && attempt < SEND_ATTEMPTS && e.retryable(idem) => {
                     tracing::debug!(pod = %pod.key, "pooled connection closed before answering; retrying: {e}");
                 }
@@ -281,7 +290,7 @@ impl Lean {
                 Err(e) => return self.bad_gateway(client, legs, e, close_after).await,
             }
         };
-        self.response(client, up, opened, legs, close_after).await
+        self.response(client, up, legs, close_after).await
     }
 
     /// The pod whose app receives the request, when it propagates context: the
@@ -375,20 +384,20 @@ impl Lean {
 
     /// The connection for this request: the one from detection, a pooled one, or a new
     /// one (the flag says whether it served a request before).
-    async fn upstream(&mut self) -> Result<(TcpStream, Instant, bool), ConnError> {
+    async fn upstream(&mut self) -> Result<(RawUpstream, bool), ConnError> {
         if let Some(s) = self.first.take() {
-            return Ok((s, Instant::now(), false));
+            return Ok((RawUpstream::new(s), false));
         }
         let (pool, key) = self.pool();
-        if let Some((s, opened)) = pool.checkout_raw(&key) {
-            return Ok((s, opened, true));
+        if let Some(up) = pool.checkout_raw(&key) {
+            return Ok((up, true));
         }
         pool.mark_http(key);
         let s = match &self.through {
             Some(t) => t.through.target.connect(&t.through.dest).await?,
             None => self.conn.target.connect(&self.pod).await?,
         };
-        Ok((s, Instant::now(), false))
+        Ok((RawUpstream::new(s), false))
     }
 
     /// Reads the response head into `rbuf` (`resp`), forwarding informational (1xx)
@@ -444,8 +453,7 @@ impl Lean {
     async fn response(
         &mut self,
         client: &mut TcpStream,
-        mut up: TcpStream,
-        opened: Instant,
+        mut up: RawUpstream,
         mut legs: Box<Legs>,
         close_after: bool,
     ) -> Result<After, ConnError> {
@@ -464,7 +472,7 @@ impl Lean {
             &mut state,
             &mut self.out,
             &mut self.rbuf,
-            &mut up,
+            &mut up.stream,
             client,
             &mut |n| legs.response_data(n),
         )
@@ -479,7 +487,7 @@ impl Lean {
         legs.complete(end, None);
         if self.resp.reusable && self.rbuf.is_empty() {
             let (pool, key) = self.pool();
-            pool.checkin_raw(key, up, opened);
+            pool.checkin_raw(key, up);
         }
         self.rbuf.clear();
         Ok(if closing {
