@@ -20,9 +20,13 @@ fn main() -> std::process::ExitCode {
         Command::Top(args) => hoptrace::cli::top::top(args),
         Command::Dashboard(args) => hoptrace::cli::dashboard::dashboard(args),
         Command::Run(args) => {
+            let thp = hoptrace::park::no_huge_pages();
             if let Err(err) = hoptrace::logging::init(&args.log_filter()) {
                 eprintln!("hoptrace: invalid --log filter: {err}");
                 return std::process::ExitCode::from(2);
+            }
+            if let Err(err) = thp {
+                tracing::info!("transparent huge pages stay on (prctl: {err}): RSS may count unused parts of 2 MiB pages");
             }
             match hoptrace::agent::run(*args) {
                 Ok(()) => std::process::ExitCode::SUCCESS,

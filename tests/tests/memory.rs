@@ -21,6 +21,15 @@ fn memory_is_returned_after_load() {
     let echo = h.victim.addr(ECHO_PORT);
     let _echo = app.echo_server(&h.victim, echo).expect("echo server");
     let pid = h.pid();
+    // Transparent huge pages are off for the agent (`park::no_huge_pages`): a 2 MiB
+    // page would count whole in its RSS, however little of it is used.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "the agent runs with transparent huge pages on: {status}"
+    );
     // Warm up: the first connections allocate the runtime's own structures.
     let r = app
         .echo_client(&h.attacker, echo, 64 * 1024, 50, false)
