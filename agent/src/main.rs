@@ -20,7 +20,11 @@ fn main() -> std::process::ExitCode {
         Command::Top(args) => hoptrace::cli::top::top(args),
         Command::Dashboard(args) => hoptrace::cli::dashboard::dashboard(args),
         Command::Run(args) => {
-            let thp = hoptrace::park::no_huge_pages();
+            let thp = if args.huge_pages {
+                Ok(())
+            } else {
+                hoptrace::park::no_huge_pages()
+            };
             if let Err(err) = hoptrace::logging::init(&args.log_filter()) {
                 eprintln!("hoptrace: invalid --log filter: {err}");
                 return std::process::ExitCode::from(2);
