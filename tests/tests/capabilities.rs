@@ -198,6 +198,9 @@ fn agent_steers_with_exactly_the_deployed_capabilities() {
         status_field(pid, "Uid:").split_whitespace().next(),
         Some("0")
     );
+    // Transparent huge pages off (the default; `park::no_huge_pages` needs no
+    // capability).
+    assert_eq!(status_field(pid, "THP_enabled:"), "0");
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).expect("mounts");
     assert!(
         mounts
@@ -229,6 +232,20 @@ fn agent_steers_with_exactly_the_deployed_capabilities() {
         .whoami(&setup.client, setup.server.addr(WHOAMI_PORT))
         .expect("whoami");
     assert_eq!(seen.ip(), std::net::IpAddr::V4(setup.client.ipv4));
+    agent.stop().expect("stop");
+}
+
+/// `--huge-pages` leaves transparent huge pages to the kernel's policy.
+#[test]
+fn huge_pages_flag_leaves_them_on() {
+    if !require_root() {
+        return;
+    }
+    let setup = Setup::new();
+    let mut agent = setup.agent(&deployed_capabilities(), &["--huge-pages"]);
+    agent.wait_ready(READY).expect("agent ready");
+    let pid = agent.pid().expect("agent pid");
+    assert_eq!(status_field(pid, "THP_enabled:"), "1");
     agent.stop().expect("stop");
 }
 
