@@ -228,7 +228,7 @@ pub struct RunArgs {
 
     /// Let the allocator use transparent huge pages. Off by default: a 2 MiB page
     /// stays resident until all of it is free, which kept the agent's RSS after load
-    /// at 30–36 MB instead of 19–22. On, the data path spent about 8% less CPU per
+    /// at 30–36 MB instead of 19–22. On, the data path spent about 7% less CPU per
     /// request at saturation in the bench (fewer TLB misses; docs/BENCH.md, sixth
     /// session): for nodes where CPU counts more than the agent's memory.
     #[arg(long, env = "HOPTRACE_HUGE_PAGES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -79,7 +79,7 @@ pub fn on_unpark() {
 /// inherited by its threads). mimalloc advises them for its arenas (`MADV_HUGEPAGE`),
 /// and a 2 MiB page counts whole in RSS however little of it is in use, and stays
 /// until all of it is free: after load the agent's RSS was 30–36 MB with them and
-/// 19–22 MB without, for about 8% more CPU per request without them (docs/BENCH.md,
+/// 19–22 MB without, for about 7% more agent CPU per request at saturation without them (docs/BENCH.md,
 /// sixth session). Skipped with `--huge-pages`. Call first thing, before the heap
 /// grows.
 pub fn no_huge_pages() -> std::io::Result<()> {
