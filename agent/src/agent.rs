@@ -47,8 +47,23 @@ fn limits(args: &RunArgs) -> Limits {
         pool_max_lifetime: args.pool_max_lifetime,
         lean_http1: args.http1_proxy == crate::config::Http1Proxy::Lean,
         one_pass: args.same_node_one_pass,
-        opaque_in_kernel: args.opaque_tcp == crate::config::OpaqueTcp::Kernel,
+        opaque_in_kernel: args.opaque_tcp != crate::config::OpaqueTcp::Userspace,
     }
+}
+
+/// Whether the kernel splice of opaque TCP is loaded: on kernels with the sockmap fix
+/// it needs (`kernel::SPLICE_FEATURE`), or on any with `--opaque-tcp kernel-always`.
+fn splice_supported(mode: crate::config::OpaqueTcp) -> bool {
+    let tested = crate::kernel::has(crate::kernel::SPLICE_FEATURE);
+    if mode == crate::config::OpaqueTcp::KernelAlways && !tested {
+        tracing::warn!(
+            "--opaque-tcp kernel-always: splicing opaque TCP on a kernel without {} (Linux {}): a spliced connection may get bytes twice under backpressure (docs/KERNELS.md)",
+            crate::kernel::SPLICE_FEATURE,
+            crate::kernel::splice_releases()
+        );
+        return true;
+    }
+    tested
 }
 
 /// Raises the soft open-file limit to the hard one: every proxied connection costs two
@@ -113,7 +128,7 @@ async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
     let ebpf_log = args.ebpf_log_enabled();
     let datapath = Arc::new(Datapath::load(DatapathConfig {
         log: ebpf_log,
-        splice: crate::kernel::has(crate::kernel::SPLICE_FEATURE),
+        splice: splice_supported(args.opaque_tcp),
     })?);
     if ebpf_log {
         tracing::info!(

@@ -202,7 +202,11 @@ fn kernel_lines(r: &mut Report, release: &str) {
         },
     );
     for f in missing {
-        let detail = format!("missing (Linux {}); needed for {}", f.since, f.used_for);
+        let detail = format!(
+            "missing (Linux {}); needed for {}",
+            f.releases(),
+            f.used_for
+        );
         if f.required {
             r.line(false, f.what, &detail);
         } else {

@@ -236,8 +236,12 @@ pub struct RunArgs {
 
     /// How opaque TCP (not HTTP, or TLS) is relayed: `kernel` (default; the two
     /// sockets are spliced by an eBPF program and the bytes never reach the agent;
-    /// falls back to `userspace` where the kernel cannot) or `userspace` (the agent
-    /// copies the bytes; for comparison in `cargo xtask bench`, docs/BENCH.md).
+    /// falls back to `userspace` where the kernel cannot, or lacks the sockmap fix
+    /// for duplicated bytes: Linux 6.16, 6.12.34+, 6.15.3+, docs/KERNELS.md),
+    /// `userspace` (the agent copies the bytes; for comparison in `cargo xtask
+    /// bench`, docs/BENCH.md) or `kernel-always` (splices on any kernel that loads
+    /// the program, fixed or not: for trying a kernel in `cargo xtask vm-test`,
+    /// never in production).
     #[arg(long, env = "HOPTRACE_OPAQUE_TCP", value_enum, default_value_t = OpaqueTcp::Kernel)]
     pub opaque_tcp: OpaqueTcp,
 }
@@ -249,6 +253,8 @@ pub enum OpaqueTcp {
     Kernel,
     /// Copied by the agent.
     Userspace,
+    /// Spliced on any kernel that loads the program, without the sockmap fix too.
+    KernelAlways,
 }
 
 /// The HTTP/1.1 proxy implementation (`--http1-proxy`).

@@ -11,28 +11,53 @@
 
 use std::fmt;
 
-/// A kernel release, `major.minor`.
+/// A kernel release, `major.minor.sublevel` (the sublevel counts stable updates).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Release(pub u32, pub u32);
+pub struct Release(pub u32, pub u32, pub u32);
 
 impl fmt::Display for Release {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.0, self.1)
+        match self.2 {
+            0 => write!(f, "{}.{}", self.0, self.1),
+            sub => write!(f, "{}.{}.{sub}", self.0, self.1),
+        }
     }
 }
 
 impl Release {
-    /// `major.minor` of a `uname -r` string (`6.1.0-57-amd64`, `5.15.0-91-generic`,
-    /// `6.18.44-fc-v445`, `5.4`).
+    /// The release of a `uname -r` string (`6.12.117+deb12-amd64`, `6.18.44-fc-v445`,
+    /// `5.4`). Distributions that number their own updates after a `.0` sublevel
+    /// (Debian's `6.1.0-57-amd64`, Ubuntu's `6.8.0-151-generic`) read as sublevel 0:
+    /// their stable fixes cannot be told from the string.
     pub fn parse(release: &str) -> Option<Self> {
         let mut parts = release.split('.');
         let major = parts.next()?.parse().ok()?;
-        let minor: String = parts
-            .next()?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        Some(Self(major, minor.parse().ok()?))
+        let digits = |p: Option<&str>| -> Option<u32> {
+            let d: String = p?.chars().take_while(char::is_ascii_digit).collect();
+            d.parse().ok()
+        };
+        let minor = digits(parts.next())?;
+        Some(Self(major, minor, digits(parts.next()).unwrap_or(0)))
+    }
+
+    /// Whether this release has a change made in `since` and backported to the
+    /// stable releases `backports` (one per stable branch: from that sublevel on).
+    pub fn has(self, since: Release, backports: &[Release]) -> bool {
+        self >= since
+            || backports
+                .iter()
+                .any(|b| (b.0, b.1) == (self.0, self.1) && self.2 >= b.2)
+    }
+}
+
+impl Feature {
+    /// The releases that have it: `6.16, 6.12.34+, 6.15.3+`.
+    pub fn releases(&self) -> String {
+        let mut s = self.since.to_string();
+        for b in self.backports {
+            s.push_str(&format!(", {b}+"));
+        }
+        s
     }
 }
 
@@ -43,6 +68,8 @@ pub struct Feature {
     pub what: &'static str,
     /// The first upstream release that has it.
     pub since: Release,
+    /// Older stable branches that got it later, from the given sublevel on.
+    pub backports: &'static [Release],
     /// What the agent does with it.
     pub used_for: &'static str,
     /// Optional features only disable what they serve (`--ebpf-log`).
@@ -56,91 +83,117 @@ pub struct Feature {
 pub const FEATURES: &[Feature] = &[
     Feature {
         what: "BPF per-CPU array maps",
-        since: Release(4, 6),
+        since: Release(4, 6, 0),
+        backports: &[],
         used_for: "the programs' event counters",
         required: true,
     },
     Feature {
         what: "BPF LRU hash maps",
-        since: Release(4, 10),
+        since: Release(4, 10, 0),
+        backports: &[],
         used_for: "original destinations, bounded without cleanup",
         required: true,
     },
     Feature {
         what: "sock_ops programs (BPF_PROG_TYPE_SOCK_OPS)",
-        since: Release(4, 13),
+        since: Release(4, 13, 0),
+        backports: &[],
         used_for: "moving a steered connection's original destination to its final key",
         required: true,
     },
     Feature {
         what: "cgroup/connect4 and connect6 programs (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
-        since: Release(4, 17),
+        since: Release(4, 17, 0),
+        backports: &[],
         used_for: "steering a pod's outbound connections to its listener",
         required: true,
     },
     Feature {
         what: "BPF sockhash maps (BPF_MAP_TYPE_SOCKHASH)",
-        since: Release(4, 18),
+        since: Release(4, 18, 0),
+        backports: &[],
         used_for: "the inbound listeners sk_lookup hands connections to",
         required: true,
     },
     Feature {
         what: "bpf_get_socket_cookie() in sock_addr and sock_ops programs",
-        since: Release(4, 19),
+        since: Release(4, 19, 0),
+        backports: &[],
         used_for: "keying a connection's original destination",
         required: true,
     },
     Feature {
         what: "bpf_get_netns_cookie() in cgroup sock_addr programs",
-        since: Release(5, 7),
+        since: Release(5, 7, 0),
+        backports: &[],
         used_for: "finding the pod (network namespace) of a connect()",
         required: true,
     },
     Feature {
         what: "BPF ring buffer (BPF_MAP_TYPE_RINGBUF)",
-        since: Release(5, 8),
+        since: Release(5, 8, 0),
+        backports: &[],
         used_for: "the eBPF decision log (--ebpf-log) only",
         required: false,
     },
     Feature {
         what: "sk_lookup programs (BPF_PROG_TYPE_SK_LOOKUP, bpf_sk_assign, sockhash lookups there)",
-        since: Release(5, 9),
+        since: Release(5, 9, 0),
+        backports: &[],
         used_for: "steering a pod's inbound connections to its listener",
         required: true,
     },
     Feature {
         what: "SO_NETNS_COOKIE socket option",
-        since: Release(5, 14),
+        since: Release(5, 14, 0),
+        backports: &[],
         used_for: "learning a pod network namespace's cookie from the agent's listener in it",
         required: true,
     },
     Feature {
         what: "bpf_get_netns_cookie() in sock_ops programs",
-        since: Release(5, 15),
+        since: Release(5, 15, 0),
+        backports: &[],
         used_for: "keying the original destination by network namespace",
         required: true,
     },
     Feature {
         what: "sock_send_length and sock_recv_length tracepoints",
-        since: Release(6, 3),
+        since: Release(6, 3, 0),
+        backports: &[],
         used_for: "context propagation's by-thread rule only (without them: exclusivity alone)",
         required: false,
     },
     Feature {
         what: SPLICE_FEATURE,
-        since: Release(6, 12),
+        since: Release(6, 16, 0),
+        backports: &[Release(6, 12, 34), Release(6, 15, 3)],
         used_for: "opaque TCP spliced in the kernel only (without it: relayed in userspace)",
         required: false,
     },
 ];
 
 /// The feature the kernel splice of opaque TCP needs (docs/ARCHITECTURE.md, "Opaque
-/// TCP in the kernel"): verdict-only sockmap programs read through `tcp_read_skb` (6.0)
-/// as 6.12 runs them. On Debian's 6.1 the splice tests stalled a connection now and
-/// then (no byte through, or no FIN); 6.12 and 6.18 pass them. Older kernels relay
-/// opaque TCP in userspace.
+/// TCP in the kernel", and docs/KERNELS.md): verdict-only sockmap programs read
+/// through `tcp_read_skb` (6.0), whose redirects resume a partial send where it
+/// stopped. Before upstream commit 3b4f14b79428 ("bpf, sockmap: fix duplicated data
+/// transmission": 6.16, stable 6.12.34 and 6.15.3) the kernel's redirect worker sent
+/// the whole segment again after the target's send buffer filled mid-segment, so the
+/// receiver got bytes twice: `cargo xtask vm-test --kernel ubuntu-6.8` shows it in the
+/// backpressure test. Debian's 6.1 also stalled connections now and then. Kernels
+/// without it relay opaque TCP in userspace.
 pub const SPLICE_FEATURE: &str =
-    "sk_skb stream verdict programs on a sockhash as of 6.12 (tcp_read_skb)";
+    "sk_skb stream verdict redirects that resume a partial send (no duplicated bytes)";
+
+/// The releases with the kernel splice's fix: `6.16, 6.12.34+, 6.15.3+`.
+pub fn splice_releases() -> String {
+    FEATURES
+        .iter()
+        .find(|f| f.what == SPLICE_FEATURE)
+        .map(Feature::releases)
+        .unwrap_or_default()
+}
 
 /// Whether the running kernel has `what` (by release; `false` when unknown).
 pub fn has(what: &str) -> bool {
@@ -157,7 +210,7 @@ pub fn minimum() -> Release {
         .filter(|f| f.required)
         .map(|f| f.since)
         .max()
-        .unwrap_or(Release(0, 0))
+        .unwrap_or(Release(0, 0, 0))
 }
 
 /// The features `release` lacks (required and optional), or an error when the
@@ -165,7 +218,10 @@ pub fn minimum() -> Release {
 pub fn missing(release: &str) -> Result<Vec<&'static Feature>, String> {
     let have = Release::parse(release)
         .ok_or_else(|| format!("cannot read a kernel version from {release:?}"))?;
-    Ok(FEATURES.iter().filter(|f| f.since > have).collect())
+    Ok(FEATURES
+        .iter()
+        .filter(|f| !have.has(f.since, f.backports))
+        .collect())
 }
 
 /// The `hoptrace run` gate: an error naming every required feature `release` lacks.
@@ -173,7 +229,7 @@ pub fn require(release: &str) -> Result<(), String> {
     let lacking: Vec<String> = missing(release)?
         .into_iter()
         .filter(|f| f.required)
-        .map(|f| format!("{} (Linux {}; {})", f.what, f.since, f.used_for))
+        .map(|f| format!("{} (Linux {}; {})", f.what, f.releases(), f.used_for))
         .collect();
     if lacking.is_empty() {
         return Ok(());
@@ -198,36 +254,57 @@ mod tests {
 
     #[test]
     fn releases_parse() {
-        assert_eq!(Release::parse("6.1.0-57-amd64"), Some(Release(6, 1)));
-        assert_eq!(Release::parse("5.15.0-91-generic"), Some(Release(5, 15)));
-        assert_eq!(Release::parse("6.18.44-fc-v445"), Some(Release(6, 18)));
+        assert_eq!(Release::parse("6.1.0-57-amd64"), Some(Release(6, 1, 0)));
+        assert_eq!(Release::parse("5.15.0-91-generic"), Some(Release(5, 15, 0)));
+        assert_eq!(Release::parse("6.18.44-fc-v445"), Some(Release(6, 18, 44)));
+        assert_eq!(
+            Release::parse("6.12.117+deb12-amd64"),
+            Some(Release(6, 12, 117))
+        );
         assert_eq!(
             Release::parse("4.18.0-553.el8_10.x86_64"),
-            Some(Release(4, 18))
+            Some(Release(4, 18, 0))
         );
-        assert_eq!(Release::parse("5.4"), Some(Release(5, 4)));
-        assert_eq!(Release::parse("6.12+rc1"), Some(Release(6, 12)));
+        assert_eq!(Release::parse("5.4"), Some(Release(5, 4, 0)));
+        assert_eq!(Release::parse("6.12+rc1"), Some(Release(6, 12, 0)));
+        assert_eq!(Release::parse("6.16-rc3"), Some(Release(6, 16, 0)));
         assert_eq!(Release::parse("garbage"), None);
         assert_eq!(Release::parse("6"), None);
-        assert!(Release(5, 9) < Release(5, 15));
-        assert!(Release(6, 1) > Release(5, 15));
+        assert!(Release(5, 9, 0) < Release(5, 15, 0));
+        assert!(Release(6, 1, 0) > Release(5, 15, 0));
+        assert_eq!(Release(6, 12, 34).to_string(), "6.12.34");
+        assert_eq!(Release(6, 16, 0).to_string(), "6.16");
+    }
+
+    #[test]
+    fn stable_backports_count_from_their_sublevel() {
+        let (since, backports) = (Release(6, 16, 0), &[Release(6, 12, 34)][..]);
+        assert!(Release(6, 16, 0).has(since, backports));
+        assert!(Release(7, 0, 0).has(since, backports));
+        assert!(Release(6, 12, 34).has(since, backports));
+        assert!(Release(6, 12, 117).has(since, backports));
+        assert!(!Release(6, 12, 33).has(since, backports));
+        assert!(!Release(6, 13, 50).has(since, backports));
+        assert!(!Release(6, 8, 0).has(since, backports));
     }
 
     #[test]
     fn minimum_is_the_newest_required_feature() {
-        assert_eq!(minimum(), Release(5, 15));
+        assert_eq!(minimum(), Release(5, 15, 0));
         assert!(FEATURES.windows(2).all(|w| w[0].since <= w[1].since));
     }
 
     #[test]
     fn new_kernels_lack_nothing() {
-        for r in ["6.12.117+deb12-amd64", "6.18.44"] {
+        for r in ["6.12.117+deb12-amd64", "6.18.44", "6.15.3", "6.16.0-rc1"] {
             assert_eq!(missing(r).expect("parses"), Vec::<&Feature>::new(), "{r}");
             assert!(require(r).is_ok(), "{r}");
         }
-        // 6.3 to 6.11 lack only the kernel splice of opaque TCP, and from the floor to
-        // 6.2 the by-thread rule of context propagation too: optional features, they run.
-        for r in ["6.3.0", "6.8.0-49-generic"] {
+        // Without the sockmap fix (6.12 before its 34th stable update, 6.13, 6.14, and
+        // Ubuntu's 6.8, whose release string says nothing of it) and from 6.3 on, only
+        // the kernel splice of opaque TCP is missing; from the floor to 6.2 the by-thread
+        // rule of context propagation too: optional features, they run.
+        for r in ["6.3.0", "6.8.0-151-generic", "6.12.33", "6.12.0", "6.14.11"] {
             let names: Vec<&str> = missing(r).expect("parses").iter().map(|f| f.what).collect();
             assert_eq!(names, [SPLICE_FEATURE], "{r}");
             assert!(require(r).is_ok(), "{r}");

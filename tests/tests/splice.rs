@@ -13,13 +13,17 @@ use std::time::{Duration, Instant};
 
 const HOLD_PORT: u16 = 7100;
 
-/// Root, and a kernel the agent splices on (`hoptrace check`; docs/KERNELS.md).
-/// Under `CI=true` an older kernel fails the test rather than skipping it.
+/// Root, and a kernel the agent splices on (`hoptrace check`; docs/KERNELS.md), or
+/// `HOPTRACE_OPAQUE_TCP=kernel-always` in the environment (which the agents inherit:
+/// `cargo xtask vm-test --env` tries an older kernel so). Under `CI=true` an older
+/// kernel fails the test rather than skipping it.
 fn require_root_and_splice() -> bool {
     if !require_root() {
         return false;
     }
-    if hoptrace::kernel::has(hoptrace::kernel::SPLICE_FEATURE) {
+    if hoptrace::kernel::has(hoptrace::kernel::SPLICE_FEATURE)
+        || std::env::var("HOPTRACE_OPAQUE_TCP").is_ok_and(|v| v == "kernel-always")
+    {
         return true;
     }
     let release = hoptrace::kernel::running_release().unwrap_or_default();

@@ -28,7 +28,7 @@ pub(super) struct Splicer {
 pub(super) fn load(ebpf: &mut Ebpf, supported: bool) -> Result<Splicer, DatapathError> {
     if !supported {
         return Err(DatapathError::Unsupported(
-            "sk_skb stream verdict programs as of Linux 6.12 (tcp_read_skb)",
+            "sockmap redirects without duplicated bytes (Linux 6.16, 6.12.34+, 6.15.3+; docs/KERNELS.md)",
         ));
     }
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing(name));

@@ -1,5 +1,6 @@
-//! Debian kernels for the VM: which package a name means, and its cached, pruned
-//! unpacking under `target/vm/kernels/<package>/`.
+//! Kernels for the VM: which packages a name means (Debian's, or Ubuntu's through
+//! [`super::ubuntu`]), and their cached, pruned unpacking under
+//! `target/vm/kernels/<image package>/`.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,6 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+use super::ubuntu;
 use crate::run as exec;
 
 /// An unpacked kernel.
@@ -51,7 +53,7 @@ pub fn matches(want: &str, pkg: &str) -> bool {
 }
 
 /// The numbers in a package name, for picking the newest.
-fn version_key(pkg: &str) -> Vec<u64> {
+pub(super) fn version_key(pkg: &str) -> Vec<u64> {
     pkg.split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .filter_map(|s| s.parse().ok())
@@ -88,12 +90,38 @@ fn resolve(name: &str) -> anyhow::Result<String> {
     })
 }
 
-/// Downloads and unpacks the kernel once; later runs reuse the cache.
+/// Where a kernel's packages come from.
+enum Archive {
+    /// The host's apt sources (Debian).
+    Debian,
+    Ubuntu(ubuntu::Apt),
+}
+
+impl Archive {
+    fn download(&self, dir: &Path, packages: &[String]) -> anyhow::Result<()> {
+        let mut cmd = match self {
+            Self::Debian => Command::new("apt-get"),
+            Self::Ubuntu(apt) => apt.command("apt-get"),
+        };
+        exec(cmd.current_dir(dir).args(["download", "-q"]).args(packages))
+    }
+}
+
+/// Downloads and unpacks the kernel once; later runs reuse the cache. `name` is a
+/// Debian version or package name, or `ubuntu-<version>` (`ubuntu-6.8`).
 pub fn fetch(vm_dir: &Path, name: &str, busybox: &Path) -> anyhow::Result<Kernel> {
-    let package = resolve(name)?;
+    let (archive, packages) = match name.strip_prefix("ubuntu-") {
+        Some(version) => {
+            let apt = ubuntu::Apt::setup(&vm_dir.join("apt-ubuntu"))?;
+            let packages = apt.resolve(version)?;
+            (Archive::Ubuntu(apt), packages)
+        }
+        None => (Archive::Debian, vec![resolve(name)?]),
+    };
+    let package = packages[0].clone();
     let dir = vm_dir.join("kernels").join(&package);
     if !dir.join(".complete").exists() {
-        unpack(&package, &dir, busybox)?;
+        unpack(&archive, &packages, &dir, busybox)?;
     }
     let release = std::fs::read_dir(dir.join("lib/modules"))?
         .filter_map(|e| e.ok())
@@ -112,25 +140,37 @@ pub fn fetch(vm_dir: &Path, name: &str, busybox: &Path) -> anyhow::Result<Kernel
     })
 }
 
-fn unpack(package: &str, dir: &Path, busybox: &Path) -> anyhow::Result<()> {
+/// Downloads `packages` (an image, and its modules where they are apart) and unpacks
+/// them together into `dir`.
+fn unpack(
+    archive: &Archive,
+    packages: &[String],
+    dir: &Path,
+    busybox: &Path,
+) -> anyhow::Result<()> {
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(&tmp)?;
-    println!("vm-test: downloading {package} from the Debian archive");
-    exec(
-        Command::new("apt-get")
-            .current_dir(&tmp)
-            .args(["download", "-q", package]),
-    )?;
-    let deb = std::fs::read_dir(&tmp)?
+    println!("vm-test: downloading {}", packages.join(", "));
+    archive.download(&tmp, packages)?;
+    let debs: Vec<PathBuf> = std::fs::read_dir(&tmp)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no .deb")?;
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    if debs.len() != packages.len() {
+        bail!(
+            "apt-get download left {} .deb files for {} packages",
+            debs.len(),
+            packages.len()
+        );
+    }
     let root = tmp.join("root");
-    exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    std::fs::remove_file(&deb)?;
+    for deb in &debs {
+        exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+        std::fs::remove_file(deb)?;
+    }
     let _ = std::fs::remove_dir_all(root.join("usr"));
     let modules = root.join("lib/modules");
     let release = std::fs::read_dir(&modules)?
@@ -149,7 +189,7 @@ fn unpack(package: &str, dir: &Path, busybox: &Path) -> anyhow::Result<()> {
     )?;
     std::fs::rename(&root, dir)?;
     std::fs::remove_dir_all(&tmp)?;
-    std::fs::write(dir.join(".complete"), package)?;
+    std::fs::write(dir.join(".complete"), packages.join("\n"))?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask vm-test --kernel <name>`: the lab tests inside a VM running a
 //! distribution kernel (docs/KERNELS.md).
 //!
-//! The kernel comes from Debian's archive (`apt-get download`, `dpkg-deb -x`) into
+//! The kernel comes from Debian's archive, or Ubuntu's (`--kernel ubuntu-6.8`,
+//! `ubuntu.rs`), (`apt-get download`, `dpkg-deb -x`) into
 //! `target/vm/kernels/<package>/`, pruned to the modules a lab can use. qemu boots it
 //! (TCG by default: KVM hangs under nested virtualization here) with a hand-made
 //! initramfs (`init.sh`, busybox and the virtio/9p modules) that mounts the host's
@@ -12,6 +13,7 @@
 
 mod cpio;
 mod kernel;
+mod ubuntu;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -44,8 +46,10 @@ const PRELOAD: &[&str] = &["veth", "bridge", "inet_diag", "tcp_diag", "udp_diag"
 /// `cargo xtask vm-test` options.
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// Debian kernel: a version (`6.1`, `6.12`: the newest `linux-image-<v>...-amd64`
-    /// the archive offers) or an exact package name (`linux-image-6.1.0-57-amd64`).
+    /// Kernel: a Debian version (`6.1`, `6.12`: the newest `linux-image-<v>...-amd64`
+    /// the archive offers), an exact Debian package name (`linux-image-6.1.0-57-amd64`),
+    /// or an Ubuntu 24.04 version (`ubuntu-6.8`, `ubuntu-6.11`: the newest
+    /// `linux-image-<v>.0-<n>-generic` and its modules from Ubuntu's archive).
     #[arg(long, default_value = "6.1")]
     pub kernel: String,
     /// Comma-separated tests: `<test target>` or `<test target>:<name filter>`
@@ -69,6 +73,25 @@ pub struct VmArgs {
     /// Give up on one test binary after this many minutes (inside the guest).
     #[arg(long, default_value_t = 10)]
     pub test_timeout_minutes: u64,
+    /// `NAME=VALUE` set for the tests in the guest (and the agents they start), e.g.
+    /// `HOPTRACE_OPAQUE_TCP=kernel-always` to splice on a kernel below the tested
+    /// releases. Repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+}
+
+/// A `--env NAME=VALUE` pair, checked to be safe in the guest's shell file.
+pub fn parse_env(s: &str) -> anyhow::Result<(String, String)> {
+    let Some((name, value)) = s.split_once('=') else {
+        bail!("bad --env {s:?}: want NAME=VALUE");
+    };
+    let name_ok = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !name_ok || value.contains(['\'', '\n']) {
+        bail!("bad --env {s:?}: the name takes letters, digits and _, the value no ' or newline");
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 /// One test binary to run in the guest.
@@ -236,7 +259,7 @@ fn prepare_run_dir(
     }
     std::fs::write(run_dir.join("tests"), tests)?;
     let debug = root.join("target/debug");
-    let env = [
+    let mut env: Vec<(String, String)> = [
         ("BUSYBOX", no_space(busybox)?),
         ("PROJECT_ROOT", no_space(root)?),
         ("RESULTS", no_space(&results)?),
@@ -250,7 +273,13 @@ fn prepare_run_dir(
         ("HOME", "/root".into()),
         ("PATH", host_path()?),
         ("TMPDIR", "/tmp".into()),
-    ];
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for e in &args.env {
+        env.push(parse_env(e)?);
+    }
     let text: String = env
         .iter()
         .map(|(k, v)| format!("export {k}='{v}'\n"))
@@ -427,6 +456,18 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_pairs_are_checked() {
+        assert_eq!(
+            parse_env("HOPTRACE_OPAQUE_TCP=kernel-always").expect("ok"),
+            ("HOPTRACE_OPAQUE_TCP".into(), "kernel-always".into())
+        );
+        assert_eq!(parse_env("A=").expect("ok"), ("A".into(), String::new()));
+        for bad in ["NOEQUALS", "=x", "1A=x", "A-B=x", "A=it's", "A=a\nb"] {
+            assert!(parse_env(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn test_specs_parse() {
