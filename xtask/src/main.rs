@@ -150,6 +150,10 @@ struct BenchArgs {
     /// [default: 2000; --quick: 200]; implies --callgrind.
     #[arg(long, value_name = "N")]
     callgrind_requests: Option<u64>,
+    /// Give every callgrind request a path of its own (`/p<i>x`), as REST APIs with ids
+    /// in their paths do, instead of one path; implies --callgrind.
+    #[arg(long)]
+    callgrind_distinct_paths: bool,
     /// Also run the scaling phase: one agent serving 1, 10 and 50 sending pods, then
     /// per-pod fairness with one pod flooding.
     #[arg(long)]
@@ -193,6 +197,9 @@ impl BenchArgs {
         }
         if self.callgrind {
             v.push("--callgrind".to_string());
+        }
+        if self.callgrind_distinct_paths {
+            v.push("--callgrind-distinct-paths".to_string());
         }
         if self.scaling {
             v.push("--scaling".to_string());

@@ -39,7 +39,7 @@ fn encoded(attr_len: usize, parent: Option<SpanId>) -> Vec<u8> {
         status: &Status::Unset,
     };
     let mut out = Vec::new();
-    parts.encode(&attributes, &mut out);
+    parts.encode([&attributes, &Attributes::default()], &mut out);
     out
 }
 

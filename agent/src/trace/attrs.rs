@@ -140,7 +140,7 @@ struct Last {
     version: Version,
     route: Arc<str>,
     grpc: bool,
-    attrs: RequestAttrs,
+    attrs: Arc<RequestAttrs>,
 }
 
 impl Last {
@@ -153,6 +153,34 @@ impl Last {
             && self.host.as_deref() == req.host
             && self.user_agent.as_deref() == req.user_agent
     }
+
+    /// Becomes the record of `req`, in the buffers it already has.
+    fn set(
+        &mut self,
+        req: &RequestFacts<'_>,
+        route: &Arc<str>,
+        grpc: bool,
+        attrs: &Arc<RequestAttrs>,
+    ) {
+        fn put(s: &mut String, v: &str) {
+            s.clear();
+            s.push_str(v);
+        }
+        fn put_opt(s: &mut Option<String>, v: Option<&str>) {
+            match (s.as_mut(), v) {
+                (Some(s), Some(v)) => put(s, v),
+                (_, v) => *s = v.map(str::to_owned),
+            }
+        }
+        put(&mut self.method, req.method);
+        put(&mut self.path, req.path);
+        put_opt(&mut self.host, req.host);
+        put_opt(&mut self.user_agent, req.user_agent);
+        self.version = req.version;
+        self.route = route.clone();
+        self.grpc = grpc;
+        self.attrs = attrs.clone();
+    }
 }
 
 impl LastRequest {
@@ -161,8 +189,9 @@ impl LastRequest {
     const MAX_KEPT: usize = 1024;
 
     /// The attributes of a request with `req`, `route` and `grpc` on the connection leg
-    /// `leg`: the last request's, copied, when it was the same; else encoded (and kept).
-    /// Attribute values cut to the limit are counted in `truncated` either way.
+    /// `leg`: the last request's (shared, not copied) when it was the same; else encoded
+    /// and kept, in the kept record's buffers. Attribute values cut to the limit are
+    /// counted in `truncated` either way.
     pub fn attrs(
         &self,
         leg: Leg<'_>,
@@ -170,26 +199,32 @@ impl LastRequest {
         route: &Arc<str>,
         grpc: bool,
         truncated: &Counter,
-    ) -> RequestAttrs {
+    ) -> Arc<RequestAttrs> {
         // A panic while holding the lock leaves a whole `Last` or none: go on with it.
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let attrs = match last.as_ref() {
+        let attrs = match last.as_mut() {
             Some(l) if l.is(&req, route, grpc) => l.attrs.clone(),
-            _ => {
-                let attrs = RequestAttrs::new(leg, req, route, grpc);
+            kept => {
+                let attrs = Arc::new(RequestAttrs::new(leg, req, route, grpc));
                 let size = req.path.len()
                     + req.host.map_or(0, str::len)
                     + req.user_agent.map_or(0, str::len);
-                *last = (size <= Self::MAX_KEPT).then(|| Last {
-                    method: req.method.to_owned(),
-                    path: req.path.to_owned(),
-                    host: req.host.map(str::to_owned),
-                    user_agent: req.user_agent.map(str::to_owned),
-                    version: req.version,
-                    route: route.clone(),
-                    grpc,
-                    attrs: attrs.clone(),
-                });
+                match kept {
+                    _ if size > Self::MAX_KEPT => *last = None,
+                    Some(l) => l.set(&req, route, grpc, &attrs),
+                    None => {
+                        *last = Some(Last {
+                            method: req.method.to_owned(),
+                            path: req.path.to_owned(),
+                            host: req.host.map(str::to_owned),
+                            user_agent: req.user_agent.map(str::to_owned),
+                            version: req.version,
+                            route: route.clone(),
+                            grpc,
+                            attrs: attrs.clone(),
+                        })
+                    }
+                }
                 attrs
             }
         };
@@ -299,8 +334,10 @@ mod tests {
         // Each variant twice in a row (the second from the cache), then after another.
         for (i, (req, r, grpc)) in variants.iter().chain(variants.iter().rev()).enumerate() {
             let fresh = RequestAttrs::new(leg(), *req, r, *grpc);
+            let mut seen: Vec<Arc<RequestAttrs>> = Vec::new();
             for _ in 0..2 {
                 let got = last.attrs(leg(), *req, r, *grpc, &truncated);
+                seen.push(got.clone());
                 assert_eq!(got.name, fresh.name, "variant {i}");
                 assert_eq!(
                     got.encoded.as_bytes(),
@@ -310,6 +347,11 @@ mod tests {
                 assert_eq!(got.truncated, fresh.truncated, "variant {i}");
                 cut += fresh.truncated.len() as u64;
             }
+            // The second is the first, shared; a request too long to keep is not kept.
+            let kept = req
+                .user_agent
+                .is_none_or(|ua| ua.len() < LastRequest::MAX_KEPT);
+            assert_eq!(Arc::ptr_eq(&seen[0], &seen[1]), kept, "variant {i}");
         }
         assert_eq!(truncated.get(), cut, "cut values counted on every request");
         assert!(cut > 0, "the long User-Agent is cut");

@@ -78,7 +78,7 @@ impl LegSpans {
 
     /// The attributes of a request on this connection leg (the last request's when it
     /// was the same).
-    fn attrs(&self, req: RequestFacts<'_>, route: &Arc<str>, grpc: bool) -> RequestAttrs {
+    fn attrs(&self, req: RequestFacts<'_>, route: &Arc<str>, grpc: bool) -> Arc<RequestAttrs> {
         let leg = Leg {
             fixed: &self.fixed,
             dst: self.dst,
@@ -210,7 +210,10 @@ pub fn grpc_status(h: &HeaderMap) -> Option<i64> {
 pub struct RequestSpans {
     leg: Arc<LegSpans>,
     traced: Traced,
-    attrs: RequestAttrs,
+    /// The request's attributes, shared with the leg's [`LastRequest`].
+    attrs: Arc<RequestAttrs>,
+    /// The response's, written at the end.
+    response: Attributes,
     server_start: SystemTime,
     client_start: SystemTime,
     status: Option<StatusCode>,
@@ -226,11 +229,17 @@ impl RequestSpans {
         self.traced.ctx.trace_id
     }
 
-    fn new(leg: Arc<LegSpans>, traced: Traced, attrs: RequestAttrs, start: SystemTime) -> Self {
+    fn new(
+        leg: Arc<LegSpans>,
+        traced: Traced,
+        attrs: Arc<RequestAttrs>,
+        start: SystemTime,
+    ) -> Self {
         Self {
             leg,
             traced,
             attrs,
+            response: Attributes::default(),
             server_start: start,
             client_start: start,
             status: None,
@@ -281,20 +290,18 @@ impl RequestSpans {
         .boxed()
     }
 
-    /// Adds the response's attributes to the request's: then `attrs.encoded` holds
-    /// what both spans carry.
+    /// Writes the response's attributes (and the list of cut values): both spans
+    /// carry the request's and then these.
     fn finish_attributes(&mut self) {
-        let a = &mut self.attrs;
+        let r = &mut self.response;
         if let Some(s) = self.status {
-            a.encoded
-                .int("http.response.status_code", i64::from(s.as_u16()));
+            r.int("http.response.status_code", i64::from(s.as_u16()));
         }
         if let Some(g) = self.grpc_status {
-            a.encoded.int("rpc.grpc.status_code", g);
+            r.int("rpc.grpc.status_code", g);
         }
-        if !a.truncated.is_empty() {
-            a.encoded
-                .strings(TRUNCATED_ATTRIBUTES, a.truncated.iter().copied());
+        if !self.attrs.truncated.is_empty() {
+            r.strings(TRUNCATED_ATTRIBUTES, self.attrs.truncated.iter().copied());
         }
     }
 
@@ -345,8 +352,9 @@ impl RequestSpans {
             self.status(Kind::Client, &error),
             self.status(Kind::Server, &error),
         ];
-        let attributes = &self.attrs.encoded;
-        let mut out = Vec::with_capacity(2 * (attributes.as_bytes().len() + 160));
+        let attributes = [&self.attrs.encoded, &self.response];
+        let len = attributes.iter().map(|a| a.as_bytes().len()).sum::<usize>();
+        let mut out = Vec::with_capacity(2 * (len + 160));
         for ((kind, span_id, parent, start), status) in [client, server].into_iter().zip(&statuses)
         {
             let parts = SpanParts {

@@ -74,8 +74,9 @@ fn nanos(t: SystemTime) -> u64 {
 }
 
 impl SpanParts<'_> {
-    /// Appends the span with `attributes` to `out`, as one `ScopeSpans.spans` entry.
-    pub fn encode(&self, attributes: &Attributes, out: &mut Vec<u8>) {
+    /// Appends the span with `attributes` (both parts, in order) to `out`, as one
+    /// `ScopeSpans.spans` entry.
+    pub fn encode(&self, attributes: [&Attributes; 2], out: &mut Vec<u8>) {
         let remote = self.kind == Kind::Server && self.parent.is_some();
         let (status_message, status_code) = match self.status {
             Status::Unset => ("", StatusCode::Unset),

@@ -279,8 +279,9 @@ pub struct SpanFields<'a> {
     pub start_time_unix_nano: u64,
     /// Nanoseconds since the epoch.
     pub end_time_unix_nano: u64,
-    /// Encoded attributes.
-    pub attributes: &'a Attributes,
+    /// Encoded attributes, written one part after the other (a request's, shared by
+    /// its spans and by later requests asking the same way, then its response's).
+    pub attributes: [&'a Attributes; 2],
     /// `Status.message`.
     pub status_message: &'a str,
     /// `Status.code` value.
@@ -317,7 +318,11 @@ fn span_len(span: &SpanFields<'_>) -> usize {
         + kind
         + time(span.start_time_unix_nano)
         + time(span.end_time_unix_nano)
-        + span.attributes.as_bytes().len()
+        + span
+            .attributes
+            .iter()
+            .map(|a| a.as_bytes().len())
+            .sum::<usize>()
         + len_field_size(15, status_len(span))
         + if span.flags != 0 { 2 + 4 } else { 0 }
 }
@@ -345,7 +350,9 @@ pub fn span(out: &mut Vec<u8>, span: &SpanFields<'_>) {
             out.extend_from_slice(&t.to_le_bytes());
         }
     }
-    out.extend_from_slice(span.attributes.as_bytes());
+    for a in span.attributes {
+        out.extend_from_slice(a.as_bytes());
+    }
     len_prefix(out, 15, status_len(span));
     opt_len_field(out, 2, span.status_message.as_bytes());
     if span.status_code != 0 {
@@ -400,9 +407,11 @@ mod tests {
         let long_key = "k".repeat(120);
         // And around the one-byte lengths' limit ("url.scheme": 127 bytes at 111).
         let sizes = [50, 60, 70, 80, 90, 110, 111, 112, 113, 127, 128, 200];
-        attrs.string(&long_key, "v");
+        // The second part, written after the first (a response's attributes).
+        let mut more = Attributes::default();
+        more.string(&long_key, "v");
         for n in sizes {
-            attrs.string("url.scheme", &"y".repeat(n));
+            more.string("url.scheme", &"y".repeat(n));
         }
         let mut expected_attrs = vec![
             kv("http.request.method", Value::StringValue("GET".into())),
@@ -443,7 +452,7 @@ mod tests {
                 kind,
                 start_time_unix_nano: 1_700_000_000_000_000_000,
                 end_time_unix_nano: 1_700_000_000_000_123_456,
-                attributes: &attrs,
+                attributes: [&attrs, &more],
                 status_message: message,
                 status_code: code,
             };

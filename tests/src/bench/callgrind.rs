@@ -58,6 +58,9 @@ pub struct CallgrindOptions {
     pub warmup: u64,
     /// Keep-alive connections of the closed-loop client.
     pub conns: u32,
+    /// Every request with a path of its own (`labapp load --distinct-paths`).
+    #[serde(default)]
+    pub distinct_paths: bool,
 }
 
 impl Default for CallgrindOptions {
@@ -66,6 +69,7 @@ impl Default for CallgrindOptions {
             requests: 2000,
             warmup: 300,
             conns: 4,
+            distinct_paths: false,
         }
     }
 }
@@ -126,6 +130,9 @@ pub struct CallgrindResult {
     pub warmup: u64,
     /// Client connections.
     pub conns: u32,
+    /// Every request had a path of its own.
+    #[serde(default)]
+    pub distinct_paths: bool,
     /// Per scenario.
     pub scenarios: Vec<CgScenario>,
     /// `hoptrace-http / sidecar` instructions per request, when both were measured.
@@ -173,6 +180,7 @@ pub fn run(
         requests: cg.requests,
         warmup: cg.warmup,
         conns: cg.conns,
+        distinct_paths: cg.distinct_paths,
         ..Default::default()
     };
     for s in scenarios {
@@ -352,9 +360,9 @@ struct Target<'a> {
 impl Target<'_> {
     /// `n` requests, closed loop on `conns` connections, each with its own sampled
     /// `traceparent`.
-    fn drive(&self, n: u64, conns: u32) -> Result<LoadReport> {
+    fn drive(&self, n: u64, cg: &CallgrindOptions) -> Result<LoadReport> {
         let seed = u64::from(rand::random::<u32>()) << 16;
-        let args = [
+        let mut args = vec![
             "load".to_string(),
             "--addr".into(),
             self.addr.to_string(),
@@ -363,12 +371,15 @@ impl Target<'_> {
             "--duration-ms".into(),
             "3600000".into(),
             "--conns".into(),
-            conns.to_string(),
+            cg.conns.to_string(),
             "--requests".into(),
             n.to_string(),
             "--trace-seed".into(),
             seed.to_string(),
         ];
+        if cg.distinct_paths {
+            args.push("--distinct-paths".into());
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self
             .pod
@@ -393,7 +404,7 @@ impl Target<'_> {
         let spans0 = self.bl.otlp.span_count() as u64;
         let mut answered = 0;
         for attempt in 1..=2 {
-            let r = self.drive(cg.warmup, cg.conns)?;
+            let r = self.drive(cg.warmup, cg)?;
             answered += r.requests;
             if r.errors == 0 {
                 break;
@@ -442,7 +453,7 @@ fn measure_windows(
             control(*pid, "--zero")?;
         }
         let (spans0, start) = (t.bl.otlp.span_count() as u64, Instant::now());
-        let r = t.drive(n, cg.conns)?;
+        let r = t.drive(n, cg)?;
         if r.errors > 0 || r.requests != n {
             bail!(
                 "{} of {n} requests answered, {} errors (first: {:?})",

@@ -38,10 +38,18 @@ pub fn markdown(c: &CallgrindResult) -> String {
     let _ = writeln!(
         out,
         "{}: the proxies under `valgrind --tool=callgrind` (every process and thread), counters zeroed after {} warm-up requests and dumped after the counted ones; \
-         `labapp load` closed loop on {} keep-alive connections, every request with its own sampled `traceparent`. Two windows, N = {} and 2N requests; \
+         `labapp load` closed loop on {} keep-alive connections, every request with its own sampled `traceparent`{}. Two windows, N = {} and 2N requests; \
          for the hoptrace scenarios each window lasts until the OTLP receiver holds its 4 spans per request (export included). \
          Instruction counts do not depend on how busy the machine is.\n",
-        c.valgrind, c.warmup, c.conns, c.requests
+        c.valgrind,
+        c.warmup,
+        c.conns,
+        if c.distinct_paths {
+            " and a path of its own (`/p<i>x`)"
+        } else {
+            ""
+        },
+        c.requests
     );
     let _ = writeln!(
         out,

@@ -93,11 +93,13 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
     let traced = s.is_traced();
 
     let (span0, cpu0) = (spans(bl, traced)?, cpu(bl, &cgroups)?);
+    let switches0 = procstat::switches(&pids);
     let sat = saturate(bl, opts, s)?;
     if traced {
         wait_received(bl, None);
     }
     let cpu1 = cpu(bl, &cgroups)?;
+    let switches1 = procstat::switches(&pids);
     let span1 = spans(bl, traced)?;
 
     let seed = (u64::from(round) << 40) | ((s as u64 + 1) << 32) | u64::from(rand::random::<u16>());
@@ -112,6 +114,7 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
         fixed
     };
     let cpu2 = cpu(bl, &cgroups)?;
+    let switches2 = procstat::switches(&pids);
     let span2 = spans(bl, traced)?;
 
     let per_req = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n.max(1) as f64;
@@ -127,6 +130,8 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
         sat_lab_cpu_us: per_req(cpu1.lab - cpu0.lab, nsat),
         fixed_lab_cpu_us: per_req(cpu2.lab - cpu1.lab, nfixed),
         sat_machine_cpu_us: per_req(cpu1.machine.saturating_sub(cpu0.machine), nsat),
+        sat_switches: switches1.saturating_sub(switches0) as f64 / nsat.max(1) as f64,
+        fixed_switches: switches2.saturating_sub(switches1) as f64 / nfixed.max(1) as f64,
         proxy_pss: procstat::pss(&pids),
         proxy_rss: pids.iter().filter_map(|&p| procstat::rss(p).ok()).sum(),
         fixed,

@@ -99,6 +99,36 @@ pub fn cpu_time(pids: &[u32]) -> Duration {
     Duration::from_secs_f64(ticks as f64 / clock_ticks_per_sec() as f64)
 }
 
+/// Context switches so far of every live thread of `pids`, voluntary (the thread
+/// waited: each is a wake-up later) and involuntary (preempted), from
+/// `/proc/PID/task/TID/status`. Threads that exited are not counted.
+pub fn switches(pids: &[u32]) -> u64 {
+    let mut n = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("status")) {
+                n += parse_switches(&text);
+            }
+        }
+    }
+    n
+}
+
+/// `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` of a `status` text.
+pub fn parse_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// CPU time (user + system) of this whole process so far, nanosecond resolution.
 pub fn process_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -192,7 +222,10 @@ mod tests {
         assert_eq!(parse_stat(stat).expect("parse"), (4241, 325));
         assert!(parse_stat("1 (x) S 0").is_err());
 
-        let status = "Name:\thoptrace\nVmHWM:\t  20000 kB\nVmRSS:\t   12345 kB\n";
+        let status = "Name:\thoptrace\nVmHWM:\t  20000 kB\nVmRSS:\t   12345 kB\n\
+                      voluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_switches(status), 127);
+        assert_eq!(parse_switches("Name:\tx\n"), 0);
         assert_eq!(kb_field(status, "VmRSS"), Some(12345 * 1024));
         assert_eq!(kb_field(status, "Pss"), None);
 
@@ -217,5 +250,8 @@ mod tests {
         }
         assert!(x > 0 && cpu_time(&[me]) > before);
         assert!(process_cpu() >= Duration::from_millis(100));
+        let before = switches(&[me]);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(switches(&[me]) > before, "a sleep is a voluntary switch");
     }
 }

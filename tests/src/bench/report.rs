@@ -236,6 +236,36 @@ fn rounds(out: &mut String, r: &BenchResult) {
         r.host.cpus
     );
     capacity(out, r);
+    let _ = writeln!(
+        out,
+        "\n### Context switches of the proxies per request\n\n\
+         Voluntary and involuntary switches of every thread of the proxies (the agents; nginx; haproxy), \
+         from `/proc/PID/task/TID/status`, per answered request. At the fixed rate nearly every voluntary \
+         switch is a thread going to sleep for want of work, so a woken thread, and its cost: \
+         CPU µs per switch is the proxies' CPU at the fixed rate divided by their switches.\n"
+    );
+    switches(out, r);
+}
+
+/// Context switches per request, and the proxies' CPU per switch at the fixed rate.
+fn switches(out: &mut String, r: &BenchResult) {
+    let _ = writeln!(
+        out,
+        "| scenario | switches/req sat | switches/req fixed | proxy CPU µs per switch, fixed |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|");
+    for w in [Workload::Http, Workload::Tcp] {
+        for s in rows(r, w).filter(|s| !s.scenario.starts_with("direct")) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                s.scenario,
+                num(s.sat_switches, 2),
+                num(s.fixed_switches, 2),
+                num(s.fixed_cpu_us / s.fixed_switches, 1),
+            );
+        }
+    }
 }
 
 /// Memory and the DESIGN §6 goals.
@@ -375,6 +405,9 @@ mod tests {
                 ..Default::default()
             });
         }
+        if let Some(h) = r.samples.iter_mut().find(|x| x.scenario == "hoptrace-http") {
+            (h.fixed_cpu_us, h.sat_switches, h.fixed_switches) = (50.0, 0.5, 2.5);
+        }
         r.memory = Some(MemoryResult {
             large_pods: 10,
             small_pods: 2,
@@ -393,6 +426,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 1 | 1000 / 100 |"), "{md}");
+        assert!(
+            md.contains("| hoptrace-http | 0.50 | 2.50 | 20.0 |"),
+            "{md}"
+        );
+        assert!(!md.contains("| direct | 0.00"), "{md}");
         assert!(md.contains("agent RSS per enrolled pod"), "{md}");
         let json = serde_json::to_string(&r).expect("json");
         let back: BenchResult = serde_json::from_str(&json).expect("parse");

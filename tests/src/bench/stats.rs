@@ -38,6 +38,13 @@ pub struct Sample {
     /// work: compare within a run.
     #[serde(default)]
     pub sat_machine_cpu_us: f64,
+    /// Saturation: context switches of the proxies' threads per answered request.
+    #[serde(default)]
+    pub sat_switches: f64,
+    /// Fixed rate: the same (at a modest rate nearly every switch is a thread going
+    /// to sleep for want of work, to be woken by the next event).
+    #[serde(default)]
+    pub fixed_switches: f64,
     /// Proportional set size of the proxies after both runs, bytes.
     pub proxy_pss: u64,
     /// Resident set size of the proxies after both runs (summed per process), bytes.
@@ -152,6 +159,12 @@ pub struct Summary {
     /// Per-round `per_cpu_s / per_cpu_s(reference)`, median.
     #[serde(deserialize_with = "nan_from_null")]
     pub per_cpu_s_vs_ref: f64,
+    /// Proxies' context switches per request at saturation.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub sat_switches: f64,
+    /// Proxies' context switches per request at the fixed rate.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub fixed_switches: f64,
     /// Proxies' PSS, MiB.
     #[serde(deserialize_with = "nan_from_null")]
     pub pss_mib: f64,
@@ -220,6 +233,8 @@ pub fn summarize(samples: &[Sample], s: Scenario) -> Summary {
         per_cpu_s_vs_ref: per_round(samples, s, reference, |a, b| {
             b.sat_lab_cpu_us / a.sat_lab_cpu_us
         }),
+        sat_switches: m(|x| x.sat_switches),
+        fixed_switches: m(|x| x.fixed_switches),
         pss_mib: m(|x| x.proxy_pss as f64 / (1024.0 * 1024.0)),
         errors: mine.iter().map(|x| x.sat_errors + x.fixed.errors).sum(),
     }

@@ -5,7 +5,8 @@
 //! ```text
 //! lab-bench [--rounds N] [--duration SECS] [--quick] [--same-node] [--connections N]
 //!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
-//!           [--profile] [--callgrind] [--callgrind-requests N] [--scaling]
+//!           [--profile] [--callgrind] [--callgrind-requests N]
+//!           [--callgrind-distinct-paths] [--scaling]
 //!           [--scaling-pods 1,10,50]
 //! ```
 //! `--rounds 0` skips the interleaved rounds (with `--callgrind` or `--scaling`).
@@ -69,6 +70,10 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
             "--profile" => x.profile = true,
             "--callgrind" => want_cg = true,
             "--scaling" => want_sc = true,
+            "--callgrind-distinct-paths" => {
+                cg.distinct_paths = true;
+                want_cg = true;
+            }
             "--callgrind-requests" => {
                 cg.requests = value()?.parse().context("--callgrind-requests")?;
                 want_cg = true;
