@@ -26,14 +26,24 @@ const MAX_SEGMENTS: usize = 8;
 /// The template of `path` (the request target's path, query allowed), `grpc` when the
 /// request is gRPC. Pure: the same path always gives the same template.
 pub fn template(path: &str, grpc: bool) -> String {
+    let mut out = String::new();
+    template_into(path, grpc, &mut out);
+    out
+}
+
+/// [`template`], written into `out` (cleared first): a caller with a buffer of its own
+/// allocates nothing for a path it has templated before.
+pub fn template_into(path: &str, grpc: bool, out: &mut String) {
+    out.clear();
     let path = path.split(['?', '#']).next().unwrap_or_default();
     if path.len() > MAX_PATH || !path.starts_with('/') {
-        return OVERFLOW.to_owned();
+        out.push_str(OVERFLOW);
+        return;
     }
     if grpc {
-        return path.to_owned();
+        out.push_str(path);
+        return;
     }
-    let mut out = String::with_capacity(path.len().min(64));
     for (i, segment) in path.split('/').skip(1).enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/…");
@@ -49,7 +59,6 @@ pub fn template(path: &str, grpc: bool) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
 }
 
 /// Whether a path segment looks like an identifier rather than a name.
@@ -79,9 +88,20 @@ fn is_uuid(b: &[u8]) -> bool {
 
 /// The routes seen per server workload, each capped at [`MAX_ROUTES`]. Routes are
 /// shared (`Arc<str>`), so a label or attribute holding one costs a refcount.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     by_server: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+    /// [`OVERFLOW`], made once: every request beyond the cap shares it.
+    overflow: Arc<str>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            by_server: Mutex::default(),
+            overflow: Arc::from(OVERFLOW),
+        }
+    }
 }
 
 /// One connection's last path and its route ([`RouteTable::route_cached`]). A route,
@@ -90,6 +110,8 @@ pub struct RouteTable {
 #[derive(Debug, Default)]
 pub struct RouteCache {
     last: Option<(String, bool, Arc<str>)>,
+    /// Where a missed path's template is written.
+    scratch: String,
 }
 
 impl RouteCache {
@@ -101,14 +123,34 @@ impl RouteTable {
     /// The route for `path` at `server`: its template, or [`OVERFLOW`] once the
     /// server has [`MAX_ROUTES`] others.
     pub fn route(&self, server: &Arc<str>, path: &str, grpc: bool) -> Arc<str> {
-        let t = template(path, grpc);
+        self.route_in(server, path, grpc, &mut String::new())
+    }
+
+    /// [`RouteTable::route`], with the template written into `scratch`: a known route
+    /// or the overflow costs no allocation.
+    fn route_in(
+        &self,
+        server: &Arc<str>,
+        path: &str,
+        grpc: bool,
+        scratch: &mut String,
+    ) -> Arc<str> {
+        template_into(path, grpc, scratch);
+        let t = scratch.as_str();
+        if t == OVERFLOW {
+            return self.overflow.clone();
+        }
         let mut all = self.by_server.lock().unwrap_or_else(|e| e.into_inner());
-        let routes = all.entry(server.clone()).or_default();
-        if let Some(r) = routes.get(t.as_str()) {
+        let Some(routes) = all.get_mut(server) else {
+            let r: Arc<str> = Arc::from(t);
+            all.insert(server.clone(), HashSet::from([r.clone()]));
+            return r;
+        };
+        if let Some(r) = routes.get(t) {
             return r.clone();
         }
         if routes.len() >= MAX_ROUTES {
-            return Arc::from(OVERFLOW);
+            return self.overflow.clone();
         }
         let r: Arc<str> = Arc::from(t);
         routes.insert(r.clone());
@@ -130,7 +172,7 @@ impl RouteTable {
                 return r.clone();
             }
         }
-        let r = self.route(server, path, grpc);
+        let r = self.route_in(server, path, grpc, &mut cache.scratch);
         // Long paths are not kept: the cache stays small.
         if path.len() <= RouteCache::MAX_PATH {
             let (p, g, route) = cache
@@ -195,6 +237,13 @@ mod tests {
         }
         assert_eq!(distinct.len(), MAX_ROUTES + 1, "{} routes", distinct.len());
         assert!(distinct.contains(OVERFLOW));
+        // Every request beyond the cap shares one overflow route, as do paths that
+        // cannot be templated.
+        let (x, y) = (
+            table.route(&a, "/new/1", false),
+            table.route(&a, "x", false),
+        );
+        assert!(Arc::ptr_eq(&x, &y) && &*x == OVERFLOW);
         // Another server has its own budget; a known route stays itself.
         assert_eq!(&*table.route(&b, "/p1x/9", false), "/p1x/{id}");
         assert_eq!(&*table.route(&a, "/p0x/5", false), "/p0x/{id}");
@@ -217,7 +266,11 @@ mod tests {
             paths.push((long.clone(), false));
             paths.push((long.clone(), false));
         }
+        paths.push(("no-slash".into(), false));
         for (path, grpc) in &paths {
+            let mut buf = String::from("left over");
+            template_into(path, *grpc, &mut buf);
+            assert_eq!(buf, template(path, *grpc), "{path}");
             let want = plain.route(&a, path, *grpc);
             let got = cached.route_cached(&mut cache, &a, path, *grpc);
             assert_eq!(got, want, "{path} grpc={grpc}");
