@@ -53,18 +53,26 @@ pub fn matches(want: &str, pkg: &str) -> bool {
 }
 
 /// The numbers in a package name, for picking the newest.
-pub(super) fn version_key(pkg: &str) -> Vec<u64> {
+fn version_key(pkg: &str) -> Vec<u64> {
     pkg.split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .filter_map(|s| s.parse().ok())
         .collect()
 }
 
-/// The newest package among `candidates` that [`matches`] `want`.
+/// The newest Debian package among `candidates` that [`matches`] `want`.
 pub fn pick<'a>(want: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    newest(candidates, |p| matches(want, p))
+}
+
+/// The newest package among `candidates` that `fits` (by the numbers in its name).
+pub(super) fn newest<'a>(
+    candidates: impl IntoIterator<Item = &'a str>,
+    fits: impl Fn(&str) -> bool,
+) -> Option<String> {
     candidates
         .into_iter()
-        .filter(|p| matches(want, p))
+        .filter(|p| fits(p))
         .max_by_key(|p| version_key(p))
         .map(str::to_string)
 }

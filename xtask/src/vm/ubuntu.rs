@@ -106,13 +106,9 @@ pub fn matches(want: &str, pkg: &str) -> bool {
         .is_some_and(|abi| !abi.is_empty() && abi.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// The newest package among `candidates` that [`matches`] `want`.
+/// The newest Ubuntu package among `candidates` that [`matches`] `want`.
 pub fn pick<'a>(want: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    candidates
-        .into_iter()
-        .filter(|p| matches(want, p))
-        .max_by_key(|p| super::kernel::version_key(p))
-        .map(str::to_string)
+    super::kernel::newest(candidates, |p| matches(want, p))
 }
 
 /// The archive key, fetched once into `dir/ubuntu-archive.gpg`.
