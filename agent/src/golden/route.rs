@@ -35,43 +35,45 @@ pub fn template(path: &str, grpc: bool) -> String {
 /// allocates nothing for a path it has templated before.
 pub fn template_into(path: &str, grpc: bool, out: &mut String) {
     out.clear();
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    if path.len() > MAX_PATH || !path.starts_with('/') {
+    let path = memchr::memchr2(b'?', b'#', path.as_bytes())
+        .map_or(path, |end| path.get(..end).unwrap_or_default());
+    let Some(rest) = path.strip_prefix('/').filter(|_| path.len() <= MAX_PATH) else {
         out.push_str(OVERFLOW);
         return;
-    }
+    };
     if grpc {
         out.push_str(path);
         return;
     }
-    for (i, segment) in path.split('/').skip(1).enumerate() {
+    for (i, segment) in rest.split('/').enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/…");
             break;
         }
         out.push('/');
-        out.push_str(if is_identifier(segment) {
+        out.push_str(if is_identifier(segment.as_bytes()) {
             "{id}"
         } else {
             segment
         });
     }
-    if out.is_empty() {
-        out.push('/');
-    }
 }
 
-/// Whether a path segment looks like an identifier rather than a name.
-fn is_identifier(s: &str) -> bool {
-    let b = s.as_bytes();
+/// Whether a path segment looks like an identifier rather than a name (one pass over
+/// its bytes).
+fn is_identifier(b: &[u8]) -> bool {
     if b.is_empty() {
         return false;
     }
-    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
-    let hex = b.iter().all(u8::is_ascii_hexdigit);
-    let alnum = b
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_');
+    let (mut digits, mut hex, mut alnum) = (0, true, true);
+    for &c in b {
+        if c.is_ascii_digit() {
+            digits += 1;
+        } else {
+            hex &= c.is_ascii_hexdigit();
+            alnum &= c.is_ascii_alphabetic() || c == b'-' || c == b'_';
+        }
+    }
     digits == b.len()
         || is_uuid(b)
         || (hex && b.len() >= 8 && digits > 0)
@@ -88,12 +90,19 @@ fn is_uuid(b: &[u8]) -> bool {
 
 /// The routes seen per server workload, each capped at [`MAX_ROUTES`]. Routes are
 /// shared (`Arc<str>`), so a label or attribute holding one costs a refcount.
+///
+/// Hashed with foldhash (seeded per process) rather than SipHash: a route is hashed on
+/// every request whose path the connection has not just seen, and a set never holds
+/// more than [`MAX_ROUTES`] entries, so colliding keys cannot make it slow.
 #[derive(Debug)]
 pub struct RouteTable {
-    by_server: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+    by_server: Mutex<HashMap<Arc<str>, Routes, Hasher>>,
     /// [`OVERFLOW`], made once: every request beyond the cap shares it.
     overflow: Arc<str>,
 }
+
+type Hasher = foldhash::fast::RandomState;
+type Routes = HashSet<Arc<str>, Hasher>;
 
 impl Default for RouteTable {
     fn default() -> Self {
@@ -143,7 +152,9 @@ impl RouteTable {
         let mut all = self.by_server.lock().unwrap_or_else(|e| e.into_inner());
         let Some(routes) = all.get_mut(server) else {
             let r: Arc<str> = Arc::from(t);
-            all.insert(server.clone(), HashSet::from([r.clone()]));
+            let mut routes = Routes::default();
+            routes.insert(r.clone());
+            all.insert(server.clone(), routes);
             return r;
         };
         if let Some(r) = routes.get(t) {

@@ -79,11 +79,16 @@ impl SeriesCache {
         status: u16,
         outcome: &'static str,
     ) -> &mut RequestSeries {
+        // Routes are compared by pointer only: the route table gives a server's
+        // template one `Arc` (the connection's server is fixed), so an equal route in
+        // another `Arc` is rare (a server forgotten and seen again), and costs only a
+        // second entry here resolving to the same registered series. Comparing the
+        // strings made a connection whose paths change pay a `memcmp` per kept entry.
         let found = self.requests.iter().position(|s| {
-            s.status == status
+            Arc::ptr_eq(&s.route, route)
+                && s.status == status
                 && s.method == method
                 && s.outcome == outcome
-                && (Arc::ptr_eq(&s.route, route) || s.route == *route)
         });
         if let Some(i) = found {
             return &mut self.requests[i];
@@ -174,5 +179,32 @@ mod tests {
         }
         assert_eq!(g.traced.get_or_create(&e).get(), 2);
         assert_eq!(cache.requests.len(), KEPT);
+    }
+
+    /// An equal route in another `Arc` (a server forgotten and seen again) gets an
+    /// entry of its own, resolving to the same registered series.
+    #[test]
+    fn an_equal_route_elsewhere_counts_in_the_same_series() {
+        let g = Golden::default();
+        let e = edge("b");
+        let mut cache = SeriesCache::default();
+        for _ in 0..2 {
+            let route: Arc<str> = Arc::from("/same");
+            cache
+                .request(&g, &e, &route, "GET", 200, "success")
+                .requests
+                .inc();
+        }
+        let got = g
+            .requests
+            .get_or_create(&RequestLabels {
+                edge: e.clone(),
+                route: Name(Arc::from("/same")),
+                method: "GET",
+                status_code: 200,
+                outcome: "success",
+            })
+            .get();
+        assert_eq!(got, 2);
     }
 }

@@ -60,6 +60,10 @@ pub(super) struct RequestAttrs {
     pub encoded: Attributes,
     /// Attributes whose values were cut.
     pub truncated: Vec<&'static str>,
+    /// Where the path's attributes start in `encoded` and `truncated`: what is before
+    /// depends on the method, host, `User-Agent` and version only, so a request that
+    /// differs in its path (an id in it) rewrites the tail alone.
+    tail: (usize, usize),
 }
 
 /// Bytes the attributes of a typical request take, reserved up front.
@@ -67,6 +71,7 @@ const TYPICAL_ATTRIBUTES: usize = 384;
 
 /// What every request of a connection leg shares: the attributes encoded once per
 /// connection (`fixed`), its destination (`server.address` without a Host).
+#[derive(Clone, Copy)]
 pub(super) struct Leg<'a> {
     pub fixed: &'a Attributes,
     pub dst: SocketAddr,
@@ -74,7 +79,22 @@ pub(super) struct Leg<'a> {
 
 impl RequestAttrs {
     fn new(leg: Leg<'_>, req: RequestFacts<'_>, route: &str, is_grpc: bool) -> Self {
-        let mut truncated = Vec::new();
+        let mut attrs = Self {
+            name: String::new(),
+            encoded: Attributes::with_capacity(
+                TYPICAL_ATTRIBUTES + req.path.len() + leg.fixed.len(),
+            ),
+            truncated: Vec::new(),
+            tail: (0, 0),
+        };
+        attrs.fill(leg, req, route, is_grpc);
+        attrs
+    }
+
+    /// Becomes the attributes of `req`, in the buffers it already has.
+    fn fill(&mut self, leg: Leg<'_>, req: RequestFacts<'_>, route: &str, is_grpc: bool) {
+        let truncated = &mut self.truncated;
+        truncated.clear();
         let mut dst_ip = String::new();
         let host = match req.host {
             Some(h) => strip_port(h),
@@ -84,19 +104,14 @@ impl RequestAttrs {
                 dst_ip.as_str()
             }
         };
-        let method = capped(req.method, "http.request.method", &mut truncated);
-        let path = capped(req.path, "url.path", &mut truncated);
-        let host = capped(host, "server.address", &mut truncated);
+        let method = capped(req.method, "http.request.method", truncated);
+        let host = capped(host, "server.address", truncated);
         let user_agent = req
             .user_agent
-            .map(|ua| capped(ua, "user_agent.original", &mut truncated));
-        let grpc = is_grpc
-            .then(|| path.trim_start_matches('/').split_once('/'))
-            .flatten();
-        let mut a = Attributes::with_capacity(TYPICAL_ATTRIBUTES + path.len() + leg.fixed.len());
+            .map(|ua| capped(ua, "user_agent.original", truncated));
+        let a = &mut self.encoded;
+        a.truncate(0);
         a.string("http.request.method", method);
-        a.string("url.path", path);
-        a.string("http.route", route);
         a.string("server.address", host);
         a.extend(leg.fixed);
         a.string(
@@ -110,19 +125,34 @@ impl RequestAttrs {
         if let Some(ua) = user_agent {
             a.string("user_agent.original", ua);
         }
-        let name = match grpc {
+        self.tail = (a.len(), truncated.len());
+        self.fill_tail(req, route, is_grpc);
+    }
+
+    /// Rewrites what depends on the path: `url.path`, `http.route`, gRPC's `rpc.*`
+    /// and the span name.
+    fn fill_tail(&mut self, req: RequestFacts<'_>, route: &str, is_grpc: bool) {
+        let (encoded, cut) = self.tail;
+        self.encoded.truncate(encoded);
+        self.truncated.truncate(cut);
+        let a = &mut self.encoded;
+        let method = capped(req.method, "http.request.method", &mut Vec::new());
+        let path = capped(req.path, "url.path", &mut self.truncated);
+        a.string("url.path", path);
+        a.string("http.route", route);
+        let grpc = is_grpc
+            .then(|| path.trim_start_matches('/').split_once('/'))
+            .flatten();
+        let name = &mut self.name;
+        name.clear();
+        match grpc {
             Some((svc, method)) => {
                 a.string("rpc.system", "grpc");
                 a.string("rpc.service", svc);
                 a.string("rpc.method", method);
-                [svc, "/", method].concat()
+                name.extend([svc, "/", method]);
             }
-            None => [method, " ", route].concat(),
-        };
-        Self {
-            name,
-            encoded: a,
-            truncated,
+            None => name.extend([method, " ", route]),
         }
     }
 }
@@ -150,6 +180,14 @@ impl Last {
             && (Arc::ptr_eq(&self.route, route) || *self.route == **route)
             && self.method == req.method
             && self.path == req.path
+            && self.host.as_deref() == req.host
+            && self.user_agent.as_deref() == req.user_agent
+    }
+
+    /// Whether `req` has what the attributes before the path's were made from.
+    fn same_head(&self, req: &RequestFacts<'_>) -> bool {
+        self.version == req.version
+            && self.method == req.method
             && self.host.as_deref() == req.host
             && self.user_agent.as_deref() == req.user_agent
     }
@@ -204,11 +242,26 @@ impl LastRequest {
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let attrs = match last.as_mut() {
             Some(l) if l.is(&req, route, grpc) => l.attrs.clone(),
-            kept => {
-                let attrs = Arc::new(RequestAttrs::new(leg, req, route, grpc));
+            mut kept => {
                 let size = req.path.len()
                     + req.host.map_or(0, str::len)
                     + req.user_agent.map_or(0, str::len);
+                // The last request's spans are usually encoded and gone by now: its
+                // attributes' buffers are refilled rather than a new set allocated.
+                let reused = match kept.as_deref_mut() {
+                    Some(l) if size <= Self::MAX_KEPT => {
+                        let head = l.same_head(&req);
+                        Arc::get_mut(&mut l.attrs)
+                            .map(|a| match head {
+                                true => a.fill_tail(req, route, grpc),
+                                false => a.fill(leg, req, route, grpc),
+                            })
+                            .map(|()| l.attrs.clone())
+                    }
+                    _ => None,
+                };
+                let attrs =
+                    reused.unwrap_or_else(|| Arc::new(RequestAttrs::new(leg, req, route, grpc)));
                 match kept {
                     _ if size > Self::MAX_KEPT => *last = None,
                     Some(l) => l.set(&req, route, grpc, &attrs),
@@ -355,5 +408,45 @@ mod tests {
         }
         assert_eq!(truncated.get(), cut, "cut values counted on every request");
         assert!(cut > 0, "the long User-Agent is cut");
+    }
+
+    /// A new request's attributes go into the last one's buffers when no span holds
+    /// them any more, and never into ones a span still holds.
+    #[test]
+    fn buffers_are_refilled_only_when_no_span_holds_them() {
+        let fixed = Attributes::default();
+        let leg = || Leg {
+            fixed: &fixed,
+            dst: "10.0.0.2:8080".parse().expect("addr"),
+        };
+        let route: Arc<str> = Arc::from("/p/{id}");
+        let facts = |path| RequestFacts {
+            method: "GET",
+            path,
+            version: Version::HTTP_11,
+            host: Some("web"),
+            user_agent: None,
+        };
+        let last = LastRequest::default();
+        let truncated = Counter::default();
+        let first = last.attrs(leg(), facts("/p/1"), &route, false, &truncated);
+        let first_ptr = Arc::as_ptr(&first);
+        drop(first);
+        let second = last.attrs(leg(), facts("/p/2"), &route, false, &truncated);
+        assert_eq!(Arc::as_ptr(&second), first_ptr, "refilled in place");
+        let fresh = RequestAttrs::new(leg(), facts("/p/2"), &route, false);
+        assert_eq!(second.encoded.as_bytes(), fresh.encoded.as_bytes());
+        assert_eq!(second.name, fresh.name);
+        // `second` is still held (a span not yet encoded): the next one is new.
+        let before = second.encoded.as_bytes().to_vec();
+        let third = last.attrs(leg(), facts("/p/3"), &route, false, &truncated);
+        assert!(!Arc::ptr_eq(&second, &third));
+        assert_eq!(
+            second.encoded.as_bytes(),
+            before,
+            "a held set is never touched"
+        );
+        let fresh = RequestAttrs::new(leg(), facts("/p/3"), &route, false);
+        assert_eq!(third.encoded.as_bytes(), fresh.encoded.as_bytes());
     }
 }

@@ -157,6 +157,12 @@ impl Attributes {
         Self(Vec::with_capacity(n))
     }
 
+    /// Keeps the first `len` bytes (a length [`Attributes::len`] gave, so whole
+    /// attributes), and its buffer.
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+
     /// The `KeyValue` framing and key of an attribute whose `AnyValue` has `any` bytes,
     /// with room reserved for the whole attribute; the caller writes the `AnyValue`
     /// (its content only: `AnyValue`'s own framing is written here).
