@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{BufMut as _, Bytes};
+use bytes::BufMut;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceResponse, common::v1::InstrumentationScope,
 };
@@ -272,12 +272,13 @@ impl Exporter {
     /// (a slow or absent collector), spans wait in the bounded queue and what overflows
     /// it is dropped. Returns once the queue is closed and drained.
     async fn run(self, queue: Arc<SpanQueue>) {
-        let scope = InstrumentationScope {
+        let scope: Arc<[u8]> = InstrumentationScope {
             name: "hoptrace".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         }
-        .encode_to_vec();
+        .encode_to_vec()
+        .into();
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let limits = Limits {
             bytes: MAX_REQUEST_BYTES,
@@ -332,8 +333,9 @@ impl Exporter {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            // Encoded once: a retry sends the same bytes again (a refcount, no copy).
-            let mut req = tonic::Request::new(request.bytes.clone());
+            // Framed into the gRPC message when sent (the spans' bytes copied once,
+            // into tonic's buffer); a retry frames the same parts again.
+            let mut req = tonic::Request::new(request.parts.clone());
             *req.metadata_mut() = self.metadata.clone();
             match self.send(req).await {
                 Ok(resp) => {
@@ -366,7 +368,7 @@ impl Exporter {
     /// One `TraceService/Export` call with a pre-encoded request.
     async fn send(
         &mut self,
-        req: tonic::Request<Bytes>,
+        req: tonic::Request<Arc<Parts>>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         self.client
             .ready()
@@ -406,10 +408,21 @@ impl Exporter {
 /// batch split at this size always fits.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-/// One export request, encoded, and the number of spans in it.
+/// One export request: its pods' parts, and the number of spans in it.
 struct Encoded {
-    bytes: Bytes,
+    parts: Arc<Parts>,
     spans: usize,
+}
+
+/// The parts of one `ExportTraceServiceRequest`, written out only when sent
+/// ([`Parts::write`]): the spans' bytes go from the pods' buffers straight into the
+/// gRPC message.
+pub(crate) struct Parts {
+    pods: Vec<PodPart>,
+    /// The encoded `InstrumentationScope`.
+    scope: Arc<[u8]>,
+    /// The request's encoded length.
+    len: usize,
 }
 
 /// How large one export request may grow.
@@ -424,7 +437,7 @@ struct Limits {
 /// The queued spans as export requests within `limits`: one `ResourceSpans` per pod,
 /// in order of first appearance, spans in submission order. `scope` is the encoded
 /// `InstrumentationScope`. The spans' bytes are copied once, into the request.
-fn encode(batch: Vec<PodSpans>, scope: &[u8], limits: Limits) -> Vec<Encoded> {
+fn encode(batch: Vec<PodSpans>, scope: &Arc<[u8]>, limits: Limits) -> Vec<Encoded> {
     let mut out = Vec::new();
     let mut current = Builder::default();
     for spans in batch {
@@ -499,32 +512,50 @@ impl Builder {
         part.spans.push(bytes);
     }
 
-    /// `ExportTraceServiceRequest { resource_spans = 1: ResourceSpans { resource = 1,
-    /// scope_spans = 2: ScopeSpans { scope = 1, spans = 2… } } }`, each length known
-    /// before its content is written.
-    fn finish(self, scope: &[u8]) -> Encoded {
-        let total: usize = self
+    /// The request, its length computed; nothing is copied.
+    fn finish(self, scope: &Arc<[u8]>) -> Encoded {
+        let len = self
             .pods
             .iter()
             .map(|p| wire::len_field_size(1, p.resource_spans_len(scope)))
             .sum();
-        let mut b = Vec::with_capacity(total);
+        Encoded {
+            spans: self.spans,
+            parts: Arc::new(Parts {
+                pods: self.pods,
+                scope: scope.clone(),
+                len,
+            }),
+        }
+    }
+}
+
+impl Parts {
+    /// Writes `ExportTraceServiceRequest { resource_spans = 1: ResourceSpans {
+    /// resource = 1, scope_spans = 2: ScopeSpans { scope = 1, spans = 2… } } }` into
+    /// `out`, each length known before its content: `self.len` bytes.
+    fn write(&self, out: &mut impl BufMut) {
+        let scope = &self.scope[..];
         for part in &self.pods {
-            wire::len_prefix(&mut b, 1, part.resource_spans_len(scope));
-            wire::len_prefix(&mut b, 1, part.resource.len());
-            b.extend_from_slice(&part.resource);
-            wire::len_prefix(&mut b, 2, part.scope_spans_len(scope));
-            wire::len_prefix(&mut b, 1, scope.len());
-            b.extend_from_slice(scope);
+            wire::len_prefix(out, 1, part.resource_spans_len(scope));
+            wire::len_prefix(out, 1, part.resource.len());
+            out.put_slice(&part.resource);
+            wire::len_prefix(out, 2, part.scope_spans_len(scope));
+            wire::len_prefix(out, 1, scope.len());
+            out.put_slice(scope);
             for spans in &part.spans {
-                b.extend_from_slice(spans);
+                out.put_slice(spans);
             }
         }
-        debug_assert_eq!(b.len(), total);
-        Encoded {
-            bytes: b.into(),
-            spans: self.spans,
-        }
+    }
+
+    /// The request's bytes (tests).
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.len);
+        self.write(&mut b);
+        assert_eq!(b.len(), self.len);
+        b
     }
 }
 
@@ -533,7 +564,7 @@ impl Builder {
 struct PreEncoded;
 
 impl Codec for PreEncoded {
-    type Encode = Bytes;
+    type Encode = Arc<Parts>;
     type Decode = ExportTraceServiceResponse;
     type Encoder = BytesEncoder;
     type Decoder = ResponseDecoder;
@@ -547,19 +578,19 @@ impl Codec for PreEncoded {
     }
 }
 
-/// Writes pre-encoded request bytes.
+/// Writes a request's parts.
 #[derive(Debug, Clone, Copy, Default)]
 struct BytesEncoder;
 
 impl Encoder for BytesEncoder {
-    type Item = Bytes;
+    type Item = Arc<Parts>;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: Arc<Parts>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         // Room for the whole request at once: growing 8 KiB at a time copies it again
         // and again (docs/BENCH.md).
-        dst.reserve(item.len());
-        dst.put_slice(&item);
+        dst.reserve(item.len);
+        item.write(dst);
         Ok(())
     }
 }

@@ -52,15 +52,16 @@ fn span(pod: &Arc<PodIdentity>, attr_len: usize, parent: Option<SpanId>) -> PodS
 }
 
 fn decode(e: &Encoded) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest::decode(e.bytes.clone()).expect("a valid request")
+    ExportTraceServiceRequest::decode(&e.parts.to_vec()[..]).expect("a valid request")
 }
 
-fn scope() -> Vec<u8> {
+fn scope() -> Arc<[u8]> {
     InstrumentationScope {
         name: "hoptrace".into(),
         ..Default::default()
     }
     .encode_to_vec()
+    .into()
 }
 
 const LIMITS: Limits = Limits {
@@ -113,7 +114,7 @@ fn requests_stay_below_the_size_limit() {
     assert!(requests.len() > 1);
     assert_eq!(requests.iter().map(|r| r.spans).sum::<usize>(), 1000);
     for r in &requests {
-        assert!(r.bytes.len() <= MAX_REQUEST_BYTES, "{}", r.bytes.len());
+        assert!(r.parts.len <= MAX_REQUEST_BYTES, "{}", r.parts.len);
         let spans: usize = decode(r).resource_spans[0].scope_spans[0].spans.len();
         assert_eq!(spans, r.spans);
     }

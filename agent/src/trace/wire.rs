@@ -11,6 +11,8 @@
 //! written): the tests compare them byte for byte and decode them with the official
 //! protos.
 
+use bytes::BufMut;
+
 /// Protobuf wire types.
 const VARINT: u32 = 0;
 const I64: u32 = 1;
@@ -18,12 +20,12 @@ const LEN: u32 = 2;
 const I32: u32 = 5;
 
 /// Appends `v` as a varint.
-pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn varint(out: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.put_u8((v as u8) | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.put_u8(v as u8);
 }
 
 /// Bytes of `v` as a varint.
@@ -32,7 +34,7 @@ pub fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn tag(out: &mut Vec<u8>, field: u32, wire: u32) {
+fn tag(out: &mut impl BufMut, field: u32, wire: u32) {
     varint(out, u64::from((field << 3) | wire));
 }
 
@@ -43,7 +45,7 @@ pub fn len_field_size(field: u32, len: usize) -> usize {
 
 /// Appends the tag and length of a length-delimited field of `len` bytes; the caller
 /// appends the content.
-pub fn len_prefix(out: &mut Vec<u8>, field: u32, len: usize) {
+pub fn len_prefix(out: &mut impl BufMut, field: u32, len: usize) {
     tag(out, field, LEN);
     varint(out, len as u64);
 }

@@ -93,13 +93,13 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
     let traced = s.is_traced();
 
     let (span0, cpu0) = (spans(bl, traced)?, cpu(bl, &cgroups)?);
-    let switches0 = procstat::switches(&pids);
+    let counts0 = procstat::thread_counts(&pids);
     let sat = saturate(bl, opts, s)?;
     if traced {
         wait_received(bl, None);
     }
     let cpu1 = cpu(bl, &cgroups)?;
-    let switches1 = procstat::switches(&pids);
+    let counts1 = procstat::thread_counts(&pids);
     let span1 = spans(bl, traced)?;
 
     let seed = (u64::from(round) << 40) | ((s as u64 + 1) << 32) | u64::from(rand::random::<u16>());
@@ -114,10 +114,11 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
         fixed
     };
     let cpu2 = cpu(bl, &cgroups)?;
-    let switches2 = procstat::switches(&pids);
+    let counts2 = procstat::thread_counts(&pids);
     let span2 = spans(bl, traced)?;
 
     let per_req = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let per = |count: u64, n: u64| count as f64 / n.max(1) as f64;
     let (nsat, nfixed) = (sat.requests, fixed.requests);
     let mut sample = Sample {
         scenario: s.name().into(),
@@ -130,8 +131,11 @@ pub fn measure(bl: &BenchLab, opts: &BenchOptions, s: Scenario, round: u32) -> R
         sat_lab_cpu_us: per_req(cpu1.lab - cpu0.lab, nsat),
         fixed_lab_cpu_us: per_req(cpu2.lab - cpu1.lab, nfixed),
         sat_machine_cpu_us: per_req(cpu1.machine.saturating_sub(cpu0.machine), nsat),
-        sat_switches: switches1.saturating_sub(switches0) as f64 / nsat.max(1) as f64,
-        fixed_switches: switches2.saturating_sub(switches1) as f64 / nfixed.max(1) as f64,
+        sat_switches: per(counts1.since(counts0).switches, nsat),
+        fixed_switches: per(counts2.since(counts1).switches, nfixed),
+        sat_faults: per(counts1.since(counts0).faults, nsat),
+        fixed_faults: per(counts2.since(counts1).faults, nfixed),
+        fixed_migrations: per(counts2.since(counts1).migrations, nfixed),
         proxy_pss: procstat::pss(&pids),
         proxy_rss: pids.iter().filter_map(|&p| procstat::rss(p).ok()).sum(),
         fixed,

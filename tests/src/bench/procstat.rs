@@ -99,22 +99,75 @@ pub fn cpu_time(pids: &[u32]) -> Duration {
     Duration::from_secs_f64(ticks as f64 / clock_ticks_per_sec() as f64)
 }
 
-/// Context switches so far of every live thread of `pids`, voluntary (the thread
-/// waited: each is a wake-up later) and involuntary (preempted), from
-/// `/proc/PID/task/TID/status`. Threads that exited are not counted.
-pub fn switches(pids: &[u32]) -> u64 {
-    let mut n = 0;
+/// What the kernel has counted so far for every live thread of some processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadCounts {
+    /// Context switches, voluntary (the thread waited: each is a wake-up later) and
+    /// involuntary (preempted), from `status`.
+    pub switches: u64,
+    /// Minor page faults (`minflt` of `stat`): a page mapped on first touch, or again
+    /// after the allocator gave it back to the kernel.
+    pub faults: u64,
+    /// Moves to another CPU (`se.nr_migrations` of `sched`; 0 where the kernel does
+    /// not show it).
+    pub migrations: u64,
+}
+
+impl ThreadCounts {
+    /// What was counted after `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            switches: self.switches.saturating_sub(before.switches),
+            faults: self.faults.saturating_sub(before.faults),
+            migrations: self.migrations.saturating_sub(before.migrations),
+        }
+    }
+}
+
+/// [`ThreadCounts`] of every live thread of `pids`, from `/proc/PID/task/TID/`.
+/// Threads that exited are not counted.
+pub fn thread_counts(pids: &[u32]) -> ThreadCounts {
+    let mut n = ThreadCounts::default();
     for pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for t in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(t.path().join("status")) {
-                n += parse_switches(&text);
-            }
+            let c = task_counts(&t.path());
+            n.switches += c.switches;
+            n.faults += c.faults;
+            n.migrations += c.migrations;
         }
     }
     n
+}
+
+/// [`ThreadCounts`] of one thread, `/proc/PID/task/TID`.
+fn task_counts(task: &std::path::Path) -> ThreadCounts {
+    let read = |f: &str| std::fs::read_to_string(task.join(f)).ok();
+    ThreadCounts {
+        switches: read("status").map_or(0, |t| parse_switches(&t)),
+        faults: read("stat").and_then(|t| parse_minflt(&t)).unwrap_or(0),
+        migrations: read("sched")
+            .and_then(|t| parse_migrations(&t))
+            .unwrap_or(0),
+    }
+}
+
+/// `minflt` (field 10) of a `stat` text; the command name may hold spaces and `)`.
+pub fn parse_minflt(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// `se.nr_migrations` of a `sched` text.
+pub fn parse_migrations(sched: &str) -> Option<u64> {
+    sched.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "se.nr_migrations")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
 }
 
 /// `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` of a `status` text.
@@ -226,6 +279,12 @@ mod tests {
                       voluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
         assert_eq!(parse_switches(status), 127);
         assert_eq!(parse_switches("Name:\tx\n"), 0);
+        assert_eq!(parse_minflt(stat), Some(100));
+        assert_eq!(parse_minflt("1 (x) S 0"), None);
+        let sched = "x (1, #threads: 1)\n----\nse.exec_start   :   1.5\n\
+                     se.nr_migrations                             :                   42\n";
+        assert_eq!(parse_migrations(sched), Some(42));
+        assert_eq!(parse_migrations("nr_switches : 3\n"), None);
         assert_eq!(kb_field(status, "VmRSS"), Some(12345 * 1024));
         assert_eq!(kb_field(status, "Pss"), None);
 
@@ -250,8 +309,18 @@ mod tests {
         }
         assert!(x > 0 && cpu_time(&[me]) > before);
         assert!(process_cpu() >= Duration::from_millis(100));
-        let before = switches(&[me]);
+        // This thread's own counts: other tests' threads come and go.
+        // SAFETY: plain syscall.
+        let tid = unsafe { libc::gettid() };
+        let task = std::path::PathBuf::from(format!("/proc/{me}/task/{tid}"));
+        let before = task_counts(&task);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(switches(&[me]) > before, "a sleep is a voluntary switch");
+        // Touching fresh pages faults them in.
+        let pages = vec![1u8; 1 << 22];
+        assert!(std::hint::black_box(pages).iter().all(|&b| b == 1));
+        let d = task_counts(&task).since(before);
+        assert!(thread_counts(&[me]).switches > 0);
+        assert!(d.switches > 0, "a sleep is a voluntary switch");
+        assert!(d.faults > 0, "4 MiB touched: {d:?}");
     }
 }

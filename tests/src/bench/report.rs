@@ -242,7 +242,10 @@ fn rounds(out: &mut String, r: &BenchResult) {
          Voluntary and involuntary switches of every thread of the proxies (the agents; nginx; haproxy), \
          from `/proc/PID/task/TID/status`, per answered request. At the fixed rate nearly every voluntary \
          switch is a thread going to sleep for want of work, so a woken thread, and its cost: \
-         CPU µs per switch is the proxies' CPU at the fixed rate divided by their switches.\n"
+         CPU µs per switch is the proxies' CPU at the fixed rate divided by their switches. \
+         Minor page faults (`minflt` of `/proc/PID/task/TID/stat`) count pages mapped on first touch or \
+         again after the allocator gave them back; CPU moves (`se.nr_migrations` of `.../sched`) count \
+         a thread woken on another CPU than the one it last ran on, with cold caches there.\n"
     );
     switches(out, r);
 }
@@ -251,18 +254,22 @@ fn rounds(out: &mut String, r: &BenchResult) {
 fn switches(out: &mut String, r: &BenchResult) {
     let _ = writeln!(
         out,
-        "| scenario | switches/req sat | switches/req fixed | proxy CPU µs per switch, fixed |"
+        "| scenario | switches/req sat | switches/req fixed | proxy CPU µs per switch, fixed | \
+         page faults/req sat | page faults/req fixed | CPU moves/req fixed |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|");
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
     for w in [Workload::Http, Workload::Tcp] {
         for s in rows(r, w).filter(|s| !s.scenario.starts_with("direct")) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 s.scenario,
                 num(s.sat_switches, 2),
                 num(s.fixed_switches, 2),
                 num(s.fixed_cpu_us / s.fixed_switches, 1),
+                num(s.sat_faults, 3),
+                num(s.fixed_faults, 3),
+                num(s.fixed_migrations, 2),
             );
         }
     }
@@ -407,6 +414,7 @@ mod tests {
         }
         if let Some(h) = r.samples.iter_mut().find(|x| x.scenario == "hoptrace-http") {
             (h.fixed_cpu_us, h.sat_switches, h.fixed_switches) = (50.0, 0.5, 2.5);
+            (h.sat_faults, h.fixed_faults, h.fixed_migrations) = (0.01, 0.25, 1.5);
         }
         r.memory = Some(MemoryResult {
             large_pods: 10,
@@ -427,7 +435,7 @@ mod tests {
         );
         assert!(md.contains("| 1 | 1000 / 100 |"), "{md}");
         assert!(
-            md.contains("| hoptrace-http | 0.50 | 2.50 | 20.0 |"),
+            md.contains("| hoptrace-http | 0.50 | 2.50 | 20.0 | 0.010 | 0.250 | 1.50 |"),
             "{md}"
         );
         assert!(!md.contains("| direct | 0.00"), "{md}");

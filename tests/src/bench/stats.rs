@@ -45,6 +45,15 @@ pub struct Sample {
     /// to sleep for want of work, to be woken by the next event).
     #[serde(default)]
     pub fixed_switches: f64,
+    /// Saturation: minor page faults of the proxies' threads per answered request.
+    #[serde(default)]
+    pub sat_faults: f64,
+    /// Fixed rate: the same.
+    #[serde(default)]
+    pub fixed_faults: f64,
+    /// Fixed rate: the proxies' threads' moves to another CPU per answered request.
+    #[serde(default)]
+    pub fixed_migrations: f64,
     /// Proportional set size of the proxies after both runs, bytes.
     pub proxy_pss: u64,
     /// Resident set size of the proxies after both runs (summed per process), bytes.
@@ -165,6 +174,15 @@ pub struct Summary {
     /// Proxies' context switches per request at the fixed rate.
     #[serde(default = "nan", deserialize_with = "nan_from_null")]
     pub fixed_switches: f64,
+    /// Proxies' minor page faults per request at saturation.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub sat_faults: f64,
+    /// Proxies' minor page faults per request at the fixed rate.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub fixed_faults: f64,
+    /// Proxies' moves to another CPU per request at the fixed rate.
+    #[serde(default = "nan", deserialize_with = "nan_from_null")]
+    pub fixed_migrations: f64,
     /// Proxies' PSS, MiB.
     #[serde(deserialize_with = "nan_from_null")]
     pub pss_mib: f64,
@@ -235,6 +253,9 @@ pub fn summarize(samples: &[Sample], s: Scenario) -> Summary {
         }),
         sat_switches: m(|x| x.sat_switches),
         fixed_switches: m(|x| x.fixed_switches),
+        sat_faults: m(|x| x.sat_faults),
+        fixed_faults: m(|x| x.fixed_faults),
+        fixed_migrations: m(|x| x.fixed_migrations),
         pss_mib: m(|x| x.proxy_pss as f64 / (1024.0 * 1024.0)),
         errors: mine.iter().map(|x| x.sat_errors + x.fixed.errors).sum(),
     }
