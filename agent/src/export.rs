@@ -365,7 +365,7 @@ impl Exporter {
         }
     }
 
-    /// One `TraceService/Export` call with a pre-encoded request.
+    /// One `TraceService/Export` call with a request's parts.
     async fn send(
         &mut self,
         req: tonic::Request<Arc<Parts>>,
@@ -436,7 +436,7 @@ struct Limits {
 
 /// The queued spans as export requests within `limits`: one `ResourceSpans` per pod,
 /// in order of first appearance, spans in submission order. `scope` is the encoded
-/// `InstrumentationScope`. The spans' bytes are copied once, into the request.
+/// `InstrumentationScope`. Nothing is copied here: [`Parts::write`] does, when sent.
 fn encode(batch: Vec<PodSpans>, scope: &Arc<[u8]>, limits: Limits) -> Vec<Encoded> {
     let mut out = Vec::new();
     let mut current = Builder::default();
@@ -559,7 +559,8 @@ impl Parts {
     }
 }
 
-/// The gRPC codec of a request encoded beforehand (sent as is) and a protobuf answer.
+/// The gRPC codec of a request's parts (framed as they are written) and a protobuf
+/// answer.
 #[derive(Debug, Clone, Copy, Default)]
 struct PreEncoded;
 
