@@ -150,8 +150,9 @@ struct BenchArgs {
     /// [default: 2000; --quick: 200]; implies --callgrind.
     #[arg(long, value_name = "N")]
     callgrind_requests: Option<u64>,
-    /// Give every callgrind request a path of its own (`/p<i>x`), as REST APIs with ids
-    /// in their paths do, instead of one path; implies --callgrind.
+    /// Give every callgrind request a path of its own (`/p<i>x`, a new route each: past
+    /// a server's first 100 routes all are `other`), the worst case for the route and
+    /// attribute caches, instead of one path; implies --callgrind.
     #[arg(long)]
     callgrind_distinct_paths: bool,
     /// Also run the scaling phase: one agent serving 1, 10 and 50 sending pods, then
