@@ -132,20 +132,13 @@ impl RouteTable {
     /// The route for `path` at `server`: its template, or [`OVERFLOW`] once the
     /// server has [`MAX_ROUTES`] others.
     pub fn route(&self, server: &Arc<str>, path: &str, grpc: bool) -> Arc<str> {
-        self.route_in(server, path, grpc, &mut String::new())
+        let mut t = String::new();
+        template_into(path, grpc, &mut t);
+        self.route_of(server, &t)
     }
 
-    /// [`RouteTable::route`], with the template written into `scratch`: a known route
-    /// or the overflow costs no allocation.
-    fn route_in(
-        &self,
-        server: &Arc<str>,
-        path: &str,
-        grpc: bool,
-        scratch: &mut String,
-    ) -> Arc<str> {
-        template_into(path, grpc, scratch);
-        let t = scratch.as_str();
+    /// The route of template `t` at `server`.
+    fn route_of(&self, server: &Arc<str>, t: &str) -> Arc<str> {
         if t == OVERFLOW {
             return self.overflow.clone();
         }
@@ -183,7 +176,14 @@ impl RouteTable {
                 return r.clone();
             }
         }
-        let r = self.route_in(server, path, grpc, &mut cache.scratch);
+        template_into(path, grpc, &mut cache.scratch);
+        // Another path with the last one's template (another id in a REST path): the
+        // same route, without the table's lock and hash. A template, once a route,
+        // stays that route; the overflow route is never equal to a template.
+        let r = match &cache.last {
+            Some((_, g, r)) if *g == grpc && **r == *cache.scratch => r.clone(),
+            _ => self.route_of(server, &cache.scratch),
+        };
         // Long paths are not kept: the cache stays small.
         if path.len() <= RouteCache::MAX_PATH {
             let (p, g, route) = cache
@@ -276,8 +276,13 @@ mod tests {
             paths.push((format!("/w{i}/1"), true));
             paths.push((long.clone(), false));
             paths.push((long.clone(), false));
+            // Another id, the last template: the cached route without the table.
+            paths.push((format!("/users/{i}"), false));
+            paths.push((format!("/users/{}", i + 1000), false));
+            paths.push((format!("/users/{}", i + 2000), true));
         }
         paths.push(("no-slash".into(), false));
+        paths.push(("also-no-slash".into(), false));
         for (path, grpc) in &paths {
             let mut buf = String::from("left over");
             template_into(path, *grpc, &mut buf);
@@ -286,5 +291,20 @@ mod tests {
             let got = cached.route_cached(&mut cache, &a, path, *grpc);
             assert_eq!(got, want, "{path} grpc={grpc}");
         }
+    }
+
+    /// A path with the last one's template gets the very route the table gave it.
+    #[test]
+    fn another_id_shares_the_route() {
+        let table = RouteTable::default();
+        let a: Arc<str> = Arc::from("a");
+        let mut cache = RouteCache::default();
+        let first = table.route_cached(&mut cache, &a, "/users/1", false);
+        let second = table.route_cached(&mut cache, &a, "/users/2?x=1", false);
+        assert_eq!(&*first, "/users/{id}");
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = table.route_cached(&mut cache, &a, "/orders/7", false);
+        assert_eq!(&*other, "/orders/{id}");
+        assert!(Arc::ptr_eq(&table.route(&a, "/users/3", false), &first));
     }
 }
