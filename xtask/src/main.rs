@@ -155,6 +155,10 @@ struct BenchArgs {
     /// attribute caches, instead of one path; implies --callgrind.
     #[arg(long)]
     callgrind_distinct_paths: bool,
+    /// Give every callgrind request an id of its own in one route (`/p/<i>`, route
+    /// `/p/{id}`), as REST APIs do; implies --callgrind.
+    #[arg(long, conflicts_with = "callgrind_distinct_paths")]
+    callgrind_id_paths: bool,
     /// Also run the scaling phase: one agent serving 1, 10 and 50 sending pods, then
     /// per-pod fairness with one pod flooding.
     #[arg(long)]
@@ -198,6 +202,9 @@ impl BenchArgs {
         }
         if self.callgrind {
             v.push("--callgrind".to_string());
+        }
+        if self.callgrind_id_paths {
+            v.push("--callgrind-id-paths".to_string());
         }
         if self.callgrind_distinct_paths {
             v.push("--callgrind-distinct-paths".to_string());

@@ -61,6 +61,9 @@ pub struct CallgrindOptions {
     /// Every request with a path of its own (`labapp load --distinct-paths`).
     #[serde(default)]
     pub distinct_paths: bool,
+    /// Those paths with an id in one route (`labapp load --id-paths`: `/p/<i>`).
+    #[serde(default)]
+    pub id_paths: bool,
 }
 
 impl Default for CallgrindOptions {
@@ -70,6 +73,7 @@ impl Default for CallgrindOptions {
             warmup: 300,
             conns: 4,
             distinct_paths: false,
+            id_paths: false,
         }
     }
 }
@@ -133,6 +137,9 @@ pub struct CallgrindResult {
     /// Every request had a path of its own.
     #[serde(default)]
     pub distinct_paths: bool,
+    /// Those paths were ids in one route.
+    #[serde(default)]
+    pub id_paths: bool,
     /// Per scenario.
     pub scenarios: Vec<CgScenario>,
     /// `hoptrace-http / sidecar` instructions per request, when both were measured.
@@ -181,6 +188,7 @@ pub fn run(
         warmup: cg.warmup,
         conns: cg.conns,
         distinct_paths: cg.distinct_paths,
+        id_paths: cg.id_paths,
         ..Default::default()
     };
     for s in scenarios {
@@ -377,7 +385,9 @@ impl Target<'_> {
             "--trace-seed".into(),
             seed.to_string(),
         ];
-        if cg.distinct_paths {
+        if cg.id_paths {
+            args.push("--id-paths".into());
+        } else if cg.distinct_paths {
             args.push("--distinct-paths".into());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -44,7 +44,9 @@ pub fn markdown(c: &CallgrindResult) -> String {
         c.valgrind,
         c.warmup,
         c.conns,
-        if c.distinct_paths {
+        if c.id_paths {
+            " and a path of its own with an id in one route (`/p/<i>`, route `/p/{id}`)"
+        } else if c.distinct_paths {
             " and a path of its own (`/p<i>x`)"
         } else {
             ""

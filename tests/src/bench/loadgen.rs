@@ -56,6 +56,8 @@ pub struct LoadSpec {
     pub requests: Option<u64>,
     /// HTTP: request i goes to `/p<i>x` (every path distinct) instead of `/`.
     pub distinct_paths: bool,
+    /// With `distinct_paths`: to `/p/<i>` instead, an id in one route (`/p/{id}`).
+    pub id_paths: bool,
     /// Close each connection after this many requests, so the run uses many client
     /// ports (else connections are kept).
     pub requests_per_conn: Option<u64>,
@@ -280,7 +282,9 @@ fn exchange(
     req.clear();
     match spec.proto {
         Proto::Http => {
-            let path = if spec.distinct_paths {
+            let path = if spec.distinct_paths && spec.id_paths {
+                format!("/p/{n}")
+            } else if spec.distinct_paths {
                 format!("/p{n}x")
             } else {
                 "/".to_owned()

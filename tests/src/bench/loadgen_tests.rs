@@ -61,6 +61,7 @@ fn open_loop_http_sends_exactly_the_schedule() {
         trace_seed: Some(7),
         requests: None,
         distinct_paths: false,
+        id_paths: false,
         requests_per_conn: None,
     })
     .expect("run");
@@ -81,6 +82,7 @@ fn closed_loop_tcp_and_errors() {
         trace_seed: None,
         requests: None,
         distinct_paths: false,
+        id_paths: false,
         requests_per_conn: None,
     })
     .expect("run");
@@ -94,6 +96,7 @@ fn closed_loop_tcp_and_errors() {
         trace_seed: Some(1),
         requests: None,
         distinct_paths: false,
+        id_paths: false,
         requests_per_conn: None,
     });
     assert!(
@@ -139,6 +142,7 @@ fn request_limit_distinct_paths_and_reconnects() {
         trace_seed: Some(3),
         requests: Some(20),
         distinct_paths: true,
+        id_paths: false,
         requests_per_conn: Some(5),
     })
     .expect("run");

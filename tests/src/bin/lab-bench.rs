@@ -6,7 +6,7 @@
 //! lab-bench [--rounds N] [--duration SECS] [--quick] [--same-node] [--connections N]
 //!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
 //!           [--profile] [--callgrind] [--callgrind-requests N]
-//!           [--callgrind-distinct-paths] [--scaling]
+//!           [--callgrind-distinct-paths | --callgrind-id-paths] [--scaling]
 //!           [--scaling-pods 1,10,50]
 //! ```
 //! `--rounds 0` skips the interleaved rounds (with `--callgrind` or `--scaling`).
@@ -72,6 +72,10 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
             "--scaling" => want_sc = true,
             "--callgrind-distinct-paths" => {
                 cg.distinct_paths = true;
+                want_cg = true;
+            }
+            "--callgrind-id-paths" => {
+                (cg.distinct_paths, cg.id_paths) = (true, true);
                 want_cg = true;
             }
             "--callgrind-requests" => {

@@ -8,7 +8,7 @@
 //! labapp http-edge-server --listen ADDR
 //! labapp http-edge-client --addr ADDR --trace-seed S
 //! labapp load --addr ADDR --proto http|tcp --duration-ms D --conns C [--rate R] [--trace-seed S]
-//!              [--requests N] [--distinct-paths] [--requests-per-conn K]
+//!              [--requests N] [--distinct-paths | --id-paths] [--requests-per-conn K]
 //! labapp http-ok-server --listen ADDR
 //! labapp hold-server --listen ADDR --hold-ms H
 //! labapp flood-client --addr ADDR --bytes N --sample-ms S [--seed K]
@@ -36,7 +36,7 @@
 //!   exits 1 if one failed.
 //! * `load`: the bench's load generator (`hoptrace_tests::bench::loadgen`): open loop
 //!   at R requests/s, or closed loop without `--rate`; at most N requests; HTTP paths
-//!   `/p<i>x` all distinct with `--distinct-paths`; a new connection every K requests;
+//!   `/p<i>x` all distinct with `--distinct-paths`, `/p/<i>` with `--id-paths`; a new connection every K requests;
 //!   prints one JSON report.
 //! * `http-ok-server`: HTTP/1.1 keep-alive, `200 ok` to every request.
 //! * `hold-server`, `flood-client`, `idle-client`: see [`stream`].
@@ -246,7 +246,8 @@ fn load(flags: &Flags) -> Result<()> {
             Some(_) => Some(flags.num("requests", None)?),
             None => None,
         },
-        distinct_paths: flags.0.contains_key("distinct-paths"),
+        distinct_paths: flags.0.contains_key("distinct-paths") || flags.0.contains_key("id-paths"),
+        id_paths: flags.0.contains_key("id-paths"),
         requests_per_conn: match flags.0.get("requests-per-conn") {
             Some(_) => Some(flags.num("requests-per-conn", None)?),
             None => None,
