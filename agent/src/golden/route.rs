@@ -179,7 +179,8 @@ impl RouteTable {
         template_into(path, grpc, &mut cache.scratch);
         // Another path with the last one's template (another id in a REST path): the
         // same route, without the table's lock and hash. A template, once a route,
-        // stays that route; the overflow route is never equal to a template.
+        // stays that route. A real route starts with `/`, so only a path that is not
+        // templated (`other`) can match the overflow route, which is its route anyway.
         let r = match &cache.last {
             Some((_, g, r)) if *g == grpc && **r == *cache.scratch => r.clone(),
             _ => self.route_of(server, &cache.scratch),
