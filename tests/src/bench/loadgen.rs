@@ -282,13 +282,7 @@ fn exchange(
     req.clear();
     match spec.proto {
         Proto::Http => {
-            let path = if spec.distinct_paths && spec.id_paths {
-                format!("/p/{n}")
-            } else if spec.distinct_paths {
-                format!("/p{n}x")
-            } else {
-                "/".to_owned()
-            };
+            let path = request_path(spec, n);
             write!(req, "GET {path} HTTP/1.1\r\nHost: {}\r\n", spec.addr)
                 .map_err(|e| e.to_string())?;
             if let Some(seed) = spec.trace_seed {
@@ -333,6 +327,17 @@ fn exchange(
                 }
             }
         }
+    }
+}
+
+/// The path of request `n`: `/`, `/p<n>x` (`distinct_paths`) or `/p/<n>` (`id_paths`).
+pub fn request_path(spec: &LoadSpec, n: u64) -> String {
+    if spec.distinct_paths && spec.id_paths {
+        format!("/p/{n}")
+    } else if spec.distinct_paths {
+        format!("/p{n}x")
+    } else {
+        "/".to_owned()
     }
 }
 

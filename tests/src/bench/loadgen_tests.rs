@@ -148,3 +148,30 @@ fn request_limit_distinct_paths_and_reconnects() {
     .expect("run");
     assert_eq!((r.requests, r.errors), (20, 0), "{r:?}");
 }
+
+#[test]
+fn request_paths_one_distinct_or_ids() {
+    let mut spec = LoadSpec {
+        addr: "127.0.0.1:9".parse().expect("addr"),
+        proto: Proto::Http,
+        rate: None,
+        duration: Duration::from_secs(1),
+        conns: 1,
+        trace_seed: None,
+        requests: Some(1),
+        distinct_paths: false,
+        id_paths: false,
+        requests_per_conn: None,
+    };
+    assert_eq!(request_path(&spec, 7), "/");
+    spec.distinct_paths = true;
+    assert_eq!(request_path(&spec, 7), "/p7x");
+    assert_ne!(request_path(&spec, 7), request_path(&spec, 8));
+    spec.id_paths = true;
+    assert_eq!(request_path(&spec, 7), "/p/7");
+    // The agent's route template makes every one of them one route.
+    assert_eq!(
+        hoptrace::golden::route::template(&request_path(&spec, 7), false),
+        "/p/{id}"
+    );
+}
