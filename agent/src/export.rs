@@ -377,7 +377,7 @@ impl Exporter {
         let path = http::uri::PathAndQuery::from_static(
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         );
-        self.client.unary(req, path, PreEncoded).await
+        self.client.unary(req, path, PartsCodec).await
     }
 
     /// Rate-limited: a collector that is down must not flood the log.
@@ -562,16 +562,16 @@ impl Parts {
 /// The gRPC codec of a request's parts (framed as they are written) and a protobuf
 /// answer.
 #[derive(Debug, Clone, Copy, Default)]
-struct PreEncoded;
+struct PartsCodec;
 
-impl Codec for PreEncoded {
+impl Codec for PartsCodec {
     type Encode = Arc<Parts>;
     type Decode = ExportTraceServiceResponse;
-    type Encoder = BytesEncoder;
+    type Encoder = PartsEncoder;
     type Decoder = ResponseDecoder;
 
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
+    fn encoder(&mut self) -> PartsEncoder {
+        PartsEncoder
     }
 
     fn decoder(&mut self) -> ResponseDecoder {
@@ -581,9 +581,9 @@ impl Codec for PreEncoded {
 
 /// Writes a request's parts.
 #[derive(Debug, Clone, Copy, Default)]
-struct BytesEncoder;
+struct PartsEncoder;
 
-impl Encoder for BytesEncoder {
+impl Encoder for PartsEncoder {
     type Item = Arc<Parts>;
     type Error = tonic::Status;
 

@@ -307,5 +307,13 @@ mod tests {
         let other = table.route_cached(&mut cache, &a, "/orders/7", false);
         assert_eq!(&*other, "/orders/{id}");
         assert!(Arc::ptr_eq(&table.route(&a, "/users/3", false), &first));
+
+        // The table no longer consulted: with the server forgotten, the table would
+        // make a new `Arc`; the connection keeps the one it had.
+        let users = table.route_cached(&mut cache, &a, "/users/4", false);
+        table.retain(|_| false);
+        let again = table.route_cached(&mut cache, &a, "/users/5", false);
+        assert!(Arc::ptr_eq(&users, &again), "the last route, not the table's");
+        assert!(!Arc::ptr_eq(&table.route(&a, "/users/6", false), &again));
     }
 }

@@ -176,12 +176,9 @@ struct Last {
 impl Last {
     fn is(&self, req: &RequestFacts<'_>, route: &Arc<str>, grpc: bool) -> bool {
         self.grpc == grpc
-            && self.version == req.version
             && (Arc::ptr_eq(&self.route, route) || *self.route == **route)
-            && self.method == req.method
             && self.path == req.path
-            && self.host.as_deref() == req.host
-            && self.user_agent.as_deref() == req.user_agent
+            && self.same_head(req)
     }
 
     /// Whether `req` has what the attributes before the path's were made from.
