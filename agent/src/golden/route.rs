@@ -313,7 +313,10 @@ mod tests {
         let users = table.route_cached(&mut cache, &a, "/users/4", false);
         table.retain(|_| false);
         let again = table.route_cached(&mut cache, &a, "/users/5", false);
-        assert!(Arc::ptr_eq(&users, &again), "the last route, not the table's");
+        assert!(
+            Arc::ptr_eq(&users, &again),
+            "the last route, not the table's"
+        );
         assert!(!Arc::ptr_eq(&table.route(&a, "/users/6", false), &again));
     }
 }
