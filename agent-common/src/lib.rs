@@ -49,6 +49,16 @@ pub mod maps {
     pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
     /// `HashMap<u64 socket cookie, SpliceStats>`: what the program did with them.
     pub const SPLICE_STATS: &str = "SPLICE_STATS";
+    /// `SockHash<SockKey>`: both ends of each in-pod connection (app ↔ agent) whose
+    /// messages go straight into the other end's receive queue (docs/ARCHITECTURE.md,
+    /// "In-pod connections without TCP").
+    pub const LOCAL_SOCKS: &str = "LOCAL_SOCKS";
+    /// `LruHashMap<SockKey, LocalFlow>`: per socket of [`LOCAL_SOCKS`], the bytes
+    /// redirected into it, the bytes it read, and whether its own sends go by TCP.
+    pub const LOCAL_FLOWS: &str = "LOCAL_FLOWS";
+    /// `LruHashMap<u64 socket cookie, SockKey>`: a socket of [`LOCAL_SOCKS`] by cookie
+    /// (the receive hook knows the socket, not its key).
+    pub const LOCAL_KEYS: &str = "LOCAL_KEYS";
 }
 
 /// Program names (function names in agent-ebpf).
@@ -74,6 +84,15 @@ pub mod programs {
     /// `sk_skb/stream_verdict` on [`super::maps::SPLICE_SOCKS`]: each received
     /// segment of a spliced socket goes out on its peer socket.
     pub const SPLICE: &str = "hoptrace_splice";
+    /// `sockops` for the agent's own cgroup: puts the agent's end of each in-pod
+    /// connection into [`super::maps::LOCAL_SOCKS`].
+    pub const SOCK_OPS_AGENT: &str = "hoptrace_sockops_agent";
+    /// `sk_msg` on [`super::maps::LOCAL_SOCKS`]: a message sent on one end goes into
+    /// the other end's receive queue.
+    pub const LOCAL_MSG: &str = "hoptrace_local_msg";
+    /// raw tracepoint [`SOCK_RECV_TP`]: counts what a socket of
+    /// [`super::maps::LOCAL_SOCKS`] read.
+    pub const LOCAL_RECV: &str = "hoptrace_local_recv";
     /// The global holding `skc_cookie`'s offset in `struct sock` (0: unknown).
     pub const SKC_COOKIE_OFFSET: &str = "SKC_COOKIE_OFFSET";
 }
@@ -103,6 +122,61 @@ pub const STEER_V6: u16 = 2;
 /// [`PodSteer::flags`]: the pod propagates context (`context_propagation: auto`): its
 /// app sockets are recorded in [`maps::SOCK_THREADS`] and [`maps::APP_SOCKETS`].
 pub const STEER_PROPAGATE: u16 = 4;
+/// [`PodSteer::flags`]: the pod's in-pod connections (app ↔ agent) skip TCP: both
+/// ends go into [`maps::LOCAL_SOCKS`] when established.
+pub const STEER_LOCAL: u16 = 8;
+
+/// Capacity of [`maps::LOCAL_SOCKS`], [`maps::LOCAL_FLOWS`] and [`maps::LOCAL_KEYS`]
+/// (two sockets per in-pod connection; LRU: closed sockets' records age out).
+pub const LOCAL_MAX_ENTRIES: u32 = 65_536;
+
+/// The most bytes redirected into a socket and not yet read by it. A message that
+/// would go past it is sent by TCP instead, and so is every later one from that
+/// sender: the TCP window then holds the sender back, as without the agent.
+pub const LOCAL_WINDOW: u64 = 1 << 20;
+
+/// A socket of [`maps::LOCAL_SOCKS`] as it sees itself: its netns and its 4-tuple
+/// (`Tuple::remote_*` its peer, `Tuple::local_*` itself). An IPv4-mapped IPv6
+/// address is keyed as IPv4, so a dual-stack app socket meets the agent's IPv4 one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Cookie of the socket's network namespace.
+    pub netns_cookie: u64,
+    /// Its 4-tuple, from its own side.
+    pub tuple: Tuple,
+}
+
+impl SockKey {
+    /// The key of this socket's peer (same netns, ends swapped).
+    pub fn peer(&self) -> SockKey {
+        SockKey {
+            netns_cookie: self.netns_cookie,
+            tuple: Tuple {
+                remote_addr: self.tuple.local_addr,
+                local_addr: self.tuple.remote_addr,
+                remote_port: self.tuple.local_port,
+                local_port: self.tuple.remote_port,
+                family: self.tuple.family,
+            },
+        }
+    }
+}
+
+/// Value of [`maps::LOCAL_FLOWS`], for one socket. Each field has one writer, which
+/// holds that socket's lock: `redirected` the peer's `sk_msg` program, `consumed` the
+/// receive hook, `tcp` the socket's own `sk_msg` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalFlow {
+    /// Bytes the peer's messages put into this socket's receive queue.
+    pub redirected: u64,
+    /// Bytes this socket read from that queue.
+    pub consumed: u64,
+    /// Non-zero once one of this socket's own messages went by TCP: every later one
+    /// does too, so its peer never reads them out of order.
+    pub tcp: u64,
+}
 
 /// Capacity of [`maps::SOCK_THREADS`] and [`maps::APP_SOCKETS`] (LRU: sockets closed
 /// long ago age out).
@@ -257,11 +331,16 @@ pub enum Counter {
     /// sk_lookup left a connection to the pod's kernel because no app listens on its
     /// port (the caller is refused by the pod itself, as without the agent).
     InboundNoListener = 6,
+    /// In-pod messages put straight into the peer's receive queue.
+    LocalRedirected = 7,
+    /// In-pod senders switched to TCP for good (peer missing, window full, or the
+    /// redirect failed).
+    LocalToTcp = 8,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 9] = [
         Counter::OutboundSteered,
         Counter::OutboundNotReady,
         Counter::OrigDstRecorded,
@@ -269,6 +348,8 @@ impl Counter {
         Counter::InboundAssignFailed,
         Counter::OrigDstMissing,
         Counter::InboundNoListener,
+        Counter::LocalRedirected,
+        Counter::LocalToTcp,
     ];
 
     /// Metric-friendly name.
@@ -281,12 +362,14 @@ impl Counter {
             Counter::InboundAssignFailed => "inbound_assign_failed",
             Counter::OrigDstMissing => "orig_dst_missing",
             Counter::InboundNoListener => "inbound_no_listener",
+            Counter::LocalRedirected => "local_redirected",
+            Counter::LocalToTcp => "local_to_tcp",
         }
     }
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS_LEN: u32 = 7;
+pub const COUNTERS_LEN: u32 = 9;
 
 #[cfg(feature = "user")]
 mod user {
@@ -301,4 +384,6 @@ mod user {
     unsafe impl aya::Pod for super::SockThread {}
     unsafe impl aya::Pod for super::SplicePeer {}
     unsafe impl aya::Pod for super::SpliceStats {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::LocalFlow {}
 }

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod connect;
+mod local;
 mod log;
 mod maps;
 mod sk_lookup;

@@ -1,9 +1,10 @@
 //! Maps shared by the programs. Names must match `agent_common::maps`.
 
 use agent_common::{
-    Counter, InboundKey, ListenKey, OrigDst, OrigDstKey, PodSteer, SockThread, SplicePeer,
-    SpliceStats, Tuple, BYPASS_MAX_ENTRIES, COUNTERS_LEN, LISTENERS_MAX_ENTRIES,
-    ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES, SPLICE_MAX_ENTRIES,
+    Counter, InboundKey, ListenKey, LocalFlow, OrigDst, OrigDstKey, PodSteer, SockKey, SockThread,
+    SplicePeer, SpliceStats, Tuple, BYPASS_MAX_ENTRIES, COUNTERS_LEN, LISTENERS_MAX_ENTRIES,
+    LOCAL_MAX_ENTRIES, ORIG_DST_MAX_ENTRIES, PODS_MAX_ENTRIES, PROPAGATION_MAX_ENTRIES,
+    SPLICE_MAX_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -73,6 +74,22 @@ pub static SPLICE_PEERS: HashMap<u64, SplicePeer> =
 #[map]
 pub static SPLICE_STATS: HashMap<u64, SpliceStats> =
     HashMap::with_max_entries(SPLICE_MAX_ENTRIES, 0);
+
+/// Both ends of each in-pod connection that skips TCP (sock_ops inserts them;
+/// closing a socket removes it). `hoptrace_local_msg` is attached to it.
+#[map]
+pub static LOCAL_SOCKS: SockHash<SockKey> = SockHash::with_max_entries(LOCAL_MAX_ENTRIES, 0);
+
+/// Per socket of `LOCAL_SOCKS`: bytes redirected into it and read by it, and whether
+/// its own sends go by TCP (`local.rs`).
+#[map]
+pub static LOCAL_FLOWS: LruHashMap<SockKey, LocalFlow> =
+    LruHashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
+
+/// socket cookie → its key in `LOCAL_SOCKS` (for the receive hook).
+#[map]
+pub static LOCAL_KEYS: LruHashMap<u64, SockKey> =
+    LruHashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
 
 /// Per-CPU event counters, summed by the agent for `/metrics`.
 #[map]

@@ -6,15 +6,18 @@
 //!   steers connections to it (and only to ports where something listens);
 //! - when an app of a pod that propagates context accepts a connection, record the
 //!   socket in `SOCK_THREADS` (its reader is noted by `tcp_recvmsg`) and its 4-tuple in
-//!   `APP_SOCKETS` (the agent finds the app's end of its inbound-leg connection).
+//!   `APP_SOCKETS` (the agent finds the app's end of its inbound-leg connection);
+//! - in a pod whose in-pod connections skip TCP (`STEER_LOCAL`), put the app's end of
+//!   each of them into `LOCAL_SOCKS` (`local.rs`): a steered connect, and an accepted
+//!   connection the agent made (`INBOUND_BYPASS`). `hoptrace_sockops_agent`, attached
+//!   to the agent's own cgroup, puts the agent's ends there.
 
 use agent_common::{
-    Counter, ListenKey, OrigDstKey, SockThread, Tuple, FAMILY_V4, FAMILY_V6, SOCK_INBOUND,
-    STEER_PROPAGATE,
+    Counter, ListenKey, OrigDstKey, SockKey, SockThread, SOCK_INBOUND, STEER_LOCAL, STEER_PROPAGATE,
 };
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -24,15 +27,79 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
+    local::{prepare, tuple_of, Ends},
     log::shown,
     maps::{
-        count, APP_LISTENERS, APP_SOCKETS, ORIG_BY_COOKIE, ORIG_BY_PEER, OUTBOUND_READY,
-        SOCK_THREADS,
+        count, APP_LISTENERS, APP_SOCKETS, INBOUND_BYPASS, LOCAL_SOCKS, ORIG_BY_COOKIE,
+        ORIG_BY_PEER, OUTBOUND_READY, SOCK_THREADS,
     },
 };
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+
+#[sock_ops]
+pub fn hoptrace_sockops_agent(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    // SAFETY: helper valid for sock_ops programs (netns cookie: 5.15+).
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    // SAFETY: plain-data value copied out immediately.
+    let Some(steer) = (unsafe { OUTBOUND_READY.get(&netns_cookie) }).copied() else {
+        return 1;
+    };
+    if steer.flags & STEER_LOCAL == 0 {
+        return 1;
+    }
+    let Some(tuple) = tuple_of(&ends(&ctx)) else {
+        return 1;
+    };
+    let key = SockKey {
+        netns_cookie,
+        tuple,
+    };
+    let ours = if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // Accepted by the pod's outbound listener: the app's steered connection.
+        tuple.local_port == steer.outbound_port
+    } else {
+        // The agent's connect to an app in the pod (the inbound leg, or a one-pass
+        // hop): registered in INBOUND_BYPASS as sk_lookup sees it, remote = caller.
+        // SAFETY: plain-data value.
+        unsafe { INBOUND_BYPASS.get(&key.peer().tuple) }.is_some()
+    };
+    if ours {
+        local_insert(&ctx, key);
+    }
+    1
+}
+
+/// The socket's addresses and ports.
+#[inline(always)]
+fn ends(ctx: &SockOpsContext) -> Ends {
+    Ends {
+        family: ctx.family(),
+        remote_ip4: ctx.remote_ip4(),
+        local_ip4: ctx.local_ip4(),
+        remote_ip6: ctx.remote_ip6(),
+        local_ip6: ctx.local_ip6(),
+        remote_port: ctx.remote_port(),
+        local_port: ctx.local_port(),
+    }
+}
+
+/// Puts an established socket into `LOCAL_SOCKS` (fail-open: without room, or when the
+/// insertion fails, its connection uses TCP).
+#[inline(always)]
+fn local_insert(ctx: &SockOpsContext, mut key: SockKey) {
+    // SAFETY: helper valid for sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if prepare(&key, cookie) {
+        // SAFETY: the program's own context, valid for its run.
+        let _ = LOCAL_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY));
+    }
+}
 
 #[sock_ops]
 pub fn hoptrace_sockops(ctx: SockOpsContext) -> u32 {
@@ -85,6 +152,20 @@ fn on_established(ctx: &SockOpsContext) {
     let _ = ORIG_BY_COOKIE.remove(&cookie);
     // SAFETY: as above.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    // SAFETY: plain-data value copied out immediately.
+    let local = unsafe { OUTBOUND_READY.get(&netns_cookie) }
+        .is_some_and(|steer| steer.flags & STEER_LOCAL != 0);
+    if local {
+        if let Some(tuple) = tuple_of(&ends(ctx)) {
+            local_insert(
+                ctx,
+                SockKey {
+                    netns_cookie,
+                    tuple,
+                },
+            );
+        }
+    }
     let key = OrigDstKey {
         netns_cookie,
         port: ctx.local_port(),
@@ -112,46 +193,34 @@ fn on_established(ctx: &SockOpsContext) {
 }
 
 /// An app accepted a connection: in a pod that propagates context, the socket's reader
-/// is noted from now on, and the agent can find it by its 4-tuple.
+/// is noted from now on, and the agent can find it by its 4-tuple; in a pod whose
+/// in-pod connections skip TCP, a connection the agent made goes into `LOCAL_SOCKS`.
 fn on_accepted(ctx: &SockOpsContext) {
     // SAFETY: helpers valid for sock_ops programs (netns cookie: 5.15+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
     // SAFETY: plain-data value copied out immediately.
-    let propagate = unsafe { OUTBOUND_READY.get(&netns_cookie) }
-        .is_some_and(|steer| steer.flags & STEER_PROPAGATE != 0);
-    if !propagate {
+    let Some(flags) = (unsafe { OUTBOUND_READY.get(&netns_cookie) }).map(|s| s.flags) else {
+        return;
+    };
+    if flags & (STEER_PROPAGATE | STEER_LOCAL) == 0 {
         return;
     }
-    let mut tuple = Tuple {
-        // sock_ops keeps the remote port in network byte order (shifted up on
-        // little-endian machines), the local one in host order.
-        remote_port: u32::from_be(ctx.remote_port()) as u16,
-        local_port: ctx.local_port() as u16,
-        ..Tuple::default()
+    // Remote = the connecting side, as sk_lookup and INBOUND_BYPASS key it.
+    let Some(tuple) = tuple_of(&ends(ctx)) else {
+        return;
     };
-    match ctx.family() {
-        AF_INET => {
-            tuple.family = u32::from(FAMILY_V4);
-            tuple.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
-            tuple.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-        }
-        AF_INET6 => {
-            let (r, l) = (ctx.remote_ip6(), ctx.local_ip6());
-            if r[0] == 0 && r[1] == 0 && r[2].to_ne_bytes() == [0, 0, 0xff, 0xff] {
-                // A dual-stack listener accepting IPv4: keyed as IPv4, as the agent
-                // sees its own connection.
-                tuple.family = u32::from(FAMILY_V4);
-                tuple.remote_addr[..4].copy_from_slice(&r[3].to_ne_bytes());
-                tuple.local_addr[..4].copy_from_slice(&l[3].to_ne_bytes());
-            } else {
-                tuple.family = u32::from(FAMILY_V6);
-                for i in 0..4 {
-                    tuple.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r[i].to_ne_bytes());
-                    tuple.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l[i].to_ne_bytes());
-                }
-            }
-        }
-        _ => return,
+    // SAFETY: plain-data value.
+    if flags & STEER_LOCAL != 0 && unsafe { INBOUND_BYPASS.get(&tuple) }.is_some() {
+        local_insert(
+            ctx,
+            SockKey {
+                netns_cookie,
+                tuple,
+            },
+        );
+    }
+    if flags & STEER_PROPAGATE == 0 {
+        return;
     }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };

@@ -25,6 +25,13 @@ use crate::maps::SOCK_THREADS;
 #[unsafe(no_mangle)]
 static SKC_COOKIE_OFFSET: u32 = 0;
 
+/// [`SKC_COOKIE_OFFSET`] (0: unknown).
+#[inline(always)]
+pub fn skc_cookie_offset() -> u32 {
+    // SAFETY: a read-only global of this object.
+    unsafe { core::ptr::read_volatile(&SKC_COOKIE_OFFSET) }
+}
+
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn hoptrace_sock_send(ctx: RawTracePointContext) -> i32 {
     note(&ctx, SOCK_OUTBOUND);
@@ -45,8 +52,7 @@ fn note(ctx: &RawTracePointContext, kind: u32) {
     if ret as i32 <= 0 {
         return;
     }
-    // SAFETY: a read-only global of this object.
-    let offset = unsafe { core::ptr::read_volatile(&SKC_COOKIE_OFFSET) };
+    let offset = skc_cookie_offset();
     if offset == 0 {
         return;
     }

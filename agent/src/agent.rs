@@ -51,6 +51,24 @@ fn limits(args: &RunArgs) -> Limits {
     }
 }
 
+/// The agent's own cgroup (v2), opened; never the root (a sock_ops program there runs
+/// for every socket of the node).
+fn agent_cgroup() -> Result<std::fs::File, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup v2 entry in /proc/self/cgroup")?
+        .trim();
+    if path == "/" {
+        return Err("the agent runs in the root cgroup: run it in a cgroup of its own".into());
+    }
+    let mount = crate::check::cgroup2_mount().ok_or("no cgroup2 mount")?;
+    let dir = std::path::Path::new(&mount).join(path.trim_start_matches('/'));
+    std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
 /// Whether the kernel splice of opaque TCP is loaded: on kernels with the sockmap fix
 /// it needs (`kernel::SPLICE_FEATURE`), or on any with `--opaque-tcp kernel-always`.
 fn splice_supported(mode: crate::config::OpaqueTcp) -> bool {
@@ -130,6 +148,14 @@ async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
         log: ebpf_log,
         splice: splice_supported(args.opaque_tcp),
     })?);
+    if args.skip_pod_tcp {
+        match agent_cgroup().and_then(|f| datapath.skip_pod_tcp(&f).map_err(|e| e.to_string())) {
+            Ok(()) => tracing::info!(
+                "in-pod connections skip TCP (sk_msg); opaque TCP is relayed in userspace"
+            ),
+            Err(err) => tracing::warn!("--skip-pod-tcp: {err}; in-pod connections use TCP"),
+        }
+    }
     if ebpf_log {
         tracing::info!(
             "eBPF decision log on: steering decisions are logged at debug, target {}",

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{PodSteer, STEER_PROPAGATE, STEER_V4, STEER_V6};
+use agent_common::{PodSteer, STEER_LOCAL, STEER_PROPAGATE, STEER_V4, STEER_V6};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{
@@ -292,6 +292,9 @@ impl PodTable {
         let mut flags = STEER_V4;
         if out_v6.is_some() {
             flags |= STEER_V6;
+        }
+        if self.datapath.pod_tcp_skipped() {
+            flags |= STEER_LOCAL;
         }
         let propagation = match w.context_propagation {
             ContextPropagation::Off => None,

@@ -8,6 +8,9 @@
 //! `Upgrade` answered with 101 after which the connection is relayed as raw bytes
 //! (WebSocket-style), half-close included.
 //! Each request still gets its four spans, chained from the client's context.
+//! The same again with `--skip-pod-tcp`, where the in-pod connections carry the
+//! bytes as messages put straight into the peer socket's queue (docs/ARCHITECTURE.md,
+//! "In-pod connections without TCP").
 
 mod common;
 
@@ -27,14 +30,39 @@ fn chunked_trailers_and_expect_continue_through_both_proxies() {
     if !require_root() {
         return;
     }
+    edge_cases(&[], |_| {});
+}
+
+#[test]
+fn edge_cases_with_in_pod_connections_off_tcp() {
+    if !require_root() {
+        return;
+    }
+    edge_cases(&["--skip-pod-tcp"], |agent| {
+        let m = agent.metrics().expect("metrics");
+        let redirected = m.value("hoptrace_ebpf_local_redirected_total", &[]);
+        // Client → agent-1 and agent-2 → server: requests, bodies piece by piece, the
+        // responses and the upgraded bytes, each a message of its own.
+        assert!(
+            redirected >= 10.0,
+            "{}: {redirected} in-pod messages skipped TCP\n{}",
+            agent.node(),
+            agent.log_tail(20)
+        );
+    });
+}
+
+/// Runs the three edge cases through two agents started with `extra`, checks bytes
+/// and spans, then `also` on each agent.
+fn edge_cases(extra: &[&str], also: impl Fn(&hoptrace_tests::Agent)) {
     let app = labapp!();
     let (lab, client, server) = client_server_lab(true);
     let _server = app
         .http_edge_server(&server, server.addr(EDGE_PORT))
         .expect("http-edge-server");
     let otlp = OtlpReceiver::start(ReceiverOptions::default()).expect("receiver");
-    let agent1 = agent_with_otlp(&lab, "node-1", &otlp, &[]);
-    let agent2 = agent_with_otlp(&lab, "node-2", &otlp, &[]);
+    let agent1 = agent_with_otlp(&lab, "node-1", &otlp, extra);
+    let agent2 = agent_with_otlp(&lab, "node-2", &otlp, extra);
     let out0 = accepted(&agent1, "outbound", "client");
 
     let reports = app
@@ -117,4 +145,6 @@ fn chunked_trailers_and_expect_continue_through_both_proxies() {
     // The client's connection is done; agent-1's upstream to node-2 stays pooled.
     assert_settled(&agent1, "outbound", "client", 0.0);
     assert_eq!(failed(&agent2, "inbound", "server"), 0.0);
+    also(&agent1);
+    also(&agent2);
 }

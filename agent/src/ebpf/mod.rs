@@ -31,6 +31,7 @@ use aya::{
 
 pub mod btf;
 mod counters;
+mod local;
 mod log;
 mod pod;
 mod splice;
@@ -130,6 +131,8 @@ pub struct Datapath {
     threads: Mutex<Option<threads::Threads>>,
     /// Opaque TCP spliced in the kernel (`None`: the program did not load or attach).
     splice: Mutex<Option<splice::Splicer>>,
+    /// In-pod connections skip TCP (`None`: not asked for, or not available).
+    local: Mutex<Option<local::Local>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -243,6 +246,7 @@ impl Datapath {
             listeners: Mutex::new(listeners),
             threads: Mutex::new(threads),
             splice: Mutex::new(splice),
+            local: Mutex::new(None),
         })
     }
 

@@ -113,7 +113,7 @@ impl Drop for Spliced {
 }
 
 impl Datapath {
-    fn splicer(&self) -> std::sync::MutexGuard<'_, Option<Splicer>> {
+    pub(super) fn splicer(&self) -> std::sync::MutexGuard<'_, Option<Splicer>> {
         self.splice.lock().unwrap_or_else(|e| e.into_inner())
     }
 
