@@ -130,10 +130,11 @@ pub const STEER_LOCAL: u16 = 8;
 /// (two sockets per in-pod connection; LRU: closed sockets' records age out).
 pub const LOCAL_MAX_ENTRIES: u32 = 65_536;
 
-/// The most bytes redirected into a socket and not yet read by it. A message that
-/// would go past it is sent by TCP instead, and so is every later one from that
-/// sender: the TCP window then holds the sender back, as without the agent.
-pub const LOCAL_WINDOW: u64 = 1 << 20;
+/// The most bytes redirected into a socket and not yet read by it (TCP's default
+/// receive buffer is 128 KiB, autotuned up from there). A message that would go past
+/// it is sent by TCP instead, and so is every later one from that sender: the TCP
+/// window then holds the sender back, as without the agent.
+pub const LOCAL_WINDOW: u64 = 256 << 10;
 
 /// A socket of [`maps::LOCAL_SOCKS`] as it sees itself: its netns and its 4-tuple
 /// (`Tuple::remote_*` its peer, `Tuple::local_*` itself). An IPv4-mapped IPv6

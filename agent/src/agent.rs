@@ -149,7 +149,15 @@ async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
         splice: splice_supported(args.opaque_tcp),
     })?);
     if args.skip_pod_tcp {
-        match agent_cgroup().and_then(|f| datapath.skip_pod_tcp(&f).map_err(|e| e.to_string())) {
+        let enabled = if crate::kernel::has(crate::kernel::SOCK_LENGTH_TRACEPOINTS) {
+            agent_cgroup().and_then(|f| datapath.skip_pod_tcp(&f).map_err(|e| e.to_string()))
+        } else {
+            Err(format!(
+                "this kernel lacks the {} (Linux 6.3) that bound the redirected queues",
+                crate::kernel::SOCK_LENGTH_TRACEPOINTS
+            ))
+        };
+        match enabled {
             Ok(()) => tracing::info!(
                 "in-pod connections skip TCP (sk_msg); opaque TCP is relayed in userspace"
             ),

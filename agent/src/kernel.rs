@@ -159,10 +159,10 @@ pub const FEATURES: &[Feature] = &[
         required: true,
     },
     Feature {
-        what: "sock_send_length and sock_recv_length tracepoints",
+        what: SOCK_LENGTH_TRACEPOINTS,
         since: Release(6, 3, 0),
         backports: &[],
-        used_for: "context propagation's by-thread rule only (without them: exclusivity alone)",
+        used_for: "context propagation's by-thread rule (without them: exclusivity alone), and --skip-pod-tcp's bound (without them: in-pod connections stay on TCP)",
         required: false,
     },
     Feature {
@@ -173,6 +173,12 @@ pub const FEATURES: &[Feature] = &[
         required: false,
     },
 ];
+
+/// The tracepoints after every socket send and receive: context propagation notes the
+/// threads there, and `--skip-pod-tcp` counts what a socket read from its redirected
+/// queue (so it can bound it). The sk_msg program `--skip-pod-tcp` also needs is
+/// older: sk_msg 4.17, ingress redirects 4.19, `bpf_get_netns_cookie()` there 5.15.
+pub const SOCK_LENGTH_TRACEPOINTS: &str = "sock_send_length and sock_recv_length tracepoints";
 
 /// The feature the kernel splice of opaque TCP needs (docs/ARCHITECTURE.md, "Opaque
 /// TCP in the kernel", and docs/KERNELS.md): verdict-only sockmap programs read
@@ -311,14 +317,7 @@ mod tests {
         }
         for r in ["5.15.0-91-generic", "6.1.0-57-amd64", "6.2.16"] {
             let names: Vec<&str> = missing(r).expect("parses").iter().map(|f| f.what).collect();
-            assert_eq!(
-                names,
-                [
-                    "sock_send_length and sock_recv_length tracepoints",
-                    SPLICE_FEATURE
-                ],
-                "{r}"
-            );
+            assert_eq!(names, [SOCK_LENGTH_TRACEPOINTS, SPLICE_FEATURE], "{r}");
             assert!(require(r).is_ok(), "{r}");
         }
     }
@@ -336,7 +335,7 @@ mod tests {
             [
                 "SO_NETNS_COOKIE socket option",
                 "bpf_get_netns_cookie() in sock_ops programs",
-                "sock_send_length and sock_recv_length tracepoints",
+                SOCK_LENGTH_TRACEPOINTS,
                 SPLICE_FEATURE
             ]
         );

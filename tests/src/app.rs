@@ -122,6 +122,18 @@ impl LabApp {
         bytes: u64,
         sample: Duration,
     ) -> Result<FloodReport> {
+        self.flood_client_with(pod, addr, bytes, sample, &[])
+    }
+
+    /// [`LabApp::flood_client`] with more `flood-client` flags (`--retry-eagain`).
+    pub fn flood_client_with(
+        &self,
+        pod: &Pod,
+        addr: SocketAddr,
+        bytes: u64,
+        sample: Duration,
+        extra: &[&str],
+    ) -> Result<FloodReport> {
         let (addr, bytes, ms) = (
             addr.to_string(),
             bytes.to_string(),
@@ -136,6 +148,7 @@ impl LabApp {
             "--sample-ms",
             &ms,
         ];
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
         let out = pod.run(self.command(&args), CLIENT_TIMEOUT)?;
         let line = report_line(&out.stdout, "flood-client", &out.status, &out.stderr)?;
         Ok(FloodReport {

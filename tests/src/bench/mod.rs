@@ -108,6 +108,10 @@ pub enum Scenario {
     /// instead of one per CPU: what the multi-threaded runtime's wake-ups cost.
     #[serde(rename = "hoptrace-http-1worker")]
     HoptraceHttpOneWorker,
+    /// The same with `--skip-pod-tcp`: the in-pod connections (app ↔ agent) carry
+    /// messages put straight into the peer socket's queue instead of TCP segments.
+    #[serde(rename = "hoptrace-http-podskip")]
+    HoptraceHttpSkipPodTcp,
     /// TCP ping-pong, no proxy.
     #[serde(rename = "direct-tcp")]
     DirectTcp,
@@ -125,7 +129,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
@@ -135,6 +139,7 @@ impl Scenario {
         Scenario::HoptraceHttpTwoPass,
         Scenario::HoptraceHttpPropagation,
         Scenario::HoptraceHttpOneWorker,
+        Scenario::HoptraceHttpSkipPodTcp,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
@@ -153,6 +158,7 @@ impl Scenario {
             Scenario::HoptraceHttpTwoPass => "hoptrace-http-twopass",
             Scenario::HoptraceHttpPropagation => "hoptrace-http-propagation",
             Scenario::HoptraceHttpOneWorker => "hoptrace-http-1worker",
+            Scenario::HoptraceHttpSkipPodTcp => "hoptrace-http-podskip",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
@@ -176,7 +182,8 @@ impl Scenario {
             | Scenario::HoptraceHttpHyper
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation
-            | Scenario::HoptraceHttpOneWorker => Workload::Http,
+            | Scenario::HoptraceHttpOneWorker
+            | Scenario::HoptraceHttpSkipPodTcp => Workload::Http,
             Scenario::DirectTcp
             | Scenario::L4Tcp
             | Scenario::HoptraceTcp
@@ -199,6 +206,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpTwoPass
                 | Scenario::HoptraceHttpPropagation
                 | Scenario::HoptraceHttpOneWorker
+                | Scenario::HoptraceHttpSkipPodTcp
         )
     }
 
@@ -210,6 +218,7 @@ impl Scenario {
             one_pass: self != Scenario::HoptraceHttpTwoPass,
             propagation: self == Scenario::HoptraceHttpPropagation,
             opaque_in_kernel: self != Scenario::HoptraceTcpUserspace,
+            skip_pod_tcp: self == Scenario::HoptraceHttpSkipPodTcp,
             worker_threads: if self == Scenario::HoptraceHttpOneWorker {
                 1
             } else {
@@ -234,6 +243,8 @@ pub struct AgentMode {
     pub opaque_in_kernel: bool,
     /// `--worker-threads` (`0`: the agent's default, one per CPU).
     pub worker_threads: usize,
+    /// `--skip-pod-tcp`.
+    pub skip_pod_tcp: bool,
 }
 
 impl AgentMode {
@@ -251,6 +262,7 @@ impl AgentMode {
             format!("--same-node-one-pass={}", self.one_pass),
             format!("--opaque-tcp={opaque}"),
             format!("--worker-threads={}", self.worker_threads),
+            format!("--skip-pod-tcp={}", self.skip_pod_tcp),
         ]
     }
 }
@@ -264,6 +276,7 @@ impl Default for AgentMode {
             propagation: false,
             opaque_in_kernel: true,
             worker_threads: 0,
+            skip_pod_tcp: false,
         }
     }
 }

@@ -75,6 +75,9 @@ pub fn flood_client(flags: &Flags) -> Result<()> {
     let total = flags.num("bytes", None)?;
     let sample = Duration::from_millis(flags.num("sample-ms", None)?);
     let seed = flags.num("seed", Some(7))?.max(1);
+    // Read the answer as readiness-based I/O does: `EAGAIN` means "not yet" until
+    // the deadline (a blocking read takes it for its timeout).
+    let retry_eagain = flags.switch("retry-eagain");
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -106,9 +109,17 @@ pub fn flood_client(flags: &Flags) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .context("reading the server's answer")?;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        match stream.read_to_string(&mut answer) {
+            Ok(_) => break,
+            Err(e)
+                if retry_eagain
+                    && e.kind() == ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e).context("reading the server's answer"),
+        }
+    }
     let expected = format!("{{\"bytes\":{},\"hash\":{}}}", sent.len, sent.h);
     let ok = answer.trim() == expected;
     if !ok {
