@@ -158,8 +158,8 @@ async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
             ))
         };
         match enabled {
-            Ok(()) => tracing::info!(
-                "in-pod connections skip TCP (sk_msg); opaque TCP is relayed in userspace"
+            Ok(()) => tracing::warn!(
+                "--skip-pod-tcp (experimental): in-pod connections skip TCP; a blocking read in an app can fail with EAGAIN, and opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)"
             ),
             Err(err) => tracing::warn!("--skip-pod-tcp: {err}; in-pod connections use TCP"),
         }

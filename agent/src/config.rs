@@ -221,11 +221,13 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_SAME_NODE_ONE_PASS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub same_node_one_pass: bool,
 
-    /// Let the connections between an app and the agent inside a pod skip TCP: an
-    /// `sk_msg` program puts what one end sends straight into the other end's receive
-    /// queue (docs/ARCHITECTURE.md, "In-pod connections without TCP"). Needs kernel
-    /// BTF and the `sock_recv_length` tracepoint (6.3+); opaque TCP is then relayed in userspace. Off by default: an
-    /// experiment measured in `cargo xtask bench` (docs/BENCH.md).
+    /// Experimental: let the connections between an app and the agent inside a pod
+    /// skip TCP: an `sk_msg` program puts what one end sends straight into the other
+    /// end's receive queue (docs/ARCHITECTURE.md, "In-pod connections without TCP").
+    /// A blocking read in an app can then fail with `EAGAIN` (after a half-close, or
+    /// an upload larger than 256 KiB): for measuring in `cargo xtask bench`, not for
+    /// production. Needs the `sock_recv_length` tracepoint (6.3+) and kernel BTF;
+    /// opaque TCP is then relayed in userspace.
     #[arg(long, env = "HOPTRACE_SKIP_POD_TCP", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub skip_pod_tcp: bool,
 

@@ -336,6 +336,14 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
     let propagation = per_round(samples, h, Scenario::HoptraceHttpPropagation, |off, on| {
         off.sat_lab_cpu_us / on.sat_lab_cpu_us
     });
+    // Requests per lab CPU-second with the in-pod connections off TCP (experimental),
+    // over the same on TCP, and over the sidecar model.
+    let podskip = per_round(samples, Scenario::HoptraceHttpSkipPodTcp, h, |on, off| {
+        off.sat_lab_cpu_us / on.sat_lab_cpu_us
+    });
+    let podskip_capacity = per_round(samples, Scenario::HoptraceHttpSkipPodTcp, sc, |a, b| {
+        b.sat_lab_cpu_us / a.sat_lab_cpu_us
+    });
     // Opaque TCP: the agents' two legs against haproxy's one relay, and the kernel
     // splice against the userspace relay. By the whole machine's CPU per message at
     // saturation: a spliced message is moved by softirqs and kworkers, which neither
@@ -448,6 +456,18 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
             target: ">= 0.95x (propagation costs at most 5%)".into(),
             measured: format!("{propagation:.3}x (median of per-round ratios)"),
             verdict: Verdict::of(propagation, propagation >= 0.95),
+        },
+        Goal {
+            goal: "(experimental) requests per lab CPU-second with the in-pod connections off TCP vs on (hoptrace-http-podskip vs hoptrace-http; --skip-pod-tcp, not the default: docs/ARCHITECTURE.md)".into(),
+            target: "> 1x (measured, not a goal)".into(),
+            measured: format!("{podskip:.3}x (median of per-round ratios)"),
+            verdict: Verdict::of(podskip, podskip > 1.0),
+        },
+        Goal {
+            goal: "(experimental) requests per lab CPU-second at saturation with --skip-pod-tcp vs the sidecar model (hoptrace-http-podskip vs sidecar)".into(),
+            target: ">= 1.6x".into(),
+            measured: format!("{podskip_capacity:.2}x (median of per-round ratios)"),
+            verdict: Verdict::of(podskip_capacity, podskip_capacity >= 1.6),
         },
         Goal {
             goal: "opaque TCP hop (two agents) vs the L4 relay (one haproxy): machine CPU per message at saturation (hoptrace-tcp vs l4-tcp)".into(),

@@ -63,9 +63,9 @@ fn medians_and_ratios() {
     // CPU 0.375x (met, met), spans ok (met), 160k spans/s without drops (met).
     let mut want = vec![Verdict::Met; 7];
     want[1] = Verdict::NotMet;
-    // No hoptrace-http-nometrics, -hyper, -twopass or -propagation samples, nor
-    // TCP ones: not measured.
-    want.extend([Verdict::NotMeasured; 6]);
+    // No hoptrace-http-nometrics, -hyper, -twopass, -propagation or -podskip
+    // samples, nor TCP ones: not measured.
+    want.extend([Verdict::NotMeasured; 8]);
     assert_eq!(verdicts, want, "{goals:#?}");
     assert!((s.per_cpu_s_vs_ref - 70.0 / 45.0).abs() < 1e-9);
     assert!((s.sat_lab_cpus - 40_000.0 * 45e-6).abs() < 1e-9);
@@ -110,6 +110,30 @@ fn opaque_tcp_goals_use_the_machine_cpu() {
         .filter(|x| x.scenario == "hoptrace-tcp")
         .for_each(|x| x.sat_machine_cpu_us = 44.0);
     assert_eq!(scenario_goals(&v, false)[n - 2].verdict, Verdict::NotMet);
+}
+
+#[test]
+fn in_pod_goals_compare_lab_cpu() {
+    let mut v = Vec::new();
+    for round in 1..=3 {
+        // Lab CPU per request: sidecar 60, hoptrace-http 60, podskip 54 (cpu + 30).
+        v.push(sample(Scenario::Sidecar, round, 30_000.0, 200.0, 30.0));
+        v.push(sample(Scenario::HoptraceHttp, round, 30_000.0, 200.0, 30.0));
+        v.push(sample(Scenario::HoptraceHttpSkipPodTcp, round, 33_000.0, 180.0, 24.0));
+    }
+    let goals = scenario_goals(&v, false);
+    let find = |prefix: &str| {
+        goals
+            .iter()
+            .find(|g| g.goal.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no goal {prefix}: {goals:#?}"))
+    };
+    let vs_tcp = find("(experimental) requests per lab CPU-second with the in-pod");
+    assert!(vs_tcp.measured.starts_with("1.111x"), "{vs_tcp:?}");
+    assert_eq!(vs_tcp.verdict, Verdict::Met);
+    let vs_sidecar = find("(experimental) requests per lab CPU-second at saturation");
+    assert!(vs_sidecar.measured.starts_with("1.11x"), "{vs_sidecar:?}");
+    assert_eq!(vs_sidecar.verdict, Verdict::NotMet);
 }
 
 #[test]
