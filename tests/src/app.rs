@@ -197,9 +197,11 @@ impl LabApp {
         pod: &Pod,
         addr: SocketAddr,
         seed: u64,
+        extra: &[&str],
     ) -> Result<Vec<crate::h1edge::EdgeReport>> {
         let (addr, seed) = (addr.to_string(), seed.to_string());
         let args = ["http-edge-client", "--addr", &addr, "--trace-seed", &seed];
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
         let out = pod.run(self.command(&args), CLIENT_TIMEOUT)?;
         let reports = out
             .stdout

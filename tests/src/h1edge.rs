@@ -262,6 +262,10 @@ pub struct EdgeClient {
     w: TcpStream,
     r: BufReader<TcpStream>,
     host: String,
+    /// The wait for EOF after the half-close takes `EAGAIN` for "not yet", as
+    /// readiness-based I/O does, until the step's timeout (docs/ARCHITECTURE.md, "In-pod
+    /// connections without TCP": a blocked read there can be woken without data).
+    pub retry_eagain: bool,
 }
 
 impl EdgeClient {
@@ -275,6 +279,7 @@ impl EdgeClient {
             w: stream.try_clone()?,
             r: BufReader::new(stream),
             host: addr.to_string(),
+            retry_eagain: false,
         })
     }
 
@@ -427,9 +432,17 @@ impl EdgeClient {
             }
             self.w.shutdown(std::net::Shutdown::Write)?;
             let mut rest = Vec::new();
-            self.r
-                .read_to_end(&mut rest)
-                .context("waiting for EOF after half-close")?;
+            let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+            loop {
+                match self.r.read_to_end(&mut rest) {
+                    Ok(_) => break,
+                    Err(e)
+                        if self.retry_eagain
+                            && e.kind() == std::io::ErrorKind::WouldBlock
+                            && std::time::Instant::now() < deadline => {}
+                    Err(e) => return Err(e).context("waiting for EOF after half-close"),
+                }
+            }
             if !rest.is_empty() {
                 bail!("{} unexpected bytes after the echo", rest.len());
             }

@@ -119,7 +119,13 @@ fn in_pod_goals_compare_lab_cpu() {
         // Lab CPU per request: sidecar 60, hoptrace-http 60, podskip 54 (cpu + 30).
         v.push(sample(Scenario::Sidecar, round, 30_000.0, 200.0, 30.0));
         v.push(sample(Scenario::HoptraceHttp, round, 30_000.0, 200.0, 30.0));
-        v.push(sample(Scenario::HoptraceHttpSkipPodTcp, round, 33_000.0, 180.0, 24.0));
+        v.push(sample(
+            Scenario::HoptraceHttpSkipPodTcp,
+            round,
+            33_000.0,
+            180.0,
+            24.0,
+        ));
     }
     let goals = scenario_goals(&v, false);
     let find = |prefix: &str| {

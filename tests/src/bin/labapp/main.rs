@@ -6,7 +6,7 @@
 //! labapp echo-client   --addr ADDR --bytes N --conns C [--half-close] [--seed S]
 //! labapp connect-loop  --addr ADDR --interval-ms I --duration-ms D [--count N] [--timeout-ms T]
 //! labapp http-edge-server --listen ADDR
-//! labapp http-edge-client --addr ADDR --trace-seed S
+//! labapp http-edge-client --addr ADDR --trace-seed S [--retry-eagain]
 //! labapp load --addr ADDR --proto http|tcp --duration-ms D --conns C [--rate R] [--trace-seed S]
 //!              [--requests N] [--distinct-paths | --id-paths] [--requests-per-conn K]
 //! labapp http-ok-server --listen ADDR
@@ -208,6 +208,7 @@ fn edge_client(flags: &Flags) -> Result<()> {
     let seed = flags.num("trace-seed", None)?;
     let tp = |n: u64| format!("00-{seed:016x}{n:016x}-{n:016x}-01");
     let mut client = hoptrace_tests::h1edge::EdgeClient::connect(flags.addr("addr")?)?;
+    client.retry_eagain = flags.switch("retry-eagain");
     let reports = [
         client.stream(&tp(1), 5, 1500),
         client.expect(&tp(2), 20_000),
