@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 
-use super::{map_err, prog_err, Datapath, DatapathError};
+use super::{map_err, prog_err, program_as, Datapath, DatapathError};
 
 /// The map the `sk_msg` program is attached to, held for the agent's lifetime.
 pub(super) struct Local {
@@ -60,28 +60,16 @@ fn attach(e: &mut Ebpf, agent_cgroup: &File) -> Result<SockHash<MapData, SockKey
     )
     .map_err(map_err(maps::LOCAL_SOCKS))?;
     let name = programs::LOCAL_MSG;
-    let msg: &mut SkMsg = e
-        .program_mut(name)
-        .ok_or(DatapathError::Missing(name))?
-        .try_into()
-        .map_err(prog_err(name))?;
+    let msg: &mut SkMsg = program_as(e, name)?;
     msg.load().map_err(prog_err(name))?;
     msg.attach(socks.fd()).map_err(prog_err(name))?;
     let name = programs::LOCAL_RECV;
-    let recv: &mut RawTracePoint = e
-        .program_mut(name)
-        .ok_or(DatapathError::Missing(name))?
-        .try_into()
-        .map_err(prog_err(name))?;
+    let recv: &mut RawTracePoint = program_as(e, name)?;
     recv.load().map_err(prog_err(name))?;
     recv.attach(programs::SOCK_RECV_TP)
         .map_err(prog_err(name))?;
     let name = programs::SOCK_OPS_AGENT;
-    let ops: &mut SockOps = e
-        .program_mut(name)
-        .ok_or(DatapathError::Missing(name))?
-        .try_into()
-        .map_err(prog_err(name))?;
+    let ops: &mut SockOps = program_as(e, name)?;
     ops.load().map_err(prog_err(name))?;
     ops.attach(agent_cgroup, CgroupAttachMode::Single)
         .map_err(prog_err(name))?;

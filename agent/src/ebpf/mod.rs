@@ -99,6 +99,17 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError 
     move |source| DatapathError::Map { name, source }
 }
 
+/// The program `name` of the object, as its type `T`.
+fn program_as<'a, T>(e: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    e.program_mut(name)
+        .ok_or(DatapathError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
 }

@@ -53,10 +53,7 @@ fn program<'a>(
     e: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut RawTracePoint, DatapathError> {
-    e.program_mut(name)
-        .ok_or(DatapathError::Missing(name))?
-        .try_into()
-        .map_err(prog_err(name))
+    super::program_as(e, name)
 }
 
 /// Loads the two programs (not attached) and takes their maps; `cookie_offset` is
