@@ -368,13 +368,13 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
         Goal {
             goal: "throughput of one hoptrace hop (traced) vs the sidecar model".into(),
             target: ">= 1.6x".into(),
-            measured: format!("{tput:.2}x (median of per-round ratios)"),
+            measured: ratio_text(tput, 2),
             verdict: Verdict::of(tput, tput >= 1.6),
         },
         Goal {
             goal: "(derived) requests per lab CPU-second at saturation vs the sidecar model".into(),
             target: ">= 1.6x".into(),
-            measured: format!("{capacity:.2}x (median of per-round ratios)"),
+            measured: ratio_text(capacity, 2),
             verdict: Verdict::of(capacity, capacity >= 1.6),
         },
         Goal {
@@ -428,22 +428,24 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
         Goal {
             goal: "requests per lab CPU-second with golden metrics on vs off (hoptrace-http vs hoptrace-http-nometrics)".into(),
             target: ">= 0.95x (counting costs at most 5%)".into(),
-            measured: format!("{metrics:.3}x (median of per-round ratios)"),
+            measured: ratio_text(metrics, 3),
             verdict: Verdict::of(metrics, metrics >= 0.95),
         },
         Goal {
             goal: "proxy CPU per request at saturation, lean HTTP/1 path vs hyper (hoptrace-http vs hoptrace-http-hyper)".into(),
             target: "< 1x (the lean path is cheaper)".into(),
-            measured: format!("{lean:.3}x (median of per-round ratios)"),
+            measured: ratio_text(lean, 3),
             verdict: Verdict::of(lean, lean < 1.0),
         },
         Goal {
             goal: "proxy CPU per request at saturation, one pass vs two (hoptrace-http vs hoptrace-http-twopass; a same-node hop with --same-node)".into(),
             target: "< 1x (one pass is cheaper)".into(),
             measured: if same_node {
-                format!("{one_pass:.3}x (median of per-round ratios)")
-            } else {
+                ratio_text(one_pass, 3)
+            } else if one_pass.is_finite() {
                 format!("{one_pass:.3}x, but cross-node both scenarios take the same two-pass path: run with --same-node")
+            } else {
+                "– (a same-node hop: run with --same-node)".to_string()
             },
             verdict: if same_node {
                 Verdict::of(one_pass, one_pass < 1.0)
@@ -454,34 +456,44 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
         Goal {
             goal: "requests per lab CPU-second with context propagation on vs off (hoptrace-http-propagation vs hoptrace-http)".into(),
             target: ">= 0.95x (propagation costs at most 5%)".into(),
-            measured: format!("{propagation:.3}x (median of per-round ratios)"),
+            measured: ratio_text(propagation, 3),
             verdict: Verdict::of(propagation, propagation >= 0.95),
         },
         Goal {
             goal: "(experimental) requests per lab CPU-second with the in-pod connections off TCP vs on (hoptrace-http-podskip vs hoptrace-http; --skip-pod-tcp, not the default: docs/ARCHITECTURE.md)".into(),
             target: "> 1x (measured, not a goal)".into(),
-            measured: format!("{podskip:.3}x (median of per-round ratios)"),
+            measured: ratio_text(podskip, 3),
             verdict: Verdict::of(podskip, podskip > 1.0),
         },
         Goal {
             goal: "(experimental) requests per lab CPU-second at saturation with --skip-pod-tcp vs the sidecar model (hoptrace-http-podskip vs sidecar)".into(),
             target: ">= 1.6x".into(),
-            measured: format!("{podskip_capacity:.2}x (median of per-round ratios)"),
+            measured: ratio_text(podskip_capacity, 2),
             verdict: Verdict::of(podskip_capacity, podskip_capacity >= 1.6),
         },
         Goal {
             goal: "opaque TCP hop (two agents) vs the L4 relay (one haproxy): machine CPU per message at saturation (hoptrace-tcp vs l4-tcp)".into(),
             target: "<= 1x".into(),
-            measured: format!("{tcp_vs_l4:.3}x (median of per-round ratios)"),
+            measured: ratio_text(tcp_vs_l4, 3),
             verdict: Verdict::of(tcp_vs_l4, tcp_vs_l4 <= 1.0),
         },
         Goal {
             goal: "opaque TCP spliced in the kernel vs relayed in userspace: machine CPU per message at saturation (hoptrace-tcp vs hoptrace-tcp-userspace)".into(),
             target: "< 1x (splicing is cheaper)".into(),
-            measured: format!("{splice:.3}x (median of per-round ratios)"),
+            measured: ratio_text(splice, 3),
             verdict: Verdict::of(splice, splice < 1.0),
         },
     ]
+}
+
+/// A per-round ratio as the goal table prints it: a dash when a scenario it needs was
+/// not in this run.
+fn ratio_text(ratio: f64, digits: usize) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.digits$}x (median of per-round ratios)")
+    } else {
+        "– (a scenario it compares was not run)".to_string()
+    }
 }
 
 #[cfg(test)]

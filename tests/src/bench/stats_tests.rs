@@ -67,6 +67,12 @@ fn medians_and_ratios() {
     // samples, nor TCP ones: not measured.
     want.extend([Verdict::NotMeasured; 8]);
     assert_eq!(verdicts, want, "{goals:#?}");
+    // What was not run prints a dash, not NaN.
+    assert!(
+        goals.iter().all(|g| !g.measured.contains("NaN")),
+        "{goals:#?}"
+    );
+    assert!(goals[8].measured.starts_with("– "), "{:?}", goals[8]);
     assert!((s.per_cpu_s_vs_ref - 70.0 / 45.0).abs() < 1e-9);
     assert!((s.sat_lab_cpus - 40_000.0 * 45e-6).abs() < 1e-9);
 
