@@ -158,9 +158,25 @@ async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
             ))
         };
         match enabled {
-            Ok(()) => tracing::warn!(
-                "--skip-pod-tcp (experimental): in-pod connections skip TCP; a blocking read in an app can fail with EAGAIN, and opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)"
-            ),
+            Ok(()) => {
+                // Ask the kernel what the apps' blocking reads will do (half a second).
+                let probe = tokio::task::spawn_blocking(crate::ebpf::read_probe::blocking_read)
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                match probe {
+                    Ok(read @ crate::ebpf::read_probe::BlockingRead::Waits) => tracing::info!(
+                        "--skip-pod-tcp (experimental): in-pod connections skip TCP; {}; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)",
+                        read.describe()
+                    ),
+                    Ok(read) => tracing::warn!(
+                        "--skip-pod-tcp (experimental): in-pod connections skip TCP; {}; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)",
+                        read.describe()
+                    ),
+                    Err(e) => tracing::warn!(
+                        "--skip-pod-tcp (experimental): in-pod connections skip TCP; what a blocking read in an app does could not be probed ({e}): assume it can fail with EAGAIN; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)"
+                    ),
+                }
+            }
             Err(err) => tracing::warn!("--skip-pod-tcp: {err}; in-pod connections use TCP"),
         }
     }

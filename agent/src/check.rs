@@ -175,6 +175,12 @@ pub fn run(_args: &CheckArgs) -> ExitCode {
         Err(e) => println!("[warn] eBPF decision log (--ebpf-log) unavailable, the agent runs without it: {e}"),
     }
 
+    // Only --skip-pod-tcp (experimental, off by default) depends on it: a note.
+    match crate::ebpf::read_probe::blocking_read() {
+        Ok(read) => println!("[note] --skip-pod-tcp: {}", read.describe()),
+        Err(e) => println!("[note] --skip-pod-tcp: blocking reads of sockets in a sockmap could not be probed: {e}"),
+    }
+
     if r.failures == 0 {
         println!("all checks passed");
         ExitCode::SUCCESS

@@ -34,6 +34,14 @@ fn check_reports_every_requirement_and_passes_here() {
             "no passing line for {item}:\n{stdout}"
         );
     }
+    // The kernel probe for --skip-pod-tcp reaches a verdict (the agent's unit test
+    // checks which one on this kernel).
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("[note] --skip-pod-tcp:") && l.contains("(probed")),
+        "no sockmap read probe verdict:\n{stdout}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
 

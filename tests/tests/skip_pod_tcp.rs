@@ -46,6 +46,12 @@ fn skipping_agent(lab: &Lab, node: &str) -> Agent {
     let file = lab.write_workloads(node).expect("write workload file");
     let mut agent = Agent::start_with_args(lab, node, &file, SKIP).expect("start the agent");
     agent.wait_ready(READY).expect("agent ready");
+    // The agent says what the apps' blocking reads will do, probed on this kernel.
+    let log = agent.log_tail(200);
+    assert!(
+        log.contains("--skip-pod-tcp (experimental)") && log.contains("(probed"),
+        "{log}"
+    );
     agent
 }
 

@@ -34,6 +34,7 @@ mod counters;
 mod local;
 mod log;
 mod pod;
+pub mod read_probe;
 mod splice;
 mod threads;
 
