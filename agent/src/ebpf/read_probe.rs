@@ -63,7 +63,9 @@ pub fn blocking_read() -> Result<BlockingRead, String> {
     match trial(true)? {
         Outcome::Data => Ok(BlockingRead::Waits),
         Outcome::EarlyEagain => Ok(BlockingRead::FailsWithEagain),
-        other => Err(format!("inconclusive: the read in a sockmap ended with {other:?}")),
+        other => Err(format!(
+            "inconclusive: the read in a sockmap ended with {other:?}"
+        )),
     }
 }
 
@@ -146,9 +148,7 @@ fn trial(in_sockmap: bool) -> Result<Outcome, String> {
     }
     Ok(match result? {
         (Ok(1), at) if at >= sent => Outcome::Data,
-        (Err(e), at) if e.kind() == io::ErrorKind::WouldBlock && at < sent => {
-            Outcome::EarlyEagain
-        }
+        (Err(e), at) if e.kind() == io::ErrorKind::WouldBlock && at < sent => Outcome::EarlyEagain,
         (r, _) => Outcome::Other(format!("{r:?}")),
     })
 }
@@ -160,7 +160,8 @@ fn wait_asleep(tid: libc::pid_t) -> bool {
     while Instant::now() < deadline {
         let state = std::fs::read_to_string(&path).ok().and_then(|s| {
             // The state follows the command name's closing parenthesis.
-            s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+            s.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
         });
         if state == Some('S') {
             // Asleep; give it a moment to be sure the wait is the read's.
@@ -192,7 +193,11 @@ mod tests {
         let known = crate::kernel::Release::parse(&release)
             .is_some_and(|r| r <= crate::kernel::Release(6, 18, u32::MAX));
         if known {
-            assert_eq!(verdict, Ok(super::BlockingRead::FailsWithEagain), "{release}");
+            assert_eq!(
+                verdict,
+                Ok(super::BlockingRead::FailsWithEagain),
+                "{release}"
+            );
         } else {
             assert!(verdict.is_ok(), "{verdict:?} on {release}");
         }
