@@ -69,9 +69,21 @@ fn agent_cgroup() -> Result<std::fs::File, String> {
     std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Whether the kernel splice of opaque TCP is loaded: on kernels with the sockmap fix
-/// it needs (`kernel::SPLICE_FEATURE`), or on any with `--opaque-tcp kernel-always`.
+/// Whether the kernel splice of opaque TCP is loaded: asked for (`--opaque-tcp kernel`,
+/// not the default), on kernels with the sockmap fix it needs
+/// (`kernel::SPLICE_FEATURE`), or on any with `--opaque-tcp kernel-always`.
 fn splice_supported(mode: crate::config::OpaqueTcp) -> bool {
+    if mode == crate::config::OpaqueTcp::Userspace {
+        return false;
+    }
+    let name = if mode == crate::config::OpaqueTcp::Kernel {
+        "kernel"
+    } else {
+        "kernel-always"
+    };
+    tracing::warn!(
+        "--opaque-tcp {name} (experimental): a spliced connection whose reader falls behind goes on in userspace, and on 6.18 such a connection has been seen to get a segment twice (docs/ARCHITECTURE.md, \"Opaque TCP in the kernel\")"
+    );
     let tested = crate::kernel::has(crate::kernel::SPLICE_FEATURE);
     if mode == crate::config::OpaqueTcp::KernelAlways && !tested {
         tracing::warn!(

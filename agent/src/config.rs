@@ -244,24 +244,24 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_HUGE_PAGES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub huge_pages: bool,
 
-    /// How opaque TCP (not HTTP, or TLS) is relayed: `kernel` (default; the two
-    /// sockets are spliced by an eBPF program and the bytes never reach the agent;
-    /// falls back to `userspace` where the kernel cannot, or lacks the sockmap fix
-    /// for duplicated bytes: Linux 6.16, 6.12.34+, 6.15.3+, docs/KERNELS.md),
-    /// `userspace` (the agent copies the bytes; for comparison in `cargo xtask
-    /// bench`, docs/BENCH.md) or `kernel-always` (splices on any kernel that loads
-    /// the program, fixed or not: for trying a kernel in `cargo xtask vm-test`,
-    /// never in production).
-    #[arg(long, env = "HOPTRACE_OPAQUE_TCP", value_enum, default_value_t = OpaqueTcp::Kernel)]
+    /// How opaque TCP (not HTTP, or TLS) is relayed: `userspace` (default; the agent
+    /// copies the bytes), `kernel` (experimental: the two sockets are spliced by an
+    /// eBPF program and the bytes never reach the agent, on Linux 6.16, 6.12.34+ or
+    /// 6.15.3+, docs/KERNELS.md; a connection whose reader falls behind goes on in
+    /// userspace, and on 6.18 about one such connection in a hundred got a segment
+    /// twice there, docs/ARCHITECTURE.md "Opaque TCP in the kernel") or
+    /// `kernel-always` (splices on any kernel that loads the program: for trying a
+    /// kernel in `cargo xtask vm-test`, never in production).
+    #[arg(long, env = "HOPTRACE_OPAQUE_TCP", value_enum, default_value_t = OpaqueTcp::Userspace)]
     pub opaque_tcp: OpaqueTcp,
 }
 
 /// How opaque TCP is relayed (`--opaque-tcp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OpaqueTcp {
-    /// Spliced in the kernel (sockmap and a stream verdict program).
+    /// Spliced in the kernel (sockmap and a stream verdict program); experimental.
     Kernel,
-    /// Copied by the agent.
+    /// Copied by the agent (the default).
     Userspace,
     /// Spliced on any kernel that loads the program, without the sockmap fix too.
     KernelAlways,

@@ -133,8 +133,8 @@ fn same_node_opaque_tcp_in_one_relay() {
         accepted(&agent, "outbound", "client"),
         accepted(&agent, "inbound", "server"),
     );
-    // Less than the splice window per connection: no pause (docs/ARCHITECTURE.md, "An
-    // open question about the pause"); the pause is splice.rs's backpressure test.
+    // Relayed in userspace (the default); the kernel splice, and its pause, are
+    // splice.rs's.
     let r = app
         .echo_client(&client, target, MIB, 2, true)
         .expect("echo client --half-close");

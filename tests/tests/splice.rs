@@ -1,5 +1,5 @@
-//! Opaque TCP spliced in the kernel (docs/ARCHITECTURE.md, "Opaque TCP in the
-//! kernel"): the bytes of a non-HTTP connection go from socket to socket through the
+//! Opaque TCP spliced in the kernel (`--opaque-tcp kernel`, experimental;
+//! docs/ARCHITECTURE.md, "Opaque TCP in the kernel"): the bytes of a non-HTTP connection go from socket to socket through the
 //! `hoptrace_splice` program, never through the agent. Checked from the apps' side:
 //! byte for byte with half-close, backpressure kept while the server reads nothing,
 //! the idle timeout, a `kill -9` of the agent (the connection ends, new ones go
@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use hoptrace_tests::{assert_eventually, labapp, require_root, Agent};
+use hoptrace_tests::{assert_eventually, labapp, require_root, Agent, Lab};
 use std::time::{Duration, Instant};
 
 const HOLD_PORT: u16 = 7100;
@@ -37,6 +37,20 @@ fn require_root_and_splice() -> bool {
     false
 }
 
+/// The agent of `node` splicing opaque TCP (`--opaque-tcp kernel`, not the default),
+/// with `extra` arguments. `HOPTRACE_OPAQUE_TCP` in the environment, which the agent
+/// reads itself, wins (`kernel-always` in `cargo xtask vm-test`).
+fn splicing_agent(lab: &Lab, node: &str, extra: &[&str]) -> Agent {
+    let mut args: Vec<&str> = extra.to_vec();
+    if std::env::var_os("HOPTRACE_OPAQUE_TCP").is_none() {
+        args.extend(["--opaque-tcp", "kernel"]);
+    }
+    let file = lab.write_workloads(node).expect("write workload file");
+    let mut agent = Agent::start_with_args(lab, node, &file, &args).expect("start the agent");
+    agent.wait_ready(READY).expect("agent ready");
+    agent
+}
+
 /// `hoptrace_opaque_connections_total{relay}` now.
 fn relayed(agent: &Agent, relay: &str) -> f64 {
     agent
@@ -63,8 +77,8 @@ fn opaque_tcp_is_spliced_byte_exact_with_half_close() {
     let _echo = app
         .echo_server(&server, server.addr(ECHO_PORT))
         .expect("echo server");
-    let agent1 = agent_for(&lab, "node-1");
-    let agent2 = agent_for(&lab, "node-2");
+    let agent1 = splicing_agent(&lab, "node-1", &[]);
+    let agent2 = splicing_agent(&lab, "node-2", &[]);
     let (f1, f2) = (
         failed(&agent1, "outbound", "client"),
         failed(&agent2, "inbound", "server"),
@@ -121,8 +135,8 @@ fn spliced_connections_keep_backpressure() {
         .expect("flood client, direct");
     assert!(direct.ok, "direct flood: {}", direct.stderr);
 
-    let mut agent1 = agent_for(&lab, "node-1");
-    let mut agent2 = agent_for(&lab, "node-2");
+    let mut agent1 = splicing_agent(&lab, "node-1", &[]);
+    let mut agent2 = splicing_agent(&lab, "node-2", &[]);
     let through = app
         .flood_client(&client, hold, TOTAL, sample)
         .expect("flood client, through the agents");
@@ -180,10 +194,7 @@ fn idle_spliced_connections_time_out_and_userspace_relay_remains() {
     let (lab, client, server) = client_server_lab(false);
     let echo = server.addr(ECHO_PORT);
     let _echo = app.echo_server(&server, echo).expect("echo server");
-    let file = lab.write_workloads("node-1").expect("workloads");
-    let mut agent = Agent::start_with_args(&lab, "node-1", &file, &["--tcp-idle-timeout", "2s"])
-        .expect("agent");
-    agent.wait_ready(READY).expect("agent ready");
+    let mut agent = splicing_agent(&lab, "node-1", &["--tcp-idle-timeout", "2s"]);
 
     let idle = app
         .idle_client(&client, echo, Duration::from_secs(15))
@@ -229,7 +240,7 @@ fn killing_the_agent_ends_spliced_connections_and_new_ones_go_direct() {
         .hold_server(&server, hold, Duration::from_secs(5))
         .expect("hold server");
     let _echo = app.echo_server(&server, echo).expect("echo server");
-    let mut agent = agent_for(&lab, "node-1");
+    let mut agent = splicing_agent(&lab, "node-1", &[]);
 
     // A spliced connection in full flow (the server reads nothing yet).
     let flood = {
@@ -267,4 +278,45 @@ fn killing_the_agent_ends_spliced_connections_and_new_ones_go_direct() {
     let r = app.echo_client(&client, echo, MIB, 2, true).expect("echo");
     assert_echo(&r, 2, MIB);
     assert_eq!(relayed(&agent, "kernel"), 2.0, "spliced after the restart");
+}
+
+/// Why the kernel splice is not the default: on 6.18 a connection the program paused
+/// (its reader fell `WINDOW` behind) sometimes delivers one segment twice once the
+/// agent relays it from the sockets' queues in userspace (docs/ARCHITECTURE.md,
+/// "Opaque TCP in the kernel"). Same-node echoes of 2 × 8 MiB, each connection
+/// pausing, until one is not byte-exact or `HOPTRACE_PAUSE_ROUNDS` (default 200) pass.
+/// Not run by `cargo xtask test` (on this project's 6.18 it failed in three runs of
+/// four, within 100 rounds); run it to try a kernel:
+/// `cargo test -p hoptrace-tests --test splice -- --ignored --nocapture`.
+#[test]
+#[ignore = "a kernel check that fails on 6.18 most runs: run by hand"]
+fn paused_splices_stay_byte_exact_under_repetition() {
+    if !require_root_and_splice() {
+        return;
+    }
+    let app = labapp!();
+    let rounds: usize = std::env::var("HOPTRACE_PAUSE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let (lab, client, server) = client_server_lab(false);
+    let target = server.addr(ECHO_PORT);
+    let _echo = app.echo_server(&server, target).expect("echo server");
+    let agent = splicing_agent(&lab, "node-1", &[]);
+    for round in 0..rounds {
+        let r = app
+            .echo_client(&client, target, 8 * MIB, 2, true)
+            .expect("echo client");
+        assert!(
+            r.ok == 2 && r.failed == 0,
+            "round {round} ({} connections paused so far): {}",
+            relayed(&agent, "kernel_paused"),
+            r.stderr
+        );
+    }
+    eprintln!(
+        "{rounds} rounds byte-exact; {} connections spliced, {} paused",
+        relayed(&agent, "kernel"),
+        relayed(&agent, "kernel_paused")
+    );
 }

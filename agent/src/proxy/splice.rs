@@ -245,6 +245,13 @@ async fn pause(
         tcp_bytes_taken(s).map_err(ConnError::Relay)?;
     }
     let (a, b) = spliced.stats();
+    tracing::debug!(
+        from_client = a.bytes,
+        from_server = b.bytes,
+        base_upstream = halves[0].base,
+        base_client = halves[1].base,
+        "spliced: paused; draining what the program redirected"
+    );
     for (from, bytes) in [(0, a.bytes), (1, b.bytes)] {
         drain(&socks[1 - from], halves[from].base + bytes, idle).await?;
         count(&mut halves[from], bytes);

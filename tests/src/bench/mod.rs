@@ -118,11 +118,12 @@ pub enum Scenario {
     /// TCP ping-pong through one haproxy `mode tcp`.
     #[serde(rename = "l4-tcp")]
     L4Tcp,
-    /// TCP ping-pong through both agents (opaque, spliced in the kernel).
+    /// TCP ping-pong through both agents, spliced in the kernel (`--opaque-tcp kernel`,
+    /// experimental).
     #[serde(rename = "hoptrace-tcp")]
     HoptraceTcp,
-    /// The same with `--opaque-tcp userspace` (the agents copy the bytes, as before
-    /// the kernel splice): what splicing saves.
+    /// The same relayed by the agents in userspace (`--opaque-tcp userspace`, the
+    /// default): against `hoptrace-tcp`, what splicing would save.
     #[serde(rename = "hoptrace-tcp-userspace")]
     HoptraceTcpUserspace,
 }

@@ -332,6 +332,25 @@ fn echo_client(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
+/// Where an echo that returned more than was sent went wrong: the first byte that
+/// differs, and where in what was sent the extra bytes appear (a repeat shows there).
+fn where_from(sent: &[u8], received: &[u8], extra: &[u8]) -> String {
+    let differs = received.iter().zip(sent).position(|(a, b)| a != b);
+    let probe = &extra[..extra.len().min(64)];
+    let repeats = sent.windows(probe.len()).position(|w| w == probe);
+    let differs = differs.map_or("every echoed byte matched".into(), |at| {
+        // What came instead: where in what was sent those bytes are from.
+        let got = &received[at..received.len().min(at + 64)];
+        let from = sent.windows(got.len()).position(|w| w == got);
+        let from = from.map_or("bytes not sent".into(), |q| format!("sent bytes from {q}"));
+        format!("first difference at byte {at}, which has {from}")
+    });
+    let repeats = repeats.map_or("the extra bytes are not from what was sent".into(), |at| {
+        format!("the extra bytes repeat what was sent from byte {at}")
+    });
+    format!("{differs}; {repeats}")
+}
+
 /// One echo connection; returns the number of bytes echoed intact.
 fn echo_conn(addr: SocketAddr, bytes: usize, seed: u64, half_close: bool) -> Result<u64, String> {
     let mut data = vec![0u8; bytes];
@@ -380,7 +399,10 @@ fn echo_conn(addr: SocketAddr, bytes: usize, seed: u64, half_close: bool) -> Res
         let mut extra = [0u8; 1024];
         read_result = match stream.read(&mut extra) {
             Ok(0) => Ok(()),
-            Ok(n) => Err(format!("{n} unexpected bytes after the echo")),
+            Ok(n) => Err(format!(
+                "{n} unexpected bytes after the echo ({})",
+                where_from(&data, &received, &extra[..n])
+            )),
             Err(e) => Err(format!("waiting for EOF after the echo: {e}")),
         };
     }
