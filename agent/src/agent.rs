@@ -69,12 +69,12 @@ fn agent_cgroup() -> Result<std::fs::File, String> {
     std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Whether the kernel splice of opaque TCP is loaded: asked for (`--opaque-tcp kernel`,
+/// Whether the kernel splice of opaque TCP is loaded (`None`: not asked for); asked for (`--opaque-tcp kernel`,
 /// not the default), on kernels with the sockmap fix it needs
 /// (`kernel::SPLICE_FEATURE`), or on any with `--opaque-tcp kernel-always`.
-fn splice_supported(mode: crate::config::OpaqueTcp) -> bool {
+fn splice_supported(mode: crate::config::OpaqueTcp) -> Option<bool> {
     if mode == crate::config::OpaqueTcp::Userspace {
-        return false;
+        return None;
     }
     let name = if mode == crate::config::OpaqueTcp::Kernel {
         "kernel"
@@ -91,9 +91,9 @@ fn splice_supported(mode: crate::config::OpaqueTcp) -> bool {
             crate::kernel::SPLICE_FEATURE,
             crate::kernel::splice_releases()
         );
-        return true;
+        return Some(true);
     }
-    tested
+    Some(tested)
 }
 
 /// Raises the soft open-file limit to the hard one: every proxied connection costs two

@@ -158,9 +158,11 @@ impl std::fmt::Debug for Datapath {
 pub struct DatapathConfig {
     /// The programs log their steering decisions (`--ebpf-log`).
     pub log: bool,
-    /// The kernel can splice opaque TCP (`kernel::SPLICE_FEATURE`; else the program
-    /// is not loaded and opaque TCP is relayed in userspace).
-    pub splice: bool,
+    /// Opaque TCP spliced in the kernel: `None` not asked for (`--opaque-tcp
+    /// userspace`, the default: the program is not loaded); `Some(supported)` asked
+    /// for, and whether the kernel can (`kernel::SPLICE_FEATURE`; else a warning, and
+    /// opaque TCP is relayed in userspace).
+    pub splice: Option<bool>,
 }
 
 /// Loads the object and every program into the kernel (verifier included), without
@@ -236,9 +238,13 @@ impl Datapath {
                 None
             }
         };
-        let splice = match splice::load(&mut ebpf, config.splice) {
-            Ok(s) => Some(s),
-            Err(err) => {
+        let splice = match config
+            .splice
+            .map(|supported| splice::load(&mut ebpf, supported))
+        {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(err)) => {
                 tracing::warn!(
                     "opaque TCP in the kernel: {err}; opaque connections are relayed in userspace (docs/KERNELS.md)"
                 );
