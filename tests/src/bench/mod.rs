@@ -218,7 +218,7 @@ impl Scenario {
             lean_http1: self != Scenario::HoptraceHttpHyper,
             one_pass: self != Scenario::HoptraceHttpTwoPass,
             propagation: self == Scenario::HoptraceHttpPropagation,
-            opaque_in_kernel: self != Scenario::HoptraceTcpUserspace,
+            opaque_in_kernel: self == Scenario::HoptraceTcp,
             skip_pod_tcp: self == Scenario::HoptraceHttpSkipPodTcp,
             worker_threads: if self == Scenario::HoptraceHttpOneWorker {
                 1
@@ -240,7 +240,7 @@ pub struct AgentMode {
     pub one_pass: bool,
     /// `context_propagation: auto` for the enrolled pods (workload files).
     pub propagation: bool,
-    /// `--opaque-tcp kernel` (else `userspace`).
+    /// `--opaque-tcp kernel` (else `userspace`, the default): `hoptrace-tcp` only.
     pub opaque_in_kernel: bool,
     /// `--worker-threads` (`0`: the agent's default, one per CPU).
     pub worker_threads: usize,
@@ -275,7 +275,7 @@ impl Default for AgentMode {
             lean_http1: true,
             one_pass: true,
             propagation: false,
-            opaque_in_kernel: true,
+            opaque_in_kernel: false,
             worker_threads: 0,
             skip_pod_tcp: false,
         }
