@@ -69,9 +69,9 @@ fn agent_cgroup() -> Result<std::fs::File, String> {
     std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Whether the kernel splice of opaque TCP is loaded (`None`: not asked for); asked for (`--opaque-tcp kernel`,
-/// not the default), on kernels with the sockmap fix it needs
-/// (`kernel::SPLICE_FEATURE`), or on any with `--opaque-tcp kernel-always`.
+/// Whether the kernel splice of opaque TCP is asked for (`None`: not, the default) and
+/// loaded: with `--opaque-tcp kernel` on kernels with the sockmap fix it needs
+/// (`kernel::SPLICE_FEATURE`), with `--opaque-tcp kernel-always` on any.
 fn splice_supported(mode: crate::config::OpaqueTcp) -> Option<bool> {
     if mode == crate::config::OpaqueTcp::Userspace {
         return None;
@@ -175,18 +175,15 @@ async fn run_async(args: RunArgs, cores: Arc<Cores>) -> anyhow::Result<()> {
                 let probe = tokio::task::spawn_blocking(crate::ebpf::read_probe::blocking_read)
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()));
-                match probe {
-                    Ok(read @ crate::ebpf::read_probe::BlockingRead::Waits) => tracing::info!(
-                        "--skip-pod-tcp (experimental): in-pod connections skip TCP; {}; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)",
-                        read.describe()
-                    ),
-                    Ok(read) => tracing::warn!(
-                        "--skip-pod-tcp (experimental): in-pod connections skip TCP; {}; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)",
-                        read.describe()
-                    ),
-                    Err(e) => tracing::warn!(
-                        "--skip-pod-tcp (experimental): in-pod connections skip TCP; what a blocking read in an app does could not be probed ({e}): assume it can fail with EAGAIN; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)"
-                    ),
+                let reads = match &probe {
+                    Ok(read) => read.describe().to_string(),
+                    Err(e) => format!("what a blocking read in an app does could not be probed ({e}): assume it can fail with EAGAIN"),
+                };
+                let msg = format!("--skip-pod-tcp (experimental): in-pod connections skip TCP; {reads}; opaque TCP is relayed in userspace (docs/ARCHITECTURE.md)");
+                if matches!(probe, Ok(crate::ebpf::read_probe::BlockingRead::Waits)) {
+                    tracing::info!("{msg}");
+                } else {
+                    tracing::warn!("{msg}");
                 }
             }
             Err(err) => tracing::warn!("--skip-pod-tcp: {err}; in-pod connections use TCP"),
