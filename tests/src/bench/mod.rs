@@ -126,11 +126,16 @@ pub enum Scenario {
     /// default): against `hoptrace-tcp`, what splicing would save.
     #[serde(rename = "hoptrace-tcp-userspace")]
     HoptraceTcpUserspace,
+    /// The same with `--skip-pod-tcp` (experimental): the in-pod connections carry
+    /// messages instead of TCP segments, so a hop has the one TCP connection between the
+    /// agents: against `l4-tcp`, what the opaque target would cost without them.
+    #[serde(rename = "hoptrace-tcp-podskip")]
+    HoptraceTcpSkipPodTcp,
 }
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
@@ -145,6 +150,7 @@ impl Scenario {
         Scenario::L4Tcp,
         Scenario::HoptraceTcp,
         Scenario::HoptraceTcpUserspace,
+        Scenario::HoptraceTcpSkipPodTcp,
     ];
 
     /// The name used in tables, JSON and `--scenarios`.
@@ -164,6 +170,7 @@ impl Scenario {
             Scenario::L4Tcp => "l4-tcp",
             Scenario::HoptraceTcp => "hoptrace-tcp",
             Scenario::HoptraceTcpUserspace => "hoptrace-tcp-userspace",
+            Scenario::HoptraceTcpSkipPodTcp => "hoptrace-tcp-podskip",
         }
     }
 
@@ -188,13 +195,20 @@ impl Scenario {
             Scenario::DirectTcp
             | Scenario::L4Tcp
             | Scenario::HoptraceTcp
-            | Scenario::HoptraceTcpUserspace => Workload::Tcp,
+            | Scenario::HoptraceTcpUserspace
+            | Scenario::HoptraceTcpSkipPodTcp => Workload::Tcp,
         }
     }
 
     /// True for the scenarios served by the agents (enrolled pods).
     pub fn is_hoptrace(self) -> bool {
-        self.is_traced() || matches!(self, Scenario::HoptraceTcp | Scenario::HoptraceTcpUserspace)
+        self.is_traced()
+            || matches!(
+                self,
+                Scenario::HoptraceTcp
+                    | Scenario::HoptraceTcpUserspace
+                    | Scenario::HoptraceTcpSkipPodTcp
+            )
     }
 
     /// True for the traced HTTP scenarios (spans are accounted).
@@ -219,7 +233,10 @@ impl Scenario {
             one_pass: self != Scenario::HoptraceHttpTwoPass,
             propagation: self == Scenario::HoptraceHttpPropagation,
             opaque_in_kernel: self == Scenario::HoptraceTcp,
-            skip_pod_tcp: self == Scenario::HoptraceHttpSkipPodTcp,
+            skip_pod_tcp: matches!(
+                self,
+                Scenario::HoptraceHttpSkipPodTcp | Scenario::HoptraceTcpSkipPodTcp
+            ),
             worker_threads: if self == Scenario::HoptraceHttpOneWorker {
                 1
             } else {
@@ -347,6 +364,11 @@ mod tests {
         }
         assert_eq!(Scenario::parse("nope"), None);
         assert_eq!(Scenario::HoptraceTcp.workload(), Workload::Tcp);
+        let podskip = Scenario::HoptraceTcpSkipPodTcp;
+        assert_eq!(podskip.workload(), Workload::Tcp);
+        assert!(podskip.is_hoptrace() && !podskip.is_traced());
+        let mode = podskip.agent_mode();
+        assert!(mode.skip_pod_tcp && !mode.opaque_in_kernel);
         assert!(Scenario::HoptraceHttp.is_hoptrace() && !Scenario::Sidecar.is_hoptrace());
     }
 }

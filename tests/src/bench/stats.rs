@@ -361,6 +361,13 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
         Scenario::HoptraceTcpUserspace,
         |a, b| a.sat_machine_cpu_us / b.sat_machine_cpu_us,
     );
+    // With the in-pod connections off TCP (experimental): one TCP connection per hop.
+    let tcp_podskip_vs_l4 = per_round(
+        samples,
+        Scenario::HoptraceTcpSkipPodTcp,
+        Scenario::L4Tcp,
+        |a, b| a.sat_machine_cpu_us / b.sat_machine_cpu_us,
+    );
     let checks: Vec<&SpanCheck> = samples
         .iter()
         .filter(|x| x.scenario == h.name())
@@ -486,6 +493,12 @@ pub fn scenario_goals(samples: &[Sample], same_node: bool) -> Vec<Goal> {
             target: "< 1x (splicing is cheaper)".into(),
             measured: ratio_text(splice, 3),
             verdict: Verdict::of(splice, splice < 1.0),
+        },
+        Goal {
+            goal: "(experimental, --skip-pod-tcp) opaque TCP hop with the in-pod connections off TCP vs the L4 relay (one haproxy): machine CPU per message at saturation (hoptrace-tcp-podskip vs l4-tcp)".into(),
+            target: "<= 1x (measured, not the default)".into(),
+            measured: ratio_text(tcp_podskip_vs_l4, 3),
+            verdict: Verdict::of(tcp_podskip_vs_l4, tcp_podskip_vs_l4 <= 1.0),
         },
     ]
 }

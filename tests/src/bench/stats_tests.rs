@@ -65,7 +65,7 @@ fn medians_and_ratios() {
     want[1] = Verdict::NotMet;
     // No hoptrace-http-nometrics, -hyper, -twopass, -propagation or -podskip
     // samples, nor TCP ones: not measured.
-    want.extend([Verdict::NotMeasured; 8]);
+    want.extend([Verdict::NotMeasured; 9]);
     assert_eq!(verdicts, want, "{goals:#?}");
     // What was not run prints a dash, not NaN.
     assert!(
@@ -95,28 +95,26 @@ fn opaque_tcp_goals_use_the_machine_cpu() {
         v.push(tcp(Scenario::L4Tcp, round, 40.0));
         v.push(tcp(Scenario::HoptraceTcp, round, 36.0));
         v.push(tcp(Scenario::HoptraceTcpUserspace, round, 38.0));
+        v.push(tcp(Scenario::HoptraceTcpSkipPodTcp, round, 41.0));
     }
     let goals = scenario_goals(&v, false);
     let n = goals.len();
     // The default (userspace) 38/40 = 0.95x the L4 relay, the splice 36/38 = 0.947x
     // the userspace relay: both met, though the proxies' own CPU (1 µs each) would say
-    // nothing.
-    assert!(
-        goals[n - 2].measured.starts_with("0.950x"),
-        "{:?}",
-        goals[n - 2]
-    );
-    assert!(
-        goals[n - 1].measured.starts_with("0.947x"),
-        "{:?}",
-        goals[n - 1]
-    );
-    assert_eq!(goals[n - 2].verdict, Verdict::Met);
-    assert_eq!(goals[n - 1].verdict, Verdict::Met);
+    // nothing. The in-pod connections off TCP: 41/40 = 1.025x, not met.
+    let (userspace, splice, podskip) = (&goals[n - 3], &goals[n - 2], &goals[n - 1]);
+    assert!(userspace.goal.contains("hoptrace-tcp-userspace vs l4-tcp"));
+    assert!(userspace.measured.starts_with("0.950x"), "{userspace:?}");
+    assert!(splice.measured.starts_with("0.947x"), "{splice:?}");
+    assert!(podskip.goal.contains("hoptrace-tcp-podskip vs l4-tcp"));
+    assert!(podskip.measured.starts_with("1.025x"), "{podskip:?}");
+    assert_eq!(userspace.verdict, Verdict::Met);
+    assert_eq!(splice.verdict, Verdict::Met);
+    assert_eq!(podskip.verdict, Verdict::NotMet);
     v.iter_mut()
         .filter(|x| x.scenario == "hoptrace-tcp-userspace")
         .for_each(|x| x.sat_machine_cpu_us = 44.0);
-    assert_eq!(scenario_goals(&v, false)[n - 2].verdict, Verdict::NotMet);
+    assert_eq!(scenario_goals(&v, false)[n - 3].verdict, Verdict::NotMet);
 }
 
 #[test]
