@@ -5,7 +5,7 @@ use crate::{pod::format_pid, Lab, Metrics};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -427,8 +427,10 @@ impl Drop for Agent {
     }
 }
 
-/// A currently free TCP port on 127.0.0.1.
+/// A free TCP address on 127.0.0.1 for the agent's admin endpoint ([`crate::ports`]).
 fn free_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from((
+        [127, 0, 0, 1],
+        crate::ports::free_port()?,
+    )))
 }

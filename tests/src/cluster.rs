@@ -30,11 +30,13 @@ pub use certs::Certs;
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ports::{free_port, free_port_on};
 
 /// The Kubernetes version of the API server (`cargo xtask kube-apiserver` builds it).
 pub const KUBE_VERSION: &str = "v1.20.2";
@@ -64,18 +66,6 @@ pub fn apiserver_binary() -> Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-fn free_port() -> Result<u16> {
-    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
-/// A free TCP port on `addr`.
-pub(crate) fn free_port_on(addr: IpAddr) -> Result<u16> {
-    Ok(TcpListener::bind(SocketAddr::new(addr, 0))
-        .with_context(|| format!("finding a free port on {addr}"))?
-        .local_addr()?
-        .port())
 }
 
 /// A child process killed on drop, dying with the test process.

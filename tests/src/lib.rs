@@ -39,6 +39,7 @@ mod otlp_count;
 pub mod otlp_metrics;
 pub mod plainapp;
 pub mod pod;
+pub mod ports;
 pub mod pyapp;
 mod state;
 pub mod tlsapp;

@@ -40,7 +40,8 @@ pub mod deploy;
 pub mod host;
 pub mod images;
 
-use crate::cluster::{free_port_on, ControlPlane, Proc, KUBE_VERSION};
+use crate::cluster::{ControlPlane, Proc, KUBE_VERSION};
+use crate::ports::free_port_on;
 use anyhow::{bail, Context, Result};
 use host::{Bridge, CgroupTrees, Cgroups, MountPoints, GATEWAY, POD_CGROUP};
 use std::net::IpAddr;

@@ -28,10 +28,7 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless session (`--no-sandbox`: the tests run as root).
     pub fn start() -> Result<Browser> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("a free port for chromedriver")?
-            .port();
+        let port = crate::ports::free_port().context("a free port for chromedriver")?;
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -32,10 +32,7 @@ impl Drop for Dashboard {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    hoptrace_tests::ports::free_port().expect("a free port")
 }
 
 fn api(addr: SocketAddr, path: &str) -> Value {

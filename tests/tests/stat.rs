@@ -326,10 +326,7 @@ fn start_prometheus(bin: &PathBuf, target: &str) -> Prometheus {
         ),
     )
     .expect("config");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = hoptrace_tests::ports::free_port().expect("free port");
     let log = std::fs::File::create(dir.join("log")).expect("log");
     let child = Command::new(bin)
         .arg(format!("--config.file={}", config.display()))
