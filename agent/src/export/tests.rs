@@ -34,8 +34,8 @@ fn encoded(attr_len: usize, parent: Option<SpanId>) -> Vec<u8> {
         flags: 1,
         kind: Kind::Server,
         name: "GET",
-        start: std::time::SystemTime::UNIX_EPOCH,
-        end: std::time::SystemTime::UNIX_EPOCH,
+        start: crate::trace::span::UnixNanos::EPOCH,
+        end: crate::trace::span::UnixNanos::EPOCH,
         status: &Status::Unset,
     };
     let mut out = Vec::new();

@@ -404,7 +404,7 @@ impl Edge {
         target: &str,
         grpc: bool,
     ) -> RequestObservation {
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let path = route::path_of(target);
         let server = &self.labels.server.0;
         let route = self.golden.routes.route_cached(cache, server, path, grpc);
         // The raw path only while someone taps.

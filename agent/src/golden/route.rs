@@ -23,6 +23,13 @@ const MAX_PATH: usize = 1024;
 /// Segments kept in a template; deeper paths end in `/…`.
 const MAX_SEGMENTS: usize = 8;
 
+/// The path of a request target: up to its query (`?`), if any. A byte search: the
+/// target is ASCII where it matters, and this runs on every request.
+pub fn path_of(target: &str) -> &str {
+    memchr::memchr(b'?', target.as_bytes())
+        .map_or(target, |end| target.get(..end).unwrap_or_default())
+}
+
 /// The template of `path` (the request target's path, query allowed), `grpc` when the
 /// request is gRPC. Pure: the same path always gives the same template.
 pub fn template(path: &str, grpc: bool) -> String {
@@ -45,7 +52,12 @@ pub fn template_into(path: &str, grpc: bool, out: &mut String) {
         out.push_str(path);
         return;
     }
-    for (i, segment) in rest.split('/').enumerate() {
+    // Split at each '/' by byte (an ASCII byte is always a char boundary).
+    let ends = memchr::memchr_iter(b'/', rest.as_bytes()).chain([rest.len()]);
+    let mut start = 0;
+    for (i, end) in ends.enumerate() {
+        let segment = rest.get(start..end).unwrap_or_default();
+        start = end + 1;
         if i == MAX_SEGMENTS {
             out.push_str("/…");
             break;
@@ -226,6 +238,8 @@ mod tests {
             ("/api/v1/health", "/api/v1/health"),
             ("/a/b/c/d/e/f/g/h/i/j", "/a/b/c/d/e/f/g/h/…"),
             ("*", OVERFLOW),
+            ("/a//b/", "/a//b/"),
+            ("/ü/42", "/ü/{id}"),
         ];
         for (path, want) in cases {
             assert_eq!(template(path, false), want, "{path}");
@@ -234,6 +248,19 @@ mod tests {
             template("/helloworld.Greeter/SayHello", true),
             "/helloworld.Greeter/SayHello"
         );
+    }
+
+    #[test]
+    fn a_path_ends_at_its_query() {
+        for (target, path) in [
+            ("/a?b=1", "/a"),
+            ("/a", "/a"),
+            ("?x", ""),
+            ("/ü?é", "/ü"),
+            ("", ""),
+        ] {
+            assert_eq!(path_of(target), path, "{target}");
+        }
     }
 
     #[test]

@@ -92,24 +92,17 @@ impl H1Conn {
 }
 
 /// An upstream connection of the lean HTTP/1 path (`proxy::h1`): the socket, when it
-/// was opened, and its addresses once asked for.
+/// stops being reused, and its addresses once asked for.
 #[derive(Debug)]
 pub struct RawUpstream {
     pub stream: TcpStream,
-    pub opened: Instant,
+    /// Opened plus the pool's lifetime (`None`: beyond what a clock can hold). Kept as
+    /// a deadline so that a check-in or check-out compares two instants.
+    expires: Option<Instant>,
     addrs: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl RawUpstream {
-    /// A connection opened now.
-    pub fn new(stream: TcpStream) -> Self {
-        RawUpstream {
-            stream,
-            opened: Instant::now(),
-            addrs: None,
-        }
-    }
-
     /// Its (local, peer) addresses: asked of the kernel once per connection (two
     /// syscalls), not once per request.
     pub fn addrs(&mut self) -> std::io::Result<(SocketAddr, SocketAddr)> {
@@ -120,18 +113,22 @@ impl RawUpstream {
         self.addrs = Some(a);
         Ok(a)
     }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|t| now > t)
+    }
 }
 
 /// An idle HTTP/1 connection of the lean path.
 struct RawConn {
     up: RawUpstream,
-    last_used: Instant,
+    /// Checked in plus [`IDLE_TIMEOUT`].
+    idle_until: Option<Instant>,
 }
 
 impl RawConn {
-    fn keep(&self, now: Instant, max_lifetime: Duration) -> bool {
-        now.duration_since(self.last_used) <= IDLE_TIMEOUT
-            && now.duration_since(self.up.opened) <= max_lifetime
+    fn keep(&self, now: Instant) -> bool {
+        self.idle_until.is_none_or(|t| now <= t) && !self.up.expired(now)
     }
 }
 
@@ -251,16 +248,24 @@ impl Pool {
         self.start_sweeper();
     }
 
+    /// A connection of the lean HTTP/1 path, opened now on `stream`.
+    pub fn raw_upstream(&self, stream: TcpStream) -> RawUpstream {
+        RawUpstream {
+            stream,
+            expires: Instant::now().checked_add(self.max_lifetime),
+            addrs: None,
+        }
+    }
+
     /// Takes an idle connection of the lean HTTP/1 path, if one is open.
     pub fn checkout_raw(&self, key: &PoolKey) -> Option<RawUpstream> {
         let now = Instant::now();
-        let max = self.max_lifetime;
         self.with(|map| {
             let entry = map.get_mut(key)?;
             entry.last_http = Some(now);
             // Most recently used first; closed or expired ones are dropped on the way.
             while let Some(c) = entry.raw.pop() {
-                if c.keep(now, max) && still_open(&c.up.stream) {
+                if c.keep(now) && still_open(&c.up.stream) {
                     return Some(c.up);
                 }
             }
@@ -273,14 +278,17 @@ impl Pool {
     /// Must run inside the tokio runtime (starts the sweeper).
     pub fn checkin_raw(self: &Arc<Self>, key: PoolKey, up: RawUpstream) {
         let now = Instant::now();
-        if now.duration_since(up.opened) > self.max_lifetime {
+        if up.expired(now) {
             return;
         }
         self.with(|map| {
             let entry = map.entry(key).or_default();
             entry.last_http = Some(now);
             if entry.raw.len() < MAX_PER_KEY {
-                entry.raw.push(RawConn { up, last_used: now });
+                entry.raw.push(RawConn {
+                    up,
+                    idle_until: now.checked_add(IDLE_TIMEOUT),
+                });
             }
         });
         self.start_sweeper();
@@ -351,7 +359,7 @@ impl Pool {
             let max = self.max_lifetime;
             map.retain(|_, e| {
                 e.h1.retain(|c| c.keep(now, max));
-                e.raw.retain(|c| c.keep(now, max));
+                e.raw.retain(|c| c.keep(now));
                 let recent = e
                     .last_http
                     .is_some_and(|t| now.duration_since(t) < KNOWN_HTTP_TTL);

@@ -11,7 +11,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::SystemTime,
 };
 
 use bytes::Bytes;
@@ -22,7 +21,9 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{
     context::{self, SpanId, TraceContext, TraceId},
-    span::{Kind, PodIdentity, PodSpans, SpanParts, SpanSink, Status, TRUNCATED_ATTRIBUTES},
+    span::{
+        Kind, PodIdentity, PodSpans, SpanParts, SpanSink, Status, UnixNanos, TRUNCATED_ATTRIBUTES,
+    },
     wire::Attributes,
 };
 
@@ -148,7 +149,7 @@ pub fn begin<B>(
     route: &Arc<str>,
     grpc: bool,
 ) -> Option<RequestSpans> {
-    let server_start = SystemTime::now();
+    let server_start = UnixNanos::now();
     let traced = decide(req.headers_mut(), start_root)?;
     let leg = leg?.clone();
     let attrs = leg.attrs(RequestFacts::of(req), route, grpc);
@@ -162,7 +163,7 @@ pub fn begin_head(
     leg: Option<&Arc<LegSpans>>,
     trace_headers: &mut HeaderMap,
     facts: RequestFacts<'_>,
-    server_start: SystemTime,
+    server_start: UnixNanos,
     start_root: bool,
     route: &Arc<str>,
     grpc: bool,
@@ -183,12 +184,12 @@ pub fn begin_traceparent(
     leg: Option<&Arc<LegSpans>>,
     value: &mut [u8; context::TRACEPARENT_LEN],
     facts: RequestFacts<'_>,
-    server_start: SystemTime,
+    server_start: UnixNanos,
     start_root: bool,
     route: &Arc<str>,
     grpc: bool,
 ) -> Option<Option<RequestSpans>> {
-    let found = context::w3c_context(std::str::from_utf8(value).ok()?)?;
+    let found = context::w3c_context_bytes(value)?;
     let traced = decide_with(Some(found), start_root, |ctx, span| {
         context::write_traceparent(value, &ctx.trace_id, &span, ctx.flags())
     });
@@ -214,8 +215,8 @@ pub struct RequestSpans {
     attrs: Arc<RequestAttrs>,
     /// The response's, written at the end.
     response: Attributes,
-    server_start: SystemTime,
-    client_start: SystemTime,
+    server_start: UnixNanos,
+    client_start: UnixNanos,
     status: Option<StatusCode>,
     grpc_status: Option<i64>,
 }
@@ -229,12 +230,7 @@ impl RequestSpans {
         self.traced.ctx.trace_id
     }
 
-    fn new(
-        leg: Arc<LegSpans>,
-        traced: Traced,
-        attrs: Arc<RequestAttrs>,
-        start: SystemTime,
-    ) -> Self {
+    fn new(leg: Arc<LegSpans>, traced: Traced, attrs: Arc<RequestAttrs>, start: UnixNanos) -> Self {
         Self {
             leg,
             traced,
@@ -255,13 +251,13 @@ impl RequestSpans {
 
     /// The response is over (`error`: why it did not complete): emits the spans, which
     /// end at `end` (when the response's last byte was handed to the client's socket).
-    pub fn complete(self, end: SystemTime, error: Option<String>) {
+    pub fn complete(self, end: UnixNanos, error: Option<String>) {
         self.emit_at(end, error);
     }
 
     /// The proxy starts sending the request on (the CLIENT span starts).
     pub fn client_started(&mut self) {
-        self.client_start = SystemTime::now();
+        self.client_start = UnixNanos::now();
     }
 
     /// No response came: the proxy answers `status` itself; `error` says why.
@@ -329,10 +325,10 @@ impl RequestSpans {
     /// are encoded here, once, into one buffer; the attributes written at request time
     /// are copied into each as bytes.
     fn emit(self, error: Option<String>) {
-        self.emit_at(SystemTime::now(), error);
+        self.emit_at(UnixNanos::now(), error);
     }
 
-    fn emit_at(mut self, end: SystemTime, error: Option<String>) {
+    fn emit_at(mut self, end: UnixNanos, error: Option<String>) {
         self.finish_attributes();
         let t = &self.traced;
         let (trace_id, flags) = (t.ctx.trace_id, t.ctx.flags());
@@ -700,7 +696,7 @@ mod tests {
                 None,
                 &mut bytes,
                 facts,
-                SystemTime::now(),
+                UnixNanos::now(),
                 false,
                 &route,
                 false,
@@ -714,7 +710,7 @@ mod tests {
                 None,
                 &mut map,
                 facts,
-                SystemTime::now(),
+                UnixNanos::now(),
                 false,
                 &route,
                 false,

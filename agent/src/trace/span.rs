@@ -5,7 +5,7 @@
 //! attributes once, copies them into its two spans, and the export task frames the
 //! bytes without encoding again.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
@@ -37,6 +37,30 @@ pub enum Status {
     Error(String),
 }
 
+/// A wall-clock instant in nanoseconds since the Unix epoch: the form OTLP carries, read
+/// so from the clock, so a span's times are never converted again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnixNanos(pub u64);
+
+impl UnixNanos {
+    /// The Unix epoch itself (for tests).
+    pub const EPOCH: Self = Self(0);
+
+    /// Now, by the system's real-time clock (`0` if it reads before the epoch).
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists, so
+        // the call cannot fail (it is answered by the vDSO, without a system call).
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+        Self(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+    }
+}
+
 /// OTLP `Span.flags` bits besides the W3C trace flags: the parent's remoteness is
 /// known, and the parent is remote (a SERVER span's parent came over the network; a
 /// CLIENT span's is the SERVER span in this process).
@@ -61,16 +85,11 @@ pub struct SpanParts<'a> {
     /// Span name.
     pub name: &'a str,
     /// Start time.
-    pub start: SystemTime,
+    pub start: UnixNanos,
     /// End time (≥ start).
-    pub end: SystemTime,
+    pub end: UnixNanos,
     /// Status.
     pub status: &'a Status,
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl SpanParts<'_> {
@@ -95,8 +114,8 @@ impl SpanParts<'_> {
                 flags: u32::from(self.flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 },
                 name: self.name,
                 kind: kind as i32,
-                start_time_unix_nano: nanos(self.start),
-                end_time_unix_nano: nanos(self.end),
+                start_time_unix_nano: self.start.0,
+                end_time_unix_nano: self.end.0,
                 attributes,
                 status_message,
                 status_code: status_code as i32,

@@ -2,7 +2,7 @@
 //! through, a chunked one is followed by a strict chunk parser (so the proxy knows
 //! where the message ends and how many data bytes it carried) but never re-encoded.
 
-use std::time::SystemTime;
+use crate::trace::span::UnixNanos;
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -204,7 +204,7 @@ pub async fn forward<R, W>(
     src: &mut R,
     dst: &mut W,
     on_data: &mut impl FnMut(u64),
-) -> Result<SystemTime, BodyError>
+) -> Result<UnixNanos, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -212,7 +212,7 @@ where
     loop {
         let (take, data) = state.consume(buf)?;
         on_data(data);
-        let last = state.done().then(SystemTime::now);
+        let last = state.done().then(UnixNanos::now);
         if out.is_empty() {
             if take > 0 {
                 dst.write_all(&buf[..take])
@@ -235,7 +235,7 @@ where
         let n = src.read_buf(buf).await.map_err(BodyError::Read)?;
         if n == 0 {
             if state.0 == State::UntilClose {
-                return Ok(SystemTime::now());
+                return Ok(UnixNanos::now());
             }
             return Err(BodyError::Truncated);
         }

@@ -2,7 +2,7 @@
 //! on, the upstream connection (pooled, or the one from detection, or new), the
 //! response relayed, the spans and golden metrics recorded.
 
-use std::time::SystemTime;
+use crate::trace::span::UnixNanos;
 
 use bytes::Buf as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -121,7 +121,7 @@ fn same_shape(map: &HeaderMap, old: &[head::Field], buf: &[u8]) -> bool {
 impl Lean {
     /// Proxies the request whose head is at the start of `cbuf`.
     pub(super) async fn exchange(&mut self, client: &mut TcpStream) -> Result<After, ConnError> {
-        let server_start = SystemTime::now();
+        let server_start = UnixNanos::now();
         let Some((body_len, body_data)) = self.buffer_body(client).await? else {
             return Ok(After::Fallback("request body streamed"));
         };
@@ -169,7 +169,7 @@ impl Lean {
         let target = req.target.str(buf);
         let facts = RequestFacts {
             method: method.as_str(),
-            path: target.split_once('?').map_or(target, |(p, _)| p),
+            path: crate::golden::route::path_of(target),
             version: Version::HTTP_11,
             host: req.host.map(|h| h.str(buf)),
             user_agent: req.user_agent.map(|u| u.str(buf)),
@@ -226,7 +226,7 @@ impl Lean {
             let spans = match trace.as_mut() {
                 Some(map) => {
                     let route = observed.route().clone();
-                    let now = SystemTime::now();
+                    let now = UnixNanos::now();
                     let leg = t.spans.as_ref();
                     begin_head(leg, map, facts, now, start_root2, &route, req.grpc)
                 }
@@ -386,7 +386,7 @@ impl Lean {
     /// one (the flag says whether it served a request before).
     async fn upstream(&mut self) -> Result<(RawUpstream, bool), ConnError> {
         if let Some(s) = self.first.take() {
-            return Ok((RawUpstream::new(s), false));
+            return Ok((self.pool().0.raw_upstream(s), false));
         }
         let (pool, key) = self.pool();
         if let Some(up) = pool.checkout_raw(&key) {
@@ -397,7 +397,7 @@ impl Lean {
             Some(t) => t.through.target.connect(&t.through.dest).await?,
             None => self.conn.target.connect(&self.pod).await?,
         };
-        Ok((RawUpstream::new(s), false))
+        Ok((pool.raw_upstream(s), false))
     }
 
     /// Reads the response head into `rbuf` (`resp`), forwarding informational (1xx)
@@ -480,7 +480,7 @@ impl Lean {
         let end = match relayed {
             Ok(end) => end,
             Err(e) => {
-                legs.complete(SystemTime::now(), Some(format!("response body: {e}")));
+                legs.complete(UnixNanos::now(), Some(format!("response body: {e}")));
                 return Err(ConnError::Relay(std::io::Error::other(e)));
             }
         };

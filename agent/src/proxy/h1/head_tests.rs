@@ -227,3 +227,18 @@ fn dropped_lines_are_cut_out_of_the_bytes() {
     h.write(&mut out, many.as_bytes(), false);
     assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
 }
+
+#[test]
+fn values_read_as_text_only_when_they_are_utf8() {
+    let mut raw = b"GET / HTTP/1.1\r\nUser-Agent: caf\xc3\xa9\r\nHost: h\xff\r\n\r\n".to_vec();
+    let mut h = RequestHead::default();
+    assert!(matches!(parse_request(&raw, 1024, &mut h), Request::Lean));
+    assert_eq!(h.user_agent.map(|s| s.str(&raw)), Some("café"));
+    assert_eq!(h.host.map(|s| s.str(&raw)), Some(""), "not UTF-8");
+    raw[11] = b'\xff';
+    assert_eq!(
+        h.user_agent.map(|s| s.str(&raw)),
+        Some("café"),
+        "outside the span"
+    );
+}

@@ -2,7 +2,7 @@
 //! connection, and on a same-node hop served in one pass the destination's inbound leg
 //! too. Each leg has its golden-metrics observation and, when traced, its two spans.
 
-use std::time::SystemTime;
+use crate::trace::span::UnixNanos;
 
 use http::StatusCode;
 
@@ -70,7 +70,7 @@ impl Legs {
     /// The response is over at `end` (`error`: why it did not complete). The legs are
     /// completed where they are (boxed, not moved); their observations are recorded
     /// when the box drops.
-    pub fn complete(mut self: Box<Self>, end: SystemTime, error: Option<String>) {
+    pub fn complete(mut self: Box<Self>, end: UnixNanos, error: Option<String>) {
         drop(self.cause.take());
         self.each(|l| {
             if error.is_none() {

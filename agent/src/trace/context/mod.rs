@@ -15,12 +15,16 @@ use std::fmt;
 use http::header::{HeaderMap, HeaderValue};
 
 mod b3;
+mod hex;
 mod w3c;
 
 pub use b3::parse_b3_single;
 use b3::{b3_trace_hex, extract_b3_multi, extract_b3_single, format_b3_single};
+use hex::{decode_hex, encode_hex, hex_into};
 use w3c::extract_w3c;
-pub use w3c::{format_traceparent, parse_traceparent, w3c_context, write_traceparent};
+pub use w3c::{
+    format_traceparent, parse_traceparent, w3c_context, w3c_context_bytes, write_traceparent,
+};
 
 /// `traceparent` header name (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
@@ -403,16 +407,16 @@ fn trim_ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
 
-/// Lowercase hex digit values; `0xff` for every other byte.
-const HEX_VALUES: [u8; 256] = {
-    let mut t = [0xffu8; 256];
-    let mut i = 0;
-    while i < 16 {
-        t[b"0123456789abcdef"[i] as usize] = i as u8;
-        i += 1;
+/// [`trim_ows`] on bytes.
+fn trim_ows_bytes(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
     }
-    t
-};
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
 
 thread_local! {
     /// The ids' generator: one per thread (a data path core draws without sharing),
@@ -429,41 +433,6 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     IDS.with(|r| rand::RngCore::fill_bytes(&mut *r.borrow_mut(), &mut out));
     out
-}
-
-/// Decodes exactly `2 * N` lowercase hex digits.
-fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    // Any invalid digit sets high bits here; checked once, after the loop.
-    let mut invalid = 0u8;
-    for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let (hi, lo) = (
-            HEX_VALUES[usize::from(pair[0])],
-            HEX_VALUES[usize::from(pair[1])],
-        );
-        invalid |= hi | lo;
-        *byte = (hi << 4) | (lo & 0x0f);
-    }
-    (invalid & 0xf0 == 0).then_some(out)
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; bytes.len() * 2];
-    hex_into(bytes, &mut out);
-    // Hex digits are ASCII: this never falls back.
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Writes `bytes` as lowercase hex into `out` (`2 * bytes.len()` long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (&b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
-    }
 }
 
 #[cfg(test)]

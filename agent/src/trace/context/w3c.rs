@@ -40,7 +40,12 @@ pub fn write_traceparent(
 ///   for `00`, then either the end or a `-` followed by anything. Flags are
 ///   reduced to the bits version 00 defines (`0x01`, `0x02`).
 pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, u8)> {
-    let v = trim_ows(value).as_bytes();
+    parse_traceparent_bytes(value.as_bytes())
+}
+
+/// [`parse_traceparent`] on the field's bytes (nothing but ASCII can be valid).
+fn parse_traceparent_bytes(value: &[u8]) -> Option<(TraceId, SpanId, u8)> {
+    let v = trim_ows_bytes(value);
     if v.len() < TRACEPARENT_LEN || v[2] != b'-' {
         return None;
     }
@@ -74,7 +79,12 @@ pub(super) fn extract_w3c(headers: &HeaderMap) -> Option<TraceContext> {
 
 /// The context of one `traceparent` value ([`parse_traceparent`]).
 pub fn w3c_context(value: &str) -> Option<TraceContext> {
-    let (trace_id, span_id, flags) = parse_traceparent(value)?;
+    w3c_context_bytes(value.as_bytes())
+}
+
+/// [`w3c_context`] on the field's bytes.
+pub fn w3c_context_bytes(value: &[u8]) -> Option<TraceContext> {
+    let (trace_id, span_id, flags) = parse_traceparent_bytes(value)?;
     Some(TraceContext {
         trace_id,
         span_id,
