@@ -23,11 +23,17 @@ const MAX_PATH: usize = 1024;
 /// Segments kept in a template; deeper paths end in `/…`.
 const MAX_SEGMENTS: usize = 8;
 
-/// The path of a request target: up to its query (`?`), if any. A byte search: the
-/// target is ASCII where it matters, and this runs on every request.
+/// The path of a request target: up to its query (`?`), if any. A plain byte loop:
+/// paths are short, where a vectorised search (`memchr`) or a `char` pattern costs
+/// more to set up than to run (callgrind, docs/BENCH.md).
 pub fn path_of(target: &str) -> &str {
-    memchr::memchr(b'?', target.as_bytes())
-        .map_or(target, |end| target.get(..end).unwrap_or_default())
+    let end = position(target.as_bytes(), |b| b == b'?');
+    target.get(..end).unwrap_or(target)
+}
+
+/// The index of the first byte of `b` that `is` holds for, else its length.
+fn position(b: &[u8], is: impl Fn(u8) -> bool) -> usize {
+    b.iter().position(|c| is(*c)).unwrap_or(b.len())
 }
 
 /// The template of `path` (the request target's path, query allowed), `grpc` when the
@@ -42,8 +48,8 @@ pub fn template(path: &str, grpc: bool) -> String {
 /// allocates nothing for a path it has templated before.
 pub fn template_into(path: &str, grpc: bool, out: &mut String) {
     out.clear();
-    let path = memchr::memchr2(b'?', b'#', path.as_bytes())
-        .map_or(path, |end| path.get(..end).unwrap_or_default());
+    let end = position(path.as_bytes(), |b| b == b'?' || b == b'#');
+    let path = path.get(..end).unwrap_or_default();
     let Some(rest) = path.strip_prefix('/').filter(|_| path.len() <= MAX_PATH) else {
         out.push_str(OVERFLOW);
         return;
@@ -53,9 +59,12 @@ pub fn template_into(path: &str, grpc: bool, out: &mut String) {
         return;
     }
     // Split at each '/' by byte (an ASCII byte is always a char boundary).
-    let ends = memchr::memchr_iter(b'/', rest.as_bytes()).chain([rest.len()]);
     let mut start = 0;
-    for (i, end) in ends.enumerate() {
+    for i in 0..=MAX_SEGMENTS {
+        if start > rest.len() {
+            break;
+        }
+        let end = start + position(&rest.as_bytes()[start..], |b| b == b'/');
         let segment = rest.get(start..end).unwrap_or_default();
         start = end + 1;
         if i == MAX_SEGMENTS {
@@ -239,6 +248,9 @@ mod tests {
             ("/a/b/c/d/e/f/g/h/i/j", "/a/b/c/d/e/f/g/h/…"),
             ("*", OVERFLOW),
             ("/a//b/", "/a//b/"),
+            ("/a/b/c/d/e/f/g/h", "/a/b/c/d/e/f/g/h"),
+            ("/a/b/c/d/e/f/g/h/", "/a/b/c/d/e/f/g/h/…"),
+            ("/a#f", "/a"),
             ("/ü/42", "/ü/{id}"),
         ];
         for (path, want) in cases {

@@ -242,3 +242,37 @@ fn values_read_as_text_only_when_they_are_utf8() {
         "outside the span"
     );
 }
+
+#[test]
+fn names_compare_as_case_insensitive_tokens() {
+    const TCHAR: &[u8] =
+        b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let names = [
+        "te",
+        "host",
+        "upgrade",
+        "x-b3-spanid",
+        "connection",
+        "content-length",
+        "proxy-connection",
+        "transfer-encoding",
+        "x-b3-parentspanid",
+    ];
+    for lower in names {
+        // Every token character in every position, against the plain rule.
+        for at in 0..lower.len() {
+            for &c in TCHAR {
+                let mut name = lower.as_bytes().to_vec();
+                name[at] = c;
+                let name = std::str::from_utf8(&name).expect("ASCII");
+                assert_eq!(
+                    eq(name, lower),
+                    name.eq_ignore_ascii_case(lower),
+                    "{name} / {lower}"
+                );
+            }
+        }
+        assert!(eq(&lower.to_uppercase(), lower));
+        assert!(!eq(&lower[1..], lower), "length");
+    }
+}

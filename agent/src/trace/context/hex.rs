@@ -72,26 +72,22 @@ pub(super) fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
-    let mut digits = s.chunks_exact(8);
-    let mut bytes = out.chunks_exact_mut(4);
-    for (chunk, four) in (&mut digits).zip(&mut bytes) {
-        let chunk: [u8; 8] = chunk.try_into().ok()?;
-        four.copy_from_slice(&decode8(chunk)?);
+    // Index loops over constant bounds: the compiler drops every bounds check.
+    for i in 0..N / 4 {
+        let mut chunk = [0u8; 8];
+        chunk.copy_from_slice(&s[8 * i..8 * i + 8]);
+        out[4 * i..4 * i + 4].copy_from_slice(&decode8(chunk)?);
     }
     // The rest, shorter than a lane. Any invalid digit sets high bits here; checked
     // once, after the loop.
     let mut invalid = 0u8;
-    for (byte, pair) in bytes
-        .into_remainder()
-        .iter_mut()
-        .zip(digits.remainder().chunks_exact(2))
-    {
+    for i in N / 4 * 4..N {
         let (hi, lo) = (
-            HEX_VALUES[usize::from(pair[0])],
-            HEX_VALUES[usize::from(pair[1])],
+            HEX_VALUES[usize::from(s[2 * i])],
+            HEX_VALUES[usize::from(s[2 * i + 1])],
         );
         invalid |= hi | lo;
-        *byte = (hi << 4) | (lo & 0x0f);
+        out[i] = (hi << 4) | (lo & 0x0f);
     }
     (invalid & 0xf0 == 0).then_some(out)
 }
@@ -104,22 +100,35 @@ pub(super) fn encode_hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Writes `bytes` as lowercase hex into `out` (`2 * bytes.len()` long).
+/// Writes `bytes` as lowercase hex into `out` (`2 * bytes.len()` long; a shorter `out`
+/// gets the digits that fit).
 pub(super) fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    let mut fours = bytes.chunks_exact(4);
-    let mut eights = out.chunks_exact_mut(8);
-    for (four, eight) in (&mut fours).zip(&mut eights) {
-        if let Ok(four) = four.try_into() {
-            eight.copy_from_slice(&encode4(four));
-        }
+    let n = bytes.len().min(out.len() / 2);
+    let (bytes, out) = (&bytes[..n], &mut out[..2 * n]);
+    for i in 0..n / 4 {
+        let mut four = [0u8; 4];
+        four.copy_from_slice(&bytes[4 * i..4 * i + 4]);
+        out[8 * i..8 * i + 8].copy_from_slice(&encode4(four));
     }
-    for (&b, pair) in fours
-        .remainder()
-        .iter()
-        .zip(eights.into_remainder().chunks_exact_mut(2))
-    {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    for i in n / 4 * 4..n {
+        out[2 * i] = DIGITS[usize::from(bytes[i] >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(bytes[i] & 0x0f)];
+    }
+}
+
+/// [`hex_into`] for an id of `N` bytes (known at compile time: no bounds checks).
+pub(super) fn id_into<const N: usize>(id: &[u8; N], out: &mut [u8]) {
+    let Some(out) = out.get_mut(..2 * N) else {
+        return;
+    };
+    for i in 0..N / 4 {
+        let mut four = [0u8; 4];
+        four.copy_from_slice(&id[4 * i..4 * i + 4]);
+        out[8 * i..8 * i + 8].copy_from_slice(&encode4(four));
+    }
+    for i in N / 4 * 4..N {
+        out[2 * i] = DIGITS[usize::from(id[i] >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(id[i] & 0x0f)];
     }
 }
 
@@ -180,12 +189,19 @@ mod tests {
                 assert_eq!(decode_hex::<5>(got.as_bytes()), Some(bytes), "round trip");
             }
         }
-        let id: Vec<u8> = (0..16u8).map(|i| i.wrapping_mul(37)).collect();
+        let id: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
+        let mut by_id = [0u8; 32];
+        id_into(&id, &mut by_id);
         let hex = encode_hex(&id);
+        assert_eq!(&by_id[..], hex.as_bytes());
+        let mut short = [b'-'; 33];
+        hex_into(&id, &mut short[..31]);
+        assert_eq!(&short[..30], &hex.as_bytes()[..30], "what fits");
+        assert_eq!(&short[30..], b"---");
         assert_eq!(
             hex,
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        assert_eq!(decode_hex::<16>(hex.as_bytes()).map(Vec::from), Some(id));
+        assert_eq!(decode_hex::<16>(hex.as_bytes()), Some(id));
     }
 }
