@@ -102,7 +102,7 @@ pub(super) fn encode_hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` as lowercase hex into `out` (`2 * bytes.len()` long; a shorter `out`
 /// gets the digits that fit).
-pub(super) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     let n = bytes.len().min(out.len() / 2);
     let (bytes, out) = (&bytes[..n], &mut out[..2 * n]);
     for i in 0..n / 4 {
