@@ -236,6 +236,14 @@ pub struct RunArgs {
     #[arg(long, env = "HOPTRACE_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 
+    /// Pin each data path thread to one CPU of those the agent may run on (thread `i`
+    /// to the `i`-th, in turn), as nginx's `worker_cpu_affinity auto` does: a thread
+    /// is then always woken where its caches are. Off by default: on CPUs shared with
+    /// busy pods a pinned thread cannot move away from them. For nodes that give the
+    /// agent CPUs of its own (docs/BENCH.md, "Pinned data path threads").
+    #[arg(long, env = "HOPTRACE_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub pin_cores: bool,
+
     /// Let the allocator use transparent huge pages. Off by default: a 2 MiB page
     /// stays resident until all of it is free, which kept the agent's RSS after load
     /// at 30–36 MB instead of 19–22. On, the data path spent about 7% less CPU per

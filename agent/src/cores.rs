@@ -82,13 +82,16 @@ impl Drop for OnCore {
 
 impl Cores {
     /// Starts `n` cores (`0`: one per CPU the agent may run on), each on its own
-    /// thread named `hoptrace-core-<i>`.
-    pub fn start(n: usize) -> std::io::Result<Arc<Self>> {
+    /// thread named `hoptrace-core-<i>`; with `pin`, core `i` runs only on the `i`-th
+    /// of the CPUs the agent may run on (modulo their number). A thread that cannot be
+    /// pinned runs unpinned (logged), as without `pin`.
+    pub fn start(n: usize, pin: bool) -> std::io::Result<Arc<Self>> {
         let n = if n == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
             n
         };
+        let cpus = if pin { allowed_cpus() } else { Vec::new() };
         // On error, the cores started so far stop when `this` drops.
         let mut this = Self {
             cores: Vec::with_capacity(n),
@@ -98,10 +101,14 @@ impl Cores {
             let handle = rt.handle().clone();
             handle.spawn(wake_up_regularly());
             let (stop, stopped) = oneshot::channel::<()>();
+            let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("hoptrace-core-{index}"))
                 .spawn(move || {
                     CORE.with(|c| c.set(Some(index)));
+                    if let Some(cpu) = cpu {
+                        pin_to(index, cpu);
+                    }
                     // Returns when the sender fires or is dropped (`Cores` dropped).
                     let _ = rt.block_on(stopped);
                 })?;
@@ -173,6 +180,34 @@ impl Drop for Cores {
     }
 }
 
+/// The CPUs this process may run on, in order (empty when they cannot be read).
+fn allowed_cpus() -> Vec<usize> {
+    use nix::{sched::CpuSet, unistd::Pid};
+    match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(e) => {
+            tracing::warn!("--pin-cores: reading the CPUs the agent may run on: {e}; the data path threads run unpinned");
+            Vec::new()
+        }
+    }
+}
+
+/// Pins the calling thread (core `index`) to `cpu`; on failure it stays unpinned.
+fn pin_to(index: usize, cpu: usize) {
+    use nix::{sched::CpuSet, unistd::Pid};
+    let mut set = CpuSet::new();
+    // Pid 0: the calling thread.
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(Pid::from_raw(0), &set));
+    match pinned {
+        Ok(()) => tracing::debug!(core = index, cpu, "data path thread pinned"),
+        Err(e) => tracing::warn!(core = index, cpu, "--pin-cores: pinning a data path thread: {e}; it runs unpinned"),
+    }
+}
+
 /// A core with nothing to do sleeps in `epoll_wait` with no timer armed, and its
 /// heap is collected only when it parks: this wakes it once a second, so a core that
 /// went quiet after a load gives its freed memory back within two seconds (its next
@@ -199,9 +234,36 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 mod tests {
     use super::*;
 
+    /// The CPUs the calling thread may run on.
+    fn my_cpus() -> Vec<usize> {
+        allowed_cpus()
+    }
+
+    #[test]
+    fn pinned_cores_run_on_one_cpu_each() {
+        let all = my_cpus();
+        assert!(!all.is_empty());
+        let cores = Cores::start(2, true).expect("cores");
+        for i in 0..2 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            cores.handle(i).spawn(async move {
+                let _ = tx.send(my_cpus());
+            });
+            let on = rx.recv().expect("ran on the core");
+            assert_eq!(on, vec![all[i % all.len()]], "core {i}");
+        }
+        // Unpinned, a core may run wherever the process may.
+        let cores = Cores::start(1, false).expect("cores");
+        let (tx, rx) = std::sync::mpsc::channel();
+        cores.handle(0).spawn(async move {
+            let _ = tx.send(my_cpus());
+        });
+        assert_eq!(rx.recv().expect("ran"), all);
+    }
+
     #[test]
     fn connections_spread_and_stay_on_their_core() {
-        let cores = Cores::start(2).expect("cores");
+        let cores = Cores::start(2, false).expect("cores");
         assert_eq!(cores.len(), 2);
         assert_eq!(current(), None);
         // Off the cores: always the least busy, core 0 on a tie.

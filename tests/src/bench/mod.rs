@@ -14,7 +14,7 @@
 //! | `sidecar` | client → nginx on the client pod's loopback → nginx in the server pod (keepalive upstreams both) → app on the server pod's loopback |
 //! | `l4` | client → haproxy `mode tcp` on the client pod's loopback → server:8080 |
 //! | `hoptrace-http` | hclient → (agent node-1, outbound) → (agent node-2, inbound) → hserver:8080, every request with a sampled `traceparent`, four spans exported |
-//! | `hoptrace-http-nometrics`, `-hyper`, `-twopass`, `-propagation`, `-1worker` | the same path with the agents restarted in another mode ([`Scenario::agent_mode`]) |
+//! | `hoptrace-http-nometrics`, `-hyper`, `-twopass`, `-propagation`, `-1worker`, `-pinned` | the same path with the agents restarted in another mode ([`Scenario::agent_mode`]) |
 //! | `direct-tcp`, `l4-tcp`, `hoptrace-tcp` | the same paths for a non-HTTP ping-pong (64 bytes each way, echoed) on port 7000 |
 //!
 //! Per scenario and round: saturation throughput (`wrk` for HTTP, [`loadgen`]
@@ -108,6 +108,10 @@ pub enum Scenario {
     /// instead of one per CPU: what the multi-threaded runtime's wake-ups cost.
     #[serde(rename = "hoptrace-http-1worker")]
     HoptraceHttpOneWorker,
+    /// The same with each agent's data path threads pinned, one per CPU
+    /// (`--pin-cores`): what wake-ups on another CPU than the last cost.
+    #[serde(rename = "hoptrace-http-pinned")]
+    HoptraceHttpPinned,
     /// The same with `--skip-pod-tcp`: the in-pod connections (app ↔ agent) carry
     /// messages put straight into the peer socket's queue instead of TCP segments.
     #[serde(rename = "hoptrace-http-podskip")]
@@ -135,7 +139,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::L4,
@@ -145,6 +149,7 @@ impl Scenario {
         Scenario::HoptraceHttpTwoPass,
         Scenario::HoptraceHttpPropagation,
         Scenario::HoptraceHttpOneWorker,
+        Scenario::HoptraceHttpPinned,
         Scenario::HoptraceHttpSkipPodTcp,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
@@ -165,6 +170,7 @@ impl Scenario {
             Scenario::HoptraceHttpTwoPass => "hoptrace-http-twopass",
             Scenario::HoptraceHttpPropagation => "hoptrace-http-propagation",
             Scenario::HoptraceHttpOneWorker => "hoptrace-http-1worker",
+            Scenario::HoptraceHttpPinned => "hoptrace-http-pinned",
             Scenario::HoptraceHttpSkipPodTcp => "hoptrace-http-podskip",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
@@ -191,6 +197,7 @@ impl Scenario {
             | Scenario::HoptraceHttpTwoPass
             | Scenario::HoptraceHttpPropagation
             | Scenario::HoptraceHttpOneWorker
+            | Scenario::HoptraceHttpPinned
             | Scenario::HoptraceHttpSkipPodTcp => Workload::Http,
             Scenario::DirectTcp
             | Scenario::L4Tcp
@@ -221,6 +228,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpTwoPass
                 | Scenario::HoptraceHttpPropagation
                 | Scenario::HoptraceHttpOneWorker
+                | Scenario::HoptraceHttpPinned
                 | Scenario::HoptraceHttpSkipPodTcp
         )
     }
@@ -242,6 +250,7 @@ impl Scenario {
             } else {
                 0
             },
+            pin_cores: self == Scenario::HoptraceHttpPinned,
         }
     }
 }
@@ -263,6 +272,8 @@ pub struct AgentMode {
     pub worker_threads: usize,
     /// `--skip-pod-tcp`.
     pub skip_pod_tcp: bool,
+    /// `--pin-cores`.
+    pub pin_cores: bool,
 }
 
 impl AgentMode {
@@ -281,6 +292,7 @@ impl AgentMode {
             format!("--opaque-tcp={opaque}"),
             format!("--worker-threads={}", self.worker_threads),
             format!("--skip-pod-tcp={}", self.skip_pod_tcp),
+            format!("--pin-cores={}", self.pin_cores),
         ]
     }
 }
@@ -295,6 +307,7 @@ impl Default for AgentMode {
             opaque_in_kernel: false,
             worker_threads: 0,
             skip_pod_tcp: false,
+            pin_cores: false,
         }
     }
 }
