@@ -143,7 +143,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     netns::init_host().context("reading the agent's own network namespace")?;
     // The data path's threads, one per core (cores.rs); the control plane runs on
     // this thread's own runtime.
-    let cores = Cores::start(args.worker_threads, args.pin_cores).context("starting the data path's threads")?;
+    let cores = Cores::start(args.worker_threads, args.pin_cores)
+        .context("starting the data path's threads")?;
     let rt = crate::cores::runtime().context("starting the async runtime")?;
     let result = rt.block_on(run_async(args, cores.clone()));
     // Connections still open after the grace period close with their cores' tasks.

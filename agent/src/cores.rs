@@ -204,7 +204,11 @@ fn pin_to(index: usize, cpu: usize) {
         .and_then(|()| nix::sched::sched_setaffinity(Pid::from_raw(0), &set));
     match pinned {
         Ok(()) => tracing::debug!(core = index, cpu, "data path thread pinned"),
-        Err(e) => tracing::warn!(core = index, cpu, "--pin-cores: pinning a data path thread: {e}; it runs unpinned"),
+        Err(e) => tracing::warn!(
+            core = index,
+            cpu,
+            "--pin-cores: pinning a data path thread: {e}; it runs unpinned"
+        ),
     }
 }
 
