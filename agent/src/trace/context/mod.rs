@@ -20,7 +20,7 @@ mod w3c;
 
 pub use b3::parse_b3_single;
 use b3::{b3_trace_hex, extract_b3_multi, extract_b3_single, format_b3_single};
-use hex::{decode_hex, encode_hex, id_into};
+use hex::{decode_hex, encode_hex, hex_into};
 use w3c::extract_w3c;
 pub use w3c::{
     format_traceparent, parse_traceparent, w3c_context, w3c_context_bytes, write_traceparent,

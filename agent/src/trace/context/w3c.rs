@@ -21,11 +21,11 @@ pub fn write_traceparent(
     flags: u8,
 ) {
     out[..3].copy_from_slice(b"00-");
-    id_into(&trace_id.0, &mut out[3..35]);
+    hex_into(&trace_id.0, &mut out[3..35]);
     out[35] = b'-';
-    id_into(&span_id.0, &mut out[36..52]);
+    hex_into(&span_id.0, &mut out[36..52]);
     out[52] = b'-';
-    id_into(&[flags], &mut out[53..55]);
+    hex_into(&[flags], &mut out[53..55]);
 }
 
 /// Parses one `traceparent` value (W3C Trace Context, "traceparent Header Field
