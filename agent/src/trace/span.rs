@@ -164,6 +164,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unix_nanos_read_the_wall_clock() {
+        let since = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_nanos() as u64
+        };
+        let before = since(std::time::SystemTime::now());
+        let now = UnixNanos::now();
+        let after = since(std::time::SystemTime::now());
+        assert!(
+            before <= now.0 && now.0 <= after,
+            "{before} <= {} <= {after}",
+            now.0
+        );
+    }
+
+    #[test]
     fn long_values_are_cut_at_a_char_boundary_and_named() {
         let mut t = Vec::new();
         assert_eq!(capped("short", "a", &mut t), "short");
