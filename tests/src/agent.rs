@@ -393,6 +393,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Runs `bin` instead from the next (re)start on: e.g. another build of the agent,
+    /// for a before/after in one lab.
+    pub fn set_binary(&mut self, bin: &Path) {
+        self.bin = bin.to_owned();
+    }
+
     /// Stops the agent gracefully and starts it again with `extra_args` in place of
     /// its flags (same workload source, fresh admin port).
     pub fn restart_with_args(&mut self, extra_args: &[&str]) -> Result<()> {

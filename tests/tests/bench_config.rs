@@ -51,6 +51,15 @@ fn nginx_accepts_the_configs() {
             NginxRole::Proxy {
                 listen: "127.0.0.1:14140".parse().expect("addr"),
                 upstream: "127.0.0.1:14143".parse().expect("addr"),
+                pinned: false,
+            },
+        ),
+        (
+            "proxy-pinned",
+            NginxRole::Proxy {
+                listen: "127.0.0.1:14141".parse().expect("addr"),
+                upstream: "127.0.0.1:14144".parse().expect("addr"),
+                pinned: true,
             },
         ),
     ];

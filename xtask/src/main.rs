@@ -178,13 +178,18 @@ struct BenchArgs {
     /// Pods enrolled in the memory phase, 0 to skip it [default: 100; --quick: 10].
     #[arg(long, value_name = "N")]
     mem_pods: Option<u32>,
-    /// Comma-separated subset of: direct, sidecar, l4, hoptrace-http, direct-tcp, l4-tcp, hoptrace-tcp.
+    /// Comma-separated scenarios (docs/BENCH.md "Scenarios"), e.g. direct,sidecar,hoptrace-http.
     #[arg(long, value_name = "LIST")]
     scenarios: Option<String>,
     /// Run every bench process at this niceness (e.g. -10: ahead of other work on a
     /// shared machine; the report says so).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     nice: Option<i32>,
+    /// Also run scenario hoptrace-http-compare: hoptrace-http with both agents run from
+    /// this other build (e.g. target/release/hoptrace copied before a change), so a
+    /// before/after of two builds comes from one run, round by round.
+    #[arg(long, value_name = "PATH")]
+    compare_agent: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -225,6 +230,10 @@ impl BenchArgs {
                 self.callgrind_requests.map(|x| x.to_string()),
             ),
             ("--scaling-pods", self.scaling_pods.clone()),
+            (
+                "--compare-agent",
+                self.compare_agent.as_ref().map(|p| p.display().to_string()),
+            ),
         ];
         for (flag, value) in opt {
             if let Some(value) = value {
@@ -313,6 +322,18 @@ fn main() -> anyhow::Result<()> {
 /// Builds the release agent and the release lab programs, then runs `lab-bench`.
 fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     require_root("the bench creates network namespaces and loads eBPF programs")?;
+    if let Some(other) = &args.compare_agent {
+        // Before the build: `target/release/hoptrace` itself is about to be rebuilt.
+        if std::fs::canonicalize(other).ok()
+            == std::fs::canonicalize(root.join("target/release/hoptrace")).ok()
+        {
+            bail!(
+                "--compare-agent {}: that is the build under test; copy it elsewhere first \
+                 (e.g. cp target/release/hoptrace /tmp/hoptrace-before)",
+                other.display()
+            );
+        }
+    }
     setup::run()?;
     // Two invocations, so the agent is built exactly as `cargo xtask build` builds it
     // (features are unified across the packages of one invocation).
@@ -392,6 +413,8 @@ mod tests {
             "--callgrind",
             "--scaling-pods",
             "1,2",
+            "--compare-agent",
+            "/tmp/hoptrace-before",
         ])
         .expect("parse");
         let Cmd::Bench(args) = cli.cmd else {
@@ -409,7 +432,9 @@ mod tests {
                 "--nice",
                 "-10",
                 "--scaling-pods",
-                "1,2"
+                "1,2",
+                "--compare-agent",
+                "/tmp/hoptrace-before"
             ]
         );
     }

@@ -259,6 +259,7 @@ fn sidecar(bl: &BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenari
         NginxRole::Proxy {
             listen: bl.server.addr(CG_SIDECAR_IN_PORT),
             upstream: loopback(APP_PORT),
+            pinned: false,
         },
         CG_SIDECAR_IN_PORT,
     )?;
@@ -268,6 +269,7 @@ fn sidecar(bl: &BenchLab, cg: &CallgrindOptions, dir: &Path) -> Result<CgScenari
         NginxRole::Proxy {
             listen: loopback(CG_SIDECAR_OUT_PORT),
             upstream: bl.server.addr(CG_SIDECAR_IN_PORT),
+            pinned: false,
         },
         CG_SIDECAR_OUT_PORT,
     )?;

@@ -12,9 +12,11 @@
 //! | --- | --- |
 //! | `direct` | client → server:8080 |
 //! | `sidecar` | client → nginx on the client pod's loopback → nginx in the server pod (keepalive upstreams both) → app on the server pod's loopback |
+//! | `sidecar-pinned` | the same through a second pair of nginx whose workers are pinned one per CPU |
 //! | `l4` | client → haproxy `mode tcp` on the client pod's loopback → server:8080 |
 //! | `hoptrace-http` | hclient → (agent node-1, outbound) → (agent node-2, inbound) → hserver:8080, every request with a sampled `traceparent`, four spans exported |
-//! | `hoptrace-http-nometrics`, `-hyper`, `-twopass`, `-propagation`, `-1worker`, `-pinned` | the same path with the agents restarted in another mode ([`Scenario::agent_mode`]) |
+//! | `hoptrace-http-nometrics`, `-hyper`, `-twopass`, `-propagation`, `-1worker`, `-pinned`, `-podskip` | the same path with the agents restarted in another mode ([`Scenario::agent_mode`]) |
+//! | `hoptrace-http-compare` | the same path with the agents run from another build (`--compare-agent`): a before/after in one run ([`compare`]) |
 //! | `direct-tcp`, `l4-tcp`, `hoptrace-tcp` | the same paths for a non-HTTP ping-pong (64 bytes each way, echoed) on port 7000 |
 //!
 //! Per scenario and round: saturation throughput (`wrk` for HTTP, [`loadgen`]
@@ -30,6 +32,7 @@
 pub mod callgrind;
 pub mod callgrind_control;
 pub mod callgrind_report;
+pub mod compare;
 pub mod confgen;
 pub mod loadgen;
 pub mod measure;
@@ -53,6 +56,10 @@ pub const ECHO_PORT: u16 = 7000;
 pub const SIDECAR_OUT_PORT: u16 = 4140;
 /// The server-side sidecar nginx, on the server pod's address.
 pub const SIDECAR_IN_PORT: u16 = 4143;
+/// `sidecar-pinned`'s client-side nginx (workers pinned), on the client pod's loopback.
+pub const SIDECAR_OUT_PINNED_PORT: u16 = 4141;
+/// `sidecar-pinned`'s server-side nginx (workers pinned), on the server pod's address.
+pub const SIDECAR_IN_PINNED_PORT: u16 = 4144;
 /// haproxy `mode tcp` on the client pod's loopback, relaying to the app.
 pub const L4_HTTP_PORT: u16 = 4150;
 /// haproxy `mode tcp` on the client pod's loopback, relaying to the echo server.
@@ -81,6 +88,10 @@ pub enum Scenario {
     /// HTTP through two chained nginx (client pod, server pod).
     #[serde(rename = "sidecar")]
     Sidecar,
+    /// The same with each nginx's workers pinned one per CPU (`worker_cpu_affinity
+    /// auto`): the baseline of `hoptrace-http-pinned`.
+    #[serde(rename = "sidecar-pinned")]
+    SidecarPinned,
     /// HTTP through one haproxy `mode tcp`.
     #[serde(rename = "l4")]
     L4,
@@ -112,6 +123,11 @@ pub enum Scenario {
     /// (`--pin-cores`): what wake-ups on another CPU than the last cost.
     #[serde(rename = "hoptrace-http-pinned")]
     HoptraceHttpPinned,
+    /// The same with both agents run from another build of hoptrace (`--compare-agent
+    /// PATH`, e.g. main before a change): a before/after of two builds in one run,
+    /// interleaved round by round like every other scenario. Only with that flag.
+    #[serde(rename = "hoptrace-http-compare")]
+    HoptraceHttpCompare,
     /// The same with `--skip-pod-tcp`: the in-pod connections (app ↔ agent) carry
     /// messages put straight into the peer socket's queue instead of TCP segments.
     #[serde(rename = "hoptrace-http-podskip")]
@@ -139,9 +155,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::Direct,
         Scenario::Sidecar,
+        Scenario::SidecarPinned,
         Scenario::L4,
         Scenario::HoptraceHttp,
         Scenario::HoptraceHttpNoMetrics,
@@ -150,6 +167,7 @@ impl Scenario {
         Scenario::HoptraceHttpPropagation,
         Scenario::HoptraceHttpOneWorker,
         Scenario::HoptraceHttpPinned,
+        Scenario::HoptraceHttpCompare,
         Scenario::HoptraceHttpSkipPodTcp,
         Scenario::DirectTcp,
         Scenario::L4Tcp,
@@ -163,6 +181,7 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct",
             Scenario::Sidecar => "sidecar",
+            Scenario::SidecarPinned => "sidecar-pinned",
             Scenario::L4 => "l4",
             Scenario::HoptraceHttp => "hoptrace-http",
             Scenario::HoptraceHttpNoMetrics => "hoptrace-http-nometrics",
@@ -171,6 +190,7 @@ impl Scenario {
             Scenario::HoptraceHttpPropagation => "hoptrace-http-propagation",
             Scenario::HoptraceHttpOneWorker => "hoptrace-http-1worker",
             Scenario::HoptraceHttpPinned => "hoptrace-http-pinned",
+            Scenario::HoptraceHttpCompare => "hoptrace-http-compare",
             Scenario::HoptraceHttpSkipPodTcp => "hoptrace-http-podskip",
             Scenario::DirectTcp => "direct-tcp",
             Scenario::L4Tcp => "l4-tcp",
@@ -190,6 +210,7 @@ impl Scenario {
         match self {
             Scenario::Direct
             | Scenario::Sidecar
+            | Scenario::SidecarPinned
             | Scenario::L4
             | Scenario::HoptraceHttp
             | Scenario::HoptraceHttpNoMetrics
@@ -198,6 +219,7 @@ impl Scenario {
             | Scenario::HoptraceHttpPropagation
             | Scenario::HoptraceHttpOneWorker
             | Scenario::HoptraceHttpPinned
+            | Scenario::HoptraceHttpCompare
             | Scenario::HoptraceHttpSkipPodTcp => Workload::Http,
             Scenario::DirectTcp
             | Scenario::L4Tcp
@@ -229,6 +251,7 @@ impl Scenario {
                 | Scenario::HoptraceHttpPropagation
                 | Scenario::HoptraceHttpOneWorker
                 | Scenario::HoptraceHttpPinned
+                | Scenario::HoptraceHttpCompare
                 | Scenario::HoptraceHttpSkipPodTcp
         )
     }
@@ -251,6 +274,7 @@ impl Scenario {
                 0
             },
             pin_cores: self == Scenario::HoptraceHttpPinned,
+            compare: self == Scenario::HoptraceHttpCompare,
         }
     }
 }
@@ -274,6 +298,8 @@ pub struct AgentMode {
     pub skip_pod_tcp: bool,
     /// `--pin-cores`.
     pub pin_cores: bool,
+    /// Run the other build (`--compare-agent`) instead of the one under test.
+    pub compare: bool,
 }
 
 impl AgentMode {
@@ -308,6 +334,7 @@ impl Default for AgentMode {
             worker_threads: 0,
             skip_pod_tcp: false,
             pin_cores: false,
+            compare: false,
         }
     }
 }
@@ -335,6 +362,9 @@ pub struct BenchOptions {
     /// take the CPUs from other work on a shared machine; `None`: inherited.
     #[serde(default)]
     pub nice: Option<i32>,
+    /// Another build of the agent for `hoptrace-http-compare` (`--compare-agent`).
+    #[serde(default)]
+    pub compare_agent: Option<std::path::PathBuf>,
 }
 
 impl BenchOptions {
@@ -348,8 +378,13 @@ impl BenchOptions {
             rate_connections: 16,
             mem_pods: 100,
             same_node: false,
-            scenarios: Scenario::ALL.to_vec(),
+            // `hoptrace-http-compare` runs only when `--compare-agent` names a build.
+            scenarios: Scenario::ALL
+                .into_iter()
+                .filter(|s| *s != Scenario::HoptraceHttpCompare)
+                .collect(),
             nice: None,
+            compare_agent: None,
         }
     }
 

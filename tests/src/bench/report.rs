@@ -248,6 +248,8 @@ fn rounds(out: &mut String, r: &BenchResult) {
          a thread woken on another CPU than the one it last ran on, with cold caches there.\n"
     );
     switches(out, r);
+    let other = r.options.as_ref().and_then(|o| o.compare_agent.as_deref());
+    out.push_str(&super::compare::markdown(&r.samples, other));
 }
 
 /// Context switches per request, and the proxies' CPU per switch at the fixed rate.
@@ -395,7 +397,11 @@ mod tests {
         let mut r = BenchResult {
             date: "2026-01-01".into(),
             commit: "abc".into(),
-            options: Some(BenchOptions::quick()),
+            options: Some(BenchOptions {
+                scenarios: Scenario::ALL.to_vec(),
+                compare_agent: Some("/tmp/before".into()),
+                ..BenchOptions::quick()
+            }),
             ..Default::default()
         };
         for s in Scenario::ALL {
@@ -440,6 +446,10 @@ mod tests {
         );
         assert!(!md.contains("| direct | 0.00"), "{md}");
         assert!(md.contains("agent RSS per enrolled pod"), "{md}");
+        assert!(
+            md.contains("| p50 µs, fixed rate | 100.0 | 100.0 | 1.000× |"),
+            "{md}"
+        );
         let json = serde_json::to_string(&r).expect("json");
         let back: BenchResult = serde_json::from_str(&json).expect("parse");
         assert_eq!(back.samples, r.samples);

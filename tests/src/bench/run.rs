@@ -3,6 +3,7 @@
 use super::confgen::{self, NginxRole, Relay};
 use super::{AgentMode, BenchOptions, Scenario, Workload};
 use super::{APP_PORT, ECHO_PORT, L4_HTTP_PORT, L4_TCP_PORT, SIDECAR_IN_PORT, SIDECAR_OUT_PORT};
+use super::{SIDECAR_IN_PINNED_PORT, SIDECAR_OUT_PINNED_PORT};
 use crate::otlp::{OtlpReceiver, ReceiverOptions};
 use crate::{Agent, Lab, LabApp, LabOptions, Pod, PodProcess};
 use anyhow::{Context, Result};
@@ -43,10 +44,14 @@ pub struct BenchLab {
     pub agents: Vec<(Agent, u32)>,
     /// How the agents run now (see [`BenchLab::set_agent_mode`]).
     pub agent_mode: AgentMode,
+    /// The build under test, and the other one (`--compare-agent`) if any.
+    pub agent_bins: (PathBuf, Option<PathBuf>),
     /// Client-pod nginx (sidecar model, outbound).
     pub sidecar_out: Proxy,
     /// Server-pod nginx (sidecar model, inbound).
     pub sidecar_in: Proxy,
+    /// The same two with their workers pinned (`sidecar-pinned`): outbound, inbound.
+    pub sidecar_pinned: (Proxy, Proxy),
     /// haproxy `mode tcp` in the client pod.
     pub l4: Proxy,
     /// Apps: nginx and echo servers in both server pods (kept running).
@@ -101,23 +106,35 @@ impl BenchLab {
                 cgroup: pod.cgroup.clone(),
             });
         }
-        let sidecar_in = nginx(
-            &server,
-            &tmp.join("nginx-sidecar-in"),
-            NginxRole::Proxy {
-                listen: server.addr(SIDECAR_IN_PORT),
-                upstream: loopback(APP_PORT),
-            },
-            SIDECAR_IN_PORT,
-        )?;
-        let sidecar_out = nginx(
-            &client,
-            &tmp.join("nginx-sidecar-out"),
-            NginxRole::Proxy {
-                listen: loopback(SIDECAR_OUT_PORT),
-                upstream: server.addr(SIDECAR_IN_PORT),
-            },
-            SIDECAR_OUT_PORT,
+        let sidecars = |suffix: &str, out_port: u16, in_port: u16, pinned: bool| {
+            let inbound = nginx(
+                &server,
+                &tmp.join(format!("nginx-sidecar-in{suffix}")),
+                NginxRole::Proxy {
+                    listen: server.addr(in_port),
+                    upstream: loopback(APP_PORT),
+                    pinned,
+                },
+                in_port,
+            )?;
+            let outbound = nginx(
+                &client,
+                &tmp.join(format!("nginx-sidecar-out{suffix}")),
+                NginxRole::Proxy {
+                    listen: loopback(out_port),
+                    upstream: server.addr(in_port),
+                    pinned,
+                },
+                out_port,
+            )?;
+            anyhow::Ok((outbound, inbound))
+        };
+        let (sidecar_out, sidecar_in) = sidecars("", SIDECAR_OUT_PORT, SIDECAR_IN_PORT, false)?;
+        let sidecar_pinned = sidecars(
+            "-pinned",
+            SIDECAR_OUT_PINNED_PORT,
+            SIDECAR_IN_PINNED_PORT,
+            true,
         )?;
         let l4 = haproxy(
             &client,
@@ -151,8 +168,10 @@ impl BenchLab {
             agent.wait_ready(READY_TIMEOUT)?;
             agents.push((agent, pods.len() as u32));
         }
+        let agent_bins = (Agent::binary()?, opts.compare_agent.clone());
         Ok(BenchLab {
             agent_mode: AgentMode::default(),
+            agent_bins,
             otlp,
             client,
             server,
@@ -161,6 +180,7 @@ impl BenchLab {
             agents,
             sidecar_out,
             sidecar_in,
+            sidecar_pinned,
             l4,
             apps,
             labapp,
@@ -180,7 +200,14 @@ impl BenchLab {
         if mode.propagation != self.agent_mode.propagation {
             self.set_propagation(mode.propagation)?;
         }
+        let bin = match (mode.compare, &self.agent_bins) {
+            (false, (bin, _)) | (true, (_, Some(bin))) => bin.clone(),
+            (true, (_, None)) => {
+                anyhow::bail!("scenario hoptrace-http-compare needs --compare-agent PATH")
+            }
+        };
         for (agent, _) in &mut self.agents {
+            agent.set_binary(&bin);
             agent.restart_with_args(&args)?;
             agent.wait_ready(READY_TIMEOUT)?;
             // An opted-in pod has its propagation series from enrollment on.
@@ -236,6 +263,7 @@ impl BenchLab {
         match s {
             Scenario::Direct | Scenario::DirectTcp => (&self.client, self.server.addr(port)),
             Scenario::Sidecar => (&self.client, loopback(SIDECAR_OUT_PORT)),
+            Scenario::SidecarPinned => (&self.client, loopback(SIDECAR_OUT_PINNED_PORT)),
             Scenario::L4 => (&self.client, loopback(L4_HTTP_PORT)),
             Scenario::L4Tcp => (&self.client, loopback(L4_TCP_PORT)),
             _ => (&self.hclient, self.hserver.addr(port)),
@@ -249,6 +277,10 @@ impl BenchLab {
             Scenario::Sidecar => vec![
                 self.sidecar_out.cgroup.clone(),
                 self.sidecar_in.cgroup.clone(),
+            ],
+            Scenario::SidecarPinned => vec![
+                self.sidecar_pinned.0.cgroup.clone(),
+                self.sidecar_pinned.1.cgroup.clone(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.cgroup.clone()],
             _ => self
@@ -267,6 +299,10 @@ impl BenchLab {
             Scenario::Sidecar => vec![
                 self.sidecar_out.process.pid(),
                 self.sidecar_in.process.pid(),
+            ],
+            Scenario::SidecarPinned => vec![
+                self.sidecar_pinned.0.process.pid(),
+                self.sidecar_pinned.1.process.pid(),
             ],
             Scenario::L4 | Scenario::L4Tcp => vec![self.l4.process.pid()],
             _ => self.agents.iter().filter_map(|(a, _)| a.pid()).collect(),

@@ -207,14 +207,14 @@ pub fn reference_of(w: Workload) -> Scenario {
     }
 }
 
-fn of(samples: &[Sample], s: Scenario, round: u32) -> Option<&Sample> {
+pub(super) fn of(samples: &[Sample], s: Scenario, round: u32) -> Option<&Sample> {
     samples
         .iter()
         .find(|x| x.scenario == s.name() && x.round == round)
 }
 
 /// Median over rounds of `f(sample of s, sample of base)` for rounds that have both.
-fn per_round(
+pub(super) fn per_round(
     samples: &[Sample],
     s: Scenario,
     base: Scenario,

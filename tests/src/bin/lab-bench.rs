@@ -7,8 +7,10 @@
 //!           [--rate RPS] [--mem-pods N] [--scenarios a,b,...] [--nice N] [--out DIR]
 //!           [--profile] [--callgrind] [--callgrind-requests N]
 //!           [--callgrind-distinct-paths | --callgrind-id-paths] [--scaling]
-//!           [--scaling-pods 1,10,50]
+//!           [--scaling-pods 1,10,50] [--compare-agent PATH]
 //! ```
+//! `--compare-agent PATH` adds scenario `hoptrace-http-compare`: `hoptrace-http` with
+//! the agents run from another build (a before/after of two builds in one run).
 //! `--rounds 0` skips the interleaved rounds (with `--callgrind` or `--scaling`).
 //! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
 
@@ -96,6 +98,7 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
             "--rate" => opts.rate = value()?.parse().context("--rate")?,
             "--mem-pods" => opts.mem_pods = value()?.parse().context("--mem-pods")?,
             "--nice" => opts.nice = Some(value()?.parse().context("--nice")?),
+            "--compare-agent" => opts.compare_agent = Some(PathBuf::from(value()?)),
             "--out" => x.out = PathBuf::from(value()?),
             "--scenarios" => {
                 opts.scenarios = value()?
@@ -116,6 +119,20 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
     }
     if cg.requests == 0 || sc.pods.is_empty() || sc.pods.contains(&0) {
         bail!("--callgrind-requests and --scaling-pods must be positive");
+    }
+    let compare = Scenario::HoptraceHttpCompare;
+    match &opts.compare_agent {
+        Some(bin) if !bin.is_file() => bail!(
+            "--compare-agent {}: no such file (give the path of another hoptrace build, \
+             e.g. target/release/hoptrace copied before a change)",
+            bin.display()
+        ),
+        Some(_) if !opts.scenarios.contains(&compare) => opts.scenarios.push(compare),
+        None if opts.scenarios.contains(&compare) => bail!(
+            "scenario {} runs another build of the agent: give it with --compare-agent PATH",
+            compare.name()
+        ),
+        _ => {}
     }
     sc.duration_secs = opts.duration_secs;
     x.callgrind = want_cg.then_some(cg);
@@ -373,5 +390,31 @@ mod tests {
         assert!(parse_args(&a("--rounds 0")).is_err());
         assert!(parse_args(&a("--scenarios nope")).is_err());
         assert!(parse_args(&a("--bogus")).is_err());
+    }
+
+    #[test]
+    fn compare_agent_adds_its_scenario() {
+        let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let compare = Scenario::HoptraceHttpCompare;
+        assert!(!parse_args(&[])
+            .expect("parse")
+            .0
+            .scenarios
+            .contains(&compare));
+        let err = parse_args(&a("--scenarios hoptrace-http-compare")).expect_err("no build");
+        assert!(format!("{err:#}").contains("--compare-agent"), "{err:#}");
+        let err = parse_args(&a("--compare-agent /nonexistent/hoptrace")).expect_err("no file");
+        assert!(format!("{err:#}").contains("no such file"), "{err:#}");
+        let exe = std::env::current_exe().expect("exe");
+        let flags = format!(
+            "--scenarios sidecar,hoptrace-http --compare-agent {}",
+            exe.display()
+        );
+        let (o, _) = parse_args(&a(&flags)).expect("parse");
+        assert_eq!(
+            o.scenarios,
+            [Scenario::Sidecar, Scenario::HoptraceHttp, compare]
+        );
+        assert_eq!(o.compare_agent, Some(exe));
     }
 }
