@@ -319,7 +319,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Builds the release agent and the release lab programs, then runs `lab-bench`.
+/// Builds the release agent and the lab programs (profile `lab`), then runs `lab-bench`.
 fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     require_root("the bench creates network namespaces and loads eBPF programs")?;
     if let Some(other) = &args.compare_agent {
@@ -338,11 +338,22 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     // Two invocations, so the agent is built exactly as `cargo xtask build` builds it
     // (features are unified across the packages of one invocation).
     cargo(root, &["build", "--release", "-p", "hoptrace"])?;
+    // The lab programs (load generator, echo server, lab-bench) in profile `lab`: the
+    // release profile without its whole-program LTO, which would add minutes per build
+    // and change the lab's own cost between runs of the bench.
     cargo(
         root,
-        &["build", "--release", "-p", "hoptrace-tests", "--bins"],
+        &[
+            "build",
+            "--profile",
+            "lab",
+            "-p",
+            "hoptrace-tests",
+            "--bins",
+        ],
     )?;
     let release = root.join("target/release");
+    let lab = root.join("target/lab");
     let commit = Command::new("git")
         .current_dir(root)
         .args(["describe", "--always", "--dirty"])
@@ -351,11 +362,11 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let mut cmd = Command::new(release.join("lab-bench"));
+    let mut cmd = Command::new(lab.join("lab-bench"));
     cmd.args(args.to_args())
         .args(["--out", &root.join("target/bench").display().to_string()])
         .env("HOPTRACE_BIN", release.join("hoptrace"))
-        .env("HOPTRACE_LABAPP", release.join("labapp"))
+        .env("HOPTRACE_LABAPP", lab.join("labapp"))
         .env("HOPTRACE_BENCH_COMMIT", commit);
     run(&mut cmd)
 }

@@ -393,18 +393,20 @@ impl Edge {
     /// A request on this edge begins: its route is resolved (and capped) now.
     /// `target`: the request's path and query (origin form).
     pub fn request(&self, method: &Method, target: &str, grpc: bool) -> RequestObservation {
+        let target = route::RequestTarget::new(target);
         self.request_cached(&mut RouteCache::default(), method, target, grpc)
     }
 
-    /// [`Edge::request`] with the connection's route cache.
+    /// [`Edge::request`] with the connection's route cache, for a target whose path
+    /// the caller has found already.
     pub fn request_cached(
         &self,
         cache: &mut RouteCache,
         method: &Method,
-        target: &str,
+        target: route::RequestTarget<'_>,
         grpc: bool,
     ) -> RequestObservation {
-        let path = route::path_of(target);
+        let (path, target) = (target.path(), target.target());
         let server = &self.labels.server.0;
         let route = self.golden.routes.route_cached(cache, server, path, grpc);
         // The raw path only while someone taps.

@@ -31,6 +31,34 @@ pub fn path_of(target: &str) -> &str {
     target.get(..end).unwrap_or(target)
 }
 
+/// A request target (origin form: path and query) with its path found once, for the
+/// span's attributes and the route alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTarget<'a> {
+    target: &'a str,
+    path: &'a str,
+}
+
+impl<'a> RequestTarget<'a> {
+    /// `target` as the request line gives it.
+    pub fn new(target: &'a str) -> Self {
+        Self {
+            target,
+            path: path_of(target),
+        }
+    }
+
+    /// The whole target, query included.
+    pub fn target(&self) -> &'a str {
+        self.target
+    }
+
+    /// Its path: [`path_of`] the target.
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+}
+
 /// The index of the first byte of `b` that `is` holds for, else its length.
 fn position(b: &[u8], is: impl Fn(u8) -> bool) -> usize {
     b.iter().position(|c| is(*c)).unwrap_or(b.len())
@@ -272,6 +300,8 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(path_of(target), path, "{target}");
+            let t = RequestTarget::new(target);
+            assert_eq!((t.target(), t.path()), (target, path));
         }
     }
 

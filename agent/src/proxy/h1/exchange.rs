@@ -15,6 +15,7 @@ use super::{
     Lean, MAX_RESPONSE_HEAD,
 };
 use crate::{
+    golden::route::RequestTarget,
     pod::Direction,
     proxy::{
         pool::RawUpstream,
@@ -166,10 +167,10 @@ impl Lean {
             };
             trace = Some(map);
         }
-        let target = req.target.str(buf);
+        let target = RequestTarget::new(req.target.str(buf));
         let facts = RequestFacts {
             method: method.as_str(),
-            path: crate::golden::route::path_of(target),
+            path: target.path(),
             version: Version::HTTP_11,
             host: req.host.map(|h| h.str(buf)),
             user_agent: req.user_agent.map(|u| u.str(buf)),
