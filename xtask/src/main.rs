@@ -185,9 +185,10 @@ struct BenchArgs {
     /// shared machine; the report says so).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     nice: Option<i32>,
-    /// Also run scenario hoptrace-http-compare: hoptrace-http with both agents run from
-    /// this other build (e.g. target/release/hoptrace copied before a change), so a
-    /// before/after of two builds comes from one run, round by round.
+    /// Also run hoptrace-http-compare and hoptrace-tcp-compare: hoptrace-http and
+    /// hoptrace-tcp-userspace with both agents run from this other build (e.g.
+    /// target/release/hoptrace copied before a change), so a before/after of two builds
+    /// comes from one run, round by round.
     #[arg(long, value_name = "PATH")]
     compare_agent: Option<PathBuf>,
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncWriteExt as _, ErrorKind},
+    io::{AsyncReadExt as _, AsyncWriteExt as _, ErrorKind},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
@@ -170,15 +170,15 @@ async fn copy_half(
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        // The buffer only once there is something to read: an idle connection holds none.
         r.readable().await?;
         if buf.is_empty() {
             buf = vec![0; BUF];
         }
-        let n = match r.try_read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        // `read`, not `try_read`: after a short read tokio's `poll_read` marks the socket
+        // drained, where `try_read` leaves it readable and the next turn of this loop
+        // would make one more `recvfrom` only to get `EAGAIN`: one per message.
+        let n = r.read(&mut buf).await?;
         if n == 0 {
             // FIN from this side: pass it on, keep the other direction open.
             return match w.shutdown().await {

@@ -14,10 +14,14 @@ struct Figure {
     read: fn(&Sample) -> f64,
 }
 
-const FIGURES: [Figure; 6] = [
+const FIGURES: [Figure; 7] = [
     Figure {
         name: "proxy CPU µs per request, saturation",
         read: |s| s.sat_cpu_us,
+    },
+    Figure {
+        name: "machine CPU µs per request, saturation",
+        read: |s| s.sat_machine_cpu_us,
     },
     Figure {
         name: "proxy CPU µs per request, fixed rate",
@@ -81,6 +85,12 @@ pub fn markdown(samples: &[Sample], compare_agent: Option<&std::path::Path>) -> 
         Scenario::HoptraceHttp,
         Scenario::HoptraceHttpCompare,
     );
+    out.push_str(&section(
+        samples,
+        &format!("Two builds, opaque TCP: hoptrace-tcp-userspace (this build) against hoptrace-tcp-compare (`{other}`)"),
+        Scenario::HoptraceTcpUserspace,
+        Scenario::HoptraceTcpCompare,
+    ));
     out.push_str(&section(
         samples,
         "Pinned against pinned: hoptrace-http-pinned against sidecar-pinned",

@@ -17,6 +17,7 @@
 //! | `hoptrace-http` | hclient → (agent node-1, outbound) → (agent node-2, inbound) → hserver:8080, every request with a sampled `traceparent`, four spans exported |
 //! | `hoptrace-http-nometrics`, `-hyper`, `-twopass`, `-propagation`, `-1worker`, `-pinned`, `-podskip` | the same path with the agents restarted in another mode ([`Scenario::agent_mode`]) |
 //! | `hoptrace-http-compare` | the same path with the agents run from another build (`--compare-agent`): a before/after in one run ([`compare`]) |
+//! | `hoptrace-tcp-compare` | `hoptrace-tcp-userspace` with the agents run from another build (`--compare-agent`) |
 //! | `direct-tcp`, `l4-tcp`, `hoptrace-tcp` | the same paths for a non-HTTP ping-pong (64 bytes each way, echoed) on port 7000 |
 //!
 //! Per scenario and round: saturation throughput (`wrk` for HTTP, [`loadgen`]
@@ -151,11 +152,15 @@ pub enum Scenario {
     /// agents: against `l4-tcp`, what the opaque target would cost without them.
     #[serde(rename = "hoptrace-tcp-podskip")]
     HoptraceTcpSkipPodTcp,
+    /// `hoptrace-tcp-userspace` with both agents run from another build
+    /// (`--compare-agent PATH`), as `hoptrace-http-compare` is for HTTP.
+    #[serde(rename = "hoptrace-tcp-compare")]
+    HoptraceTcpCompare,
 }
 
 impl Scenario {
     /// Every scenario, in the order each round runs them.
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::Direct,
         Scenario::Sidecar,
         Scenario::SidecarPinned,
@@ -174,6 +179,7 @@ impl Scenario {
         Scenario::HoptraceTcp,
         Scenario::HoptraceTcpUserspace,
         Scenario::HoptraceTcpSkipPodTcp,
+        Scenario::HoptraceTcpCompare,
     ];
 
     /// The name used in tables, JSON and `--scenarios`.
@@ -197,6 +203,7 @@ impl Scenario {
             Scenario::HoptraceTcp => "hoptrace-tcp",
             Scenario::HoptraceTcpUserspace => "hoptrace-tcp-userspace",
             Scenario::HoptraceTcpSkipPodTcp => "hoptrace-tcp-podskip",
+            Scenario::HoptraceTcpCompare => "hoptrace-tcp-compare",
         }
     }
 
@@ -225,7 +232,8 @@ impl Scenario {
             | Scenario::L4Tcp
             | Scenario::HoptraceTcp
             | Scenario::HoptraceTcpUserspace
-            | Scenario::HoptraceTcpSkipPodTcp => Workload::Tcp,
+            | Scenario::HoptraceTcpSkipPodTcp
+            | Scenario::HoptraceTcpCompare => Workload::Tcp,
         }
     }
 
@@ -237,6 +245,7 @@ impl Scenario {
                 Scenario::HoptraceTcp
                     | Scenario::HoptraceTcpUserspace
                     | Scenario::HoptraceTcpSkipPodTcp
+                    | Scenario::HoptraceTcpCompare
             )
     }
 
@@ -254,6 +263,16 @@ impl Scenario {
                 | Scenario::HoptraceHttpCompare
                 | Scenario::HoptraceHttpSkipPodTcp
         )
+    }
+
+    /// For the scenarios that run another build (`--compare-agent`): the scenario of
+    /// the build under test they are compared with.
+    pub fn compared_with(self) -> Option<Scenario> {
+        match self {
+            Scenario::HoptraceHttpCompare => Some(Scenario::HoptraceHttp),
+            Scenario::HoptraceTcpCompare => Some(Scenario::HoptraceTcpUserspace),
+            _ => None,
+        }
     }
 
     /// How the agents run in this scenario.
@@ -274,7 +293,7 @@ impl Scenario {
                 0
             },
             pin_cores: self == Scenario::HoptraceHttpPinned,
-            compare: self == Scenario::HoptraceHttpCompare,
+            compare: self.compared_with().is_some(),
         }
     }
 }
@@ -378,10 +397,10 @@ impl BenchOptions {
             rate_connections: 16,
             mem_pods: 100,
             same_node: false,
-            // `hoptrace-http-compare` runs only when `--compare-agent` names a build.
+            // The `-compare` scenarios run only when `--compare-agent` names a build.
             scenarios: Scenario::ALL
                 .into_iter()
-                .filter(|s| *s != Scenario::HoptraceHttpCompare)
+                .filter(|s| s.compared_with().is_none())
                 .collect(),
             nice: None,
             compare_agent: None,

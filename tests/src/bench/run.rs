@@ -203,7 +203,7 @@ impl BenchLab {
         let bin = match (mode.compare, &self.agent_bins) {
             (false, (bin, _)) | (true, (_, Some(bin))) => bin.clone(),
             (true, (_, None)) => {
-                anyhow::bail!("scenario hoptrace-http-compare needs --compare-agent PATH")
+                anyhow::bail!("the -compare scenarios need --compare-agent PATH")
             }
         };
         for (agent, _) in &mut self.agents {

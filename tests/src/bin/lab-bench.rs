@@ -9,8 +9,10 @@
 //!           [--callgrind-distinct-paths | --callgrind-id-paths] [--scaling]
 //!           [--scaling-pods 1,10,50] [--compare-agent PATH]
 //! ```
-//! `--compare-agent PATH` adds scenario `hoptrace-http-compare`: `hoptrace-http` with
-//! the agents run from another build (a before/after of two builds in one run).
+//! `--compare-agent PATH` adds scenarios `hoptrace-http-compare` and
+//! `hoptrace-tcp-compare` (for those of `hoptrace-http` and `hoptrace-tcp-userspace`
+//! the run has): the same with the agents run from another build (a before/after of
+//! two builds in one run).
 //! `--rounds 0` skips the interleaved rounds (with `--callgrind` or `--scaling`).
 //! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
 
@@ -120,24 +122,46 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
     if cg.requests == 0 || sc.pods.is_empty() || sc.pods.contains(&0) {
         bail!("--callgrind-requests and --scaling-pods must be positive");
     }
-    let compare = Scenario::HoptraceHttpCompare;
-    match &opts.compare_agent {
-        Some(bin) if !bin.is_file() => bail!(
-            "--compare-agent {}: no such file (give the path of another hoptrace build, \
-             e.g. target/release/hoptrace copied before a change)",
-            bin.display()
-        ),
-        Some(_) if !opts.scenarios.contains(&compare) => opts.scenarios.push(compare),
-        None if opts.scenarios.contains(&compare) => bail!(
-            "scenario {} runs another build of the agent: give it with --compare-agent PATH",
-            compare.name()
-        ),
-        _ => {}
-    }
+    add_compare_scenarios(&mut opts)?;
     sc.duration_secs = opts.duration_secs;
     x.callgrind = want_cg.then_some(cg);
     x.scaling = want_sc.then_some(sc);
     Ok((opts, x))
+}
+
+/// With `--compare-agent`, adds the `-compare` twin of each scenario it has one for
+/// (`hoptrace-http`, `hoptrace-tcp-userspace`); without, refuses the twins.
+fn add_compare_scenarios(opts: &mut BenchOptions) -> Result<()> {
+    let twins: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| s.compared_with().is_some())
+        .collect();
+    let Some(bin) = &opts.compare_agent else {
+        if let Some(s) = twins.iter().find(|s| opts.scenarios.contains(s)) {
+            bail!(
+                "scenario {} runs another build of the agent: give it with --compare-agent PATH",
+                s.name()
+            );
+        }
+        return Ok(());
+    };
+    if !bin.is_file() {
+        bail!(
+            "--compare-agent {}: no such file (give the path of another hoptrace build, \
+             e.g. target/release/hoptrace copied before a change)",
+            bin.display()
+        );
+    }
+    for twin in twins {
+        let base = twin.compared_with().filter(|b| opts.scenarios.contains(b));
+        if base.is_some() && !opts.scenarios.contains(&twin) {
+            opts.scenarios.push(twin);
+        }
+    }
+    if !opts.scenarios.iter().any(|s| s.compared_with().is_some()) {
+        bail!("--compare-agent compares hoptrace-http or hoptrace-tcp-userspace: put one in --scenarios");
+    }
+    Ok(())
 }
 
 fn run() -> Result<bool> {
@@ -415,6 +439,18 @@ mod tests {
             o.scenarios,
             [Scenario::Sidecar, Scenario::HoptraceHttp, compare]
         );
-        assert_eq!(o.compare_agent, Some(exe));
+        assert_eq!(o.compare_agent, Some(exe.clone()));
+        let flags = format!(
+            "--scenarios l4-tcp,hoptrace-tcp-userspace --compare-agent {}",
+            exe.display()
+        );
+        let (o, _) = parse_args(&a(&flags)).expect("parse");
+        assert_eq!(o.scenarios.last(), Some(&Scenario::HoptraceTcpCompare));
+        let flags = format!("--scenarios sidecar --compare-agent {}", exe.display());
+        assert!(parse_args(&a(&flags)).is_err());
+        let (o, _) = parse_args(&a(&format!("--compare-agent {}", exe.display()))).expect("parse");
+        assert!(
+            o.scenarios.contains(&compare) && o.scenarios.contains(&Scenario::HoptraceTcpCompare)
+        );
     }
 }
