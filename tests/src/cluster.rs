@@ -169,10 +169,29 @@ impl ControlPlane {
         Self::start_with(dir, &Options::default())
     }
 
-    /// [`ControlPlane::start`] with other [`Options`].
+    /// [`ControlPlane::start`] with other [`Options`]. A port picked free can be bound
+    /// by a parallel test's server before ours binds it ("address already in use"):
+    /// then it starts again on new ports, in a fresh directory, up to three times.
     pub fn start_with(dir: &Path, opts: &Options) -> Result<ControlPlane> {
+        let mut attempt = 1;
+        loop {
+            let sub = if attempt == 1 {
+                dir.join("kube")
+            } else {
+                dir.join(format!("kube-{attempt}"))
+            };
+            match Self::start_in(sub, opts) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("control plane attempt {attempt}: a port was taken ({e:#}); again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_in(dir: PathBuf, opts: &Options) -> Result<ControlPlane> {
         let bin = apiserver_binary()?;
-        let dir = dir.join("kube");
         std::fs::create_dir_all(&dir)?;
         let extra: Vec<IpAddr> = Some(opts.addr)
             .filter(|a| !a.is_loopback())
