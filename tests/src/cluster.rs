@@ -147,6 +147,25 @@ impl Default for Options {
     }
 }
 
+/// How many times [`ControlPlane::start_with`] starts the control plane.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// Runs `start(attempt)` (attempts numbered from 1) until it succeeds, fails for
+/// another reason than a port taken ("address already in use" anywhere in the error's
+/// chain), or `attempts` have been made; returns the last result.
+fn again_when_port_taken<T>(attempts: u32, mut start: impl FnMut(u32) -> Result<T>) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        match start(attempt) {
+            Err(e) if attempt < attempts && format!("{e:#}").contains("address already in use") => {
+                eprintln!("control plane attempt {attempt}: a port was taken ({e:#}); again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// etcd and kube-apiserver on loopback. See the module docs.
 pub struct ControlPlane {
     dir: PathBuf,
@@ -173,21 +192,14 @@ impl ControlPlane {
     /// by a parallel test's server before ours binds it ("address already in use"):
     /// then it starts again on new ports, in a fresh directory, up to three times.
     pub fn start_with(dir: &Path, opts: &Options) -> Result<ControlPlane> {
-        let mut attempt = 1;
-        loop {
+        again_when_port_taken(PORT_ATTEMPTS, |attempt| {
             let sub = if attempt == 1 {
                 dir.join("kube")
             } else {
                 dir.join(format!("kube-{attempt}"))
             };
-            match Self::start_in(sub, opts) {
-                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
-                    eprintln!("control plane attempt {attempt}: a port was taken ({e:#}); again");
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+            Self::start_in(sub, opts)
+        })
     }
 
     fn start_in(dir: PathBuf, opts: &Options) -> Result<ControlPlane> {
@@ -427,4 +439,47 @@ fn etcd_post(port: u16, path: &str, body: &str) -> Result<String> {
         bail!("etcd {path}: {head}");
     }
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_starts_again_and_other_errors_do_not() {
+        // Taken once (the cause deep in the chain, as kube-apiserver's exit reports it),
+        // then up: two attempts, the second's value.
+        let mut seen = Vec::new();
+        let r = again_when_port_taken(3, |a| {
+            seen.push(a);
+            if a == 1 {
+                Err(
+                    anyhow::anyhow!("listen tcp 127.0.0.1:2380: bind: address already in use")
+                        .context("kube-apiserver exited"),
+                )
+            } else {
+                Ok(a)
+            }
+        });
+        assert_eq!(r.expect("second attempt"), 2);
+        assert_eq!(seen, [1, 2]);
+
+        // Another error: no second attempt.
+        let mut calls = 0;
+        let r: Result<()> = again_when_port_taken(3, |_| {
+            calls += 1;
+            bail!("etcd: permission denied")
+        });
+        assert!(format!("{:#}", r.expect_err("fails")).contains("permission denied"));
+        assert_eq!(calls, 1);
+
+        // Taken every time: three attempts, then the last error.
+        let mut calls = 0;
+        let r: Result<()> = again_when_port_taken(3, |a| {
+            calls += 1;
+            bail!("attempt {a}: bind: address already in use")
+        });
+        assert!(format!("{:#}", r.expect_err("gives up")).starts_with("attempt 3:"));
+        assert_eq!(calls, 3);
+    }
 }
