@@ -48,6 +48,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // javac) and a Node.js event-loop server (tests/apps/plain_web.js).
     ("javac", "default-jdk-headless"),
     ("node", "nodejs"),
+    // tests/tests/relay_syscalls.rs counts the agents' `recvfrom` calls with `strace -c`.
+    ("strace", "strace"),
 ];
 
 /// Debian's hook that `invoke-rc.d` asks before starting a service; exit 101 = "not now".
