@@ -40,6 +40,7 @@ pub mod measure;
 pub mod memory;
 pub mod procstat;
 pub mod profile;
+pub mod profile_diff;
 pub mod report;
 pub mod run;
 pub mod scaling;

@@ -13,7 +13,7 @@
 //! `hoptrace-tcp-compare` (for those of `hoptrace-http` and `hoptrace-tcp-userspace`
 //! the run has): the same with the agents run from another build (a before/after of
 //! two builds in one run).
-//! `--rounds 0` skips the interleaved rounds (with `--callgrind` or `--scaling`).
+//! `--rounds 0` skips the interleaved rounds (with `--callgrind`, `--scaling` or `--profile`).
 //! Needs root, `HOPTRACE_BIN` (the release agent) and `HOPTRACE_LABAPP`.
 
 use anyhow::{bail, Context as _, Result};
@@ -116,8 +116,8 @@ fn parse_args(args: &[String]) -> Result<(BenchOptions, Extra)> {
     if opts.duration_secs == 0 || opts.connections == 0 || opts.rate == 0 {
         bail!("--duration, --connections and --rate must be positive");
     }
-    if opts.rounds == 0 && !(want_cg || want_sc) {
-        bail!("--rounds 0 (no rounds) needs --callgrind or --scaling");
+    if opts.rounds == 0 && !(want_cg || want_sc || x.profile) {
+        bail!("--rounds 0 (no rounds) needs --callgrind, --scaling or --profile");
     }
     if cg.requests == 0 || sc.pods.is_empty() || sc.pods.contains(&0) {
         bail!("--callgrind-requests and --scaling-pods must be positive");
@@ -280,6 +280,10 @@ fn run() -> Result<bool> {
             p.requests
         );
         print!("{}", std::fs::read_to_string(&p.top).unwrap_or_default());
+        println!("bench: profiling both models alike, sidecar and hoptrace-http, interleaved");
+        let diff = hoptrace_tests::bench::profile_diff::run(&bl, &opts, &out_dir)?;
+        println!("bench: {}", diff.display());
+        print!("{}", std::fs::read_to_string(&diff).unwrap_or_default());
     }
     if let Some(sc) = &extra.scaling {
         println!(
