@@ -171,6 +171,13 @@ pub fn saturate_only(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<
     Ok(saturate(bl, opts, s)?.requests)
 }
 
+/// One run of `s` at the fixed rate (`opts.rate`), the receiver idle as in the rounds;
+/// returns the requests answered.
+pub fn fixed_only(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<u64> {
+    let _idle = bl.otlp.idle_while();
+    Ok(load(bl, opts, s, Some(opts.rate), None)?.requests)
+}
+
 fn saturate(bl: &BenchLab, opts: &BenchOptions, s: Scenario) -> Result<Saturation> {
     let (pod, addr) = bl.route(s);
     match s.workload() {

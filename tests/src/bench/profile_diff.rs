@@ -5,11 +5,11 @@
 //! where they spend *more than the two nginx* for the same work. Here both models are
 //! sampled alike: `perf record` with a fixed period of CPU time (`cpu-clock`, one
 //! sample per [`PERIOD_US`] µs a thread runs, kernel included; no call graphs) on the
-//! processes of the proxies' cgroups, during saturation runs of `sidecar` and
-//! `hoptrace-http`, interleaved ([`RUNS`] each). A function's samples × the period /
-//! the requests answered is its CPU µs per request, for each model; the report sets
-//! them side by side, sorted by the difference, with the totals in the kernel and in
-//! userspace.
+//! processes of the proxies' cgroups, during runs of `sidecar` and `hoptrace-http`,
+//! interleaved ([`RUNS`] each), at saturation and at the fixed rate. A function's
+//! samples × the period / the requests answered is its CPU µs per request, for each
+//! model; the report sets them side by side, sorted by the difference, with the totals
+//! in the kernel and in userspace, one table per phase.
 
 use std::{
     collections::HashMap,
@@ -79,28 +79,49 @@ fn us(samples: u64, requests: u64) -> f64 {
     (samples * PERIOD_US) as f64 / requests.max(1) as f64
 }
 
-/// Samples both models and writes `profile-diff.md` under `out_dir`; returns its path.
+/// A phase of the rounds.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Saturation,
+    Fixed,
+}
+
+/// Samples both models in both phases and writes `profile-diff.md` under `out_dir`;
+/// returns its path.
 pub fn run(bl: &BenchLab, opts: &BenchOptions, out_dir: &Path) -> Result<PathBuf> {
     let models = [Scenario::Sidecar, Scenario::HoptraceHttp];
-    let mut sides: Vec<Side> = models
-        .iter()
-        .map(|s| Side {
-            scenario: s.name().into(),
-            ..Side::default()
-        })
-        .collect();
     for s in models {
         measure::warm_up(bl, opts, s).with_context(|| format!("warming up {}", s.name()))?;
     }
-    for run in 0..RUNS {
-        for (s, side) in models.iter().zip(&mut sides) {
-            let data = out_dir.join(format!("perf-diff-{}-{run}.data", s.name()));
-            let requests = record(bl, opts, *s, &data)?;
-            side.add(symbols(&data)?, requests);
+    let mut md = String::new();
+    for (phase, title) in [
+        (
+            Phase::Saturation,
+            format!("saturation ({} connections)", opts.connections),
+        ),
+        (Phase::Fixed, format!("{} req/s", opts.rate)),
+    ] {
+        let mut sides: Vec<Side> = models
+            .iter()
+            .map(|s| Side {
+                scenario: s.name().into(),
+                ..Side::default()
+            })
+            .collect();
+        for run in 0..RUNS {
+            for (s, side) in models.iter().zip(&mut sides) {
+                let data = out_dir.join(format!("perf-diff-{}-{phase:?}-{run}.data", s.name()));
+                let requests = record(bl, opts, *s, phase, &data)?;
+                side.add(symbols(&data)?, requests);
+            }
         }
+        md.push_str(&format!(
+            "### {title}\n\n{}\n",
+            markdown(&sides[1], &sides[0], ROWS)
+        ));
     }
     let path = out_dir.join("profile-diff.md");
-    std::fs::write(&path, markdown(&sides[1], &sides[0], ROWS))?;
+    std::fs::write(&path, md)?;
     Ok(path)
 }
 
@@ -119,8 +140,14 @@ fn pids(bl: &BenchLab, s: Scenario) -> Result<Vec<String>> {
     Ok(pids)
 }
 
-/// One saturation run of `s` under `perf record`; returns the requests answered.
-fn record(bl: &BenchLab, opts: &BenchOptions, s: Scenario, data: &Path) -> Result<u64> {
+/// One run of `s` in `phase` under `perf record`; returns the requests answered.
+fn record(
+    bl: &BenchLab,
+    opts: &BenchOptions,
+    s: Scenario,
+    phase: Phase,
+    data: &Path,
+) -> Result<u64> {
     let pids = pids(bl, s)?;
     let mut perf = Command::new("perf")
         .args(["record", "-e", "cpu-clock", "-c"])
@@ -133,7 +160,10 @@ fn record(bl: &BenchLab, opts: &BenchOptions, s: Scenario, data: &Path) -> Resul
         .spawn()
         .context("starting perf record")?;
     std::thread::sleep(Duration::from_millis(300));
-    let requests = measure::saturate_only(bl, opts, s);
+    let requests = match phase {
+        Phase::Saturation => measure::saturate_only(bl, opts, s),
+        Phase::Fixed => measure::fixed_only(bl, opts, s),
+    };
     // SAFETY: kill(2) on our own child; SIGINT makes perf write its data and exit.
     unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
     let status = perf.wait().context("waiting for perf record")?;
