@@ -46,6 +46,7 @@ pub mod run;
 pub mod scaling;
 pub mod scaling_report;
 pub mod stats;
+pub mod syscalls;
 pub mod wrk;
 
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,8 @@
 //! interleaved ([`RUNS`] each), at saturation and at the fixed rate. A function's
 //! samples × the period / the requests answered is its CPU µs per request, for each
 //! model; the report sets them side by side, sorted by the difference, with the totals
-//! in the kernel and in userspace, one table per phase.
+//! in the kernel and in userspace, one table per phase. Then the system calls per
+//! request at the fixed rate, counted for each model ([`syscalls`]).
 
 use std::{
     collections::HashMap,
@@ -20,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{measure, run::BenchLab, BenchOptions, Scenario};
+use super::{measure, run::BenchLab, syscalls, BenchOptions, Scenario};
 
 /// CPU time per sample, µs (`perf record -c`, in ns of `cpu-clock`).
 pub const PERIOD_US: u64 = 250;
@@ -120,6 +121,15 @@ pub fn run(bl: &BenchLab, opts: &BenchOptions, out_dir: &Path) -> Result<PathBuf
             markdown(&sides[1], &sides[0], ROWS)
         ));
     }
+    let census = models
+        .iter()
+        .map(|&s| syscalls::census(bl, opts, s, &pids(bl, s)?))
+        .collect::<Result<Vec<_>>>()?;
+    md.push_str(&format!(
+        "### {} req/s: system calls\n\n{}",
+        opts.rate,
+        syscalls::markdown(&census[1], &census[0])
+    ));
     let path = out_dir.join("profile-diff.md");
     std::fs::write(&path, md)?;
     Ok(path)
