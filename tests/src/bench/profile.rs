@@ -43,32 +43,19 @@ pub fn run(bl: &BenchLab, opts: &BenchOptions, out_dir: &Path) -> Result<Profile
         .collect();
     std::fs::create_dir_all(out_dir)?;
     let data = out_dir.join("perf.data");
-    let mut perf = Command::new("perf")
-        .args([
-            "record",
+    let requests = perf_record(
+        &[
             "-F",
             "499",
             "--call-graph",
             "dwarf,16384",
             "-e",
             "cpu-clock",
-            "-o",
-        ])
-        .arg(&data)
-        .args(["-p", &pids.join(",")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting perf record")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let requests = measure::saturate_only(bl, opts, Scenario::HoptraceHttp);
-    // SAFETY: kill(2) on our own child; SIGINT makes perf write its data and exit.
-    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
-    let status = perf.wait().context("waiting for perf record")?;
-    let requests = requests?;
-    if !status.success() && !data.is_file() {
-        bail!("perf record failed ({status})");
-    }
+        ],
+        &data,
+        &pids,
+        || measure::saturate_only(bl, opts, Scenario::HoptraceHttp),
+    )?;
     let script = Command::new("perf")
         .args(["script", "-i"])
         .arg(&data)
@@ -95,6 +82,37 @@ pub fn run(bl: &BenchLab, opts: &BenchOptions, out_dir: &Path) -> Result<Profile
         top_functions(&String::from_utf8_lossy(&collapsed), 30),
     )?;
     Ok(Profile { svg, top, requests })
+}
+
+/// Runs `during` under `perf record <args> -o <data> -p <pids>`, then stops perf
+/// (SIGINT: it writes its data and exits); returns what `during` returned.
+pub(super) fn perf_record<T>(
+    args: &[&str],
+    data: &Path,
+    pids: &[String],
+    during: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let mut perf = Command::new("perf")
+        .arg("record")
+        .args(args)
+        .arg("-o")
+        .arg(data)
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting perf record")?;
+    // perf opens its events on every thread before the load starts.
+    std::thread::sleep(Duration::from_millis(300));
+    let result = during();
+    // SAFETY: kill(2) on our own child; SIGINT makes perf write its data and exit.
+    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+    let status = perf.wait().context("waiting for perf record")?;
+    let result = result?;
+    if !status.success() && !data.is_file() {
+        bail!("perf record failed ({status})");
+    }
+    Ok(result)
 }
 
 /// The `n` functions with the most samples of their own (the leaf of each stack),

@@ -16,12 +16,11 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{measure, run::BenchLab, syscalls, BenchOptions, Scenario};
+use super::{measure, profile, run::BenchLab, syscalls, BenchOptions, Scenario};
 
 /// CPU time per sample, µs (`perf record -c`, in ns of `cpu-clock`).
 pub const PERIOD_US: u64 = 250;
@@ -158,30 +157,17 @@ fn record(
     phase: Phase,
     data: &Path,
 ) -> Result<u64> {
-    let pids = pids(bl, s)?;
-    let mut perf = Command::new("perf")
-        .args(["record", "-e", "cpu-clock", "-c"])
-        .arg((PERIOD_US * 1000).to_string())
-        .arg("-o")
-        .arg(data)
-        .args(["-p", &pids.join(",")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting perf record")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let requests = match phase {
-        Phase::Saturation => measure::saturate_only(bl, opts, s),
-        Phase::Fixed => measure::fixed_only(bl, opts, s),
-    };
-    // SAFETY: kill(2) on our own child; SIGINT makes perf write its data and exit.
-    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
-    let status = perf.wait().context("waiting for perf record")?;
-    let requests = requests?;
-    if !status.success() && !data.is_file() {
-        bail!("perf record of {} failed ({status})", s.name());
-    }
-    Ok(requests)
+    let period = (PERIOD_US * 1000).to_string();
+    profile::perf_record(
+        &["-e", "cpu-clock", "-c", &period],
+        data,
+        &pids(bl, s)?,
+        || match phase {
+            Phase::Saturation => measure::saturate_only(bl, opts, s),
+            Phase::Fixed => measure::fixed_only(bl, opts, s),
+        },
+    )
+    .with_context(|| format!("profiling {}", s.name()))
 }
 
 /// Samples per function of a recording (`perf report`).
