@@ -151,14 +151,6 @@ fn userspace_agent(lab: &Lab, node: &str) -> Agent {
     agent
 }
 
-/// `hoptrace_opaque_connections_total{relay}` now.
-fn relayed(agent: &Agent, relay: &str) -> f64 {
-    agent
-        .metrics()
-        .expect("metrics")
-        .value("hoptrace_opaque_connections_total", &[("relay", relay)])
-}
-
 /// Fails (never skips) without strace.
 fn require_strace() {
     match Command::new("strace").arg("-V").output() {

@@ -51,14 +51,6 @@ fn splicing_agent(lab: &Lab, node: &str, extra: &[&str]) -> Agent {
     agent
 }
 
-/// `hoptrace_opaque_connections_total{relay}` now.
-fn relayed(agent: &Agent, relay: &str) -> f64 {
-    agent
-        .metrics()
-        .expect("metrics")
-        .value("hoptrace_opaque_connections_total", &[("relay", relay)])
-}
-
 /// `hoptrace_bytes_from_{client,server}_total{direction,pod}` now.
 fn bytes(agent: &Agent, from: &str, direction: &str, pod: &str) -> f64 {
     agent.metrics().expect("metrics").value(

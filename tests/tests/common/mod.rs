@@ -35,6 +35,11 @@ pub fn accepted(agent: &Agent, direction: &str, pod: &str) -> f64 {
     scrape(agent).accepted(direction, pod)
 }
 
+/// `hoptrace_opaque_connections_total{relay}` now.
+pub fn relayed(agent: &Agent, relay: &str) -> f64 {
+    scrape(agent).value("hoptrace_opaque_connections_total", &[("relay", relay)])
+}
+
 /// `hoptrace_connections_active{direction,namespace="lab",pod}` now.
 pub fn active(agent: &Agent, direction: &str, pod: &str) -> f64 {
     scrape(agent).active(direction, pod)
