@@ -20,6 +20,7 @@ mod common;
 
 use common::*;
 use hoptrace_tests::bench::loadgen::LoadReport;
+use hoptrace_tests::bench::syscalls::{parse_summary, traced_by};
 use hoptrace_tests::bench::TCP_MESSAGE;
 use hoptrace_tests::{assert_eventually, labapp, require_root, Agent, Lab};
 use std::io::ErrorKind;
@@ -167,7 +168,6 @@ fn require_strace() {
 /// calls from attach to [`Strace::stop`]. Interrupted on drop.
 struct Strace {
     child: Option<Child>,
-    node: String,
 }
 
 /// The `recvfrom` line of strace's summary table.
@@ -190,12 +190,9 @@ impl Strace {
             .spawn()
             .expect("spawning strace (run `cargo xtask setup`)");
         let tracer = child.id();
-        let mut s = Strace {
-            child: Some(child),
-            node: agent.node().to_owned(),
-        };
+        let mut s = Strace { child: Some(child) };
         assert_eventually!(
-            s.running() && traced_by(pid, tracer),
+            s.running() && traced_by(&pid.to_string(), tracer),
             ATTACH,
             "strace {tracer} not attached to every thread of agent {pid} ({}); strace: {}",
             agent.node(),
@@ -220,17 +217,10 @@ impl Strace {
         interrupt(&mut child);
         let out = child.wait_with_output().expect("strace output");
         let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        // Columns: % time, seconds, usecs/call, calls, errors (blank when none), syscall.
-        let row = text
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|cols| cols.last() == Some(&"recvfrom"));
-        let (calls, errors) = match row.as_deref() {
-            Some([_, _, _, calls, errors, _]) => (num(calls, &text), num(errors, &text)),
-            Some([_, _, _, calls, _]) => (num(calls, &text), 0),
-            Some(_) => panic!("{}: unexpected strace summary:\n{text}", self.node),
-            None => (0, 0),
-        };
+        let (calls, errors) = parse_summary(&text)
+            .get("recvfrom")
+            .copied()
+            .unwrap_or_default();
         Summary {
             calls,
             errors,
@@ -254,23 +244,4 @@ fn interrupt(child: &mut Child) {
         // SAFETY: kill(2) on our own child, still running, not reaped.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     }
-}
-
-fn num(s: &str, text: &str) -> u64 {
-    s.parse()
-        .unwrap_or_else(|_| panic!("strace summary: {s:?} is not a count:\n{text}"))
-}
-
-/// Every thread of `pid` has `tracer` as its `TracerPid`.
-fn traced_by(pid: u32, tracer: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .is_some_and(|v| v.trim() == tracer.to_string())
-        })
-    })
 }

@@ -61,24 +61,13 @@ pub fn census(bl: &BenchLab, opts: &BenchOptions, s: Scenario, pids: &[String]) 
 
 /// Waits until strace traces every thread of `pids` (their `TracerPid`).
 fn wait_attached(strace: &mut Child, pids: &[String]) -> Result<()> {
-    let tracer = strace.id().to_string();
+    let tracer = strace.id();
     let deadline = Instant::now() + ATTACH;
     loop {
         if let Ok(Some(status)) = strace.try_wait() {
             bail!("strace exited before attaching ({status})");
         }
-        let all = pids.iter().all(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
-                tasks.flatten().all(|t| {
-                    std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("TracerPid:"))
-                            .is_some_and(|v| v.trim() == tracer)
-                    })
-                })
-            })
-        });
-        if all {
+        if pids.iter().all(|pid| traced_by(pid, tracer)) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -86,6 +75,21 @@ fn wait_attached(strace: &mut Child, pids: &[String]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Every thread of process `pid` has `tracer` as its `TracerPid` (false when the
+/// process is gone).
+pub fn traced_by(pid: &str, tracer: u32) -> bool {
+    let tracer = tracer.to_string();
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("TracerPid:"))
+                    .is_some_and(|v| v.trim() == tracer)
+            })
+        })
+    })
 }
 
 /// Parses strace's `-c` table (`% time seconds usecs/call calls [errors] syscall`).
