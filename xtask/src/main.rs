@@ -4,7 +4,9 @@
 //!   `kube-apiserver`: the real API server of the discovery tests, built once from
 //!   Debian's kubernetes source (in target/kube/) and cached in
 //!   ~/.cache/hoptrace/kube/ (also alone: `kube-apiserver`).
-//! - `build`: the eBPF object and the release `hoptrace` binary.
+//! - `build [--no-pgo]`: the eBPF object and the release `hoptrace` binary, guided by
+//!   the committed profile agent/pgo/hoptrace.profdata.
+//! - `pgo`: a new profile from the bench lab's workloads (root; docs/BENCH.md).
 //! - `test`: setup, then every test (unit and netns-lab end to end); needs root.
 //! - `demo [--otlp-endpoint URL]`: a two-node lab: echo traffic through the agents and
 //!   their metrics, then traced requests printed as waterfalls (and sent to URL).
@@ -32,6 +34,7 @@ mod image;
 mod jaeger;
 mod kind;
 mod kube;
+mod pgo;
 mod setup;
 mod vm;
 
@@ -62,8 +65,16 @@ enum Cmd {
     /// Build kubelet, kube-controller-manager and kube-scheduler (the one-node cluster
     /// of `cluster`) from the same source, unless cached next to kube-apiserver.
     KubeNode,
-    /// Build the eBPF programs and the release `hoptrace` binary.
-    Build,
+    /// Build the eBPF programs and the release `hoptrace` binary, guided by the
+    /// committed profile agent/pgo/hoptrace.profdata when it is there.
+    Build {
+        /// Build without the profile (plain `cargo build --release`).
+        #[arg(long)]
+        no_pgo: bool,
+    },
+    /// Make a new agent/pgo/hoptrace.profdata: an instrumented agent through the bench
+    /// lab's traced HTTP/1.1 and opaque TCP workloads (root; docs/BENCH.md).
+    Pgo,
     /// Run setup, then all tests: unit tests and the netns-lab end-to-end tests (root).
     Test {
         /// Extra arguments for `cargo test` after `--` (e.g. a test name filter).
@@ -263,12 +274,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Build => {
+        Cmd::Build { no_pgo } => {
             setup::check_ready()?;
-            cargo(&root, &["build", "--release", "-p", "hoptrace"])?;
-            println!("built {}", root.join("target/release/hoptrace").display());
+            let bin = pgo::release_agent(&root, !no_pgo)?;
+            println!("built {}", bin.display());
             Ok(())
         }
+        Cmd::Pgo => pgo::generate(&root),
         Cmd::Test { args } => {
             require_root("the tests create network namespaces, cgroups and load eBPF programs")?;
             setup::run()?;
@@ -337,8 +349,8 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     }
     setup::run()?;
     // Two invocations, so the agent is built exactly as `cargo xtask build` builds it
-    // (features are unified across the packages of one invocation).
-    cargo(root, &["build", "--release", "-p", "hoptrace"])?;
+    // (features are unified across the packages of one invocation), with its profile.
+    let agent = pgo::release_agent(root, true)?;
     // The lab programs (load generator, echo server, lab-bench) in profile `lab`: the
     // release profile without its whole-program LTO, which would add minutes per build
     // and change the lab's own cost between runs of the bench.
@@ -353,7 +365,6 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             "--bins",
         ],
     )?;
-    let release = root.join("target/release");
     let lab = root.join("target/lab");
     let commit = Command::new("git")
         .current_dir(root)
@@ -366,7 +377,7 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let mut cmd = Command::new(lab.join("lab-bench"));
     cmd.args(args.to_args())
         .args(["--out", &root.join("target/bench").display().to_string()])
-        .env("HOPTRACE_BIN", release.join("hoptrace"))
+        .env("HOPTRACE_BIN", agent)
         .env("HOPTRACE_LABAPP", lab.join("labapp"))
         .env("HOPTRACE_BENCH_COMMIT", commit);
     run(&mut cmd)
