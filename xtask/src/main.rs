@@ -351,21 +351,7 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     // Two invocations, so the agent is built exactly as `cargo xtask build` builds it
     // (features are unified across the packages of one invocation), with its profile.
     let agent = pgo::release_agent(root, true)?;
-    // The lab programs (load generator, echo server, lab-bench) in profile `lab`: the
-    // release profile without its whole-program LTO, which would add minutes per build
-    // and change the lab's own cost between runs of the bench.
-    cargo(
-        root,
-        &[
-            "build",
-            "--profile",
-            "lab",
-            "-p",
-            "hoptrace-tests",
-            "--bins",
-        ],
-    )?;
-    let lab = root.join("target/lab");
+    let lab = build_lab(root)?;
     let commit = Command::new("git")
         .current_dir(root)
         .args(["describe", "--always", "--dirty"])
@@ -381,6 +367,24 @@ fn bench(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         .env("HOPTRACE_LABAPP", lab.join("labapp"))
         .env("HOPTRACE_BENCH_COMMIT", commit);
     run(&mut cmd)
+}
+
+/// Builds the lab programs (load generator, echo server, lab-bench) in profile `lab`
+/// and returns their directory: the release profile without its whole-program LTO,
+/// which would add minutes per build and change the lab's own cost between runs.
+pub(crate) fn build_lab(root: &Path) -> anyhow::Result<PathBuf> {
+    cargo(
+        root,
+        &[
+            "build",
+            "--profile",
+            "lab",
+            "-p",
+            "hoptrace-tests",
+            "--bins",
+        ],
+    )?;
+    Ok(root.join("target/lab"))
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {

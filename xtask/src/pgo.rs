@@ -176,19 +176,8 @@ pub fn generate(root: &Path) -> anyhow::Result<()> {
         &format!("-Cprofile-generate={}", raw.display()),
         &target_dir,
     )?;
-    crate::cargo(
-        root,
-        &[
-            "build",
-            "--profile",
-            "lab",
-            "-p",
-            "hoptrace-tests",
-            "--bins",
-        ],
-    )?;
     let agent = target_dir.join(&triple).join("release/hoptrace");
-    let lab = root.join("target/lab");
+    let lab = crate::build_lab(root)?;
     for (i, flags) in TRAINING.iter().enumerate() {
         // The agents write their counts when they exit (the bench stops them with
         // SIGTERM), into `raw`.
