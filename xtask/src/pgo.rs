@@ -32,29 +32,14 @@ pub const PROFILE: &str = "agent/pgo/hoptrace.profdata";
 #[cfg(test)]
 const INDEXED_MAGIC: [u8; 8] = [0xff, b'l', b'p', b'r', b'o', b'f', b'i', 0x81];
 
-/// The training workloads: `lab-bench` flags, one run each, counts accumulated.
+/// Flags of every training run: one short round, no memory phase.
+const COMMON: &[&str] = &["--rounds", "1", "--duration", "5", "--mem-pods", "0"];
+
+/// The training workloads: `lab-bench` flags after [`COMMON`], one run each, counts
+/// accumulated.
 const TRAINING: &[&[&str]] = &[
-    &[
-        "--rounds",
-        "1",
-        "--duration",
-        "5",
-        "--mem-pods",
-        "0",
-        "--scenarios",
-        "hoptrace-http,hoptrace-tcp-userspace",
-    ],
-    &[
-        "--rounds",
-        "1",
-        "--duration",
-        "5",
-        "--mem-pods",
-        "0",
-        "--same-node",
-        "--scenarios",
-        "hoptrace-http",
-    ],
+    &["--scenarios", "hoptrace-http,hoptrace-tcp-userspace"],
+    &["--same-node", "--scenarios", "hoptrace-http"],
 ];
 
 /// The host's target triple (`rustc -vV`).
@@ -182,6 +167,7 @@ pub fn generate(root: &Path) -> anyhow::Result<()> {
         // The agents write their counts when they exit (the bench stops them with
         // SIGTERM), into `raw`.
         run(Command::new(lab.join("lab-bench"))
+            .args(COMMON)
             .args(*flags)
             .args([
                 "--out",
@@ -256,6 +242,7 @@ mod tests {
 
     #[test]
     fn every_training_run_uses_the_agents_and_skips_the_memory_phase() {
+        assert!(COMMON.windows(2).any(|w| w == ["--mem-pods", "0"]));
         for flags in TRAINING {
             let scenarios = flags
                 .iter()
@@ -263,7 +250,6 @@ mod tests {
                 .nth(1)
                 .expect("--scenarios");
             assert!(scenarios.split(',').all(|s| s.starts_with("hoptrace-")));
-            assert!(flags.windows(2).any(|w| w == ["--mem-pods", "0"]));
         }
     }
 }
