@@ -12,6 +12,9 @@
 //! as without PGO), so a stale profile loses speed, never correctness; run `cargo
 //! xtask pgo` again after changing the data path.
 //!
+//! `cargo xtask pgo` also writes [`SOURCES`], a digest of what the profile was taken
+//! from; `cargo xtask build` says so when the agent's sources differ from it.
+//!
 //! Both builds name the host target explicitly (`--target <host>`), so the profile
 //! flags reach the agent and its dependencies but not build scripts, proc macros or
 //! the eBPF crate, and the instrumented and the final build name every function alike.
@@ -27,6 +30,10 @@ use crate::{cargo_bin, require_root, run, setup};
 
 /// The committed profile, relative to the workspace root.
 pub const PROFILE: &str = "agent/pgo/hoptrace.profdata";
+
+/// A digest of the agent's sources the profile was taken from ([`sources_digest`]),
+/// written by `cargo xtask pgo` next to [`PROFILE`].
+pub const SOURCES: &str = "agent/pgo/hoptrace.sources";
 
 /// The first bytes of an LLVM indexed profile (`llvm-profdata merge`'s output).
 #[cfg(test)]
@@ -83,6 +90,65 @@ fn build_agent(root: &Path, triple: &str, flags: &str, target_dir: &Path) -> any
         .env(rustflags_var(triple), flags))
 }
 
+/// A digest (FNV-1a, 64 bits, hex) of what the profile-guided build compiles from this
+/// workspace: every `.rs` file under `agent/src` except tests in files of their own
+/// (`tests.rs`, `*_tests.rs`, anything under a `tests/` directory), by path and content,
+/// and `Cargo.lock`. Not a security measure: it only tells a stale profile apart.
+pub fn sources_digest(root: &Path) -> anyhow::Result<String> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if path.is_dir() {
+                if name != "tests" {
+                    walk(&path, files)?;
+                }
+            } else if name.ends_with(".rs") && name != "tests.rs" && !name.ends_with("_tests.rs") {
+                files.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(&root.join("agent/src"), &mut files)?;
+    files.sort();
+    files.push(root.join("Cargo.lock"));
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes.iter().chain([0u8].iter()) {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for file in &files {
+        let rel = file.strip_prefix(root).unwrap_or(file);
+        feed(rel.to_string_lossy().as_bytes());
+        feed(&std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// One line for `cargo xtask build` when the sources differ from those the committed
+/// profile was taken from, `None` when they match.
+fn staleness(root: &Path) -> anyhow::Result<Option<String>> {
+    let recorded = match std::fs::read_to_string(root.join(SOURCES)) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {SOURCES}")),
+    };
+    if recorded == sources_digest(root)? {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "note: the agent's sources differ from those {PROFILE} was taken from ({SOURCES}): \
+         the build is correct, but changed functions are built as without a profile; \
+         `cargo xtask pgo` (root) takes a new one"
+    )))
+}
+
 /// Builds the release agent, guided by [`PROFILE`] when it exists and `pgo` is set,
 /// and returns `target/release/hoptrace`.
 pub fn release_agent(root: &Path, pgo: bool) -> anyhow::Result<PathBuf> {
@@ -114,6 +180,9 @@ pub fn release_agent(root: &Path, pgo: bool) -> anyhow::Result<PathBuf> {
     std::fs::copy(&built, &out)
         .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
     println!("built with the profile {PROFILE}");
+    if let Some(note) = staleness(root)? {
+        println!("{note}");
+    }
     Ok(out)
 }
 
@@ -195,8 +264,10 @@ pub fn generate(root: &Path) -> anyhow::Result<()> {
         .args(["merge", "--sparse", "-o"])
         .arg(&out)
         .arg(&raw))?;
+    std::fs::write(root.join(SOURCES), format!("{}\n", sources_digest(root)?))
+        .with_context(|| format!("writing {SOURCES}"))?;
     println!(
-        "wrote {} from {count} raw profile(s); commit it, then `cargo xtask build` uses it",
+        "wrote {} from {count} raw profile(s) and {SOURCES}; commit both, then `cargo xtask build` uses the profile",
         out.display()
     );
     Ok(())
@@ -251,5 +322,80 @@ mod tests {
                 .expect("--scenarios");
             assert!(scenarios.split(',').all(|s| s.starts_with("hoptrace-")));
         }
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
+    /// The digest follows the agent's code and `Cargo.lock`, not its test files.
+    #[test]
+    fn the_sources_digest_follows_code_not_test_files() {
+        let dir = std::env::temp_dir().join(format!("hoptrace-pgo-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write(&dir.join("Cargo.lock"), "lock v1");
+        write(&dir.join("agent/src/lib.rs"), "fn a() {}");
+        write(&dir.join("agent/src/proxy/mod.rs"), "fn b() {}");
+        let first = sources_digest(&dir).expect("digest");
+        assert_eq!(first.len(), 16, "{first}");
+        assert_eq!(
+            sources_digest(&dir).expect("digest"),
+            first,
+            "not deterministic"
+        );
+
+        write(&dir.join("agent/src/proxy/tests.rs"), "#[test] fn t() {}");
+        write(
+            &dir.join("agent/src/proxy/head_tests.rs"),
+            "#[test] fn t() {}",
+        );
+        write(
+            &dir.join("agent/src/proxy/tests/w3c.rs"),
+            "#[test] fn t() {}",
+        );
+        assert_eq!(
+            sources_digest(&dir).expect("digest"),
+            first,
+            "test files counted"
+        );
+
+        write(&dir.join("agent/src/proxy/mod.rs"), "fn b() { 1; }");
+        let changed = sources_digest(&dir).expect("digest");
+        assert_ne!(changed, first, "a code change not seen");
+        write(&dir.join("agent/src/proxy/mod.rs"), "fn b() {}");
+        write(&dir.join("agent/src/proxy/pool.rs"), "fn c() {}");
+        assert_ne!(
+            sources_digest(&dir).expect("digest"),
+            first,
+            "a new file not seen"
+        );
+        std::fs::remove_file(dir.join("agent/src/proxy/pool.rs")).expect("rm");
+        write(&dir.join("Cargo.lock"), "lock v2");
+        assert_ne!(
+            sources_digest(&dir).expect("digest"),
+            first,
+            "a dependency change not seen"
+        );
+        write(&dir.join("Cargo.lock"), "lock v1");
+        assert!(
+            staleness(&dir).expect("staleness").is_some(),
+            "no record is stale"
+        );
+        write(&dir.join(SOURCES), &format!("{first}\n"));
+        assert_eq!(staleness(&dir).expect("staleness"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The committed record is a digest in the format `cargo xtask pgo` writes.
+    #[test]
+    fn the_committed_sources_record_is_a_digest() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join(SOURCES)).expect("agent/pgo/hoptrace.sources");
+        let digest = text.trim();
+        assert!(
+            digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{SOURCES}: {text:?}"
+        );
     }
 }
