@@ -427,6 +427,22 @@ workloads:
         assert!(err.to_string().contains("another node"), "{err}");
     }
 
+    /// Found by `cargo xtask fuzz` (workload_file): with no node name anywhere (no
+    /// `--node-name`, no file `node:`), an entry's `node:` cannot be this node's, so the
+    /// entry only names a peer; told the agent is on that node, the entry is local and
+    /// must carry its cgroup and netns.
+    #[test]
+    fn an_entry_node_is_a_peer_until_the_agent_knows_its_node() {
+        let text =
+            "workloads:\n  - name: a\n    namespace: shop\n    node: node-1\n    ips: [10.0.0.1]\n";
+        let w = parse(p(), text, None).expect("a peer entry");
+        assert!(!w[0].is_local(), "{w:?}");
+        let err = parse(p(), text, Some("node-1")).expect_err("local, no netns");
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let w = parse(p(), text, Some("node-2")).expect("a peer entry");
+        assert!(!w[0].is_local(), "{w:?}");
+    }
+
     #[test]
     fn parses_the_documented_example() {
         let w = parse(p(), GOOD, Some("node-1")).expect("valid");

@@ -10,8 +10,11 @@
 //!   only, `trace_sampling` within 0.0..=1.0, absolute `cgroup` and `netns` for this
 //!   node's pods (an entry with another `node` needs neither), and no
 //!   `netns_inode` (not part of the file format);
-//! - the node name only matters through the file's `node`: with `node-1` the result
-//!   is the result without a node, or a `WrongNode` error naming `node-1`.
+//! - the node name only matters through `node:` (the file's or an entry's): with
+//!   `node-1` the result is the result without a node except that entries naming
+//!   `node-1` are this node's (local), or a `WrongNode` error naming `node-1`, or an
+//!   `Invalid` error for an entry that names `node-1` in the result without a node
+//!   (local, it must carry an absolute cgroup and netns).
 #![no_main]
 
 use std::{collections::HashSet, path::Path};
@@ -58,8 +61,17 @@ fuzz_target!(|text: &str| {
             }
         }
     }
+    // Without a node name, an entry naming `node-1` is a peer; with it, that entry is local.
     match (&with_node, &without) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Ok(a), Ok(b)) => {
+            let mut expected = b.clone();
+            for w in &mut expected {
+                if w.node.as_deref() == Some("node-1") {
+                    w.node = None;
+                }
+            }
+            assert_eq!(a, &expected);
+        }
         (Ok(_), Err(e)) => panic!("accepted for node-1, rejected without a node: {e}"),
         (
             Err(WorkloadError::WrongNode {
@@ -70,8 +82,12 @@ fuzz_target!(|text: &str| {
             assert_eq!(node, "node-1");
             assert_ne!(file_node, "node-1");
         }
+        (Err(e @ WorkloadError::Invalid { index, .. }), Ok(b)) => assert!(
+            b.get(*index).and_then(|w| w.node.as_deref()) == Some("node-1"),
+            "rejected for node-1, accepted without a node, the entry does not name node-1: {e}"
+        ),
         (Err(e), Ok(_)) => {
-            panic!("rejected for node-1 (not WrongNode), accepted without a node: {e}")
+            panic!("rejected for node-1 (not WrongNode or Invalid), accepted without a node: {e}")
         }
         (Err(_), Err(_)) => {}
     }
